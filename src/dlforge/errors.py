@@ -1,0 +1,34 @@
+"""Errors a user can fix: each says what is wrong and what to do about it.
+
+The CLI prints these without a traceback and exits with status 2; Python users catch
+them as ``ValueError`` subclasses.
+
+Example:
+    >>> raise DataError("column 'label' not found", hint="pick one of: a, b, c")
+    Traceback (most recent call last):
+    ...
+    dlforge.errors.DataError: column 'label' not found (pick one of: a, b, c)
+"""
+
+from __future__ import annotations
+
+
+class DlforgeError(ValueError):
+    """Base class for input errors; ``hint`` says how to fix the problem."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message} ({hint})" if hint else message)
+
+
+class ConfigError(DlforgeError):
+    """A configuration key is unknown, has the wrong type or is out of range."""
+
+
+class DataError(DlforgeError):
+    """A data source is missing, malformed or does not fit the task."""
+
+
+class ArtifactError(DlforgeError):
+    """A saved model folder is missing files, names an unknown arch or does not match."""
