@@ -1,0 +1,140 @@
+"""Model families and the spec -> model builder.
+
+A spec is the ``model`` section of a config: ``{"arch": "cnn", "channels": [32, 64]}``.
+``build`` validates it and returns a plain ``nn.Module``; ``spec_of`` gives back a JSON-able
+spec from which ``build`` rebuilds the same architecture.
+
+Example:
+    >>> from dlforge.models import build, spec_of
+    >>> model = build({"arch": "mlp", "hidden": [32]}, input_shape=(4,), num_outputs=3)
+    >>> spec_of(model)["hidden"]
+    [32]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from dlforge.errors import ConfigError
+from dlforge.models._config import make_config
+from dlforge.models.cnn import CNN, CNNConfig, build_cnn
+from dlforge.models.mlp import MLP, MLPConfig, build_mlp
+
+# arch name -> (config dataclass, model class); a new family adds one line here.
+ARCHS: dict[str, tuple[type, type]] = {
+    "mlp": (MLPConfig, MLP),
+    "cnn": (CNNConfig, CNN),
+}
+
+
+def config_from_spec(
+    spec: Mapping[str, Any],
+    *,
+    input_shape: Sequence[int] | None = None,
+    num_outputs: int | None = None,
+) -> Any:
+    """Validate a model spec and return its family's config dataclass.
+
+    ``input_shape`` and ``num_outputs`` come from the data: they fill in keys the spec
+    leaves out, and a spec ``num_outputs`` that disagrees with the data is an error.
+
+    Example:
+        >>> config_from_spec({"arch": "cnn"}, input_shape=(1, 28, 28), num_outputs=10)
+        CNNConfig(input_shape=(1, 28, 28), num_outputs=10, channels=(32, 64), ...)
+    """
+    if not isinstance(spec, Mapping):
+        raise ConfigError(
+            f"model must be a mapping, got {type(spec).__name__}",
+            hint="write it as keys under model:, e.g. {arch: mlp, hidden: [64]}",
+        )
+    arch = spec.get("arch")
+    if not (isinstance(arch, str) and arch in ARCHS):
+        raise ConfigError(
+            "model.arch is missing" if arch is None else f"model.arch {arch!r} is unknown",
+            hint=f"allowed values: {', '.join(ARCHS)}",
+        )
+    from_data: dict[str, Any] = {}
+    if input_shape is not None:
+        from_data["input_shape"] = tuple(operator.index(d) for d in input_shape)  # numpy ints
+    if num_outputs is not None:
+        from_data["num_outputs"] = operator.index(num_outputs)
+    values = {k: v for k, v in spec.items() if k != "arch"}
+    config_cls, _ = ARCHS[arch]
+    config = make_config(config_cls, arch, {**from_data, **values})
+    # Compare after validation, so a mistyped spec value reports its type, not a mismatch.
+    for key, value in from_data.items():
+        if getattr(config, key) != value:
+            data_has = (
+                f"{value} classes" if key == "num_outputs" else f"samples of shape {_show(value)}"
+            )
+            raise ConfigError(
+                f"model.{key} is {_show(getattr(config, key))} but the data has {data_has}",
+                hint=f"remove model.{key} to take it from the data, or use the data the "
+                "model was meant for",
+            )
+    return config
+
+
+def build(
+    spec: Mapping[str, Any],
+    *,
+    input_shape: Sequence[int] | None = None,
+    num_outputs: int | None = None,
+) -> nn.Module:
+    """Build the model a spec describes; see :func:`config_from_spec` for the rules.
+
+    Example:
+        >>> model = build({"arch": "cnn", "channels": [8, 16]}, input_shape=(3, 32, 32),
+        ...               num_outputs=10)
+        >>> type(model).__name__, len(model.blocks)
+        ('CNN', 2)
+    """
+    config = config_from_spec(spec, input_shape=input_shape, num_outputs=num_outputs)
+    _, model_cls = ARCHS[spec["arch"]]
+    return model_cls(config)
+
+
+def spec_of(model: nn.Module) -> dict[str, Any]:
+    """Return the JSON-able spec that :func:`build` turns back into this architecture.
+
+    Example:
+        >>> model = build({"arch": "mlp", "input_shape": [4], "num_outputs": 2})
+        >>> spec_of(model)
+        {'arch': 'mlp', 'input_shape': [4], 'num_outputs': 2, 'hidden': [64, 64], ...}
+    """
+    arch = getattr(type(model), "ARCH", None)
+    config = getattr(model, "config", None)
+    if arch not in ARCHS or not isinstance(config, ARCHS[arch][0]):
+        raise ConfigError(
+            f"{type(model).__name__} is not a dlforge model, so it has no spec",
+            hint=f"build it with dlforge.models.build; known archs: {', '.join(ARCHS)}",
+        )
+    fields = {f.name: _jsonable(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    return {"arch": arch, **fields}
+
+
+def _show(value: Any) -> str:
+    return str(list(value)) if isinstance(value, tuple | list) else str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    return [_jsonable(v) for v in value] if isinstance(value, tuple | list) else value
+
+
+__all__ = [
+    "ARCHS",
+    "CNN",
+    "MLP",
+    "CNNConfig",
+    "MLPConfig",
+    "build",
+    "build_cnn",
+    "build_mlp",
+    "config_from_spec",
+    "spec_of",
+]

@@ -1,0 +1,26 @@
+"""Training: the :func:`fit` loop, optimizers and schedules, callbacks.
+
+Example:
+    >>> from dlforge.train import fit, EarlyStopping
+"""
+
+from dlforge.train.callbacks import Callback, Checkpoint, EarlyStopping, HistoryWriter, ProgressBar, find_last_checkpoint
+from dlforge.train.engine import (
+    epoch_permutation,
+    evaluate_loss,
+    fit,
+    iterate_batches,
+    resolve_loss,
+    seed_everything,
+    select_device,
+)
+from dlforge.train.gradients import GradientMonitor, NanGuard
+from dlforge.train.optim import OptimConfig, ScheduleConfig, Scheduler, build_optimizer, lr_factor
+from dlforge.train.state import FitResult, TrainState
+
+__all__ = [
+    "Callback", "Checkpoint", "EarlyStopping", "FitResult", "GradientMonitor", "HistoryWriter", "NanGuard",
+    "OptimConfig", "ProgressBar", "ScheduleConfig", "Scheduler", "TrainState", "build_optimizer",
+    "epoch_permutation", "evaluate_loss", "find_last_checkpoint", "fit", "iterate_batches", "lr_factor",
+    "resolve_loss", "seed_everything", "select_device",
+]

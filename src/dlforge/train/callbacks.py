@@ -1,0 +1,286 @@
+"""Callbacks: optional work around the training loop.
+
+A callback overrides any of the hooks below; every hook of the base class is a no-op, so
+the loop is correct with no callbacks at all. Hooks run in this order::
+
+    on_fit_start
+      on_epoch_start                      (not called when resuming mid-epoch)
+        on_after_backward                 gradients ready (unscaled), before clipping/step;
+                                          setting state.should_stop skips the step
+        on_step_end                       after the optimizer and scheduler stepped
+      on_validation_end(metrics)          epoch metrics computed; may add keys, request a stop
+      on_log(record)                      every history record (epoch and logged steps)
+      on_epoch_end                        counters advanced, record logged: a consistent
+                                          point to checkpoint
+    on_fit_end
+
+A callback with state a resumed run needs returns it from ``state_dict`` (tensors and
+plain values) and takes it back in ``load_state_dict``.
+
+This module holds the bookkeeping callbacks (early stopping, checkpoints, history,
+progress); the gradient watchers live in :mod:`dlforge.train.gradients`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from dlforge.errors import ConfigError
+from dlforge.train.state_io import atomic_write, state_to_bytes
+
+if TYPE_CHECKING:
+    from dlforge.train.state import TrainState
+
+
+class Callback:
+    """Base class; every hook is a documented no-op."""
+
+    def on_fit_start(self, state: TrainState) -> None:
+        """Before the first epoch (also when resuming, after state was restored)."""
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        """Before the first batch of an epoch."""
+
+    def on_after_backward(self, state: TrainState) -> None:
+        """Gradients are ready; set ``state.should_stop`` to refuse the optimizer step."""
+
+    def on_step_end(self, state: TrainState) -> None:
+        """After an optimizer step; ``state.step`` counts steps taken."""
+
+    def on_validation_end(self, state: TrainState, metrics: dict[str, Any]) -> None:
+        """Epoch metrics (``train_loss``, ``val_loss``, ...) are known; may add keys."""
+
+    def on_log(self, state: TrainState, record: dict[str, Any]) -> None:
+        """A record was appended to the history."""
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """The epoch is complete and logged; ``state.epoch`` counts completed epochs."""
+
+    def on_fit_end(self, state: TrainState) -> None:
+        """After the last epoch, or after a stop."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def _resolve_mode(monitor: str, mode: str) -> str:
+    if mode == "auto":
+        return "max" if any(k in monitor for k in ("acc", "f1", "auc", "precision", "recall")) else "min"
+    if mode not in ("min", "max"):
+        raise ConfigError(f"mode is {mode!r}", hint="use min, max or auto")
+    return mode
+
+
+def _metric(metrics: dict[str, Any], monitor: str, owner: str) -> float:
+    if monitor not in metrics:
+        raise ConfigError(
+            f"{owner} monitors {monitor!r}, which is not a logged metric",
+            hint=f"pick one of: {', '.join(sorted(k for k in metrics if k != 'lr'))}",
+        )
+    return float(metrics[monitor])
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+
+    With ``restore_best_weights`` the model ends with the weights of its best epoch.
+
+    Example:
+        >>> EarlyStopping(monitor="val_loss", patience=5)  # doctest: +ELLIPSIS
+        <...EarlyStopping...>
+    """
+
+    def __init__(self, monitor: str = "val_loss", mode: str = "auto", patience: int = 5,
+                 min_delta: float = 0.0, restore_best_weights: bool = True) -> None:
+        self.monitor, self.mode = monitor, _resolve_mode(monitor, mode)
+        self.patience, self.min_delta = patience, abs(min_delta)
+        self.restore_best_weights = restore_best_weights
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.wait = 0
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_validation_end(self, state: TrainState, metrics: dict[str, Any]) -> None:
+        value = _metric(metrics, self.monitor, "train.early_stopping")
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, state.epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            state.should_stop, state.stop_reason = True, "early_stopping"
+
+    def on_fit_end(self, state: TrainState) -> None:
+        if self.restore_best_weights and self.best_weights is not None and state.stop_reason != "non_finite":
+            state.model.load_state_dict(self.best_weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "best_weights": self.best_weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
+        self.best_weights = state["best_weights"]
+
+
+_CKPT = re.compile(r"^step-(\d+)\.safetensors$")
+
+
+def find_last_checkpoint(path: str | Path) -> Path:
+    """The newest ``step-*.safetensors`` in a run dir, its ``checkpoints/`` or a file."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    found = sorted((int(m.group(1)), p) for p in folder.glob("step-*.safetensors") if (m := _CKPT.match(p.name)))
+    if not found:
+        raise ConfigError(f"no checkpoint to resume from in {path}", hint="point resume at a run directory that saved checkpoints")
+    return found[-1][1]
+
+
+class Checkpoint(Callback):
+    """Save the full training state: every ``every_n_epochs`` epochs and/or every
+    ``every_n_steps`` steps, keeping the ``keep_last`` newest, plus ``best.safetensors``
+    whenever ``monitor`` improves. Each file is written atomically (temp file, fsync,
+    rename), so a crash mid-write leaves the previous checkpoint intact.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_epochs: int | None = 1, every_n_steps: int | None = None,
+                 keep_last: int = 1, monitor: str | None = "val_loss", mode: str = "auto") -> None:
+        self.dirpath = Path(dirpath)
+        self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
+        self.keep_last = max(1, keep_last)
+        self.monitor = monitor
+        self.mode = _resolve_mode(monitor, mode) if monitor else "min"
+        self.best: float | None = None
+        self._last_metrics: dict[str, Any] | None = None
+
+    def on_fit_start(self, state: TrainState) -> None:
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+
+    def on_step_end(self, state: TrainState) -> None:
+        if self.every_n_steps and state.step % self.every_n_steps == 0:
+            self._save(state)
+
+    def on_validation_end(self, state: TrainState, metrics: dict[str, Any]) -> None:
+        self._last_metrics = metrics
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        is_best = False
+        if self.monitor and self._last_metrics is not None and self.monitor in self._last_metrics:
+            value = float(self._last_metrics[self.monitor])
+            if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
+                self.best, is_best = value, True
+        periodic = self.every_n_epochs and state.epoch % self.every_n_epochs == 0
+        if periodic or state.should_stop or state.epoch == state.epochs or is_best:
+            data = self._save(state)
+            if is_best:
+                atomic_write(self.dirpath / "best.safetensors", data)
+
+    def _save(self, state: TrainState) -> bytes:
+        data = state_to_bytes(state.snapshot())
+        atomic_write(self.dirpath / f"step-{state.step:08d}.safetensors", data)
+        old = sorted(p for p in self.dirpath.glob("step-*.safetensors") if _CKPT.match(p.name))
+        for p in old[: -self.keep_last]:
+            p.unlink(missing_ok=True)
+        return data
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state["best"]
+
+
+class HistoryWriter(Callback):
+    """Write every history record as one JSON line to ``path`` (``history.jsonl``).
+
+    On resume the file is rewritten from the checkpoint's history, so it never holds
+    records from steps that were lost in the crash.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._file = None
+
+    def on_fit_start(self, state: TrainState) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w", encoding="utf-8")
+        for record in state.history:
+            self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def on_log(self, state: TrainState, record: dict[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+
+    def on_fit_end(self, state: TrainState) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _format_metrics(record: dict[str, Any]) -> str:
+    keys = [k for k in record if k not in ("type", "epoch", "time") and isinstance(record[k], float)]
+    return "  ".join(f"{k}={record[k]:.4g}" for k in keys)
+
+
+class ProgressBar(Callback):
+    """A rich progress bar on a terminal; plain per-epoch log lines otherwise."""
+
+    def __init__(self, stream=None, force_plain: bool = False) -> None:
+        self.stream = stream or sys.stderr
+        self.force_plain = force_plain
+        self._progress = None
+        self._task = None
+
+    def on_fit_start(self, state: TrainState) -> None:
+        if self.force_plain or not self.stream.isatty():
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
+            TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=Console(file=self.stream),
+        )
+        self._progress.start()
+        total = state.epochs * state.steps_per_epoch
+        self._task = self._progress.add_task("train", total=total, completed=state.step,
+                                             epoch=state.epoch + 1, epochs=state.epochs, info="")
+
+    def on_step_end(self, state: TrainState) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=state.step, epoch=min(state.epoch + 1, state.epochs))
+
+    def on_log(self, state: TrainState, record: dict[str, Any]) -> None:
+        if record.get("type") != "epoch":
+            return
+        line = f"epoch {record['epoch'] + 1}/{state.epochs}  {_format_metrics(record)}"
+        if self._progress is not None:
+            self._progress.update(self._task, info=_format_metrics({k: record[k] for k in record if k.startswith("val_")}))
+            self._progress.console.print(line)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def on_fit_end(self, state: TrainState) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

@@ -1,0 +1,309 @@
+"""The training loop: :func:`fit`, one explicit loop that reads top to bottom.
+
+Everything optional (progress, history, checkpoints, early stopping, gradient monitoring,
+the NaN guard) lives in callbacks; with no callbacks the loop still trains correctly and
+does exactly what a hand-written PyTorch loop does (``tests/train/test_engine.py``
+checks the final weights are identical).
+
+Data order: epoch ``e`` visits the training set in ``epoch_permutation(n, seed, e)``
+order. The permutation is a pure function of (seed, epoch), so a run resumed mid-epoch
+picks up at the same sample without saving sampler state.
+
+Example:
+    >>> import torch
+    >>> from torch.utils.data import TensorDataset
+    >>> x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    >>> model = torch.nn.Linear(4, 2)
+    >>> result = fit(model, TensorDataset(x, y), epochs=2, batch_size=16, optim="sgd")
+    >>> len(result.epochs)
+    2
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from dlforge.errors import ConfigError, DataError
+from dlforge.train.callbacks import Callback, find_last_checkpoint
+from dlforge.train.optim import OptimConfig, Scheduler, as_optim_config, build_optimizer
+from dlforge.train.state import FitResult, TrainState
+from dlforge.train.state_io import load_state
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# ----------------------------------------------------------------------------- setup
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def select_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA, then Apple MPS, then the CPU."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order in which epoch ``epoch`` visits ``n`` samples."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def resolve_loss(loss: str | LossFn | None, targets: torch.Tensor) -> LossFn:
+    """``None`` picks cross-entropy for integer targets and MSE for float targets."""
+    if callable(loss):
+        return loss
+    if loss is None:
+        loss = "cross_entropy" if not torch.is_floating_point(targets) else "mse"
+    losses = {"cross_entropy": nn.CrossEntropyLoss(), "mse": nn.MSELoss(), "l1": nn.L1Loss()}
+    if loss not in losses:
+        raise ConfigError(f"train.loss is {loss!r}", hint=f"use one of: {', '.join(losses)}")
+    return losses[loss]
+
+
+def iterate_batches(
+    data: Dataset, order: torch.Tensor, batch_size: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(x, y)`` batches in ``order``. A TensorDataset is indexed directly (its
+    tensors already sit on ``device``); any other Dataset goes through a DataLoader."""
+    if isinstance(data, TensorDataset):
+        x_all, y_all = data.tensors
+        order = order.to(x_all.device)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            yield x_all[idx], y_all[idx]
+        return
+    loader = DataLoader(data, batch_size=batch_size, sampler=order.tolist(), num_workers=0)
+    for xb, yb in loader:
+        yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+
+
+def _on_device(data: Dataset | None, device: torch.device) -> Dataset | None:
+    if isinstance(data, TensorDataset) and data.tensors[0].device != device:
+        return TensorDataset(*(t.to(device) for t in data.tensors))
+    return data
+
+
+def _check_finite_data(data: Dataset | None, name: str) -> None:
+    if isinstance(data, TensorDataset) and torch.is_floating_point(data.tensors[0]):
+        if not torch.isfinite(data.tensors[0]).all():
+            raise DataError(f"the {name} inputs contain NaN or Inf values", hint="clean or impute them before training")
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def evaluate_loss(
+    model: nn.Module, data: Dataset, loss_fn: LossFn, *, batch_size: int = 256,
+    device: torch.device | None = None, precision: str = "fp32",
+) -> dict[str, float]:
+    """Mean loss (and accuracy for integer targets) of ``model`` on ``data``, in eval mode."""
+    device = device or next(model.parameters()).device
+    data = _on_device(data, device)
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    for xb, yb in iterate_batches(data, torch.arange(len(data)), batch_size, device):
+        with _autocast(device, precision):
+            out = model(xb)
+        out = out.float()
+        loss_sum += loss_fn(out, yb) * len(yb)
+        if not torch.is_floating_point(yb):
+            correct += (out.argmax(dim=1) == yb).sum()
+        count += len(yb)
+    model.train(was_training)
+    metrics = {"loss": (loss_sum / max(count, 1)).item()}
+    if len(data) and not torch.is_floating_point(data[0][1]):
+        metrics["accuracy"] = (correct / max(count, 1)).item()
+    return metrics
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _l1_penalty(model: nn.Module) -> torch.Tensor:
+    # Weight matrices and kernels only: penalising biases and norm scales is not L1 sparsity.
+    return sum(p.abs().sum() for p in model.parameters() if p.ndim > 1)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def fit(
+    model: nn.Module,
+    train: Dataset,
+    val: Dataset | None = None,
+    *,
+    epochs: int = 10,
+    batch_size: int = 32,
+    optim: str | dict | OptimConfig = "adam",
+    loss: str | LossFn | None = None,
+    clip_grad_norm: float | None = None,
+    clip_grad_value: float | None = None,
+    accumulate: int = 1,
+    precision: str = "fp32",
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    callbacks: Sequence[Callback] = (),
+    log_every_n_steps: int = 50,
+    resume: str | Path | None = None,
+) -> FitResult:
+    """Train ``model`` on ``train`` (validating on ``val`` after every epoch).
+
+    ``optim`` names the optimizer, schedule and L1/L2 penalties (see
+    :class:`~dlforge.train.optim.OptimConfig`); ``gd`` uses the whole training set as one
+    batch. ``accumulate`` sums gradients over that many batches per optimizer step.
+    ``precision`` is ``fp32``, ``bf16`` (autocast) or ``fp16`` (CUDA, with a grad scaler).
+    ``resume`` continues from the last checkpoint in a run or checkpoint directory.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> data = TensorDataset(torch.randn(32, 3), torch.randint(0, 2, (32,)))
+        >>> fit(torch.nn.Linear(3, 2), data, epochs=1, batch_size=8).steps
+        4
+    """
+    cfg = as_optim_config(optim)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"train.precision is {precision!r}", hint=f"use one of: {', '.join(PRECISIONS)}")
+    if epochs < 1 or batch_size < 1 or accumulate < 1:
+        raise ConfigError("train.epochs, train.batch_size and train.accumulate must be at least 1")
+    if len(train) == 0:
+        raise DataError("the training set is empty", hint="check data.split and the data source")
+    device = select_device(device)
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision fp16 needs a CUDA device", hint="use bf16 on the CPU")
+    _check_finite_data(train, "training")
+    _check_finite_data(val, "validation")
+
+    seed_everything(seed)
+    model.to(device)
+    train, val = _on_device(train, device), _on_device(val, device)
+    if cfg.name == "gd":
+        batch_size = len(train)  # full-batch gradient descent
+    batches_per_epoch = math.ceil(len(train) / batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / accumulate)
+    targets = train[0][1] if not isinstance(train, TensorDataset) else train.tensors[1]
+    loss_fn = resolve_loss(loss, torch.as_tensor(targets))
+    classify = not torch.is_floating_point(torch.as_tensor(targets))
+    optimizer = build_optimizer(model.parameters(), cfg)
+    state = TrainState(
+        model=model, optimizer=optimizer, scheduler=Scheduler(optimizer, cfg, steps_per_epoch, epochs),
+        device=device, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=list(callbacks),
+        scaler=torch.amp.GradScaler("cuda") if precision == "fp16" else None,
+    )
+    if resume is not None:
+        state.restore(load_state(find_last_checkpoint(resume)))
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    for cb in state.callbacks:
+        cb.on_fit_start(state)
+    while state.epoch < epochs and not state.should_stop:
+        model.train()
+        if state.batch_in_epoch == 0:
+            zero = torch.zeros((), device=device)
+            state.totals = {"loss_sum": zero, "correct": zero.clone(), "count": 0, "start": time.time()}
+            for cb in state.callbacks:
+                cb.on_epoch_start(state)
+        order = epoch_permutation(len(train), seed, state.epoch)[state.batch_in_epoch * batch_size :]
+        for xb, yb in iterate_batches(train, order, batch_size, device):
+            if state.batch_in_epoch % accumulate == 0:
+                log_step = state.step % log_every_n_steps == 0
+                state.step_record = {"type": "step", "step": state.step, "epoch": state.epoch} if log_step else None
+            # forward and backward
+            with _autocast(device, precision):
+                out = model(xb)
+                loss_value = loss_fn(out, yb)
+            total = loss_value + cfg.l1 * _l1_penalty(model) if cfg.l1 else loss_value
+            if accumulate > 1:
+                total = total / accumulate
+            (state.scaler.scale(total) if state.scaler else total).backward()
+            state.batch_in_epoch += 1
+            state.loss, state.batch = loss_value.detach(), (xb, yb)
+            state.totals["loss_sum"] += state.loss.float() * len(yb)
+            if classify:
+                state.totals["correct"] += (out.detach().argmax(dim=1) == yb).sum()
+            state.totals["count"] += len(yb)
+            if state.batch_in_epoch % accumulate and state.batch_in_epoch < batches_per_epoch:
+                continue  # keep accumulating gradients
+            # the optimizer step
+            if state.scaler:
+                state.scaler.unscale_(optimizer)
+            for cb in state.callbacks:
+                cb.on_after_backward(state)
+            if state.should_stop:
+                break  # a guard refused this step; the weights stay as they were
+            if clip_grad_norm is not None:
+                nn.utils.clip_grad_norm_(params, clip_grad_norm)
+            if clip_grad_value is not None:
+                nn.utils.clip_grad_value_(params, clip_grad_value)
+            if state.scaler:
+                state.scaler.step(optimizer)
+                state.scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.scheduler.step_batch()
+            state.step += 1
+            for cb in state.callbacks:
+                cb.on_step_end(state)
+            if state.step_record is not None:
+                state.step_record.update(loss=state.loss.item(), lr=state.scheduler.lr)
+                state.log(state.step_record)
+                state.step_record = None
+            if state.should_stop:
+                break
+        if state.stop_reason == "non_finite":
+            break
+        if state.batch_in_epoch < batches_per_epoch:
+            break  # a callback stopped mid-epoch
+
+        # end of epoch: validate, let callbacks react, log, then checkpoint
+        count = max(state.totals["count"], 1)
+        metrics: dict[str, Any] = {"train_loss": (state.totals["loss_sum"] / count).item()}
+        if classify:
+            metrics["train_accuracy"] = (state.totals["correct"] / count).item()
+        if val is not None and len(val):
+            for k, v in evaluate_loss(model, val, loss_fn, batch_size=max(batch_size, 256), device=device, precision=precision).items():
+                metrics[f"val_{k}"] = v
+        metrics["lr"] = state.scheduler.lr
+        for cb in state.callbacks:
+            cb.on_validation_end(state, metrics)
+        state.scheduler.step_epoch(metrics)
+        record = {"type": "epoch", "epoch": state.epoch, **metrics, "time": time.time() - state.totals["start"]}
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        state.log(record)
+        for cb in state.callbacks:
+            cb.on_epoch_end(state)
+
+    for cb in state.callbacks:
+        cb.on_fit_end(state)
+    best_epoch = next((cb.best_epoch for cb in state.callbacks if getattr(cb, "best_epoch", None) is not None), None)
+    return FitResult(
+        history=state.history, epochs_run=state.epoch, steps=state.step, stop_reason=state.stop_reason,
+        nan_report=state.nan_report, best_epoch=best_epoch,
+    )
