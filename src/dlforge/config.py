@@ -1,0 +1,185 @@
+"""The YAML run configuration, validated by pydantic.
+
+Every section forbids unknown keys; an error names the key path (``train.epochs``), what
+is wrong, and the allowed keys or values. The ``model`` section is checked by the model
+family's own config (:func:`dlforge.models.config_from_spec`) once the data is known.
+
+Example:
+    >>> cfg = load_config("examples/digits_cnn.yaml", overrides=["train.epochs=5"])  # doctest: +SKIP
+    >>> cfg.train.epochs  # doctest: +SKIP
+    5
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dlforge.errors import ConfigError
+from dlforge.train.optim import OptimConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitConfig(_Strict):
+    val: float = Field(0.15, ge=0, lt=1)
+    test: float = Field(0.15, ge=0, lt=1)
+    stratify: bool = True
+
+
+class DataConfig(_Strict):
+    source: str
+    target: str | None = None
+    task: Literal["auto", "classification", "regression"] = "auto"
+    categorical: Literal["onehot", "reject"] = "onehot"
+    image_size: tuple[int, int] | None = None
+    color: Literal["grayscale", "rgb"] = "grayscale"
+    n_samples: int | None = Field(None, ge=4)
+    noise: float | None = Field(None, ge=0)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    standardize: bool = True
+
+
+class EarlyStoppingConfig(_Strict):
+    monitor: str = "val_loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+    restore_best_weights: bool = True
+
+
+class CheckpointConfig(_Strict):
+    every_n_epochs: int | None = Field(1, ge=1)
+    every_n_steps: int | None = Field(None, ge=1)
+    keep_last: int = Field(1, ge=1)
+    monitor: str | None = "val_loss"
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    loss: Literal["cross_entropy", "mse", "l1"] | None = None
+    clip_grad_norm: float | None = Field(None, gt=0)
+    clip_grad_value: float | None = Field(None, gt=0)
+    accumulate: int = Field(1, ge=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = "auto"
+    log_every_n_steps: int = Field(50, ge=1)
+    early_stopping: EarlyStoppingConfig | None = None
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    gradient_monitor: bool = True
+    nan_guard: bool = True
+
+
+class RunConfig(_Strict):
+    """A whole run: what ``dlforge train CONFIG.yaml`` reads."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    data: DataConfig
+    model: dict[str, Any]
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("model")
+    @classmethod
+    def _has_arch(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if "arch" not in value:
+            raise ValueError("needs an 'arch' key (mlp or cnn)")
+        return value
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at ``loc`` (for listing its keys)."""
+    model: Any = RunConfig
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return None
+        ann = fields[part].annotation
+        args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = args[0] if args else ann
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _explain(err: ValidationError) -> ConfigError:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            owner = _model_at(loc[:-1])
+            allowed = ", ".join(owner.model_fields) if owner else "see the README"
+            lines.append(f"unknown key {path!r}; allowed keys here: {allowed}")
+        elif e["type"] == "missing":
+            lines.append(f"{path} is required")
+        else:
+            got = e.get("input")
+            got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{path}: {e['msg']}{got_text}")
+    body = lines[0] if len(lines) == 1 else "".join(f"\n  - {line}" for line in lines)
+    return ConfigError(f"invalid config: {body}", hint="fix the keys named above in the YAML or with --set")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=0.01"`` -> (["optim", "lr"], 0.01); values are parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r} has no '='", hint="write --set key.path=value, e.g. --set train.epochs=5")
+    key, _, raw = text.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {text!r} names no key")
+    return parts, yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys in a raw config dict (creating sections as needed)."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {'.'.join(parts[: i + 1])} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def validate_config(raw: Any) -> RunConfig:
+    """Validate a raw dict into a :class:`RunConfig`, or raise a readable ConfigError."""
+    if not isinstance(raw, dict):
+        raise ConfigError("the config must be a YAML mapping of sections (name, seed, data, model, optim, train)")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise _explain(err) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist", hint="check the path")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    return raw if raw is not None else {}
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a YAML run config."""
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a YAML mapping of sections")
+    return validate_config(apply_overrides(raw, overrides or []))
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    """The resolved config, every default written out."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,54 @@
+"""Data: load a source into a :class:`DataBundle`, split it and prepare tensors.
+
+Sources are built-in sets (:func:`list_builtin`), CSV files, folders of images with
+one sub-folder per class, and MNIST-style IDX files; :func:`load_source` picks the
+loader. :func:`prepare` makes train/val/test tensor datasets standardised with
+train-split statistics; :func:`encode_rows`, :func:`encode_images` and
+:func:`encode_array` turn raw inputs into the same tensors for prediction.
+
+Example:
+    >>> from dlforge.data import load_source, prepare
+    >>> prepared = prepare(load_source("circles", n_samples=400), val=0.2, test=0.2)
+    >>> len(prepared.train), prepared.num_outputs
+    (240, 2)
+"""
+
+from __future__ import annotations
+
+from dlforge.data.bundle import DataBundle
+from dlforge.data.catalog import list_builtin, load_builtin
+from dlforge.data.csv_file import load_csv
+from dlforge.data.idx import load_idx, write_idx
+from dlforge.data.image_folder import load_image_folder
+from dlforge.data.preprocess import (
+    Prepared,
+    Standardizer,
+    encode_array,
+    encode_images,
+    encode_rows,
+    prepare,
+    sample_shape,
+)
+from dlforge.data.sources import load_source
+from dlforge.data.splits import Splits, split, split_indices
+
+__all__ = [
+    "DataBundle",
+    "Prepared",
+    "Splits",
+    "Standardizer",
+    "encode_array",
+    "encode_images",
+    "encode_rows",
+    "list_builtin",
+    "load_builtin",
+    "load_csv",
+    "load_idx",
+    "load_image_folder",
+    "load_source",
+    "prepare",
+    "sample_shape",
+    "split",
+    "split_indices",
+    "write_idx",
+]

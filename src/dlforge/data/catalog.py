@@ -1,0 +1,219 @@
+"""Built-in data sets: small real sets bundled with scikit-learn and seeded toy tasks.
+
+Nothing here downloads: the real sets ship inside scikit-learn, the toy sets
+(``xor``, ``circles``, ``spirals``) are generated from a seed.
+
+Example:
+    >>> [d["name"] for d in list_builtin()][:3]
+    ['digits', 'breast_cancer', 'wine']
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn import datasets
+
+from dlforge.data.bundle import DataBundle
+from dlforge.errors import DataError
+
+DEFAULT_GENERATED_SAMPLES = 1000
+
+
+@dataclass(frozen=True)
+class _Builtin:
+    task: str
+    kind: str
+    shape: tuple[int, ...]  # one sample
+    n_samples: int  # the real size, or the default for generated sets
+    n_classes: int | None
+    description: str
+    default_noise: float | None  # None: a fixed real data set, not generated
+
+
+def _sklearn_tabular(name: str, loader: Callable, task: str) -> DataBundle:
+    raw = loader()
+    features = [str(f) for f in raw.feature_names]
+    if task == "classification":
+        y, class_names = raw.target.astype(np.int64), [str(c) for c in raw.target_names]
+    else:
+        y, class_names = raw.target.astype(np.float32).reshape(-1, 1), None  # (N, 1)
+    return DataBundle(
+        name=name,
+        x=raw.data.astype(np.float32),
+        y=y,
+        task=task,
+        kind="tabular",
+        class_names=class_names,
+        feature_names=features,
+        encoding={"kind": "tabular", "columns": features, "categories": {}},
+    )
+
+
+def _digits() -> DataBundle:
+    raw = datasets.load_digits()
+    return DataBundle(
+        name="digits",
+        x=(raw.images[:, None] / 16.0).astype(np.float32),  # (N, 1, 8, 8); pixels are 0..16
+        y=raw.target.astype(np.int64),
+        task="classification",
+        kind="image",
+        class_names=[str(d) for d in range(10)],
+        feature_names=None,
+        # scale 1/16 is how this x was made from sklearn's 0..16 pixels; image files are
+        # always read with 1/255 (see preprocess.encode_images), so an 8x8 grayscale PNG
+        # saved from 0..255 pixels encodes onto the same [0, 1] range.
+        encoding={"kind": "image", "size": [8, 8], "mode": "L", "scale": 1 / 16},
+    )
+
+
+def _xor(n: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    points = rng.uniform(-1.0, 1.0, size=(n, 2))  # (N, 2)
+    y = (points[:, 0] > 0) != (points[:, 1] > 0)
+    # Noise moves points after labelling, so points near the axes can cross over.
+    return points + noise * rng.standard_normal((n, 2)), y
+
+
+def _circles(n: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    return datasets.make_circles(n_samples=n, noise=noise, factor=0.5, random_state=seed)
+
+
+def _spirals(n: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    y = np.arange(n) % 2  # alternate so the classes differ in size by at most one
+    # sqrt spreads points evenly along the arm instead of crowding the centre.
+    t = np.sqrt(rng.uniform(0.0, 1.0, size=n)) * 3 * np.pi  # angle: 1.5 turns
+    radius = t / (3 * np.pi)  # grows from 0 to 1
+    angle = t + np.pi * y  # the second arm is the first rotated by 180 degrees
+    points = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)  # (N, 2)
+    return points + noise * rng.standard_normal((n, 2)), y
+
+
+def _generated(name: str, n: int, noise: float, seed: int) -> DataBundle:
+    rng = np.random.default_rng(seed)
+    if name == "xor":
+        x, y = _xor(n, noise, rng)
+        class_names = ["same_sign", "different_sign"]
+    elif name == "circles":
+        x, y = _circles(n, noise, seed)
+        class_names = ["outer", "inner"]  # make_circles labels the inner circle 1
+    else:
+        x, y = _spirals(n, noise, rng)
+        class_names = ["arm_0", "arm_1"]
+    features = ["x0", "x1"]
+    return DataBundle(
+        name=name,
+        x=x.astype(np.float32),
+        y=y.astype(np.int64),
+        task="classification",
+        kind="tabular",
+        class_names=class_names,
+        feature_names=features,
+        encoding={"kind": "tabular", "columns": features, "categories": {}},
+    )
+
+
+_N = DEFAULT_GENERATED_SAMPLES
+_CATALOG: dict[str, _Builtin] = {
+    "digits": _Builtin("classification", "image", (1, 8, 8), 1797, 10,
+                       "8x8 grayscale handwritten digits (scikit-learn)", None),
+    "breast_cancer": _Builtin("classification", "tabular", (30,), 569, 2,
+                              "Wisconsin breast cancer, malignant vs benign", None),
+    "wine": _Builtin("classification", "tabular", (13,), 178, 3,
+                     "chemical analysis of wines from three cultivars", None),
+    "iris": _Builtin("classification", "tabular", (4,), 150, 3,
+                     "iris flower measurements, three species", None),
+    "diabetes": _Builtin("regression", "tabular", (10,), 442, None,
+                         "diabetes disease progression after one year", None),
+    "xor": _Builtin("classification", "tabular", (2,), _N, 2,
+                    "2-D points labelled by whether the coordinate signs differ", 0.1),
+    "circles": _Builtin("classification", "tabular", (2,), _N, 2,
+                        "two concentric circles (inner radius 0.5)", 0.05),
+    "spirals": _Builtin("classification", "tabular", (2,), _N, 2,
+                        "two interleaved spirals", 0.05),
+}
+
+_REAL_LOADERS: dict[str, Callable[[], DataBundle]] = {
+    "digits": _digits,
+    "breast_cancer": lambda: _sklearn_tabular(
+        "breast_cancer", datasets.load_breast_cancer, "classification"),
+    "wine": lambda: _sklearn_tabular("wine", datasets.load_wine, "classification"),
+    "iris": lambda: _sklearn_tabular("iris", datasets.load_iris, "classification"),
+    "diabetes": lambda: _sklearn_tabular("diabetes", datasets.load_diabetes, "regression"),
+}
+
+
+def builtin_names() -> list[str]:
+    """Names of the built-in data sets, in catalog order."""
+    return list(_CATALOG)
+
+
+def suggest_builtin(name: str) -> str | None:
+    """The built-in name ``name`` is most likely a typo of, or None."""
+    close = difflib.get_close_matches(name.lower(), _CATALOG, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def list_builtin() -> list[dict]:
+    """Describe every built-in set: name, task, kind, shape, n_samples, n_classes, description.
+
+    ``shape`` is one sample's shape; for generated sets ``n_samples`` is the default.
+
+    Example:
+        >>> next(d for d in list_builtin() if d["name"] == "digits")["shape"]
+        [1, 8, 8]
+    """
+    return [
+        {
+            "name": name,
+            "task": b.task,
+            "kind": b.kind,
+            "shape": list(b.shape),
+            "n_samples": b.n_samples,
+            "n_classes": b.n_classes,
+            "description": b.description,
+        }
+        for name, b in _CATALOG.items()
+    ]
+
+
+def load_builtin(
+    name: str, *, n_samples: int | None = None, noise: float | None = None, seed: int = 0
+) -> DataBundle:
+    """Load a built-in set; ``n_samples``, ``noise`` and ``seed`` shape the generated ones.
+
+    The same seed gives identical arrays. The real sets are fixed, so giving them
+    ``n_samples`` or ``noise`` is an error rather than silently ignored.
+
+    Example:
+        >>> load_builtin("spirals", n_samples=200, noise=0.1, seed=1).x.shape
+        (200, 2)
+    """
+    spec = _CATALOG.get(name)
+    if spec is None:
+        guess = suggest_builtin(name)
+        did_you_mean = f"did you mean '{guess}'? " if guess else ""
+        raise DataError(
+            f"unknown built-in data set '{name}'",
+            hint=f"{did_you_mean}data.source can be one of: {', '.join(_CATALOG)}",
+        )
+    if spec.default_noise is None:
+        for key, value in (("n_samples", n_samples), ("noise", noise)):
+            if value is not None:
+                raise DataError(
+                    f"'{name}' is a fixed data set, so {key} cannot be set",
+                    hint=f"remove data.{key}; it only applies to the generated sets "
+                    f"{', '.join(n for n, b in _CATALOG.items() if b.default_noise is not None)}",
+                )
+        return _REAL_LOADERS[name]()
+    n = spec.n_samples if n_samples is None else n_samples
+    noise = spec.default_noise if noise is None else noise
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+        raise DataError(f"n_samples must be an integer of at least 2, got {n!r}",
+                        hint=f"set data.n_samples, e.g. {spec.n_samples}")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
+        raise DataError(f"noise must be a number of at least 0, got {noise!r}",
+                        hint=f"set data.noise, e.g. {spec.default_noise}")
+    return _generated(name, int(n), float(noise), seed)

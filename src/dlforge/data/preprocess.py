@@ -1,0 +1,257 @@
+"""From a bundle to model-ready tensors, and from raw inputs to the same tensors later.
+
+:func:`prepare` splits a bundle, fits a :class:`Standardizer` on the train split only
+(so validation and test numbers stay honest) and builds ``TensorDataset`` s. Its
+``preprocessing`` dict is saved with a model; :func:`encode_rows`,
+:func:`encode_images` and :func:`encode_array` replay it on new inputs and give
+exactly the tensors training saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from dlforge.data.bundle import DataBundle
+from dlforge.data.image_folder import read_image, to_unit_range
+from dlforge.data.splits import split
+from dlforge.data.tabular import encode_features, read_csv, table_from_rows
+from dlforge.errors import DataError
+
+ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
+MIN_STD = 1e-8  # below this a column is constant: divide by 1 instead of blowing it up
+
+
+@dataclass
+class Standardizer:
+    """Per-feature (tables) or per-channel (images) ``(x - mean) / std``.
+
+    Statistics use the population std (ddof=0), as scikit-learn's StandardScaler.
+
+    Example:
+        >>> s = Standardizer.fit(np.array([[0.0, 5.0], [2.0, 5.0]]))
+        >>> s.mean, s.std, s.axis
+        ([1.0, 5.0], [1.0, 1.0], 'feature')
+    """
+
+    mean: list[float]
+    std: list[float]
+    axis: str  # "feature": x is (N, F); "channel": x is (N, C, H, W)
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> Standardizer:
+        """Statistics of ``x``: per column of a 2-D array, per channel of a 4-D one."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim not in (2, 4) or len(x) == 0:
+            raise DataError(f"cannot standardise an array of shape {x.shape}",
+                            hint="expected (N, F) features or (N, C, H, W) images with N > 0")
+        dims = (0,) if x.ndim == 2 else (0, 2, 3)
+        std = x.std(axis=dims)
+        std[std < MIN_STD] = 1.0
+        axis = "feature" if x.ndim == 2 else "channel"
+        return cls(mean=x.mean(axis=dims).tolist(), std=std.tolist(), axis=axis)
+
+    def transform(self, x: ArrayOrTensor) -> ArrayOrTensor:
+        """``(x - mean) / std`` in float32; a tensor stays a tensor on its device.
+
+        Example:
+            >>> Standardizer([1.0], [2.0], "feature").transform(np.array([[3.0]]))
+            array([[1.]], dtype=float32)
+        """
+        expected_ndim = 2 if self.axis == "feature" else 4
+        if x.ndim != expected_ndim or x.shape[1] != len(self.mean):
+            raise DataError(
+                f"standardiser fitted on {len(self.mean)} {self.axis}s cannot transform an "
+                f"array of shape {tuple(x.shape)}",
+                hint=f"give {expected_ndim}-D input with {len(self.mean)} {self.axis}s in dim 1",
+            )
+        shape = (1, -1) if self.axis == "feature" else (1, -1, 1, 1)  # broadcast over N (, H, W)
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(shape)
+        std = np.asarray(self.std, dtype=np.float32).reshape(shape)
+        if isinstance(x, torch.Tensor):
+            x = x.to(torch.float32)
+            return (x - torch.from_numpy(mean).to(x.device)) / torch.from_numpy(std).to(x.device)
+        return (np.asarray(x, dtype=np.float32) - mean) / std
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict; :meth:`from_dict` reads it back."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Standardizer:
+        """Rebuild a standardiser saved with :meth:`to_dict`.
+
+        Example:
+            >>> Standardizer.from_dict({"mean": [0.0], "std": [1.0], "axis": "feature"}).std
+            [1.0]
+        """
+        try:
+            mean, std, axis = list(d["mean"]), list(d["std"]), d["axis"]
+        except (KeyError, TypeError) as err:
+            raise DataError(f"standardisation stats {d!r} lack mean, std or axis",
+                            hint="the saved preprocessing is damaged; retrain") from err
+        if len(mean) != len(std) or axis not in ("feature", "channel"):
+            raise DataError(f"inconsistent standardisation stats {d!r}",
+                            hint="the saved preprocessing is damaged; retrain")
+        return cls(mean=[float(m) for m in mean], std=[float(s) for s in std], axis=axis)
+
+
+@dataclass
+class Prepared:
+    """Model-ready data: tensor datasets per split plus what a model must be built for."""
+
+    name: str
+    task: str
+    kind: str
+    train: TensorDataset
+    val: TensorDataset | None
+    test: TensorDataset | None
+    class_names: list[str] | None
+    feature_names: list[str] | None
+    input_shape: tuple[int, ...]
+    num_outputs: int
+    preprocessing: dict  # {"encoding": ..., "standardize": Standardizer.to_dict() or None}
+
+
+def prepare(
+    bundle: DataBundle, *, val: float = 0.15, test: float = 0.15, stratify: bool = True,
+    seed: int = 0, standardize: bool = True,
+) -> Prepared:
+    """Split ``bundle``, standardise with train-split statistics and build tensor datasets.
+
+    Example:
+        >>> from dlforge.data import load_builtin
+        >>> prepared = prepare(load_builtin("iris"), val=0.2, test=0.2)
+        >>> len(prepared.train), prepared.input_shape, prepared.num_outputs
+        (90, (4,), 3)
+    """
+    parts = split(bundle, val=val, test=test, stratify=stratify, seed=seed)
+    scaler = Standardizer.fit(parts.train.x) if standardize else None
+
+    def tensors(part: DataBundle | None) -> TensorDataset | None:
+        if part is None:
+            return None
+        if scaler is not None:
+            part = replace(part, x=scaler.transform(part.x))  # the bundle itself stays unscaled
+        return part.to_tensor_dataset()
+
+    return Prepared(
+        name=bundle.name,
+        task=bundle.task,
+        kind=bundle.kind,
+        train=tensors(parts.train),
+        val=tensors(parts.val),
+        test=tensors(parts.test),
+        class_names=bundle.class_names,
+        feature_names=bundle.feature_names,
+        input_shape=bundle.input_shape,
+        num_outputs=bundle.num_outputs,
+        preprocessing={
+            "encoding": bundle.encoding,
+            "standardize": None if scaler is None else scaler.to_dict(),
+        },
+    )
+
+
+def _finish(x: np.ndarray, preprocessing: Mapping) -> torch.Tensor:
+    """Standardise encoded x as training did and return a float32 tensor."""
+    stats = preprocessing.get("standardize")
+    if stats is not None:
+        x = Standardizer.from_dict(stats).transform(x)
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def _encoding(preprocessing: Mapping, kind: str) -> Mapping:
+    encoding = preprocessing.get("encoding") if isinstance(preprocessing, Mapping) else None
+    if not isinstance(encoding, Mapping) or "kind" not in encoding:
+        raise DataError("the preprocessing dict has no 'encoding' recipe",
+                        hint="pass Prepared.preprocessing, as saved with the model")
+    if kind != "any" and encoding["kind"] != kind:
+        raise DataError(f"this model takes {encoding['kind']} input, not {kind} input",
+                        hint=f"give {encoding['kind']} input to this model")
+    return encoding
+
+
+def sample_shape(encoding: Mapping) -> tuple[int, ...]:
+    """Per-sample shape of x made by ``encoding``, e.g. ``(F,)`` or ``(C, H, W)``.
+
+    Example:
+        >>> sample_shape({"kind": "image", "size": [8, 8], "mode": "L", "scale": 1 / 16})
+        (1, 8, 8)
+    """
+    if encoding["kind"] == "image":
+        return (1 if encoding["mode"] == "L" else 3, *encoding["size"])
+    categories = encoding["categories"]
+    return (sum(len(categories[c]) if c in categories else 1 for c in encoding["columns"]),)
+
+
+def encode_rows(
+    rows: Sequence[Mapping[str, object]] | Mapping[str, object] | str | Path,
+    preprocessing: Mapping,
+) -> torch.Tensor:
+    """Encode raw table rows (dicts, or a CSV file) as the model's standardised input.
+
+    Columns not used in training, such as the target, are ignored; one dict is one row.
+
+    Example:
+        >>> encode_rows([{"age": "31", "color": "red"}], prepared.preprocessing)  # doctest: +SKIP
+        tensor([[ 0.1320, -0.9806,  0.9806]])
+    """
+    encoding = _encoding(preprocessing, "tabular")
+    if isinstance(rows, Mapping):
+        rows = [rows]  # one row
+    table = read_csv(rows) if isinstance(rows, (str, Path)) else table_from_rows(rows)
+    x = encode_features(table, list(encoding["columns"]), encoding["categories"])  # (N, F)
+    return _finish(x, preprocessing)
+
+
+def encode_images(paths: Sequence[str | Path], preprocessing: Mapping) -> torch.Tensor:
+    """Load image files as the model's standardised input ``(N, C, H, W)``.
+
+    Each file is converted to the stored colour mode and resized to the stored size.
+    Files hold 0..255 pixels, so they are always scaled by 1/255; the stored
+    ``scale`` describes the training array (digits used 1/16 on sklearn's 0..16
+    pixels) and both put pixels on the same [0, 1] range.
+
+    Example:
+        >>> encode_images(["seven.png"], prepared.preprocessing).shape  # doctest: +SKIP
+        torch.Size([1, 1, 8, 8])
+    """
+    encoding = _encoding(preprocessing, "image")
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise DataError("no image paths were given", hint="pass e.g. ['a.png', 'b.png']")
+    size = tuple(encoding["size"])
+    pixels = np.stack([read_image(p, encoding["mode"], size) for p in paths])  # (N, C, H, W)
+    return _finish(to_unit_range(pixels), preprocessing)
+
+
+def encode_array(x: np.ndarray | torch.Tensor, preprocessing: Mapping) -> torch.Tensor:
+    """Standardise already-encoded samples (e.g. a bundle's ``x``) as training did.
+
+    One sample without a batch dimension is accepted too.
+
+    Example:
+        >>> encode_array(bundle.x[:5], prepared.preprocessing).shape  # doctest: +SKIP
+        torch.Size([5, 1, 8, 8])
+    """
+    encoding = _encoding(preprocessing, "any")
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x, dtype=np.float32)
+    expected = sample_shape(encoding)
+    if x.shape == expected:
+        x = x[None]  # one sample -> a batch of one
+    if x.shape[1:] != expected:
+        raise DataError(
+            f"input of shape {x.shape} does not match the model's sample shape {expected}",
+            hint=f"give an array of shape (N, {', '.join(map(str, expected))})",
+        )
+    return _finish(x, preprocessing)

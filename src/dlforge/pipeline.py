@@ -1,0 +1,166 @@
+"""A run from a config: data -> model -> fit -> artifact, in a run directory.
+
+This is what ``dlforge train`` does, callable from Python::
+
+    runs/<name>-<time>/
+      config.yaml       the resolved config (every default written out)
+      history.jsonl     one line per epoch and per logged step
+      checkpoints/      resumable training state (safetensors)
+      model/            the artifact: model.json + model.safetensors
+      metrics.json      validation and test metrics
+
+Every input error (config, data, labels that don't fit the model) is raised before the
+run directory exists, so a failed start leaves nothing behind.
+
+Example:
+    >>> from dlforge.config import load_config
+    >>> outcome = train_run(load_config("examples/digits_cnn.yaml"))  # doctest: +SKIP
+    >>> outcome.test_metrics["test_accuracy"]  # doctest: +SKIP
+    0.98
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from torch import nn
+
+from dlforge.config import RunConfig, to_yaml
+from dlforge.data import Prepared, load_source, prepare
+from dlforge.errors import ConfigError, DlforgeError
+from dlforge.models import build
+from dlforge.registry import save_artifact
+from dlforge.train import (
+    Checkpoint, EarlyStopping, FitResult, GradientMonitor, HistoryWriter, NanGuard, ProgressBar,
+    evaluate_loss, fit, resolve_loss, seed_everything,
+)
+from dlforge.train.state_io import atomic_write
+
+
+@dataclass
+class RunOutcome:
+    """What a finished run produced."""
+
+    run_dir: Path
+    result: FitResult
+    metrics: dict[str, float]
+    prepared: Prepared
+    model: nn.Module
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.run_dir / "model"
+
+
+def load_data(cfg: RunConfig) -> Prepared:
+    """Load and split the configured data; normalisation statistics come from train only."""
+    d = cfg.data
+    bundle = load_source(
+        d.source, target=d.target, task=d.task, categorical=d.categorical, image_size=d.image_size,
+        color=d.color, n_samples=d.n_samples, noise=d.noise, seed=cfg.seed,
+    )
+    return prepare(bundle, val=d.split.val, test=d.split.test, stratify=d.split.stratify,
+                   seed=cfg.seed, standardize=d.standardize)
+
+
+def build_model(cfg: RunConfig, prepared: Prepared) -> nn.Module:
+    """The configured model, its input and output sizes taken from the data."""
+    seed_everything(cfg.seed)  # the same seed gives the same initial weights
+    return build(cfg.model, input_shape=prepared.input_shape, num_outputs=prepared.num_outputs)
+
+
+def _check_monitors(cfg: RunConfig, prepared: Prepared) -> None:
+    """Fail now, not after the first epoch, when a monitored metric will never exist."""
+    available = {"train_loss", "lr"}
+    if prepared.task == "classification":
+        available.add("train_accuracy")
+    if prepared.val is not None:
+        available |= {m.replace("train_", "val_") for m in available if m.startswith("train_")}
+    watched = {"train.checkpoint.monitor": cfg.train.checkpoint.monitor}
+    if cfg.train.early_stopping:
+        watched["train.early_stopping.monitor"] = cfg.train.early_stopping.monitor
+    if cfg.optim.schedule.name == "plateau":
+        watched["optim.schedule.monitor"] = cfg.optim.schedule.monitor
+    for key, metric in watched.items():
+        if metric is not None and metric not in available:
+            hint = "set data.split.val above 0 for val_* metrics; " if metric.startswith("val_") else ""
+            raise ConfigError(f"{key} is {metric!r}, which this run will not log",
+                              hint=f"{hint}available: {', '.join(sorted(available - {'lr'}))}")
+
+
+def _new_run_dir(runs_dir: Path, name: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        candidate = runs_dir / (f"{name}-{stamp}" if i == 1 else f"{name}-{stamp}-{i}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a run directory in {runs_dir}")
+
+
+def _callbacks(cfg: RunConfig, run_dir: Path, stream: TextIO | None) -> list:
+    t = cfg.train
+    callbacks: list = [ProgressBar(stream=stream)] if stream is not None else []
+    if t.nan_guard:
+        callbacks.append(NanGuard())
+    if t.gradient_monitor:
+        callbacks.append(GradientMonitor())
+    if t.early_stopping:
+        es = t.early_stopping
+        callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta, es.restore_best_weights))
+    c = t.checkpoint
+    callbacks.append(Checkpoint(run_dir / "checkpoints", c.every_n_epochs, c.every_n_steps, c.keep_last, c.monitor))
+    callbacks.append(HistoryWriter(run_dir / "history.jsonl"))
+    return callbacks
+
+
+def train_run(
+    cfg: RunConfig, *, runs_dir: str | Path = "runs", resume: str | Path | None = None,
+    progress: TextIO | None = None,
+) -> RunOutcome:
+    """Train the run ``cfg`` describes; ``resume`` continues the run directory given.
+
+    ``progress`` is a stream for the progress bar / epoch lines (None: silent).
+    """
+    prepared = load_data(cfg)
+    model = build_model(cfg, prepared)
+    _check_monitors(cfg, prepared)
+    resume_dir = Path(resume) if resume is not None else None
+    run_dir = resume_dir or _new_run_dir(Path(runs_dir), cfg.name)
+    try:
+        atomic_write(run_dir / "config.yaml", to_yaml(cfg).encode())
+        t = cfg.train
+        result = fit(
+            model, prepared.train, prepared.val, epochs=t.epochs, batch_size=t.batch_size, optim=cfg.optim,
+            loss=t.loss, clip_grad_norm=t.clip_grad_norm, clip_grad_value=t.clip_grad_value,
+            accumulate=t.accumulate, precision=t.precision, device=t.device, seed=cfg.seed,
+            callbacks=_callbacks(cfg, run_dir, progress), log_every_n_steps=t.log_every_n_steps,
+            resume=resume_dir,
+        )
+    except DlforgeError:
+        if resume_dir is None:
+            shutil.rmtree(run_dir, ignore_errors=True)  # an input error: leave nothing behind
+        raise
+    loss_fn = resolve_loss(t.loss, prepared.train.tensors[1])
+    metrics: dict[str, float] = {k: v for k, v in result.final.items() if k.startswith("val_")}
+    if prepared.test is not None:
+        for k, v in evaluate_loss(model, prepared.test, loss_fn, precision=t.precision).items():
+            metrics[f"test_{k}"] = v
+    if result.nan_report:
+        atomic_write(run_dir / "nan_report.json", json.dumps(result.nan_report, indent=2).encode())
+    training: dict[str, Any] = {
+        "config": cfg.model_dump(mode="json"), "epochs_run": result.epochs_run, "steps": result.steps,
+        "stop_reason": result.stop_reason, "best_epoch": result.best_epoch, "data": prepared.name,
+    }
+    save_artifact(model, run_dir / "model", task=prepared.task, class_names=prepared.class_names,
+                  preprocessing=prepared.preprocessing, metrics=metrics, training=training, overwrite=True)
+    atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
+    return RunOutcome(run_dir=run_dir, result=result, metrics=metrics, prepared=prepared, model=model)

@@ -1,0 +1,19 @@
+"""Every example in the data package's docstrings runs and prints what it shows."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+# csv_file and image_folder examples read files that only a user has (they are skipped).
+MODULES = ["", ".bundle", ".catalog", ".idx", ".preprocess", ".sources", ".splits",
+           ".tabular", "._checks"]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_docstring_examples_run(module):
+    mod = importlib.import_module(f"dlforge.data{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
