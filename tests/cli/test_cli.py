@@ -234,3 +234,10 @@ def test_quickstart_reaches_97_percent(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert metrics["test_accuracy"] >= 0.97
+
+
+@pytest.mark.parametrize("example", sorted(Path(__file__).parents[2].joinpath("examples").glob("*.yaml")), ids=lambda p: p.stem)
+def test_example_configs_train(tmp_path, example):
+    result = invoke("train", example, "--runs-dir", tmp_path / "runs", "--set", "train.epochs=1", "--json")
+    assert result.exit_code == 0, result.output
+    assert "test_loss" in json.loads(result.stdout.strip().splitlines()[-1])

@@ -188,3 +188,25 @@ def test_callback_can_stop_mid_epoch():
 
     result = fit(make_model(), make_data(), epochs=5, batch_size=16, callbacks=[StopAt()], device="cpu")
     assert result.steps == 3 and result.epochs_run == 0 and result.stop_reason == "user"
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_on_a_terminal_uses_rich():
+    stream = FakeTerminal()
+    data = make_data()
+    fit(make_model(), data, data, epochs=2, batch_size=32, callbacks=[ProgressBar(stream=stream)], device="cpu")
+    text = stream.getvalue()
+    assert "epoch 2/2" in text and "val_loss=" in text
+    assert "\x1b[" in text  # rich drew the live bar with terminal control codes
+
+
+def test_device_auto_selection_falls_back_to_cpu():
+    from dlforge.train import select_device
+
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert select_device("auto").type == expected
+    assert select_device("cpu").type == "cpu"

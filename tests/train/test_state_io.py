@@ -32,3 +32,22 @@ def test_shared_storage_tensors_are_saved(tmp_path):
     back = load_state(tmp_path / "s.safetensors")
     torch.testing.assert_close(back["view"], w[0])
     torch.testing.assert_close(back["b"], w)
+
+
+def test_crash_during_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    path = tmp_path / "s.safetensors"
+    save_state(path, {"step": 1})
+
+    def power_cut(src, dst):
+        raise OSError("simulated crash before the rename")
+
+    monkeypatch.setattr(os, "replace", power_cut)
+    with pytest.raises(OSError):
+        save_state(path, {"step": 2})
+    monkeypatch.undo()
+    assert load_state(path) == {"step": 1}
+    assert list(tmp_path.iterdir()) == [path]  # the temp file was cleaned up
