@@ -106,6 +106,8 @@ def measure_overhead(repeats: int, epochs: int) -> dict[str, float]:
         "fit_callbacks_s_per_epoch": med["fit_callbacks"],
         "overhead_no_callbacks": med["fit"] / med["plain"],
         "overhead_default_callbacks": med["fit_callbacks"] / med["plain"],
+        "extra_s_per_epoch_no_callbacks": med["fit"] - med["plain"],
+        "extra_s_per_epoch_default_callbacks": med["fit_callbacks"] - med["plain"],
     }
 
 
@@ -170,6 +172,8 @@ def main() -> None:
         "plain_s_per_epoch": round(overhead["plain_s_per_epoch"], 4),
         "fit_s_per_epoch": round(overhead["fit_s_per_epoch"], 4),
         "fit_callbacks_s_per_epoch": round(overhead["fit_callbacks_s_per_epoch"], 4),
+        "extra_s_per_epoch_no_callbacks": round(overhead["extra_s_per_epoch_no_callbacks"], 4),
+        "extra_s_per_epoch_default_callbacks": round(overhead["extra_s_per_epoch_default_callbacks"], 4),
         "matmul_peak_gflops": round(peak, 1),
         "mlp_gflops": round(achieved, 1),
     }

@@ -69,7 +69,7 @@ class TrainConfig(_Strict):
     accumulate: int = Field(1, ge=1)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: str = "auto"
-    log_every_n_steps: int = Field(50, ge=1)
+    log_every_n_steps: int = Field(10, ge=1)
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     gradient_monitor: bool = True

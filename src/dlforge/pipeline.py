@@ -81,7 +81,9 @@ def _check_monitors(cfg: RunConfig, prepared: Prepared) -> None:
         available.add("train_accuracy")
     if prepared.val is not None:
         available |= {m.replace("train_", "val_") for m in available if m.startswith("train_")}
-    watched = {"train.checkpoint.monitor": cfg.train.checkpoint.monitor}
+    watched: dict[str, str | None] = {}
+    if "monitor" in cfg.train.checkpoint.model_fields_set or prepared.val is not None:
+        watched["train.checkpoint.monitor"] = cfg.train.checkpoint.monitor
     if cfg.train.early_stopping:
         watched["train.early_stopping.monitor"] = cfg.train.early_stopping.monitor
     if cfg.optim.schedule.name == "plateau":
@@ -117,7 +119,9 @@ def _callbacks(cfg: RunConfig, run_dir: Path, stream: TextIO | None) -> list:
         es = t.early_stopping
         callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta, es.restore_best_weights))
     c = t.checkpoint
-    callbacks.append(Checkpoint(run_dir / "checkpoints", c.every_n_epochs, c.every_n_steps, c.keep_last, c.monitor))
+    # Without a validation split the default val_loss monitor does not exist: keep no "best".
+    monitor = c.monitor if (cfg.data.split.val > 0 or "monitor" in c.model_fields_set) else None
+    callbacks.append(Checkpoint(run_dir / "checkpoints", c.every_n_epochs, c.every_n_steps, c.keep_last, monitor))
     callbacks.append(HistoryWriter(run_dir / "history.jsonl"))
     return callbacks
 

@@ -241,3 +241,12 @@ def test_example_configs_train(tmp_path, example):
     result = invoke("train", example, "--runs-dir", tmp_path / "runs", "--set", "train.epochs=1", "--json")
     assert result.exit_code == 0, result.output
     assert "test_loss" in json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_no_validation_split_trains_without_val_metrics(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", {"source": "xor", "split": {"val": 0.0, "test": 0.2}})
+    result = invoke("train", cfg, "--runs-dir", tmp_path / "runs", "--json")
+    assert result.exit_code == 0, result.output
+    run = only_run(tmp_path / "runs")
+    assert not (run / "checkpoints" / "best.safetensors").exists()
+    assert "test_accuracy" in json.loads(result.stdout.strip().splitlines()[-1])

@@ -32,6 +32,18 @@ def run_lrs(schedule, epochs=4, n=64, batch_size=16, lr=0.1, val=False):
     return rec.lrs
 
 
+def torch_lrs(make_scheduler, steps=16, lr=0.1):
+    """The learning rate PyTorch's own scheduler gives at each of ``steps`` steps."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler = make_scheduler(opt)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    return lrs
+
+
 def test_constant_schedule():
     assert run_lrs({"name": "constant"}) == [0.1] * 16
 
@@ -45,15 +57,8 @@ def test_warmup_then_cosine_matches_closed_form():
 
 
 def test_cosine_without_warmup_equals_torch_cosine_annealing():
-    lrs = run_lrs({"name": "cosine"})
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    ref = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=16)
-    expected = []
-    for _ in range(16):
-        expected.append(opt.param_groups[0]["lr"])
-        opt.step()
-        ref.step()
-    assert lrs == pytest.approx(expected, rel=1e-9)
+    expected = torch_lrs(lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=16))
+    assert run_lrs({"name": "cosine"}) == pytest.approx(expected, rel=1e-9)
 
 
 def test_step_schedule_decays_every_step_size_epochs():
@@ -62,15 +67,8 @@ def test_step_schedule_decays_every_step_size_epochs():
 
 
 def test_onecycle_equals_torch_onecycle():
-    lrs = run_lrs({"name": "onecycle", "pct_start": 0.25})
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=16, pct_start=0.25)
-    expected = []
-    for _ in range(16):
-        expected.append(opt.param_groups[0]["lr"])
-        opt.step()
-        ref.step()
-    assert lrs == pytest.approx(expected, rel=1e-12)
+    expected = torch_lrs(lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=16, pct_start=0.25))
+    assert run_lrs({"name": "onecycle", "pct_start": 0.25}) == pytest.approx(expected, rel=1e-12)
 
 
 def test_plateau_reduces_after_patience_without_improvement():
