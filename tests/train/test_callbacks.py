@@ -210,3 +210,31 @@ def test_device_auto_selection_falls_back_to_cpu():
     expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
     assert select_device("auto").type == expected
     assert select_device("cpu").type == "cpu"
+
+
+def test_background_checkpoint_write_errors_reach_the_caller(tmp_path, monkeypatch):
+    import dlforge.train.callbacks as callbacks_module
+
+    def disk_full(path, data):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(callbacks_module, "atomic_write", disk_full)
+    data = make_data()
+    try:
+        fit(make_model(), data, data, epochs=2, callbacks=[Checkpoint(tmp_path / "ck")], device="cpu")
+    except OSError as err:
+        assert "No space left" in str(err)
+    else:
+        raise AssertionError("a failed checkpoint write went unnoticed")
+
+
+def test_sync_and_background_checkpoints_hold_the_same_state(tmp_path):
+    data = make_data()
+    for mode in (True, False):
+        fit(make_model(), data, data, epochs=2, batch_size=32, seed=4, device="cpu",
+            callbacks=[Checkpoint(tmp_path / str(mode), async_write=mode)])
+    a = load_state(tmp_path / "True" / "step-00000006.safetensors")
+    b = load_state(tmp_path / "False" / "step-00000006.safetensors")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k])
+    assert a["loop"] == {**b["loop"], "totals": a["loop"]["totals"]} and a["rng"]["python"] == b["rng"]["python"]

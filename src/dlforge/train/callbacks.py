@@ -12,7 +12,7 @@ the loop is correct with no callbacks at all. Hooks run in this order::
       on_log(record)                      every history record (epoch and logged steps)
       on_epoch_end                        counters advanced, record logged: a consistent
                                           point to checkpoint
-    on_fit_end
+    on_fit_end                            (or on_exception, when training raises)
 
 A callback with state a resumed run needs returns it from ``state_dict`` (tensors and
 plain values) and takes it back in ``load_state_dict``.
@@ -26,13 +26,14 @@ from __future__ import annotations
 import json
 import re
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from dlforge.errors import ConfigError
-from dlforge.train.state_io import atomic_write, state_to_bytes
+from dlforge.train.state_io import atomic_write, pack_state, packed_to_bytes
 
 if TYPE_CHECKING:
     from dlforge.train.state import TrainState
@@ -64,6 +65,9 @@ class Callback:
 
     def on_fit_end(self, state: TrainState) -> None:
         """After the last epoch, or after a stop."""
+
+    def on_exception(self, state: TrainState, error: BaseException) -> None:
+        """Training is failing with ``error`` (re-raised afterwards): release resources."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -159,20 +163,30 @@ class Checkpoint(Callback):
     ``every_n_steps`` steps, keeping the ``keep_last`` newest, plus ``best.safetensors``
     whenever ``monitor`` improves. Each file is written atomically (temp file, fsync,
     rename), so a crash mid-write leaves the previous checkpoint intact.
+
+    The state is copied on the training thread; encoding and the fsync'd write happen on
+    one background thread (``async_write=True``), in order, so training does not wait for
+    the disk. ``on_fit_end`` waits for the last write and re-raises any write error.
     """
 
     def __init__(self, dirpath: str | Path, every_n_epochs: int | None = 1, every_n_steps: int | None = None,
-                 keep_last: int = 1, monitor: str | None = "val_loss", mode: str = "auto") -> None:
+                 keep_last: int = 1, monitor: str | None = "val_loss", mode: str = "auto",
+                 async_write: bool = True) -> None:
         self.dirpath = Path(dirpath)
         self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
         self.keep_last = max(1, keep_last)
         self.monitor = monitor
         self.mode = _resolve_mode(monitor, mode) if monitor else "min"
+        self.async_write = async_write
         self.best: float | None = None
         self._last_metrics: dict[str, Any] | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
 
     def on_fit_start(self, state: TrainState) -> None:
         self.dirpath.mkdir(parents=True, exist_ok=True)
+        if self.async_write:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlforge-checkpoint")
 
     def on_step_end(self, state: TrainState) -> None:
         if self.every_n_steps and state.step % self.every_n_steps == 0:
@@ -189,17 +203,46 @@ class Checkpoint(Callback):
                 self.best, is_best = value, True
         periodic = self.every_n_epochs and state.epoch % self.every_n_epochs == 0
         if periodic or state.should_stop or state.epoch == state.epochs or is_best:
-            data = self._save(state)
-            if is_best:
-                atomic_write(self.dirpath / "best.safetensors", data)
+            self._save(state, also_best=is_best)
 
-    def _save(self, state: TrainState) -> bytes:
-        data = state_to_bytes(state.snapshot())
-        atomic_write(self.dirpath / f"step-{state.step:08d}.safetensors", data)
+    def _save(self, state: TrainState, also_best: bool = False) -> None:
+        packed = pack_state(state.snapshot())  # copied now; later steps cannot change it
+        path = self.dirpath / f"step-{state.step:08d}.safetensors"
+        if self._writer is None:
+            self._write(packed, path, also_best)
+            return
+        self._raise_failed()
+        self._pending.append(self._writer.submit(self._write, packed, path, also_best))
+
+    def _write(self, packed: tuple, path: Path, also_best: bool) -> None:
+        data = packed_to_bytes(*packed)
+        atomic_write(path, data)
+        if also_best:
+            atomic_write(self.dirpath / "best.safetensors", data)
         old = sorted(p for p in self.dirpath.glob("step-*.safetensors") if _CKPT.match(p.name))
         for p in old[: -self.keep_last]:
             p.unlink(missing_ok=True)
-        return data
+
+    def _raise_failed(self) -> None:
+        done = [f for f in self._pending if f.done()]
+        self._pending = [f for f in self._pending if not f.done()]
+        for f in done:
+            f.result()  # re-raises a write error on the training thread
+
+    def on_fit_end(self, state: TrainState) -> None:
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+            pending, self._pending = self._pending, []
+            for f in pending:
+                f.result()
+
+    def on_exception(self, state: TrainState, error: BaseException) -> None:
+        # Finish the writes already queued: they hold the state to resume from.
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+            self._pending = []
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
@@ -235,6 +278,9 @@ class HistoryWriter(Callback):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def on_exception(self, state: TrainState, error: BaseException) -> None:
+        self.on_fit_end(state)
 
 
 def _format_metrics(record: dict[str, Any]) -> str:
@@ -284,3 +330,6 @@ class ProgressBar(Callback):
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+    def on_exception(self, state: TrainState, error: BaseException) -> None:
+        self.on_fit_end(state)

@@ -219,89 +219,94 @@ def fit(
         state.restore(load_state(find_last_checkpoint(resume)))
     params = [p for p in model.parameters() if p.requires_grad]
 
-    for cb in state.callbacks:
-        cb.on_fit_start(state)
-    while state.epoch < epochs and not state.should_stop:
-        model.train()
-        if state.batch_in_epoch == 0:
-            zero = torch.zeros((), device=device)
-            state.totals = {"loss_sum": zero, "correct": zero.clone(), "count": 0, "start": time.time()}
-            for cb in state.callbacks:
-                cb.on_epoch_start(state)
-        order = epoch_permutation(len(train), seed, state.epoch)[state.batch_in_epoch * batch_size :]
-        for xb, yb in iterate_batches(train, order, batch_size, device):
-            if state.batch_in_epoch % accumulate == 0:
-                log_step = state.step % log_every_n_steps == 0
-                state.step_record = {"type": "step", "step": state.step, "epoch": state.epoch} if log_step else None
-            # forward and backward
-            with _autocast(device, precision):
-                out = model(xb)
-                loss_value = loss_fn(out, yb)
-            total = loss_value + cfg.l1 * _l1_penalty(model) if cfg.l1 else loss_value
-            if accumulate > 1:
-                total = total / accumulate
-            (state.scaler.scale(total) if state.scaler else total).backward()
-            state.batch_in_epoch += 1
-            state.loss, state.batch = loss_value.detach(), (xb, yb)
-            state.totals["loss_sum"] += state.loss.float() * len(yb)
-            if classify:
-                state.totals["correct"] += (out.detach().argmax(dim=1) == yb).sum()
-            state.totals["count"] += len(yb)
-            if state.batch_in_epoch % accumulate and state.batch_in_epoch < batches_per_epoch:
-                continue  # keep accumulating gradients
-            # the optimizer step
-            if state.scaler:
-                state.scaler.unscale_(optimizer)
-            for cb in state.callbacks:
-                cb.on_after_backward(state)
-            if state.should_stop:
-                break  # a guard refused this step; the weights stay as they were
-            if clip_grad_norm is not None:
-                nn.utils.clip_grad_norm_(params, clip_grad_norm)
-            if clip_grad_value is not None:
-                nn.utils.clip_grad_value_(params, clip_grad_value)
-            if state.scaler:
-                state.scaler.step(optimizer)
-                state.scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.scheduler.step_batch()
-            state.step += 1
-            for cb in state.callbacks:
-                cb.on_step_end(state)
-            if state.step_record is not None:
-                state.step_record.update(loss=state.loss.item(), lr=state.scheduler.lr)
-                state.log(state.step_record)
-                state.step_record = None
-            if state.should_stop:
+    try:
+        for cb in state.callbacks:
+            cb.on_fit_start(state)
+        while state.epoch < epochs and not state.should_stop:
+            model.train()
+            if state.batch_in_epoch == 0:
+                zero = torch.zeros((), device=device)
+                state.totals = {"loss_sum": zero, "correct": zero.clone(), "count": 0, "start": time.time()}
+                for cb in state.callbacks:
+                    cb.on_epoch_start(state)
+            order = epoch_permutation(len(train), seed, state.epoch)[state.batch_in_epoch * batch_size :]
+            for xb, yb in iterate_batches(train, order, batch_size, device):
+                if state.batch_in_epoch % accumulate == 0:
+                    log_step = state.step % log_every_n_steps == 0
+                    state.step_record = {"type": "step", "step": state.step, "epoch": state.epoch} if log_step else None
+                # forward and backward
+                with _autocast(device, precision):
+                    out = model(xb)
+                    loss_value = loss_fn(out, yb)
+                total = loss_value + cfg.l1 * _l1_penalty(model) if cfg.l1 else loss_value
+                if accumulate > 1:
+                    total = total / accumulate
+                (state.scaler.scale(total) if state.scaler else total).backward()
+                state.batch_in_epoch += 1
+                state.loss, state.batch = loss_value.detach(), (xb, yb)
+                state.totals["loss_sum"].add_(state.loss.float(), alpha=len(yb))
+                if classify:
+                    state.totals["correct"] += (out.detach().argmax(dim=1) == yb).sum()
+                state.totals["count"] += len(yb)
+                if state.batch_in_epoch % accumulate and state.batch_in_epoch < batches_per_epoch:
+                    continue  # keep accumulating gradients
+                # the optimizer step
+                if state.scaler:
+                    state.scaler.unscale_(optimizer)
+                for cb in state.callbacks:
+                    cb.on_after_backward(state)
+                if state.should_stop:
+                    break  # a guard refused this step; the weights stay as they were
+                if clip_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(params, clip_grad_norm)
+                if clip_grad_value is not None:
+                    nn.utils.clip_grad_value_(params, clip_grad_value)
+                if state.scaler:
+                    state.scaler.step(optimizer)
+                    state.scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.scheduler.step_batch()
+                state.step += 1
+                for cb in state.callbacks:
+                    cb.on_step_end(state)
+                if state.step_record is not None:
+                    state.step_record.update(loss=state.loss.item(), lr=state.scheduler.lr)
+                    state.log(state.step_record)
+                    state.step_record = None
+                if state.should_stop:
+                    break
+            if state.stop_reason == "non_finite":
                 break
-        if state.stop_reason == "non_finite":
-            break
-        if state.batch_in_epoch < batches_per_epoch:
-            break  # a callback stopped mid-epoch
+            if state.batch_in_epoch < batches_per_epoch:
+                break  # a callback stopped mid-epoch
 
-        # end of epoch: validate, let callbacks react, log, then checkpoint
-        count = max(state.totals["count"], 1)
-        metrics: dict[str, Any] = {"train_loss": (state.totals["loss_sum"] / count).item()}
-        if classify:
-            metrics["train_accuracy"] = (state.totals["correct"] / count).item()
-        if val is not None and len(val):
-            for k, v in evaluate_loss(model, val, loss_fn, batch_size=max(batch_size, 256), device=device, precision=precision).items():
-                metrics[f"val_{k}"] = v
-        metrics["lr"] = state.scheduler.lr
-        for cb in state.callbacks:
-            cb.on_validation_end(state, metrics)
-        state.scheduler.step_epoch(metrics)
-        record = {"type": "epoch", "epoch": state.epoch, **metrics, "time": time.time() - state.totals["start"]}
-        state.epoch += 1
-        state.batch_in_epoch = 0
-        state.log(record)
-        for cb in state.callbacks:
-            cb.on_epoch_end(state)
+            # end of epoch: validate, let callbacks react, log, then checkpoint
+            count = max(state.totals["count"], 1)
+            metrics: dict[str, Any] = {"train_loss": (state.totals["loss_sum"] / count).item()}
+            if classify:
+                metrics["train_accuracy"] = (state.totals["correct"] / count).item()
+            if val is not None and len(val):
+                for k, v in evaluate_loss(model, val, loss_fn, batch_size=max(batch_size, 256), device=device, precision=precision).items():
+                    metrics[f"val_{k}"] = v
+            metrics["lr"] = state.scheduler.lr
+            for cb in state.callbacks:
+                cb.on_validation_end(state, metrics)
+            state.scheduler.step_epoch(metrics)
+            record = {"type": "epoch", "epoch": state.epoch, **metrics, "time": time.time() - state.totals["start"]}
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            state.log(record)
+            for cb in state.callbacks:
+                cb.on_epoch_end(state)
 
-    for cb in state.callbacks:
-        cb.on_fit_end(state)
+        for cb in state.callbacks:
+            cb.on_fit_end(state)
+    except BaseException as err:
+        for cb in state.callbacks:
+            cb.on_exception(state, err)
+        raise
     best_epoch = next((cb.best_epoch for cb in state.callbacks if getattr(cb, "best_epoch", None) is not None), None)
     return FitResult(
         history=state.history, epochs_run=state.epoch, steps=state.step, stop_reason=state.stop_reason,

@@ -26,6 +26,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 _META_KEY = "dlforge_state"
+_PLAIN = (int, float, bool, str, type(None))
 
 
 def _split(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
@@ -40,6 +41,8 @@ def _split(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
         body = {str(k): _split(v, tensors, f"{prefix}.{k}") for k, v in obj.items()}
         return {"__intkeys__": body} if int_keys else body
     if isinstance(obj, (list, tuple)):
+        if all(type(v) in _PLAIN for v in obj):
+            return list(obj)  # fast path: RNG states are lists of hundreds of ints
         return [_split(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
@@ -58,11 +61,22 @@ def _join(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def state_to_bytes(state: dict[str, Any]) -> bytes:
-    """Serialise nested state to safetensors bytes (tensors + JSON skeleton)."""
+def pack_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
+    """Copy ``state`` into (CPU tensors, JSON skeleton): a snapshot later training steps
+    cannot change, cheap enough to take on the training thread."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _split(state, tensors, "s")
-    return st_save(tensors, metadata={_META_KEY: json.dumps(skeleton)})
+    return tensors, json.dumps(skeleton)
+
+
+def packed_to_bytes(tensors: dict[str, torch.Tensor], skeleton: str) -> bytes:
+    """Safetensors bytes of a packed state (safe to run on a background thread)."""
+    return st_save(tensors, metadata={_META_KEY: skeleton})
+
+
+def state_to_bytes(state: dict[str, Any]) -> bytes:
+    """Serialise nested state to safetensors bytes (tensors + JSON skeleton)."""
+    return packed_to_bytes(*pack_state(state))
 
 
 def state_from_bytes(data: bytes) -> dict[str, Any]:
