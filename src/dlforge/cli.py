@@ -25,6 +25,9 @@ err_console = Console(stderr=True)
 out_console = Console()
 
 
+HEADLINE = ("loss", "accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "pr_auc", "ece", "mse", "rmse", "mae", "r2")
+
+
 def _friendly(fn: Callable) -> Callable:
     """Turn dlforge's input errors into a message and exit status 2."""
 
@@ -62,7 +65,15 @@ def _report_run(outcome: Any, as_json: bool) -> None:
         best = f", best epoch {result.best_epoch + 1}" if result.best_epoch is not None else ""
         out_console.print(f"run: {outcome.run_dir}  ({result.epochs_run} epochs{stop}{best})", highlight=False)
     test = {k: v for k, v in outcome.metrics.items() if k.startswith("test_")} or outcome.metrics
+    if not as_json:  # the headline numbers; --json, metrics.json and the report have them all
+        test = {k: v for k, v in test.items() if k.split("_", 1)[1] in HEADLINE}
     _print_metrics("test metrics", test, as_json)
+    if not as_json:
+        from dlforge.train.health import format_diagnoses
+
+        err_console.print(format_diagnoses(outcome.diagnoses) if outcome.diagnoses else "diagnosis: no problems detected",
+                          highlight=False, soft_wrap=True)
+        out_console.print(f"report: {outcome.run_dir / 'report.html'}", highlight=False)
     if result.stop_reason == "non_finite":
         raise typer.Exit(code=1)
 
@@ -172,6 +183,70 @@ def _prediction_rows(art: Any, pred: dict, ids: list[str]) -> list[dict[str, Any
     ]
 
 
+@app.command("evaluate")
+@_friendly
+def evaluate_cmd(
+    path: Path = typer.Argument(..., help="a run directory or an artifact folder"),
+    data: Optional[str] = typer.Option(None, "--data", help="evaluate on this source instead (built-in name or path)"),
+    target: Optional[str] = typer.Option(None, "--target", help="target column when --data is a CSV"),
+    as_json: bool = typer.Option(False, "--json", help="print the metrics as one JSON object"),
+) -> None:
+    """Evaluate a trained model; for a run directory, also rewrite its report.html."""
+    from dlforge.pipeline import evaluate_path
+
+    evaluation, report = evaluate_path(path, data=data, target=target)
+    metrics = evaluation.metrics if as_json else {k: v for k, v in evaluation.metrics.items() if k != "n"}
+    _print_metrics(f"evaluation ({evaluation.metrics.get('n', 0):.0f} samples)", metrics, as_json)
+    if report is not None and not as_json:
+        out_console.print(f"report: {report}", highlight=False)
+
+
+@app.command()
+@_friendly
+def report(run_dir: Path = typer.Argument(..., help="a run directory")) -> None:
+    """(Re)write a run's self-contained report.html."""
+    from dlforge.evaluate.report import write_report
+
+    out_console.print(f"report: {write_report(run_dir)}", highlight=False)
+
+
+@app.command()
+@_friendly
+def cv(
+    config: Path = typer.Argument(..., help="YAML run config"),
+    folds: int = typer.Option(5, "--folds", "-k", help="number of folds"),
+    stratified: bool = typer.Option(True, "--stratified/--plain", help="stratified folds (classification)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key (repeatable)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="also write the result as JSON"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+) -> None:
+    """k-fold cross-validation of a config: per-fold metrics, mean and spread."""
+    from dlforge.config import load_config
+    from dlforge.evaluate import cross_validate
+
+    result = cross_validate(load_config(config, set_ or []), k=folds, stratified=stratified,
+                            progress=None if as_json else sys.stderr)
+    payload = result.to_dict()
+    if output is not None:
+        output.write_text(json.dumps(payload, indent=2))
+    if as_json:
+        print(json.dumps(payload))
+        return
+    keys = [k for k in ("accuracy", "f1_macro", "roc_auc", "log_loss", "mse", "mae", "r2") if k in result.mean]
+    table = Table(title=f"{folds}-fold cross-validation ({'stratified' if stratified else 'plain'})")
+    table.add_column("fold")
+    for k in keys:
+        table.add_column(k, justify="right")
+    if result.class_ratios:
+        table.add_column("held-out class ratio")
+    for i, fold in enumerate(result.folds):
+        ratio = [" ".join(f"{r:.2f}" for r in result.class_ratios[i])] if result.class_ratios else []
+        table.add_row(str(i + 1), *(f"{fold[k]:.4f}" for k in keys), *ratio)
+    table.add_row("mean ± std", *(f"{result.mean[k]:.4f} ± {result.std[k]:.4f}" for k in keys),
+                  *([" ".join(f"{r:.2f}" for r in result.overall_ratio)] if result.class_ratios else []))
+    out_console.print(table)
+
+
 @app.command()
 @_friendly
 def datasets(as_json: bool = typer.Option(False, "--json", help="print as JSON")) -> None:
@@ -189,6 +264,76 @@ def datasets(as_json: bool = typer.Option(False, "--json", help="print as JSON")
         table.add_row(e["name"], e["task"], e["kind"], "x".join(map(str, e["shape"])), str(e["n_samples"]),
                       str(e["n_classes"] or "-"), e["description"])
     out_console.print(table)
+
+
+lab_app = typer.Typer(no_args_is_help=True, help="The lab: thirty claims of the guide, each tested by a measured experiment.")
+app.add_typer(lab_app, name="lab")
+
+
+@lab_app.command("list")
+@_friendly
+def lab_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the lab's experiments by level."""
+    from dlforge.lab import available_topics, experiment
+    from dlforge.lab.finding import level_of
+
+    rows = [{"topic": t, "level": level_of(t), "title": experiment(t).TITLE, "claim": experiment(t).CLAIM}
+            for t in available_topics()]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(title="the lab")
+    for col in ("topic", "level", "title", "claim"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["topic"]), r["level"], r["title"], r["claim"])
+    out_console.print(table)
+
+
+def _run_findings(topics: list[int], budget: str, quiet: bool) -> list:
+    from dlforge.lab import available_topics, run_topic
+
+    findings = []
+    for t in topics or available_topics():
+        if not quiet:
+            err_console.print(f"running topic {t} ({budget})...", highlight=False)
+        findings.append(run_topic(t, budget=budget))
+    return findings
+
+
+@lab_app.command("run")
+@_friendly
+def lab_run(
+    topics: List[int] = typer.Argument(None, help="topic numbers (default: all)"),
+    budget: str = typer.Option("quick", help="quick (seconds each) or full (minutes)"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON list of findings"),
+) -> None:
+    """Run experiments and print their findings and verdicts."""
+    findings = _run_findings(topics or [], budget, as_json)
+    if as_json:
+        print(json.dumps([f.to_dict() for f in findings]))
+        return
+    table = Table(title=f"lab findings ({budget})")
+    for col in ("topic", "title", "verdict", "key numbers", "seconds"):
+        table.add_column(col)
+    for f in findings:
+        keys = ", ".join(f"{c['check']} [{c['value']:.4g}]" for c in f.check_results())
+        table.add_row(str(f.topic), f.title, f.verdict, keys, f"{f.seconds:.1f}")
+    out_console.print(table)
+
+
+@lab_app.command("report")
+@_friendly
+def lab_report(
+    topics: List[int] = typer.Argument(None, help="topic numbers (default: all)"),
+    budget: str = typer.Option("quick", help="quick or full"),
+    output: Path = typer.Option(Path("lab_report.html"), "--output", "-o"),
+) -> None:
+    """Run experiments and write one HTML page with every finding."""
+    from dlforge.lab.report import write_lab_report
+
+    path = write_lab_report(_run_findings(topics or [], budget, False), output)
+    out_console.print(f"wrote {path}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,13 @@ from dlforge.train.engine import (
     select_device,
 )
 from dlforge.train.gradients import GradientMonitor, NanGuard
+from dlforge.train.health import Diagnosis, HealthThresholds, dead_relu_fraction, diagnose, format_diagnoses
 from dlforge.train.optim import OptimConfig, ScheduleConfig, Scheduler, build_optimizer, lr_factor
 from dlforge.train.state import FitResult, TrainState
 
 __all__ = [
-    "Callback", "Checkpoint", "EarlyStopping", "FitResult", "GradientMonitor", "HistoryWriter", "NanGuard",
+    "Callback", "Checkpoint", "Diagnosis", "EarlyStopping", "HealthThresholds", "dead_relu_fraction", "diagnose",
+    "format_diagnoses", "FitResult", "GradientMonitor", "HistoryWriter", "NanGuard",
     "OptimConfig", "ProgressBar", "ScheduleConfig", "Scheduler", "TrainState", "build_optimizer",
     "epoch_permutation", "evaluate_loss", "find_last_checkpoint", "fit", "iterate_batches", "lr_factor",
     "resolve_loss", "seed_everything", "select_device",

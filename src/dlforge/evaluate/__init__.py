@@ -1,0 +1,15 @@
+"""Evaluation: metrics on torchmetrics, evaluate(model, data), cross-validation.
+
+Example:
+    >>> from dlforge.evaluate import classification_metrics, cross_validate, evaluate
+"""
+
+from dlforge.evaluate.crossval import CVResult, cross_validate, fold_indices
+from dlforge.evaluate.metrics import (
+    Evaluation,
+    classification_metrics,
+    evaluate,
+    expected_calibration_error,
+    predict_outputs,
+    regression_metrics,
+)
