@@ -1,0 +1,152 @@
+"""Topic 6, vanishing gradients: deep sigmoid/tanh stacks starve their first layers.
+
+Claim: backpropagation multiplies one Jacobian per layer, so in a deep network the
+gradient reaching the first layers is a product of many factors. With sigmoid (whose
+derivative is at most 1/4) or tanh under a naive initialisation each factor is below 1
+and the gradient shrinks geometrically towards the input; ReLU with He initialisation
+and batch normalisation keep the factors near 1, so every layer still gets a usable
+gradient.
+
+Method: a 20-hidden-layer MLP on the digits set in six variants: sigmoid and tanh with
+PyTorch's default initialisation, sigmoid and tanh with Xavier initialisation, ReLU with
+He initialisation, and sigmoid with batch norm (Linear -> BN -> sigmoid). Each is
+trained for a few epochs with SGD + momentum under :class:`GradientMonitor`, which logs
+the gradient norm of every weight matrix on every step; the per-layer norms are averaged
+over the first epoch. The first/last ratio is ``||dL/dW_1|| / ||dL/dW_20||``: 1 means
+the first layer gets as much gradient as the last, 1e-6 means it is six orders of
+magnitude starved. The validation accuracy after training shows what the gradients do.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dlforge.data import load_source, prepare
+from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.models import build
+from dlforge.train import GradientMonitor, fit, seed_everything
+
+TOPIC = 6
+TITLE = "Vanishing gradients"
+CLAIM = ("In a deep network the gradient shrinks layer by layer towards the input with "
+         "sigmoid or tanh activations; ReLU with He initialisation and batch normalisation "
+         "keep the first layers' gradients alive.")
+BUDGETS = {
+    "quick": {"depth": 20, "width": 32, "epochs": 3, "seeds": 1},
+    "full": {"depth": 20, "width": 64, "epochs": 15, "seeds": 3},
+}
+VARIANTS = {  # name -> MLP options
+    "sigmoid": {"activation": "sigmoid"},
+    "tanh": {"activation": "tanh"},
+    "sigmoid_xavier": {"activation": "sigmoid", "init": "xavier"},
+    "tanh_xavier": {"activation": "tanh", "init": "xavier"},
+    "relu_he": {"activation": "relu", "init": "he"},
+    "sigmoid_bn": {"activation": "sigmoid", "batch_norm": "before"},
+}
+# A first layer that gets less than a tenth of the last layer's gradient is starved; one
+# within a factor 10 either way is alive (neither vanishing nor exploding).
+VANISHED_BELOW = 0.1
+ALIVE_WITHIN = 10.0
+OPTIM = {"name": "momentum", "lr": 0.05, "momentum": 0.9}
+BATCH_SIZE = 64
+
+
+def layer_grad_norms(history: list[dict], depth: int, steps: int) -> list[float]:
+    """Mean gradient norm of each hidden layer's weight over the first ``steps`` steps.
+
+    Example:
+        >>> rec = {"type": "step", "grad_norm/layers.0.0.weight": 2.0}
+        >>> layer_grad_norms([rec, rec], depth=1, steps=2)
+        [2.0]
+    """
+    records = [r for r in history if r["type"] == "step"][:steps]
+    return [float(np.mean([r[f"grad_norm/layers.{i}.0.weight"] for r in records]))
+            for i in range(depth)]
+
+
+def _measure(variant: dict, data, cfg: dict, seed: int) -> tuple[list[float], float]:
+    """Train one variant; return its per-layer gradient norms and final val accuracy."""
+    seed_everything(seed)
+    model = build({"arch": "mlp", "hidden": [cfg["width"]] * cfg["depth"], **variant},
+                  input_shape=data.input_shape, num_outputs=data.num_outputs)
+    result = fit(model, data.train, data.val, epochs=cfg["epochs"], batch_size=BATCH_SIZE,
+                 optim=OPTIM, device="cpu", seed=seed, callbacks=[GradientMonitor()],
+                 log_every_n_steps=1)
+    first_epoch = math.ceil(len(data.train) / BATCH_SIZE)  # steps
+    norms = layer_grad_norms(result.history, cfg["depth"], first_epoch)
+    return norms, result.final["val_accuracy"]
+
+
+def _figure(norms: dict[str, list[float]]):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, per_layer in norms.items():
+        ax.semilogy(range(1, len(per_layer) + 1), per_layer, "o-", ms=3, label=name)
+    ax.set_xlabel("hidden layer (1 = next to the input)")
+    ax.set_ylabel("mean ||dL/dW|| over the first epoch")
+    ax.set_xticks(range(1, len(next(iter(norms.values()))) + 1, 2))
+    ax.legend(fontsize=8)
+    return figure_from_matplotlib(fig, "Per-layer gradient norm, 20-layer MLP (log scale)")
+
+
+def _sig(x: float) -> float:
+    return float(f"{x:.4g}")
+
+
+def run(budget: str = "quick", seed: int = 0) -> Finding:
+    cfg = BUDGETS[budget]
+    data = prepare(load_source("digits"), val=0.15, test=0.15, seed=seed)
+    norms: dict[str, list[float]] = {}
+    ratios: dict[str, float] = {}
+    accuracy: dict[str, float] = {}
+    for name, variant in VARIANTS.items():
+        runs = [_measure(variant, data, cfg, seed + k) for k in range(cfg["seeds"])]
+        # Geometric mean over seeds: the norms span many orders of magnitude.
+        per_layer = np.exp(np.mean([np.log(r[0]) for r in runs], axis=0))
+        norms[name] = per_layer.tolist()
+        ratios[name] = float(per_layer[0] / per_layer[-1])
+        accuracy[name] = float(np.mean([r[1] for r in runs]))
+
+    numbers: dict = {}
+    for name in VARIANTS:
+        numbers[f"{name}_first_last_ratio"] = _sig(ratios[name])
+        numbers[f"{name}_val_accuracy"] = round(accuracy[name], 4)
+        numbers[f"{name}_grad_norms"] = [_sig(v) for v in norms[name]]
+    checks = [
+        Check("sigmoid_first_last_ratio", "<", VANISHED_BELOW),
+        Check("tanh_first_last_ratio", "<", VANISHED_BELOW),
+        Check("relu_he_first_last_ratio", ">=", VANISHED_BELOW),
+        Check("relu_he_first_last_ratio", "<=", ALIVE_WITHIN),
+        Check("sigmoid_bn_first_last_ratio", ">=", VANISHED_BELOW),
+        Check("sigmoid_bn_first_last_ratio", "<=", ALIVE_WITHIN),
+        # Same activation, same depth: batch norm alone decides whether the net learns.
+        Check("sigmoid_bn_val_accuracy", ">", "sigmoid_val_accuracy"),
+    ]
+    method = (f"Digits (70/15/15 split); MLP with {cfg['depth']} hidden layers of width "
+              f"{cfg['width']}; six variants (activation x init x batch norm). Each trained "
+              f"{cfg['epochs']} epochs, SGD momentum 0.9, lr {OPTIM['lr']}, batch "
+              f"{BATCH_SIZE}, with GradientMonitor logging every step; per-layer "
+              "weight-gradient norms averaged over the first epoch (geometric mean over "
+              f"{cfg['seeds']} seed(s)). Vanished: first/last ratio < {VANISHED_BELOW}; "
+              f"alive: ratio within [{VANISHED_BELOW}, {ALIVE_WITHIN}].")
+    notes = (f"Sigmoid's derivative is at most 1/4, so its gradient vanishes even with Xavier "
+             f"init (ratio {ratios['sigmoid_xavier']:.2g}). Tanh is different: its ratio is "
+             f"{ratios['tanh']:.2g} with PyTorch's default init, whose weights have variance "
+             f"1/(3 fan_in), a third of what keeps the signal's scale, but "
+             f"{ratios['tanh_xavier']:.2g} with Xavier init, so for tanh the vanishing at the "
+             "start of training is largely an initialisation problem (Glorot and Bengio, "
+             "2010) rather than a property of the activation. Batch norm rescues the sigmoid "
+             "net because it re-scales each layer's pre-activations to unit variance in the "
+             "forward pass, and its backward pass divides by the same batch std, undoing "
+             "the shrinkage. A ratio near 1 at the start is necessary, not sufficient: with "
+             f"the same SGD settings the ReLU+He net reaches {accuracy['relu_he']:.2f} validation "
+             f"accuracy and the tanh+Xavier net {accuracy['tanh_xavier']:.2f}, against "
+             f"{accuracy['sigmoid_bn']:.2f} with batch norm; the ratio is measured in the "
+             "first epoch only, and deep un-normalised nets can still go unstable later.")
+    return Finding(topic=TOPIC, title=TITLE, claim=CLAIM, method=method, numbers=numbers,
+                   checks=checks, figures=[_figure(norms)], notes=notes)

@@ -1,0 +1,189 @@
+"""Topic 21, exploding gradients: what they look like, and what stops them.
+
+Claim, in our words: when gradients grow from step to step (too large a learning rate,
+too large an initialisation, a deep stack of layers), the loss spikes and soon turns
+into Inf or NaN. Clipping the gradient norm, normalising activations and initialising
+with Xavier or He scaling keep training finite.
+
+Method: (1) a 6-layer ReLU MLP (He init) on digits, trained with plain SGD at a learning
+rate far too large for it (1.0), under ``NanGuard``: we report the step where the guard
+stops training, the gradient-norm growth it saw and its diagnosis. (2) The same net,
+seed and learning rate with ``clip_grad_norm=1.0``, and (3) with batch norm, both
+trained for the whole budget. (4) Without training, the variance of each hidden
+layer's output of a 10-layer, 256-wide ReLU MLP on digits under naive N(0, 1) weights,
+Xavier and He initialisation (and Xavier with tanh, the pairing it was derived for).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from dlforge.data import load_source, prepare
+from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.threads import single_thread
+from dlforge.models import build
+from dlforge.train import GradientMonitor, NanGuard, fit, seed_everything
+from dlforge.train.health import diagnose
+
+TOPIC = 21
+TITLE = "Exploding gradients"
+CLAIM = ("Exploding gradients show as fast-growing gradient norms and then NaN/Inf losses; "
+         "gradient clipping and normalisation keep the same too-aggressive training finite, "
+         "and Xavier/He initialisation keep activations from blowing up with depth, where "
+         "naive N(0, 1) weights make them explode.")
+BUDGETS = {
+    "quick": {"epochs": 3, "seeds": 1},
+    "full": {"epochs": 15, "seeds": 3},
+}
+NET = {"arch": "mlp", "hidden": [64] * 6, "init": "he"}
+LR = 1.0                 # plain SGD; about 10x what this net tolerates
+CLIP = 1.0               # clip_grad_norm
+VARIANCE_NET = {"arch": "mlp", "hidden": [256] * 10}
+INITS = [("naive", "relu"), ("xavier", "relu"), ("he", "relu"), ("xavier", "tanh")]
+
+
+def _train(data, seed: int, epochs: int, clip: float | None = None, batch_norm: str | None = None,
+           log_every: int = 50):
+    seed_everything(seed)  # the same initial weights for every variant
+    model = build({**NET, "batch_norm": batch_norm}, input_shape=data.input_shape, num_outputs=data.num_outputs)
+    return fit(model, data.train, data.val, epochs=epochs, batch_size=64, optim={"name": "sgd", "lr": LR},
+               clip_grad_norm=clip, device="cpu", seed=seed, callbacks=[GradientMonitor(), NanGuard()],
+               log_every_n_steps=log_every)
+
+
+def _summary(result) -> dict:
+    first_loss = next(r["loss"] for r in result.history if r["type"] == "step")
+    finished = result.stop_reason is None and bool(result.final)
+    return {"finite": int(finished), "steps": result.steps,
+            "loss_ratio": result.final["train_loss"] / first_loss if finished else float("nan"),
+            "val_accuracy": result.final["val_accuracy"] if finished else float("nan")}
+
+
+def layer_variances(init: str, activation: str, x: torch.Tensor, seed: int) -> list[float]:
+    """Variance of each hidden layer's output of VARIANCE_NET under ``init``.
+
+    ``naive`` draws every weight from N(0, 1) and zeroes the biases.
+
+    Example:
+        >>> v = layer_variances("naive", "relu", torch.randn(64, 1, 8, 8), seed=0)
+        >>> len(v), v[-1] > 1e10 * v[0]
+        (10, True)
+    """
+    seed_everything(seed)
+    model = build({**VARIANCE_NET, "activation": activation, "init": "default" if init == "naive" else init},
+                  input_shape=tuple(x.shape[1:]), num_outputs=10)
+    if init == "naive":
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 1.0)
+                nn.init.zeros_(m.bias)
+    with torch.no_grad():
+        return [float(h.var()) for h in model.features(x)]  # one (B, 256) output per layer
+
+
+def _r(x: float) -> float:
+    return float(f"{float(x):.5g}")
+
+
+def _figure(variances: dict, norms: list[float], guard_step: int):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a.plot(range(len(norms)), norms, marker="o", color="tab:red")
+    a.set_xticks(range(len(norms)))
+    a.set(yscale="log", xlabel="optimizer step", ylabel="total gradient norm",
+          title=f"SGD lr {LR}: NanGuard stops at step {guard_step}")
+    for (init, act), v in variances.items():
+        b.plot(range(1, len(v) + 1), v, marker="o", label=f"{init} ({act})")
+    b.set(yscale="log", xlabel="hidden layer", ylabel="output variance",
+          title="Activation variance with depth at initialisation")
+    b.legend(fontsize=8)
+    return fig
+
+
+def run(budget: str = "quick", seed: int = 0) -> Finding:
+    """Run the experiment at ``budget`` ("quick" or "full") and return its finding.
+
+    Example:
+        >>> run("quick").verdict  # doctest: +SKIP
+        'supported'
+    """
+    with single_thread():  # tiny tensors: a second thread only adds waiting
+        return _run(BUDGETS[budget], seed)
+
+
+def _run(cfg: dict, seed: int) -> Finding:
+    reports, clipped, normed = [], [], []
+    for i in range(cfg["seeds"]):
+        data = prepare(load_source("digits"), val=0.15, test=0.15, seed=seed + i)
+        exploded = _train(data, seed + i, cfg["epochs"], log_every=1)  # every step: it is short
+        reports.append(exploded.nan_report or {})
+        clipped.append(_summary(_train(data, seed + i, cfg["epochs"], clip=CLIP)))
+        normed.append(_summary(_train(data, seed + i, cfg["epochs"], batch_norm="before")))
+        if i == 0:
+            diagnoses = diagnose(exploded.history, nan_report=exploded.nan_report)
+            x_probe = data.test.tensors[0]  # (B, 1, 8, 8), standardised
+    first = reports[0]
+    norms = [float(n) for n in first.get("recent_grad_norms", [])]
+    variances = {key: layer_variances(*key, x_probe, seed) for key in INITS}
+    ratio = {key: v[-1] / v[0] for key, v in variances.items()}
+    mean = lambda runs, k: _r(np.mean([r[k] for r in runs]))  # noqa: E731
+    numbers = {
+        "unclipped_stopped_non_finite": int(all(r.get("step") is not None for r in reports)),
+        "guard_step": first.get("step", -1),
+        "guard_step_per_seed": [r.get("step", -1) for r in reports],
+        "guard_where": first.get("where", "none"),
+        "guard_first_bad_layer": first.get("first_bad_layer") or "none",
+        "grad_norms_before_guard": [_r(n) for n in norms],
+        "grad_norm_growth_before_guard": _r(norms[-1] / norms[0]) if len(norms) >= 2 else 0.0,
+        "health_diagnoses": [d.kind for d in diagnoses],
+        "clipped_finite": min(r["finite"] for r in clipped),
+        "clipped_loss_ratio": mean(clipped, "loss_ratio"),
+        "clipped_val_accuracy": mean(clipped, "val_accuracy"),
+        "batchnorm_finite": min(r["finite"] for r in normed),
+        "batchnorm_loss_ratio": mean(normed, "loss_ratio"),
+        "batchnorm_val_accuracy": mean(normed, "val_accuracy"),
+    }
+    for (init, act), r in ratio.items():
+        suffix = "" if act == "relu" else f"_{act}"
+        numbers[f"{init}{suffix}_variance_ratio"] = _r(r)
+        numbers[f"{init}{suffix}_layer_variances"] = [_r(v) for v in variances[(init, act)]]
+    # Fixed before running: the guard fires, after the gradient norm grew at least 100x; clipping
+    # and batch norm each finish with the training loss at most half its first value; over nine
+    # layers naive init multiplies the activation variance by over 1000, Xavier does not grow
+    # it past 4x and He keeps it within 4x either way.
+    checks = [
+        Check("unclipped_stopped_non_finite", ">=", 1),
+        Check("grad_norm_growth_before_guard", ">=", 100),
+        Check("clipped_loss_ratio", "<=", 0.5),
+        Check("batchnorm_loss_ratio", "<=", 0.5),
+        Check("naive_variance_ratio", ">=", 1e3),
+        Check("xavier_variance_ratio", "<=", 4),
+        Check("he_variance_ratio", ">=", 0.25),
+        Check("he_variance_ratio", "<=", 4),
+    ]
+    per_layer = lambda key: f"{numbers[key] ** (1 / (len(VARIANCE_NET['hidden']) - 1)):.2f}x"  # noqa: E731
+    notes = (f"NanGuard's diagnosis: {first.get('message', 'it never fired')} "
+             "Clipping only bounds the step: the clipped run keeps the too-large learning rate and "
+             f"trains because no step is longer than lr x {CLIP}. Xavier avoids the explosion with ReLU "
+             "only by erring the other way: over nine ReLU layers its activation variance changed by "
+             f"{per_layer('xavier_variance_ratio')} per layer (vanishing), He's by "
+             f"{per_layer('he_variance_ratio')} and naive N(0, 1)'s by {per_layer('naive_variance_ratio')}. "
+             "He's extra gain of sqrt(2) makes up for ReLU zeroing half its inputs; Xavier was derived "
+             f"for tanh, where the variance changed by {per_layer('xavier_tanh_variance_ratio')} per layer "
+             "(tanh's own squashing, not the init).")
+    return Finding(
+        topic=TOPIC, title=TITLE, claim=CLAIM,
+        method=(f"digits; MLP {NET['hidden']} (He init) with plain SGD lr {LR}, batch 64, under NanGuard; "
+                f"the same with clip_grad_norm {CLIP} and with batch norm, {cfg['epochs']} epochs, "
+                f"{cfg['seeds']} seed(s); activation variance per layer of an MLP {VARIANCE_NET['hidden'][:1]} x "
+                f"{len(VARIANCE_NET['hidden'])} under naive N(0, 1), Xavier and He init."),
+        numbers=numbers, checks=checks,
+        figures=[figure_from_matplotlib(_figure(variances, norms, numbers["guard_step"]),
+                                        "Gradient norms before the guard; activation variance by init")],
+        notes=notes,
+    )

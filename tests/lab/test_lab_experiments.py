@@ -1,0 +1,53 @@
+"""Every lab experiment at the quick budget: complete, verdict computed from its numbers,
+inside its time budget; a few cheap ones twice, to show the numbers repeat."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from dlforge.lab import available_topics, experiment
+from dlforge.lab.finding import VERDICTS, verdict_of
+
+from .cache import finding_for
+
+ISSUE_3_TOPICS = [1, 2, 3, 4, 5, 6, 7, 11, 12, 13, 14, 15, 18, 20, 21]
+
+
+def test_the_first_fifteen_topics_have_experiments():
+    assert set(ISSUE_3_TOPICS) <= set(available_topics())
+
+
+@pytest.mark.parametrize("topic", available_topics())
+def test_experiment_module_states_its_claim(topic):
+    module = experiment(topic)
+    assert module.TOPIC == topic
+    assert module.TITLE and len(module.CLAIM) > 20
+    assert {"quick", "full"} <= set(module.BUDGETS)
+    assert module.__doc__ and len(module.__doc__) > 100
+
+
+@pytest.mark.parametrize("topic", available_topics())
+def test_finding_is_complete_and_its_verdict_follows_from_its_numbers(topic):
+    f = finding_for(topic)
+    assert f.topic == topic and f.budget == "quick"
+    assert f.claim and f.method and f.numbers and f.checks
+    assert f.verdict in VERDICTS
+    assert f.verdict == verdict_of(f.checks, f.numbers)  # recomputed here, never written by hand
+    for check in f.check_results():
+        assert math.isfinite(check["value"]) or not check["holds"]
+    assert f.figures, "every finding shows a figure"
+    json.dumps(f.to_dict())  # JSON-able for `dlforge lab run --json`
+    assert f.seconds < 30, f"quick budget exceeded: {f.seconds:.1f} s"
+
+
+@pytest.mark.parametrize("topic", [3, 4, 20])
+def test_same_seed_gives_same_numbers(topic):
+    from dlforge.lab import run_topic
+
+    first = finding_for(topic).numbers
+    again = run_topic(topic, budget="quick").numbers
+    strip = lambda nums: {k: v for k, v in nums.items() if not k.endswith("_seconds")}  # noqa: E731
+    assert strip(first) == strip(again)
