@@ -314,12 +314,18 @@ def lab_run(
         print(json.dumps([f.to_dict() for f in findings]))
         return
     table = Table(title=f"lab findings ({budget})")
-    for col in ("topic", "title", "verdict", "key numbers", "seconds"):
+    for col in ("topic", "level", "title", "verdict", "checks held", "seconds"):
         table.add_column(col)
     for f in findings:
-        keys = ", ".join(f"{c['check']} [{c['value']:.4g}]" for c in f.check_results())
-        table.add_row(str(f.topic), f.title, f.verdict, keys, f"{f.seconds:.1f}")
+        results = f.check_results()
+        held = sum(c["holds"] for c in results)
+        table.add_row(str(f.topic), f.level, f.title, f.verdict, f"{held}/{len(results)}", f"{f.seconds:.1f}")
     out_console.print(table)
+    for f in findings:  # what did not hold is the interesting part
+        for c in f.check_results():
+            if not c["holds"]:
+                out_console.print(f"topic {f.topic}: {c['check']} did not hold (measured {c['value']:.4g})", highlight=False)
+    out_console.print("numbers, rules and figures: dlforge lab run --json, or dlforge lab report", highlight=False)
 
 
 @lab_app.command("report")
