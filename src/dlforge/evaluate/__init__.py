@@ -1,4 +1,5 @@
-"""Evaluation: metrics on torchmetrics, evaluate(model, data), cross-validation.
+"""Evaluation: metrics on torchmetrics, evaluate(model, data), cross-validation, and the
+HTML run report (:mod:`dlforge.evaluate.report`).
 
 Example:
     >>> from dlforge.evaluate import classification_metrics, cross_validate, evaluate
@@ -13,3 +14,8 @@ from dlforge.evaluate.metrics import (
     predict_outputs,
     regression_metrics,
 )
+
+__all__ = [
+    "CVResult", "Evaluation", "classification_metrics", "cross_validate", "evaluate",
+    "expected_calibration_error", "fold_indices", "predict_outputs", "regression_metrics",
+]
