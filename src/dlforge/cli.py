@@ -17,6 +17,7 @@ from typing import Any, Callable, List, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from dlforge.errors import DlforgeError
 
@@ -28,6 +29,13 @@ out_console = Console()
 HEADLINE = ("loss", "accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "pr_auc", "ece", "mse", "rmse", "mae", "r2")
 
 
+def _say(console: Console, text: str, label: str | None = None, style: str = "bold") -> None:
+    """Print ``text`` literally (paths, key paths and lists hold square brackets that
+    rich would otherwise read as markup), after an optional styled label."""
+    line = Text.assemble((f"{label} ", style), text) if label else Text(text)
+    console.print(line, highlight=False, soft_wrap=True)
+
+
 def _friendly(fn: Callable) -> Callable:
     """Turn dlforge's input errors into a message and exit status 2."""
 
@@ -36,9 +44,9 @@ def _friendly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except DlforgeError as err:
-            err_console.print(f"[bold red]error:[/] {err.message}", highlight=False, soft_wrap=True)
+            _say(err_console, err.message, "error:", "bold red")
             if err.hint:
-                err_console.print(f"[bold]hint:[/] {err.hint}", highlight=False, soft_wrap=True)
+                _say(err_console, err.hint, "hint:")
             raise typer.Exit(code=2) from None
 
     return wrapper
@@ -59,21 +67,22 @@ def _print_metrics(title: str, metrics: dict[str, float], as_json: bool) -> None
 def _report_run(outcome: Any, as_json: bool) -> None:
     result = outcome.result
     if result.nan_report:
-        err_console.print(f"[bold red]training stopped:[/] {result.nan_report['message']}", highlight=False, soft_wrap=True)
+        _say(err_console, result.nan_report["message"], "training stopped:", "bold red")
     if not as_json:
         stop = f", stopped by {result.stop_reason}" if result.stop_reason else ""
         best = f", best epoch {result.best_epoch + 1}" if result.best_epoch is not None else ""
-        out_console.print(f"run: {outcome.run_dir}  ({result.epochs_run} epochs{stop}{best})", highlight=False)
+        _say(out_console, f"{outcome.run_dir}  ({result.epochs_run} epochs{stop}{best})", "run:")
     test = {k: v for k, v in outcome.metrics.items() if k.startswith("test_")} or outcome.metrics
     if not as_json:  # the headline numbers; --json, metrics.json and the report have them all
         test = {k: v for k, v in test.items() if k.split("_", 1)[1] in HEADLINE}
-    _print_metrics("test metrics", test, as_json)
+    if test or as_json:
+        _print_metrics("test metrics", test, as_json)
     if not as_json:
         from dlforge.train.health import format_diagnoses
 
-        err_console.print(format_diagnoses(outcome.diagnoses) if outcome.diagnoses else "diagnosis: no problems detected",
-                          highlight=False, soft_wrap=True)
-        out_console.print(f"report: {outcome.run_dir / 'report.html'}", highlight=False)
+        _say(err_console, format_diagnoses(outcome.diagnoses) if outcome.diagnoses else "no problems detected",
+             "diagnosis:")
+        _say(out_console, str(outcome.run_dir / "report.html"), "report:")
     if result.stop_reason == "non_finite":
         raise typer.Exit(code=1)
 
@@ -155,7 +164,7 @@ def predict(
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        err_console.print(f"wrote {len(rows)} predictions to {output}")
+        _say(err_console, f"wrote {len(rows)} predictions to {output}")
     elif as_json:
         for row in rows:
             print(json.dumps(row))
@@ -198,7 +207,7 @@ def evaluate_cmd(
     metrics = evaluation.metrics if as_json else {k: v for k, v in evaluation.metrics.items() if k != "n"}
     _print_metrics(f"evaluation ({evaluation.metrics.get('n', 0):.0f} samples)", metrics, as_json)
     if report is not None and not as_json:
-        out_console.print(f"report: {report}", highlight=False)
+        _say(out_console, str(report), "report:")
 
 
 @app.command()
@@ -207,7 +216,7 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory")) -> None:
     """(Re)write a run's self-contained report.html."""
     from dlforge.evaluate.report import write_report
 
-    out_console.print(f"report: {write_report(run_dir)}", highlight=False)
+    _say(out_console, str(write_report(run_dir)), "report:")
 
 
 @app.command()
@@ -296,7 +305,7 @@ def _run_findings(topics: list[int], budget: str, quiet: bool) -> list:
     findings = []
     for t in topics or available_topics():
         if not quiet:
-            err_console.print(f"running topic {t} ({budget})...", highlight=False)
+            _say(err_console, f"running topic {t} ({budget})...")
         findings.append(run_topic(t, budget=budget))
     return findings
 
@@ -324,8 +333,8 @@ def lab_run(
     for f in findings:  # what did not hold is the interesting part
         for c in f.check_results():
             if not c["holds"]:
-                out_console.print(f"topic {f.topic}: {c['check']} did not hold (measured {c['value']:.4g})", highlight=False)
-    out_console.print("numbers, rules and figures: dlforge lab run --json, or dlforge lab report", highlight=False)
+                _say(out_console, f"topic {f.topic}: {c['check']} did not hold (measured {c['value']:.4g})")
+    _say(out_console, "numbers, rules and figures: dlforge lab run --json, or dlforge lab report")
 
 
 @lab_app.command("report")
@@ -339,7 +348,7 @@ def lab_report(
     from dlforge.lab.report import write_lab_report
 
     path = write_lab_report(_run_findings(topics or [], budget, False), output)
-    out_console.print(f"wrote {path}", highlight=False)
+    _say(out_console, f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -250,3 +250,21 @@ def test_no_validation_split_trains_without_val_metrics(tmp_path):
     run = only_run(tmp_path / "runs")
     assert not (run / "checkpoints" / "best.safetensors").exists()
     assert "test_accuracy" in json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_messages_with_square_brackets_print_literally(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", {"source": "digits"}, model={"arch": "cnn", "input_shape": [1, 28, 28]})
+    result = invoke("train", cfg, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2
+    assert "[1, 28, 28]" in result.output and "[1, 8, 8]" in result.output  # not eaten as markup
+
+
+def test_diverged_run_reports_and_exits_1(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", {"source": "breast_cancer"}, model={"arch": "mlp", "hidden": [32, 32]},
+                       optim={"name": "sgd", "lr": 100000.0})
+    result = invoke("train", cfg, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "training stopped" in text and "non_finite" in text and "bad_layers=[" in text
+    run = only_run(tmp_path / "runs")
+    assert (run / "nan_report.json").is_file() and (run / "report.html").is_file()
