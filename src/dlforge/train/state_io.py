@@ -36,6 +36,8 @@ def _split(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
         tensors[prefix] = obj.detach().to("cpu", copy=True).contiguous()
         return {"__tensor__": prefix}
     if isinstance(obj, dict):
+        if all(type(k) is str and type(v) in _PLAIN for k, v in obj.items()):
+            return dict(obj)  # fast path: history records are flat dicts of numbers
         # Optimizer state is keyed by int parameter ids; JSON keys are strings, so tag them.
         int_keys = bool(obj) and all(isinstance(k, int) for k in obj)
         body = {str(k): _split(v, tensors, f"{prefix}.{k}") for k, v in obj.items()}
