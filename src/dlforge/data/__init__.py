@@ -29,6 +29,10 @@ from dlforge.data.preprocess import (
     prepare,
     sample_shape,
 )
+from dlforge.data.sequences import (
+    adding_problem, copy_memory_sequences, key_value_retrieval, key_value_tokens, recall_first,
+    sequence_reversal, sequence_sorting,
+)
 from dlforge.data.sources import load_source
 from dlforge.data.splits import Splits, split, split_indices
 
@@ -51,4 +55,12 @@ __all__ = [
     "split",
     "split_indices",
     "write_idx",
+    # generated sequence tasks (sequences.py)
+    "adding_problem",
+    "copy_memory_sequences",
+    "key_value_retrieval",
+    "key_value_tokens",
+    "recall_first",
+    "sequence_reversal",
+    "sequence_sorting",
 ]

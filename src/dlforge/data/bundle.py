@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 TASKS = ("classification", "regression")
-KINDS = ("tabular", "image")
+KINDS = ("tabular", "image", "sequence")
 
 
 @dataclass(repr=False)

@@ -179,7 +179,7 @@ def _encoding(preprocessing: Mapping, kind: str) -> Mapping:
 
 
 def sample_shape(encoding: Mapping) -> tuple[int, ...]:
-    """Per-sample shape of x made by ``encoding``, e.g. ``(F,)`` or ``(C, H, W)``.
+    """Per-sample shape of x made by ``encoding``: ``(F,)``, ``(C, H, W)`` or ``(T, F)``.
 
     Example:
         >>> sample_shape({"kind": "image", "size": [8, 8], "mode": "L", "scale": 1 / 16})
@@ -187,6 +187,8 @@ def sample_shape(encoding: Mapping) -> tuple[int, ...]:
     """
     if encoding["kind"] == "image":
         return (1 if encoding["mode"] == "L" else 3, *encoding["size"])
+    if encoding["kind"] == "sequence":
+        return (encoding["length"], encoding["features"])
     categories = encoding["categories"]
     return (sum(len(categories[c]) if c in categories else 1 for c in encoding["columns"]),)
 
