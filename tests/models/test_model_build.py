@@ -22,8 +22,10 @@ from dlforge.models import (
 
 
 def test_archs_map_names_to_config_and_model() -> None:
-    assert ARCHS == {"mlp": (MLPConfig, MLP), "cnn": (CNNConfig, CNN)}
-    assert MLP.ARCH == "mlp" and CNN.ARCH == "cnn"
+    from dlforge.models.rnn import RNNClassifier, RNNConfig
+
+    assert ARCHS == {"mlp": (MLPConfig, MLP), "cnn": (CNNConfig, CNN), "rnn": (RNNConfig, RNNClassifier)}
+    assert MLP.ARCH == "mlp" and CNN.ARCH == "cnn" and RNNClassifier.ARCH == "rnn"
 
 
 ROUND_TRIP_SPECS = [

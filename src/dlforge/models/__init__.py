@@ -24,11 +24,13 @@ from dlforge.errors import ConfigError
 from dlforge.models._config import make_config
 from dlforge.models.cnn import CNN, CNNConfig, build_cnn
 from dlforge.models.mlp import MLP, MLPConfig, build_mlp
+from dlforge.models.rnn import RNNClassifier, RNNConfig, build_rnn
 
 # arch name -> (config dataclass, model class); a new family adds one line here.
 ARCHS: dict[str, tuple[type, type]] = {
     "mlp": (MLPConfig, MLP),
     "cnn": (CNNConfig, CNN),
+    "rnn": (RNNConfig, RNNClassifier),
 }
 
 
@@ -132,9 +134,12 @@ __all__ = [
     "MLP",
     "CNNConfig",
     "MLPConfig",
+    "RNNClassifier",
+    "RNNConfig",
     "build",
     "build_cnn",
     "build_mlp",
+    "build_rnn",
     "config_from_spec",
     "spec_of",
 ]
