@@ -25,12 +25,18 @@ from dlforge.models._config import make_config
 from dlforge.models.cnn import CNN, CNNConfig, build_cnn
 from dlforge.models.mlp import MLP, MLPConfig, build_mlp
 from dlforge.models.rnn import RNNClassifier, RNNConfig, build_rnn
+from dlforge.models.transformer import (
+    TransformerClassifier,
+    TransformerConfig,
+    build_transformer,
+)
 
 # arch name -> (config dataclass, model class); a new family adds one line here.
 ARCHS: dict[str, tuple[type, type]] = {
     "mlp": (MLPConfig, MLP),
     "cnn": (CNNConfig, CNN),
     "rnn": (RNNConfig, RNNClassifier),
+    "transformer": (TransformerConfig, TransformerClassifier),
 }
 
 
@@ -136,10 +142,13 @@ __all__ = [
     "MLPConfig",
     "RNNClassifier",
     "RNNConfig",
+    "TransformerClassifier",
+    "TransformerConfig",
     "build",
     "build_cnn",
     "build_mlp",
     "build_rnn",
+    "build_transformer",
     "config_from_spec",
     "spec_of",
 ]
