@@ -2,7 +2,9 @@
 holds and computing its verdict from the numbers (see ``shared/LAB.md``).
 
 Each experiment is a module ``qNN_<topic>.py`` with ``TOPIC``, ``TITLE`` and ``CLAIM``
-constants and ``run(budget="quick", seed=0) -> Finding``.
+constants and ``run(budget="quick", seed=0) -> Finding``. Call experiments through
+:func:`run_topic`, which times them and runs them on one thread (see
+:mod:`dlforge.lab.threads`); the modules do not repeat that themselves.
 
 Example:
     >>> from dlforge.lab import available_topics, run_topic

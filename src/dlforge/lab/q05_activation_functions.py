@@ -24,7 +24,6 @@ from sklearn.metrics import log_loss
 
 from dlforge.data import Prepared, load_source, prepare
 from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
-from dlforge.lab.threads import single_thread
 from dlforge.models import MLP, build
 from dlforge.nn import ACTIVATIONS
 from dlforge.train import Callback, TrainState, evaluate_loss, fit, resolve_loss, seed_everything
@@ -124,8 +123,7 @@ def _figure(curves: dict[str, list[float]], logreg_loss: float):
 
 
 def run(budget: str = "quick", seed: int = 0) -> Finding:
-    with single_thread():  # tiny tensors: a second thread only adds waiting
-        return _run(BUDGETS[budget], seed)
+    return _run(BUDGETS[budget], seed)  # run_topic runs it on one thread
 
 
 def _run(cfg: dict, seed: int) -> Finding:
