@@ -170,6 +170,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     log_every_n_steps: int = 50,
     resume: str | Path | None = None,
+    param_groups: Sequence[dict[str, Any]] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``train`` (validating on ``val`` after every epoch).
 
@@ -178,6 +179,9 @@ def fit(
     batch. ``accumulate`` sums gradients over that many batches per optimizer step.
     ``precision`` is ``fp32``, ``bf16`` (autocast) or ``fp16`` (CUDA, with a grad scaler).
     ``resume`` continues from the last checkpoint in a run or checkpoint directory.
+    ``param_groups`` (torch-style ``{"params": [...], "lr": ...}`` dicts covering the
+    model's parameters, e.g. from :func:`dlforge.train.transfer.param_groups`) gives
+    parts of the model their own learning rates; schedules scale each group's rate.
 
     Example:
         >>> import torch
@@ -209,7 +213,7 @@ def fit(
     targets = train[0][1] if not isinstance(train, TensorDataset) else train.tensors[1]
     loss_fn = resolve_loss(loss, torch.as_tensor(targets))
     classify = not torch.is_floating_point(torch.as_tensor(targets))
-    optimizer = build_optimizer(model.parameters(), cfg)
+    optimizer = build_optimizer(model.parameters() if param_groups is None else param_groups, cfg)
     state = TrainState(
         model=model, optimizer=optimizer, scheduler=Scheduler(optimizer, cfg, steps_per_epoch, epochs),
         device=device, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=list(callbacks),
