@@ -12,6 +12,7 @@ from torch.utils.data import TensorDataset
 from dlforge.data.sequences import recall_first
 from dlforge.errors import ConfigError, DataError
 from dlforge.models import build, spec_of
+from dlforge.nn import alibi_bias
 from dlforge.models.transformer import (
     EncoderLayer,
     TransformerClassifier,
@@ -202,7 +203,9 @@ def test_bad_inputs_are_data_errors() -> None:
         ({"positional": "rope"}, (T, 4), "model.positional is 'rope'"),
         ({"max_len": 4}, (T, 4), "model.max_len is 4, shorter than the 6 steps"),
         ({"pool": "max"}, (T, 4), "model.pool is 'max'"),
-        ({"task_head": "token"}, (T, 4), "model.task_head is 'token'"),
+        ({"task_head": "step"}, (T, 4), "model.task_head is 'step'"),
+        ({"positional": "rotary", "dim": 12, "num_heads": 4}, (T, 4),
+         "model.dim / model.num_heads is 3, but rotary"),
         ({"norm_first": "yes"}, (T, 4), "model.norm_first has the wrong type"),
         ({"heads": 2}, (T, 4), "model.heads is not a setting of the transformer model"),
     ],
@@ -242,3 +245,150 @@ def test_positions_let_it_recall_the_first_symbol() -> None:
         torch.set_num_threads(threads)
     assert accuracy["sinusoidal"] >= 0.9  # chance is 0.25
     assert accuracy["sinusoidal"] > accuracy["none"] + 0.2
+
+
+# ---- token head, regression, rotary and ALiBi positions ----------------------------------
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_token_head_gives_one_output_per_step_without_cls(pool: str) -> None:
+    torch.manual_seed(0)
+    model = build_transformer((T,), 3, vocab_size=9, dim=D, num_heads=HEADS, pool=pool,
+                              task_head="token").eval()
+    tokens = torch.randint(0, 9, (B, T))
+    out = model(tokens, padding_mask=PADDING)
+    assert out.shape == (B, T, 3)
+    h = model.encoder.embed(tokens)
+    if pool == "cls":
+        h = torch.cat([model.cls.expand(B, -1, -1), h], dim=1)
+        pad = torch.cat([torch.zeros(B, 1, dtype=torch.bool), PADDING], dim=1)
+    else:
+        pad = PADDING
+    h, _ = model.encoder.encode(h, pad)
+    expected = model.head(h[:, 1:] if pool == "cls" else h)  # [CLS] is not a token
+    torch.testing.assert_close(out, expected)
+
+
+def _train_quietly(model: nn.Module, train: TensorDataset, epochs: int, lr: float = 3e-3):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fit(model, train, epochs=epochs, batch_size=32,
+                   optim={"name": "adam", "lr": lr}, device="cpu", seed=0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_token_head_learns_to_tag_the_previous_tokens_parity() -> None:
+    """Tag step t with the parity of token t-1 (step 0: of itself): needs the neighbour."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 6, (320, 8), generator=g)
+    y = torch.cat([x[:, :1], x[:, :-1]], dim=1) % 2  # (N, T)
+    torch.manual_seed(0)
+    model = build_transformer((8,), 2, vocab_size=6, dim=32, num_heads=4, ffn_dim=64,
+                              num_layers=1, dropout=0.0, positional="rotary", pool="mean",
+                              task_head="token")
+    _train_quietly(model, TensorDataset(x[:256], y[:256]), epochs=12, lr=1e-2)
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(x[256:]).argmax(-1) == y[256:]).float().mean().item()
+    assert accuracy >= 0.95  # chance is 0.5
+
+
+def test_regression_target_trains_through_num_outputs() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(320, 6, 2, generator=g)
+    y = x[..., :1].mean(dim=1) * 2  # (N, 1): twice the mean of the first feature
+    torch.manual_seed(0)
+    model = build_transformer((6, 2), 1, dim=16, num_heads=2, ffn_dim=32, num_layers=1,
+                              dropout=0.0, pool="mean")
+    _train_quietly(model, TensorDataset(x[:256], y[:256]), epochs=15)
+    model.eval()
+    with torch.no_grad():
+        mse = nn.functional.mse_loss(model(x[256:]), y[256:]).item()
+    baseline = y[256:].var(unbiased=False).item()  # predicting the mean
+    assert model(x[:4]).shape == (4, 1)
+    assert mse < 0.1 * baseline
+
+
+def _heads(layer: EncoderLayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    attn = layer.self_attn
+    q = attn.q_proj(x).view(*x.shape[:2], HEADS, -1).transpose(1, 2)  # (B, h, T, d)
+    k = attn.k_proj(x).view(*x.shape[:2], HEADS, -1).transpose(1, 2)
+    return q, k
+
+
+def test_rotary_scores_equal_a_complex_number_reference_and_only_see_distance() -> None:
+    torch.manual_seed(0)
+    layer = EncoderLayer(D, HEADS, FFN, relative="rotary").double().eval()
+    x = torch.randn(B, T, D, dtype=torch.float64)
+    _, weights = layer(x, need_weights=True)
+    # LLaMA's reference: adjacent features are a complex number, turned by e^{i p theta_j}.
+    q, k = _heads(layer, layer.norm1(x))
+    d = D // HEADS
+    theta = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)  # (d/2,)
+    turn = torch.polar(torch.ones(T, d // 2, dtype=torch.float64),
+                       torch.arange(T, dtype=torch.float64)[:, None] * theta)  # (T, d/2)
+    q_c = torch.view_as_complex(q.reshape(B, HEADS, T, d // 2, 2).contiguous()) * turn
+    k_c = torch.view_as_complex(k.reshape(B, HEADS, T, d // 2, 2).contiguous()) * turn
+    scores = (q_c[..., :, None, :] * k_c[..., None, :, :].conj()).real.sum(-1) / d**0.5
+    torch.testing.assert_close(weights, scores.softmax(dim=-1))
+    # Shifting every position by the same amount leaves the scores and the output alone.
+    shifted_out, shifted = layer(x, need_weights=True, positions=torch.arange(T) + 37)
+    torch.testing.assert_close(shifted, weights)
+    torch.testing.assert_close(shifted_out, layer(x)[0])  # the fused path agrees too
+    # And the positions do matter: reversing them changes the scores.
+    assert not torch.allclose(layer(x, need_weights=True, positions=torch.arange(T).flip(0))[1],
+                              weights)
+
+
+@pytest.mark.parametrize("padding", [None, PADDING])
+def test_alibi_layer_equals_torch_layer_with_alibi_bias_as_its_mask(
+    padding: torch.Tensor | None
+) -> None:
+    torch.manual_seed(0)
+    ours = EncoderLayer(D, HEADS, FFN, dropout=0.1, relative="alibi").double().eval()
+    randomize_norms(ours)
+    ref = reference_layer(True, "gelu")
+    copy_layer(ours, ref)
+    x = torch.randn(B, T, D, dtype=torch.float64)
+    bias = alibi_bias(HEADS, T, T).double()  # (h, T, T)
+    expected = ref(x, src_mask=bias.repeat(B, 1, 1), src_key_padding_mask=padding)  # (B*h, T, T)
+    torch.testing.assert_close(ours(x, padding)[0], expected)
+
+
+@pytest.mark.parametrize("positional", ["rotary", "alibi"])
+def test_relative_positions_make_the_encoder_invariant_to_a_shift(positional: str) -> None:
+    torch.manual_seed(0)
+    enc = TransformerEncoder(TransformerConfig(
+        input_shape=(T,), num_outputs=2, vocab_size=7, dim=D, num_heads=HEADS,
+        positional=positional)).double().eval()
+    assert enc.positional is None  # nothing is added to the embeddings
+    h = enc.embed(torch.randint(0, 7, (B, T)))
+    base, _ = enc.encode(h, PADDING)
+    torch.testing.assert_close(enc.encode(h, PADDING, positions=torch.arange(T) + 1000)[0], base)
+
+
+def test_max_len_limits_only_absolute_positions() -> None:
+    torch.manual_seed(0)
+    x = torch.randint(0, 5, (2, 3 * T))
+    for positional in ("rotary", "alibi", "none"):
+        model = build_transformer((T,), 2, vocab_size=5, dim=D, num_heads=HEADS,
+                                  positional=positional, task_head="token")
+        assert model(x).shape == (2, 3 * T, 2)  # trained on T steps, reads 3T
+    learned = build_transformer((T,), 2, vocab_size=5, dim=D, num_heads=HEADS,
+                                positional="learned")
+    with pytest.raises(DataError, match="learned positions exist for 6 steps only"):
+        learned(x)
+    sinusoidal = build_transformer((T,), 2, vocab_size=5, dim=D, num_heads=HEADS,
+                                   max_len=3 * T)  # the table is built long enough
+    assert sinusoidal(x).shape == (2, 2)
+
+
+def test_relative_positions_add_no_weights() -> None:
+    torch.manual_seed(0)
+    options = {"vocab_size": 5, "dim": D, "num_heads": HEADS}
+    plain = build_transformer((T,), 2, positional="none", **options)
+    for positional in ("rotary", "alibi"):
+        model = build_transformer((T,), 2, positional=positional, **options)
+        model.load_state_dict(plain.state_dict(), strict=True)
+        assert spec_of(model)["positional"] == positional

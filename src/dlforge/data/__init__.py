@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from dlforge.data.bundle import DataBundle
 from dlforge.data.catalog import list_builtin, load_builtin
+from dlforge.data.corpus import pydoc_corpus
 from dlforge.data.csv_file import load_csv
 from dlforge.data.idx import load_idx, write_idx
 from dlforge.data.image_folder import load_image_folder
+from dlforge.data.mlm import MaskedLMDataset, mask_tokens
 from dlforge.data.preprocess import (
     Prepared,
     Standardizer,
@@ -35,6 +37,12 @@ from dlforge.data.sequences import (
 )
 from dlforge.data.sources import load_source
 from dlforge.data.splits import Splits, split, split_indices
+from dlforge.data.text import (
+    TEXT_BUILTINS, TextTable, encode_text_inputs, load_text_table, text_builtin_names, text_bundle,
+)
+from dlforge.data.tokenizer import (
+    SPECIAL_TOKENS, encode_texts, load_tokenizer, special_ids, train_wordpiece,
+)
 
 __all__ = [
     "DataBundle",
@@ -63,4 +71,19 @@ __all__ = [
     "recall_first",
     "sequence_reversal",
     "sequence_sorting",
+    # text: tokenizers, corpora, text tables, MLM masking (tokenizer, corpus, text, mlm)
+    "MaskedLMDataset",
+    "SPECIAL_TOKENS",
+    "TEXT_BUILTINS",
+    "TextTable",
+    "encode_text_inputs",
+    "encode_texts",
+    "load_text_table",
+    "load_tokenizer",
+    "mask_tokens",
+    "pydoc_corpus",
+    "special_ids",
+    "text_builtin_names",
+    "text_bundle",
+    "train_wordpiece",
 ]

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 TASKS = ("classification", "regression")
-KINDS = ("tabular", "image", "sequence")
+KINDS = ("tabular", "image", "sequence", "text")
 
 
 @dataclass(repr=False)
@@ -22,7 +22,8 @@ class DataBundle:
     """A loaded data set: inputs ``x``, targets ``y`` and how they were made.
 
     ``x`` is float32, ``(N, F)`` for tables or ``(N, C, H, W)`` for images scaled to
-    [0, 1], and is not standardised (see :func:`dlforge.data.prepare`). ``y`` holds
+    [0, 1], and is not standardised (see :func:`dlforge.data.prepare`); for text it is
+    int64 token ids ``(N, T)`` padded with the pad id. ``y`` holds
     int64 class indices ``(N,)`` for classification or float32 ``(N, 1)`` for
     regression. ``encoding`` is a JSON-able recipe that turns raw inputs into ``x``.
 
@@ -71,7 +72,7 @@ class DataBundle:
         return replace(self, x=self.x[idx], y=self.y[idx])
 
     def to_tensor_dataset(self) -> TensorDataset:
-        """``TensorDataset(x, y)``: float32 x, int64 (classification) or float32 y.
+        """``TensorDataset(x, y)``: float32 x (int64 token ids for text), int64 or float32 y.
 
         Example:
             >>> from dlforge.data import load_builtin
@@ -80,7 +81,8 @@ class DataBundle:
             (torch.float32, torch.int64)
         """
         y_dtype = np.int64 if self.task == "classification" else np.float32
-        x = torch.from_numpy(np.ascontiguousarray(self.x, dtype=np.float32))
+        x_dtype = np.int64 if self.kind == "text" else np.float32  # ids index an embedding
+        x = torch.from_numpy(np.ascontiguousarray(self.x, dtype=x_dtype))
         y = torch.from_numpy(np.ascontiguousarray(self.y, dtype=y_dtype))
         return TensorDataset(x, y)
 

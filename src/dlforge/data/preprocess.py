@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from torch.utils.data import TensorDataset
 
 from dlforge.data.bundle import DataBundle
@@ -132,7 +133,8 @@ def prepare(
         (90, (4,), 3)
     """
     parts = split(bundle, val=val, test=test, stratify=stratify, seed=seed)
-    scaler = Standardizer.fit(parts.train.x) if standardize else None
+    # Token ids are indices, not measurements: text is never standardised.
+    scaler = Standardizer.fit(parts.train.x) if standardize and bundle.kind != "text" else None
 
     def tensors(part: DataBundle | None) -> TensorDataset | None:
         if part is None:
@@ -179,7 +181,7 @@ def _encoding(preprocessing: Mapping, kind: str) -> Mapping:
 
 
 def sample_shape(encoding: Mapping) -> tuple[int, ...]:
-    """Per-sample shape of x made by ``encoding``: ``(F,)``, ``(C, H, W)`` or ``(T, F)``.
+    """Per-sample shape of x made by ``encoding``: ``(F,)``, ``(C, H, W)``, ``(T, F)`` or ``(T,)``.
 
     Example:
         >>> sample_shape({"kind": "image", "size": [8, 8], "mode": "L", "scale": 1 / 16})
@@ -189,6 +191,8 @@ def sample_shape(encoding: Mapping) -> tuple[int, ...]:
         return (1 if encoding["mode"] == "L" else 3, *encoding["size"])
     if encoding["kind"] == "sequence":
         return (encoding["length"], encoding["features"])
+    if encoding["kind"] == "text":
+        return (encoding["max_len"],)
     categories = encoding["categories"]
     return (sum(len(categories[c]) if c in categories else 1 for c in encoding["columns"]),)
 
@@ -238,7 +242,8 @@ def encode_images(paths: Sequence[str | Path], preprocessing: Mapping) -> torch.
 def encode_array(x: np.ndarray | torch.Tensor, preprocessing: Mapping) -> torch.Tensor:
     """Standardise already-encoded samples (e.g. a bundle's ``x``) as training did.
 
-    One sample without a batch dimension is accepted too.
+    One sample without a batch dimension is accepted too. Text token ids come back
+    as int64 ids, checked against the vocabulary, and are never standardised.
 
     Example:
         >>> encode_array(bundle.x[:5], prepared.preprocessing).shape  # doctest: +SKIP
@@ -247,6 +252,8 @@ def encode_array(x: np.ndarray | torch.Tensor, preprocessing: Mapping) -> torch.
     encoding = _encoding(preprocessing, "any")
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
+    if encoding["kind"] == "text":
+        return _token_ids(np.asarray(x), encoding)
     x = np.asarray(x, dtype=np.float32)
     expected = sample_shape(encoding)
     if x.shape == expected:
@@ -257,3 +264,23 @@ def encode_array(x: np.ndarray | torch.Tensor, preprocessing: Mapping) -> torch.
             hint=f"give an array of shape (N, {', '.join(map(str, expected))})",
         )
     return _finish(x, preprocessing)
+
+
+def _token_ids(x: np.ndarray, encoding: Mapping) -> torch.Tensor:
+    """Check already-encoded token ids against a text encoding; int64 ``(N, max_len)``."""
+    (max_len,) = sample_shape(encoding)
+    if x.shape == (max_len,):
+        x = x[None]  # one sample -> a batch of one
+    if x.ndim != 2 or x.shape[1] != max_len:
+        raise DataError(f"token ids of shape {x.shape} do not match the model's length {max_len}",
+                        hint=f"give ids of shape (N, {max_len}), e.g. from encode_text_inputs")
+    if x.dtype.kind not in "iu" and not (x.dtype.kind == "f" and np.all(np.mod(x, 1) == 0)):
+        raise DataError(f"token ids must be integers, got {x.dtype} values",
+                        hint="pass ids from encode_text_inputs, or raw strings to it")
+    vocab_size = encoding.get("vocab_size")
+    if vocab_size is None:  # an encoding written without it: ask the stored tokenizer
+        vocab_size = Tokenizer.from_str(encoding["tokenizer"]).get_vocab_size()
+    if x.size and (x.min() < 0 or x.max() >= vocab_size):
+        raise DataError(f"token ids span [{x.min()}, {x.max()}], outside the vocabulary of "
+                        f"{vocab_size}", hint="encode the texts with this model's tokenizer")
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64))

@@ -268,3 +268,36 @@ def residual_histogram(y_true: Sequence[float], y_pred: Sequence[float]) -> str 
     ax.set(xlabel="residual (predicted − true)", ylabel="count", title="residuals")
     ax.grid(alpha=0.3)
     return to_png(fig)
+
+
+def forecast_vs_actual(
+    index: Sequence[str], actual: Sequence[float], predicted: Sequence[float],
+    seasonal_naive: Sequence[float] | None = None, unit: str = "",
+) -> str | None:
+    """The actual series, the model's forecast and the seasonal naive forecast over the
+    evaluated span, with the series' own labels (years, months) on the x axis.
+
+    Example:
+        >>> png = forecast_vs_actual(["1990", "1991", "1992"], [5.0, 7.0, 6.0], [5.5, 6.5, 6.2],
+        ...                          [4.0, 8.0, 5.0], unit="ppm")
+        >>> base64.b64decode(png)[:4]
+        b'\\x89PNG'
+    """
+    y = _finite(actual)
+    if y.size == 0:
+        return None
+    x = np.arange(y.size)
+    fig = _new_figure((9.0, 3.6), left=0.09, right=0.98, bottom=0.17, top=0.91)
+    ax = fig.add_subplot()
+    ax.plot(x, y, color="black", linewidth=1.6, marker="o", markersize=2.5, label="actual")
+    ax.plot(x, _finite(predicted), color="tab:blue", linewidth=1.4, label="model")
+    if seasonal_naive is not None and len(seasonal_naive):
+        ax.plot(x, _finite(seasonal_naive), color="tab:orange", linestyle="--", linewidth=1.2, label="seasonal naive")
+    # Label about eight evenly spaced points: every label of a long span would overlap.
+    ticks = np.unique(np.linspace(0, y.size - 1, min(8, y.size)).round().astype(int))
+    labels = list(index) if len(index) == y.size else [str(i) for i in x]
+    ax.set_xticks(ticks, [labels[i] for i in ticks])
+    ax.set(ylabel=unit or "value", title="forecast vs actual (one step ahead)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return to_png(fig)

@@ -4,10 +4,12 @@
 five-line script) and refers to nothing outside itself, so it can be mailed, archived or
 opened offline. A Content-Security-Policy meta tag makes the browser refuse any network
 fetch the page might still attempt. Sections, top to bottom: header (run, data, task,
-arch, epochs, stop reason, best epoch, test metrics), training curves, gradient health,
-evaluation (classification or regression), cross-validation, diagnosis, resolved config.
+arch, epochs, stop reason, best epoch, test metrics), diagnosis, training curves, gradient
+health, evaluation (classification or regression), forecast (time series, against the
+seasonal naive baseline), cross-validation, resolved config.
 
-Inputs are plain dicts (the JSON forms of ``Evaluation``, ``Diagnosis`` and ``CVResult``),
+Inputs are plain dicts (the JSON forms of ``Evaluation``, ``Diagnosis``, ``CVResult`` and
+:func:`dlforge.data.timeseries.forecast_evaluation`),
 so a report can be rendered from files on disk without the objects that wrote them.
 
 Example:
@@ -184,6 +186,34 @@ def _evaluation_section(evaluation: Mapping[str, Any] | None) -> dict[str, Any] 
             "figures": figures}
 
 
+def _forecast_section(forecast: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Plot and error table of a ``forecast_evaluation`` dict (``forecast.json``)."""
+    if forecast is None:
+        return None
+    unit = str(forecast.get("unit") or "")
+    figures = _figure("forecast vs actual", _plots().forecast_vs_actual(
+        forecast.get("index") or [], forecast.get("actual") or [], forecast.get("predicted") or [],
+        forecast.get("seasonal_naive"), unit=unit),
+        "One step ahead: each point is forecast from the window of values just before it.")
+    period = forecast.get("period")
+    rows = [
+        ("model", format_number(forecast.get("mae")), format_number(forecast.get("rmse"))),
+        (f"seasonal naive (value {format_number(period)} steps back)", format_number(forecast.get("seasonal_naive_mae")),
+         format_number(forecast.get("seasonal_naive_rmse"))),
+        ("last value", format_number(forecast.get("last_value_mae")), "n/a"),
+    ]
+    ratio = forecast.get("mae_ratio_vs_seasonal_naive")
+    verdict = ""
+    if isinstance(ratio, (int, float)) and math.isfinite(ratio):
+        verdict = "beats" if ratio < 1 else "does not beat"
+    return {
+        "series": format_number(forecast.get("series")), "split": format_number(forecast.get("split")),
+        "unit": unit, "window": format_number(forecast.get("window")),
+        "horizon": format_number(forecast.get("horizon")), "period": format_number(period),
+        "rows": rows, "ratio": format_number(ratio), "verdict": verdict, "figures": figures,
+    }
+
+
 def _ratio(values: Sequence[float] | None) -> str:
     return "n/a" if not values else " / ".join(f"{float(v):.3f}" for v in values)
 
@@ -240,12 +270,14 @@ def render_report(
     cv: Mapping[str, Any] | None = None,
     title: str | None = None,
     run_info: Mapping[str, Any] | None = None,
+    forecast: Mapping[str, Any] | None = None,
 ) -> str:
     """The report as one HTML string.
 
     ``config`` is the resolved run config; ``history`` the records of ``history.jsonl``;
     ``evaluation``, ``diagnoses`` and ``cv`` the JSON forms of ``Evaluation``, the
-    diagnosis list and ``CVResult``. ``run_info`` holds what only the finished run knows:
+    diagnosis list and ``CVResult``; ``forecast`` the dict of
+    :func:`dlforge.data.timeseries.forecast_evaluation`. ``run_info`` holds what only the finished run knows:
     ``data``, ``task``, ``arch``, ``epochs_run``, ``stop_reason``, ``best_epoch``
     (0-based, as ``FitResult.best_epoch``; shown 1-based), ``metrics`` (``test_*`` keys
     go to the header). Missing facts come from the config and history, or show ``n/a``.
@@ -267,6 +299,7 @@ def render_report(
         "training_figures": _training_figures(history, best_epoch),
         "gradient_figures": _gradient_figures(history),
         "evaluation": _evaluation_section(evaluation),
+        "forecast": _forecast_section(forecast),
         "cv": _cv_section(cv),
         "diagnosis": _diagnosis_section(diagnoses),
     }
@@ -332,11 +365,13 @@ def write_report(
     evaluation: Mapping[str, Any] | None = None,
     diagnoses: Sequence[Mapping[str, Any]] | None = None,
     cv: Mapping[str, Any] | None = None,
+    forecast: Mapping[str, Any] | None = None,
 ) -> Path:
     """Render ``run_dir/report.html`` from the files a run left and return its path.
 
     Reads ``config.yaml`` and ``history.jsonl`` (both required), and, for each keyword
-    left ``None``, ``evaluation.json``, ``diagnosis.json`` and ``cv.json`` when present;
+    left ``None``, ``evaluation.json``, ``diagnosis.json``, ``cv.json`` and ``forecast.json``
+    when present;
     ``model/model.json`` supplies the training facts (epochs run, stop reason, best epoch)
     and the test metrics. The page is written atomically.
 
@@ -361,9 +396,11 @@ def write_report(
             diagnoses = diagnoses.get("diagnoses", diagnoses.get("findings", []))
     if cv is None:
         cv = _read_json(run_dir / "cv.json")
+    if forecast is None:
+        forecast = _read_json(run_dir / "forecast.json")
     run_info = _run_info_from_artifact(_read_json(run_dir / "model" / "model.json"))
     html = render_report(config=config, history=history, evaluation=evaluation, diagnoses=diagnoses, cv=cv,
-                         run_info=run_info)
+                         run_info=run_info, forecast=forecast)
     out = run_dir / "report.html"
     atomic_write(out, html.encode("utf-8"))
     return out

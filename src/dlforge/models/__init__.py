@@ -22,6 +22,7 @@ from torch import nn
 
 from dlforge.errors import ConfigError
 from dlforge.models._config import make_config
+from dlforge.models.bert import BertClassifier, BertConfig, build_bert
 from dlforge.models.cnn import CNN, CNNConfig, build_cnn
 from dlforge.models.mlp import MLP, MLPConfig, build_mlp
 from dlforge.models.rnn import RNNClassifier, RNNConfig, build_rnn
@@ -37,6 +38,7 @@ ARCHS: dict[str, tuple[type, type]] = {
     "cnn": (CNNConfig, CNN),
     "rnn": (RNNConfig, RNNClassifier),
     "transformer": (TransformerConfig, TransformerClassifier),
+    "bert": (BertConfig, BertClassifier),
 }
 
 
@@ -136,6 +138,8 @@ def _jsonable(value: Any) -> Any:
 
 __all__ = [
     "ARCHS",
+    "BertClassifier",
+    "BertConfig",
     "CNN",
     "MLP",
     "CNNConfig",
@@ -145,6 +149,7 @@ __all__ = [
     "TransformerClassifier",
     "TransformerConfig",
     "build",
+    "build_bert",
     "build_cnn",
     "build_mlp",
     "build_rnn",

@@ -40,7 +40,7 @@ KINDS = ("rnn", "lstm", "gru")
 NONLINEARITIES = ("tanh", "relu")
 PATHS = ("explicit", "fused")
 HEADS = ("last", "mean")
-TASK_HEADS = ("sequence",)  # one prediction per sequence; per-step heads may follow
+TASK_HEADS = ("sequence", "step")  # one prediction per sequence, or one per step
 
 _TORCH_MODULES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -60,7 +60,7 @@ class RNNConfig:
     nonlinearity: str = "tanh"  # Elman RNN only: tanh | relu
     path: str = "fused"  # fused (PyTorch kernels) | explicit (cells looped over time)
     head: str = "last"  # last: final state of each direction; mean: mean over valid steps
-    task_head: str = "sequence"
+    task_head: str = "sequence"  # sequence: (B, num_outputs); step: (B, T, num_outputs)
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -85,6 +85,11 @@ class RNNConfig:
         check_choice("path", self.path, PATHS)
         check_choice("head", self.head, HEADS)
         check_choice("task_head", self.task_head, TASK_HEADS)
+        if self.task_head == "step" and self.bidirectional:
+            raise ConfigError(
+                "model.task_head 'step' with bidirectional: true would let step t see the future",
+                hint="use bidirectional: false for per-step predictions",
+            )
 
 
 # ---- the cells: one time step, written out gate by gate ---------------------------------
@@ -371,6 +376,8 @@ class RNNClassifier(nn.Module):
         self._check_input(x)
         B, T, _ = x.shape
         out, _ = self.recurrent(x, lengths=lengths)  # (B, T, D*H)
+        if self.config.task_head == "step":
+            return self.head(out)  # (B, T, num_outputs); zero state past each length
         if lengths is None:
             lengths = torch.full((B,), T, dtype=torch.long)
         lengths = lengths.to(x.device)
@@ -384,6 +391,26 @@ class RNNClassifier(nn.Module):
                 parts.append(out[:, 0, H:])  # the backward direction ends at step 0
             summary = torch.cat(parts, dim=1)  # (B, D*H)
         return self.head(summary)  # (B, num_outputs)
+
+    def forward_chunk(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Per-step outputs for a chunk of a longer sequence, carrying the state across chunks.
+
+        x (B, k, F) and the state after the previous chunk (None at the start) ->
+        (outputs (B, k, num_outputs), state after this chunk). This is what truncated BPTT
+        (:mod:`dlforge.train.tbptt`) calls; a bidirectional stack cannot run chunk by chunk.
+
+        Example:
+            >>> model = build_rnn((8, 1), 2, hidden_size=4)
+            >>> out, state = model.forward_chunk(torch.zeros(3, 5, 1))
+            >>> out.shape, model.forward_chunk(torch.zeros(3, 3, 1), state)[0].shape
+            (torch.Size([3, 5, 2]), torch.Size([3, 3, 2]))
+        """
+        self._check_input(x)
+        if self.config.bidirectional:
+            raise ConfigError("a bidirectional rnn cannot be run chunk by chunk (truncated BPTT)",
+                              hint="use bidirectional: false, or remove train.tbptt")
+        out, state = self.recurrent(x, state)  # (B, k, H)
+        return self.head(out), state  # (B, k, num_outputs)
 
     def _check_input(self, x: torch.Tensor) -> None:
         # Any number of steps is fine for a recurrent net; the features per step are not.

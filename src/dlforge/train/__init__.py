@@ -18,6 +18,16 @@ from dlforge.train.gradients import GradientMonitor, NanGuard
 from dlforge.train.health import Diagnosis, HealthThresholds, dead_relu_fraction, diagnose, format_diagnoses
 from dlforge.train.optim import OptimConfig, ScheduleConfig, Scheduler, build_optimizer, lr_factor
 from dlforge.train.state import FitResult, TrainState
+from dlforge.train.transfer import (
+    GradualUnfreezing,
+    TransferReport,
+    freeze,
+    layerwise_lr_groups,
+    load_pretrained_weights,
+    param_groups,
+    trainable_summary,
+    unfreeze,
+)
 
 __all__ = [
     "Callback", "Checkpoint", "Diagnosis", "EarlyStopping", "HealthThresholds", "dead_relu_fraction", "diagnose",
@@ -25,4 +35,6 @@ __all__ = [
     "OptimConfig", "ProgressBar", "ScheduleConfig", "Scheduler", "TrainState", "build_optimizer",
     "epoch_permutation", "evaluate_loss", "find_last_checkpoint", "fit", "iterate_batches", "lr_factor",
     "resolve_loss", "seed_everything", "select_device",
+    "GradualUnfreezing", "TransferReport", "freeze", "layerwise_lr_groups", "load_pretrained_weights",
+    "param_groups", "trainable_summary", "unfreeze",
 ]

@@ -26,7 +26,7 @@ import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from dlforge.train.callbacks import Callback, find_last_checkpoint
 from dlforge.train.optim import OptimConfig, Scheduler, as_optim_config, build_optimizer
 from dlforge.train.state import FitResult, TrainState
 from dlforge.train.state_io import load_state
+from dlforge.train.tbptt import as_window, check_tbptt, per_step_targets, tbptt_windows, updates_per_sequence
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -69,16 +70,40 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+IGNORE_INDEX = -100  # targets with this class index carry no loss (padding, unmasked MLM tokens)
+
+
+def cross_entropy(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for (B, C) outputs or per-token (B, T, C) outputs with (B, T) targets.
+
+    Targets equal to ``IGNORE_INDEX`` (-100) are skipped, as in masked-LM training.
+    """
+    if out.ndim > 2:
+        out, target = out.flatten(0, -2), target.flatten()  # (B*T, C), (B*T,)
+    return nn.functional.cross_entropy(out, target, ignore_index=IGNORE_INDEX)
+
+
 def resolve_loss(loss: str | LossFn | None, targets: torch.Tensor) -> LossFn:
     """``None`` picks cross-entropy for integer targets and MSE for float targets."""
     if callable(loss):
         return loss
     if loss is None:
         loss = "cross_entropy" if not torch.is_floating_point(targets) else "mse"
-    losses = {"cross_entropy": nn.CrossEntropyLoss(), "mse": nn.MSELoss(), "l1": nn.L1Loss()}
+    losses = {"cross_entropy": cross_entropy, "mse": nn.MSELoss(), "l1": nn.L1Loss()}
     if loss not in losses:
         raise ConfigError(f"train.loss is {loss!r}", hint=f"use one of: {', '.join(losses)}")
     return losses[loss]
+
+
+def count_correct(out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int | torch.Tensor]:
+    """(correct predictions, counted targets) for (B, C) or per-token (B, T, C) outputs.
+
+    Per-token targets equal to ``IGNORE_INDEX`` are not counted.
+    """
+    if out.ndim == 2:
+        return (out.argmax(dim=1) == target).sum(), len(target)  # count stays a Python int: no sync
+    valid = target != IGNORE_INDEX  # (B, T)
+    return ((out.argmax(dim=-1) == target) & valid).sum(), valid.sum()
 
 
 def iterate_batches(
@@ -123,18 +148,20 @@ def evaluate_loss(
     was_training = model.training
     model.eval()
     loss_sum, correct, count = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    counted: int | torch.Tensor = 0
     for xb, yb in iterate_batches(data, torch.arange(len(data)), batch_size, device):
         with _autocast(device, precision):
             out = model(xb)
         out = out.float()
         loss_sum += loss_fn(out, yb) * len(yb)
         if not torch.is_floating_point(yb):
-            correct += (out.argmax(dim=1) == yb).sum()
+            hits, n = count_correct(out, yb)
+            correct, counted = correct + hits, counted + n
         count += len(yb)
     model.train(was_training)
     metrics = {"loss": (loss_sum / max(count, 1)).item()}
     if len(data) and not torch.is_floating_point(data[0][1]):
-        metrics["accuracy"] = (correct / max(count, 1)).item()
+        metrics["accuracy"] = (correct / max(counted, 1)).item()
     return metrics
 
 
@@ -151,6 +178,37 @@ def _l1_penalty(model: nn.Module) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- the loop
+
+def _optimizer_step(state: TrainState, params: list[nn.Parameter], clip_grad_norm: float | None,
+                    clip_grad_value: float | None) -> bool:
+    """Clip, step, schedule and log one update; False when a callback refused the step."""
+    optimizer = state.optimizer
+    if state.scaler:
+        state.scaler.unscale_(optimizer)
+    for cb in state.callbacks:
+        cb.on_after_backward(state)
+    if state.should_stop:
+        return False
+    if clip_grad_norm is not None:
+        nn.utils.clip_grad_norm_(params, clip_grad_norm)
+    if clip_grad_value is not None:
+        nn.utils.clip_grad_value_(params, clip_grad_value)
+    if state.scaler:
+        state.scaler.step(optimizer)
+        state.scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    state.scheduler.step_batch()
+    state.step += 1
+    for cb in state.callbacks:
+        cb.on_step_end(state)
+    if state.step_record is not None:
+        state.step_record.update(loss=state.loss.item(), lr=state.scheduler.lr)
+        state.log(state.step_record)
+        state.step_record = None
+    return True
+
 
 def fit(
     model: nn.Module,
@@ -171,6 +229,7 @@ def fit(
     log_every_n_steps: int = 50,
     resume: str | Path | None = None,
     param_groups: Sequence[dict[str, Any]] | None = None,
+    tbptt: int | tuple[int, int] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``train`` (validating on ``val`` after every epoch).
 
@@ -182,6 +241,8 @@ def fit(
     ``param_groups`` (torch-style ``{"params": [...], "lr": ...}`` dicts covering the
     model's parameters, e.g. from :func:`dlforge.train.transfer.param_groups`) gives
     parts of the model their own learning rates; schedules scale each group's rate.
+    ``tbptt`` (``k`` or ``(k1, k2)``) trains a stateful sequence model with truncated
+    backpropagation through time (see :mod:`dlforge.train.tbptt`).
 
     Example:
         >>> import torch
@@ -210,6 +271,11 @@ def fit(
         batch_size = len(train)  # full-batch gradient descent
     batches_per_epoch = math.ceil(len(train) / batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / accumulate)
+    window = None if tbptt is None else as_window(tbptt)
+    if window is not None:
+        x0, y0 = train[0][0][None], torch.as_tensor(train[0][1])[None]  # one sample, batched
+        check_tbptt(model, x0, accumulate)
+        steps_per_epoch = batches_per_epoch * updates_per_sequence(x0.shape[1], window[0], per_step_targets(x0, y0))
     targets = train[0][1] if not isinstance(train, TensorDataset) else train.tensors[1]
     loss_fn = resolve_loss(loss, torch.as_tensor(targets))
     classify = not torch.is_floating_point(torch.as_tensor(targets))
@@ -221,7 +287,7 @@ def fit(
     )
     if resume is not None:
         state.restore(load_state(find_last_checkpoint(resume)))
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = list(model.parameters())  # all of them: clipping skips those without a gradient (frozen)
 
     try:
         for cb in state.callbacks:
@@ -230,55 +296,39 @@ def fit(
             model.train()
             if state.batch_in_epoch == 0:
                 zero = torch.zeros((), device=device)
-                state.totals = {"loss_sum": zero, "correct": zero.clone(), "count": 0, "start": time.time()}
+                state.totals = {"loss_sum": zero, "correct": zero.clone(), "counted": zero.clone(), "count": 0,
+                                "start": time.time()}
                 for cb in state.callbacks:
                     cb.on_epoch_start(state)
             order = epoch_permutation(len(train), seed, state.epoch)[state.batch_in_epoch * batch_size :]
             for xb, yb in iterate_batches(train, order, batch_size, device):
-                if state.batch_in_epoch % accumulate == 0:
-                    log_step = state.step % log_every_n_steps == 0
-                    state.step_record = {"type": "step", "step": state.step, "epoch": state.epoch} if log_step else None
-                # forward and backward
-                with _autocast(device, precision):
-                    out = model(xb)
-                    loss_value = loss_fn(out, yb)
-                total = loss_value + cfg.l1 * _l1_penalty(model) if cfg.l1 else loss_value
-                if accumulate > 1:
-                    total = total / accumulate
-                (state.scaler.scale(total) if state.scaler else total).backward()
                 state.batch_in_epoch += 1
-                state.loss, state.batch = loss_value.detach(), (xb, yb)
-                state.totals["loss_sum"].add_(state.loss.float(), alpha=len(yb))
-                if classify:
-                    state.totals["correct"] += (out.detach().argmax(dim=1) == yb).sum()
-                state.totals["count"] += len(yb)
-                if state.batch_in_epoch % accumulate and state.batch_in_epoch < batches_per_epoch:
-                    continue  # keep accumulating gradients
-                # the optimizer step
-                if state.scaler:
-                    state.scaler.unscale_(optimizer)
-                for cb in state.callbacks:
-                    cb.on_after_backward(state)
-                if state.should_stop:
-                    break  # a guard refused this step; the weights stay as they were
-                if clip_grad_norm is not None:
-                    nn.utils.clip_grad_norm_(params, clip_grad_norm)
-                if clip_grad_value is not None:
-                    nn.utils.clip_grad_value_(params, clip_grad_value)
-                if state.scaler:
-                    state.scaler.step(optimizer)
-                    state.scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.scheduler.step_batch()
-                state.step += 1
-                for cb in state.callbacks:
-                    cb.on_step_end(state)
-                if state.step_record is not None:
-                    state.step_record.update(loss=state.loss.item(), lr=state.scheduler.lr)
-                    state.log(state.step_record)
-                    state.step_record = None
+                if window is None:
+                    with _autocast(device, precision):
+                        pieces: Iterable[tuple[torch.Tensor, torch.Tensor]] = [(model(xb), yb)]
+                else:  # truncated BPTT: one optimizer step per window of the sequence
+                    pieces = tbptt_windows(model, xb, yb, *window, lambda: _autocast(device, precision))
+                for out, target in pieces:
+                    if (state.batch_in_epoch - 1) % accumulate == 0:
+                        log_step = state.step % log_every_n_steps == 0
+                        state.step_record = {"type": "step", "step": state.step, "epoch": state.epoch} if log_step else None
+                    with _autocast(device, precision):
+                        loss_value = loss_fn(out, target)
+                    total = loss_value + cfg.l1 * _l1_penalty(model) if cfg.l1 else loss_value
+                    if accumulate > 1:
+                        total = total / accumulate
+                    (state.scaler.scale(total) if state.scaler else total).backward()
+                    state.loss, state.batch = loss_value.detach(), (xb, yb)
+                    state.totals["loss_sum"].add_(state.loss.float(), alpha=len(target))
+                    state.totals["count"] += len(target)
+                    if classify:
+                        hits, counted = count_correct(out.detach(), target)
+                        state.totals["correct"] += hits
+                        state.totals["counted"] += counted
+                    if state.batch_in_epoch % accumulate and state.batch_in_epoch < batches_per_epoch:
+                        continue  # keep accumulating gradients
+                    if not _optimizer_step(state, params, clip_grad_norm, clip_grad_value):
+                        break  # a guard refused this step; the weights stay as they were
                 if state.should_stop:
                     break
             if state.stop_reason == "non_finite":
@@ -290,7 +340,7 @@ def fit(
             count = max(state.totals["count"], 1)
             metrics: dict[str, Any] = {"train_loss": (state.totals["loss_sum"] / count).item()}
             if classify:
-                metrics["train_accuracy"] = (state.totals["correct"] / count).item()
+                metrics["train_accuracy"] = (state.totals["correct"] / state.totals["counted"].clamp(min=1)).item()
             if val is not None and len(val):
                 for k, v in evaluate_loss(model, val, loss_fn, batch_size=max(batch_size, 256), device=device, precision=precision).items():
                     metrics[f"val_{k}"] = v
