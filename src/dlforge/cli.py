@@ -26,7 +26,9 @@ err_console = Console(stderr=True)
 out_console = Console()
 
 
-HEADLINE = ("loss", "accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "pr_auc", "ece", "mse", "rmse", "mae", "r2")
+HEADLINE = ("loss", "accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "pr_auc", "ece", "mse", "rmse", "mae", "r2",
+            # forecasts, in the series' own units (the plain regression metrics are in scaled units)
+            "forecast_mae", "forecast_seasonal_naive_mae", "forecast_mae_ratio_vs_seasonal_naive")
 
 
 def _say(console: Console, text: str, label: str | None = None, style: str = "bold") -> None:

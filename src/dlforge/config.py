@@ -35,7 +35,7 @@ class SplitConfig(_Strict):
 class DataConfig(_Strict):
     source: str
     target: str | None = None
-    task: Literal["auto", "classification", "regression"] = "auto"
+    task: Literal["auto", "classification", "regression", "mlm"] = "auto"  # mlm: masked-LM pretraining
     categorical: Literal["onehot", "reject"] = "onehot"
     image_size: tuple[int, int] | None = None
     color: Literal["grayscale", "rgb"] = "grayscale"
@@ -43,6 +43,15 @@ class DataConfig(_Strict):
     noise: float | None = Field(None, ge=0)
     split: SplitConfig = Field(default_factory=SplitConfig)
     standardize: bool = True
+    # text (a .jsonl file, a .csv with text_column, or a built-in text set)
+    text_column: str | None = None  # default "text"
+    max_len: int | None = Field(None, ge=4, description="tokens per text, [CLS] and [SEP] included; default 128")
+    tokenizer: str | None = None  # tokenizer.json or a Hugging Face folder; default: the pretrained model's, else trained
+    vocab_size: int | None = Field(None, ge=50, description="size of a WordPiece vocabulary trained on the train split")
+    mask_prob: float | None = Field(None, gt=0, lt=1, description="mlm: share of tokens masked (0.15)")
+    # time series (a built-in series such as sunspots or co2)
+    window: int | None = Field(None, ge=1, description="past steps the model reads per forecast")
+    horizon: int | None = Field(None, ge=1, description="steps ahead to forecast (1)")
 
 
 class EarlyStoppingConfig(_Strict):
@@ -74,6 +83,10 @@ class TrainConfig(_Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     gradient_monitor: bool = True
     nan_guard: bool = True
+    tbptt: int | tuple[int, int] | None = None  # truncated BPTT: k, or [k1, k2] (see dlforge.train.tbptt)
+    freeze: list[str] = Field(default_factory=list)  # parameter-name patterns to freeze, e.g. "bert.embeddings.*"
+    unfreeze_stages: list[list[str]] = Field(default_factory=list)  # gradual unfreezing, top layers first
+    unfreeze_every: int = Field(1, ge=1)  # epochs between unfreezing stages
 
 
 class RunConfig(_Strict):
@@ -90,7 +103,9 @@ class RunConfig(_Strict):
     @classmethod
     def _has_arch(cls, value: dict[str, Any]) -> dict[str, Any]:
         if "arch" not in value:
-            raise ValueError("needs an 'arch' key (mlp or cnn)")
+            from dlforge.models import ARCHS
+
+            raise ValueError(f"needs an 'arch' key ({', '.join(ARCHS)})")
         return value
 
 

@@ -9,7 +9,7 @@ import pytest
 
 # csv_file and image_folder examples read files that only a user has (they are skipped).
 MODULES = ["", ".bundle", ".catalog", ".idx", ".preprocess", ".sources", ".splits",
-           ".tabular", "._checks"]
+           ".tabular", "._checks", ".tokenizer", ".corpus", ".mlm", ".text", ".timeseries"]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -8,7 +8,6 @@ trained with ``fit`` beats the seasonal naive forecast on sunspots' test span.
 
 from __future__ import annotations
 
-import doctest
 import json
 import time
 
@@ -239,11 +238,6 @@ def test_unknown_series_lists_the_known_ones():
     with pytest.raises(DataError, match="unknown series 'nile'") as info:
         load_series("nile")
     assert all(name in info.value.hint for name in SERIES)
-
-
-def test_docstring_examples_run():
-    result = doctest.testmod(timeseries, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
 
 
 # ----------------------------------------------------------------------------- the issue's check

@@ -37,6 +37,10 @@ from dlforge.data.sequences import (
 )
 from dlforge.data.sources import load_source
 from dlforge.data.splits import Splits, split, split_indices
+from dlforge.data.timeseries import (
+    SERIES, ForecastContext, Series, forecast_evaluation, load_series, make_windows, prepare_series,
+    seasonal_naive,
+)
 from dlforge.data.text import (
     TEXT_BUILTINS, TextTable, encode_text_inputs, load_text_table, text_builtin_names, text_bundle,
 )
@@ -72,6 +76,14 @@ __all__ = [
     "sequence_reversal",
     "sequence_sorting",
     # text: tokenizers, corpora, text tables, MLM masking (tokenizer, corpus, text, mlm)
+    "SERIES",
+    "ForecastContext",
+    "Series",
+    "forecast_evaluation",
+    "load_series",
+    "make_windows",
+    "prepare_series",
+    "seasonal_naive",
     "MaskedLMDataset",
     "SPECIAL_TOKENS",
     "TEXT_BUILTINS",

@@ -166,6 +166,9 @@ def _finish(x: np.ndarray, preprocessing: Mapping) -> torch.Tensor:
     stats = preprocessing.get("standardize")
     if stats is not None:
         x = Standardizer.from_dict(stats).transform(x)
+    scale = preprocessing.get("target_scale")
+    if scale is not None:  # a forecaster reads its series in train-span units
+        x = (np.asarray(x, dtype=np.float64) - scale["mean"]) / scale["std"]
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 

@@ -318,7 +318,6 @@ def text_bundle(table: TextTable, tokenizer: Tokenizer, max_len: int) -> DataBun
                         "classification task",
                         hint="load it with a label column (data.target), or use it for "
                         "masked-language-model pretraining instead")
-    ids = special_ids(tokenizer)
     return DataBundle(
         name=table.name,
         x=encode_texts(tokenizer, table.texts, max_len),  # (N, max_len)
@@ -327,9 +326,21 @@ def text_bundle(table: TextTable, tokenizer: Tokenizer, max_len: int) -> DataBun
         kind="text",
         class_names=list(table.class_names),
         feature_names=None,
-        encoding={"kind": "text", "max_len": int(max_len), "pad_id": ids["pad"],
-                  "vocab_size": tokenizer.get_vocab_size(), "tokenizer": tokenizer.to_str()},
+        encoding=text_encoding(tokenizer, max_len),
     )
+
+
+def text_encoding(tokenizer: Tokenizer, max_len: int) -> dict:
+    """The JSON-able recipe that turns strings into a text model's input (see
+    :func:`encode_text_inputs`): length, pad id, vocabulary size and the tokenizer's JSON.
+
+    Example:
+        >>> from dlforge.data.tokenizer import load_tokenizer
+        >>> sorted(text_encoding(load_tokenizer("minilm"), 16))
+        ['kind', 'max_len', 'pad_id', 'tokenizer', 'vocab_size']
+    """
+    return {"kind": "text", "max_len": int(max_len), "pad_id": special_ids(tokenizer)["pad"],
+            "vocab_size": tokenizer.get_vocab_size(), "tokenizer": tokenizer.to_str()}
 
 
 @lru_cache(maxsize=8)

@@ -83,6 +83,7 @@ def train_wordpiece(
     if not all(isinstance(t, str) for t in texts) or not any(t.strip() for t in texts):
         raise DataError("train_wordpiece needs a non-empty list of strings with some text",
                         hint="pass e.g. dlforge.data.pydoc_corpus()")
+
     def fresh(vocab: dict[str, int] | None = None) -> Tokenizer:
         return _bert_pipeline(Tokenizer(WordPiece(
             vocab, unk_token="[UNK]", continuing_subword_prefix="##",

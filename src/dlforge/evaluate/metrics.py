@@ -284,11 +284,16 @@ def predict_outputs(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tenso
     was_training = model.training
     model.eval()  # dropout off, batch norm on running statistics
     try:
-        outs = [model(x[i : i + batch_size].to(device, torch.float32)).float().cpu()
+        outs = [model(_as_input(x[i : i + batch_size], device)).float().cpu()
                 for i in range(0, len(x), batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(outs)
+
+
+def _as_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Features as float32; token ids (integers) stay integers."""
+    return x.to(device, torch.float32) if torch.is_floating_point(x) else x.to(device)
 
 
 def evaluate(

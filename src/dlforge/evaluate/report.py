@@ -198,7 +198,7 @@ def _forecast_section(forecast: Mapping[str, Any] | None) -> dict[str, Any] | No
     period = forecast.get("period")
     rows = [
         ("model", format_number(forecast.get("mae")), format_number(forecast.get("rmse"))),
-        (f"seasonal naive (value {format_number(period)} steps back)", format_number(forecast.get("seasonal_naive_mae")),
+        (f"seasonal naive (period {format_number(period)})", format_number(forecast.get("seasonal_naive_mae")),
          format_number(forecast.get("seasonal_naive_rmse"))),
         ("last value", format_number(forecast.get("last_value_mae")), "n/a"),
     ]
@@ -290,6 +290,8 @@ def render_report(
         True
     """
     info = _run_info(config, history, evaluation, run_info)
+    if info.get("task") is None and forecast is not None:
+        info["task"] = "regression"  # a forecast run may have no evaluation.json to say so
     best_epoch = info.get("best_epoch")
     context = {
         "title": title or str(config.get("name") or "dlforge run"),

@@ -54,6 +54,11 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _input_dtype(preprocessing: dict[str, Any] | None) -> str:
+    kind = (preprocessing or {}).get("encoding", {}).get("kind")
+    return "int64" if kind == "text" else "float32"  # text models read token ids
+
+
 def save_artifact(
     model: nn.Module,
     path: str | Path,
@@ -82,7 +87,7 @@ def save_artifact(
         "task": task,
         "class_names": class_names,
         "preprocessing": preprocessing or {},
-        "input_signature": {"shape": [None, *spec["input_shape"]], "dtype": "float32"},
+        "input_signature": {"shape": [None, *spec["input_shape"]], "dtype": _input_dtype(preprocessing)},
         "metrics": metrics or {},
         "training": training or {},
         "versions": _versions(),
@@ -129,12 +134,15 @@ class Artifact:
 
     def encode(self, inputs: Any) -> torch.Tensor:
         """Turn raw inputs into model inputs with the stored preprocessing: a CSV path or
-        rows (tabular), image paths (image), or an already-encoded array."""
+        rows (tabular), image paths (image), strings (text), or an already-encoded array."""
         from dlforge.data import encode_array, encode_images, encode_rows
+        from dlforge.data.text import encode_text_inputs
 
         kind = self.preprocessing.get("encoding", {}).get("kind")
         if isinstance(inputs, (np.ndarray, torch.Tensor)):
             return encode_array(inputs, self.preprocessing)
+        if kind == "text":
+            return encode_text_inputs(inputs, self.preprocessing)
         if kind == "image":
             paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
             return encode_images(paths, self.preprocessing)
@@ -145,7 +153,8 @@ class Artifact:
         """Predict on model-ready inputs ``x`` of shape (N, *input_shape).
 
         Classification returns ``labels`` (class names), ``indices`` and
-        ``probabilities`` (N, K); regression returns ``values`` (N, outputs).
+        ``probabilities`` (N, K); regression returns ``values`` (N, outputs), for a
+        forecaster in the series' units (``encode`` scales its input the same way).
         """
         if tuple(x.shape[1:]) != self.input_shape:
             raise ArtifactError(
@@ -154,9 +163,13 @@ class Artifact:
             )
         self.model.eval()
         device = next(self.model.parameters()).device
-        outs = [self.model(x[i : i + batch_size].to(device, torch.float32)).float().cpu() for i in range(0, len(x), batch_size)]
+        dtype = torch.float32 if torch.is_floating_point(x) else torch.long  # token ids stay integers
+        outs = [self.model(x[i : i + batch_size].to(device, dtype)).float().cpu() for i in range(0, len(x), batch_size)]
         out = torch.cat(outs) if outs else torch.empty(0, self.meta["spec"]["num_outputs"])
         if self.task != "classification":
+            scale = self.preprocessing.get("target_scale")
+            if scale is not None:  # a forecaster answers in the series' own units
+                out = out * scale["std"] + scale["mean"]
             return {"values": out}
         probs = out.softmax(dim=1)
         idx = probs.argmax(dim=1)

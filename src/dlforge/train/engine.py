@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from dlforge.errors import ConfigError, DataError
+from dlforge.train import transfer
 from dlforge.train.callbacks import Callback, find_last_checkpoint
 from dlforge.train.optim import OptimConfig, Scheduler, as_optim_config, build_optimizer
 from dlforge.train.state import FitResult, TrainState
@@ -279,6 +280,8 @@ def fit(
     targets = train[0][1] if not isinstance(train, TensorDataset) else train.tensors[1]
     loss_fn = resolve_loss(loss, torch.as_tensor(targets))
     classify = not torch.is_floating_point(torch.as_tensor(targets))
+    if param_groups is None and cfg.param_groups:
+        param_groups = transfer.param_groups(model, cfg.lr, cfg.param_groups)
     optimizer = build_optimizer(model.parameters() if param_groups is None else param_groups, cfg)
     state = TrainState(
         model=model, optimizer=optimizer, scheduler=Scheduler(optimizer, cfg, steps_per_epoch, epochs),

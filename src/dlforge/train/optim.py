@@ -61,6 +61,9 @@ class OptimConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0, description="L2 (decoupled for adamw)")
     l1: float = Field(0.0, ge=0, description="L1 penalty added to the loss")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    # Discriminative learning rates: [{pattern: "bert.embeddings.*", lr_mult: 0.1}, ...];
+    # the first matching pattern wins (see dlforge.train.transfer.param_groups).
+    param_groups: list[dict[str, Any]] = Field(default_factory=list)
 
 
 def as_optim_config(optim: str | dict | OptimConfig) -> OptimConfig:

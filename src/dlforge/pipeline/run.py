@@ -1,6 +1,4 @@
-"""A run from a config: data -> model -> fit -> artifact, in a run directory.
-
-This is what ``dlforge train`` does, callable from Python::
+"""Train, evaluate and save one run: what ``dlforge train`` does, callable from Python::
 
     runs/<name>-<time>/
       config.yaml       the resolved config (every default written out)
@@ -8,6 +6,7 @@ This is what ``dlforge train`` does, callable from Python::
       checkpoints/      resumable training state (safetensors)
       model/            the artifact: model.json + model.safetensors
       metrics.json      validation and test metrics
+      forecast.json     time series only: the forecast against actual values and naive baselines
       evaluation.json   every metric, the confusion matrix, ROC/PR curves (held-out split)
       diagnosis.json    what went wrong in training, with evidence and a fix
       report.html       one self-contained page with all of the above
@@ -28,20 +27,26 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from dlforge.config import RunConfig, load_config, to_yaml
-from dlforge.data import Prepared, encode_array, load_source, prepare
+from dlforge.data import Prepared, encode_array, load_source
 from dlforge.data.catalog import builtin_names
+from dlforge.data.text import load_text_table
+from dlforge.data.timeseries import forecast_evaluation
 from dlforge.errors import ConfigError, DataError, DlforgeError
 from dlforge.evaluate import Evaluation, evaluate
 from dlforge.evaluate.report import write_report
-from dlforge.models import build
+from dlforge.pipeline.data import load_data, load_forecast, source_family
+from dlforge.pipeline.model import build_model
 from dlforge.registry import load_artifact, save_artifact
 from dlforge.train import (
     Checkpoint, EarlyStopping, FitResult, GradientMonitor, HistoryWriter, NanGuard, ProgressBar,
@@ -49,6 +54,7 @@ from dlforge.train import (
 )
 from dlforge.train.health import Diagnosis, dead_relu_fraction, diagnose, weight_layer_names
 from dlforge.train.state_io import atomic_write
+from dlforge.train.transfer import GradualUnfreezing, TransferReport, freeze, trainable_summary
 
 
 @dataclass
@@ -66,23 +72,6 @@ class RunOutcome:
     @property
     def artifact_dir(self) -> Path:
         return self.run_dir / "model"
-
-
-def load_data(cfg: RunConfig) -> Prepared:
-    """Load and split the configured data; normalisation statistics come from train only."""
-    d = cfg.data
-    bundle = load_source(
-        d.source, target=d.target, task=d.task, categorical=d.categorical, image_size=d.image_size,
-        color=d.color, n_samples=d.n_samples, noise=d.noise, seed=cfg.seed,
-    )
-    return prepare(bundle, val=d.split.val, test=d.split.test, stratify=d.split.stratify,
-                   seed=cfg.seed, standardize=d.standardize)
-
-
-def build_model(cfg: RunConfig, prepared: Prepared) -> nn.Module:
-    """The configured model, its input and output sizes taken from the data."""
-    seed_everything(cfg.seed)  # the same seed gives the same initial weights
-    return build(cfg.model, input_shape=prepared.input_shape, num_outputs=prepared.num_outputs)
 
 
 def _check_monitors(cfg: RunConfig, prepared: Prepared) -> None:
@@ -122,6 +111,8 @@ def _new_run_dir(runs_dir: Path, name: str) -> Path:
 def _callbacks(cfg: RunConfig, run_dir: Path, stream: TextIO | None) -> list:
     t = cfg.train
     callbacks: list = [ProgressBar(stream=stream)] if stream is not None else []
+    if t.unfreeze_stages:
+        callbacks.append(GradualUnfreezing(t.unfreeze_stages, every_n_epochs=t.unfreeze_every))
     if t.nan_guard:
         callbacks.append(NanGuard())
     if t.gradient_monitor:
@@ -146,7 +137,9 @@ def train_run(
     ``progress`` is a stream for the progress bar / epoch lines (None: silent).
     """
     prepared = load_data(cfg)
-    model = build_model(cfg, prepared)
+    model, transfer = build_model(cfg, prepared)
+    if cfg.train.freeze:
+        freeze(model, cfg.train.freeze)
     _check_monitors(cfg, prepared)
     resume_dir = Path(resume) if resume is not None else None
     run_dir = resume_dir or _new_run_dir(Path(runs_dir), cfg.name)
@@ -158,39 +151,60 @@ def train_run(
             loss=t.loss, clip_grad_norm=t.clip_grad_norm, clip_grad_value=t.clip_grad_value,
             accumulate=t.accumulate, precision=t.precision, device=t.device, seed=cfg.seed,
             callbacks=_callbacks(cfg, run_dir, progress), log_every_n_steps=t.log_every_n_steps,
-            resume=resume_dir,
+            resume=resume_dir, tbptt=t.tbptt,
         )
     except DlforgeError:
         if resume_dir is None:
             shutil.rmtree(run_dir, ignore_errors=True)  # an input error: leave nothing behind
         raise
-    return _finish_run(cfg, run_dir, model, prepared, result)
+    return _finish_run(cfg, run_dir, model, prepared, result, transfer)
 
 
-def _finish_run(cfg: RunConfig, run_dir: Path, model: nn.Module, prepared: Prepared, result: FitResult) -> RunOutcome:
+def _first_samples(data: Any, n: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``n`` training inputs and targets, from a TensorDataset or any Dataset."""
+    if isinstance(data, TensorDataset):
+        return data.tensors[0][:n], data.tensors[1][:n]
+    xs, ys = zip(*(data[i] for i in range(min(n, len(data)))))
+    return torch.stack(xs), torch.stack(ys)
+
+
+def _finish_run(cfg: RunConfig, run_dir: Path, model: nn.Module, prepared: Prepared, result: FitResult,
+                transfer: TransferReport | None = None) -> RunOutcome:
     """Evaluate, diagnose, save the artifact and write the report of a trained run."""
     t = cfg.train
-    loss_fn = resolve_loss(t.loss, prepared.train.tensors[1])
+    x_sample, y_sample = _first_samples(prepared.train)
+    loss_fn = resolve_loss(t.loss, y_sample)
     metrics: dict[str, float] = {k: v for k, v in result.final.items() if k.startswith("val_")}
     evaluation = None
     held_out, prefix = (prepared.test, "test_") if prepared.test is not None else (prepared.val, "val_")
     if held_out is not None and len(held_out) and result.stop_reason != "non_finite":
         metrics.update({f"{prefix}{k}": v for k, v in
                         evaluate_loss(model, held_out, loss_fn, precision=t.precision).items()})
-        evaluation = evaluate(model, held_out, task=prepared.task, class_names=prepared.class_names)
-        metrics.update({f"{prefix}{k}": v for k, v in evaluation.metrics.items() if k != "n"})
-        _write_json(run_dir / "evaluation.json", {"split": prefix.rstrip("_"), **evaluation.to_dict()})
+        if prepared.task != "mlm":  # masked-token loss and accuracy are the whole story there
+            evaluation = evaluate(model, held_out, task=prepared.task, class_names=prepared.class_names)
+            metrics.update({f"{prefix}{k}": v for k, v in evaluation.metrics.items() if k != "n"})
+            _write_json(run_dir / "evaluation.json", {"split": prefix.rstrip("_"), **evaluation.to_dict()})
+        if source_family(cfg.data) == "series":
+            _, context, series = load_forecast(cfg)
+            forecast = forecast_evaluation(model, prepared, context, series, split=prefix.rstrip("_"))
+            metrics.update({f"{prefix}forecast_{k}": forecast[k] for k in
+                            ("mae", "rmse", "seasonal_naive_mae", "last_value_mae", "mae_ratio_vs_seasonal_naive")})
+            _write_json(run_dir / "forecast.json", forecast)
     if result.nan_report:
         _write_json(run_dir / "nan_report.json", result.nan_report)
     device = next(model.parameters()).device
-    dead = dead_relu_fraction(model, prepared.train.tensors[0][:512].to(device))
+    dead = dead_relu_fraction(model, x_sample.to(device))
     diagnoses = diagnose(result.history, nan_report=result.nan_report, dead_units=dead,
                          weight_names=weight_layer_names(model))
     _write_json(run_dir / "diagnosis.json", [d.to_dict() for d in diagnoses])
     training: dict[str, Any] = {
         "config": cfg.model_dump(mode="json"), "epochs_run": result.epochs_run, "steps": result.steps,
         "stop_reason": result.stop_reason, "best_epoch": result.best_epoch, "data": prepared.name,
+        "parameters": trainable_summary(model),
     }
+    if transfer is not None:
+        training["pretrained"] = {"source": str(cfg.model.get("pretrained")), "loaded": len(transfer.loaded),
+                                  "skipped": transfer.skipped}
     save_artifact(model, run_dir / "model", task=prepared.task, class_names=prepared.class_names,
                   preprocessing=prepared.preprocessing, metrics=metrics, training=training, overwrite=True)
     _write_json(run_dir / "metrics.json", metrics)
@@ -235,8 +249,15 @@ def evaluate_path(path: str | Path, *, data: str | None = None, target: str | No
     """
     run_dir, art_dir = _locate(Path(path))
     art = load_artifact(art_dir)
-    if data is not None:
-        encoding = art.preprocessing.get("encoding", {})
+    encoding = art.preprocessing.get("encoding", {})
+    if art.task == "mlm":
+        raise DataError("a masked-LM model is scored by its masked-token accuracy in metrics.json",
+                        hint="fine-tune it on a labelled task (model.pretrained) and evaluate that model")
+    if data is not None and encoding.get("kind") == "text":
+        table = load_text_table(data, label_column=target or "label")
+        bundle = SimpleNamespace(y=table.labels, class_names=table.class_names, task="classification")
+        held_out = (art.encode(table.texts), _labels_for(art, bundle))
+    elif data is not None:
         if encoding.get("kind") == "image" and not data.endswith(".csv"):
             size, color = encoding["size"], "grayscale" if encoding["mode"] == "L" else "rgb"
             bundle = load_source(data, image_size=None if data in builtin_names() else size,
@@ -247,10 +268,12 @@ def evaluate_path(path: str | Path, *, data: str | None = None, target: str | No
             x = art.encode(data) if str(data).endswith(".csv") else encode_array(bundle.x, art.preprocessing)
         held_out = (x, _labels_for(art, bundle))
     elif run_dir is not None:
-        prepared = load_data(load_config(run_dir / "config.yaml"))
+        # Text is re-tokenized with the model's own tokenizer, not a freshly trained one.
+        tokenizer = Tokenizer.from_str(encoding["tokenizer"]) if encoding.get("kind") == "text" else None
+        prepared = load_data(load_config(run_dir / "config.yaml"), tokenizer=tokenizer)
         held_out = prepared.test if prepared.test is not None else prepared.val
         if held_out is None:
-            raise DataError("this run kept no test or validation split", hint="pass --data to evaluate on other data")
+            raise DataError("this run kept no test or validation split", hint="pass --data to say what to evaluate on")
     else:
         raise DataError(f"{path} is an artifact folder without its run", hint="pass --data to say what to evaluate on")
     evaluation = evaluate(art, held_out)

@@ -1,0 +1,19 @@
+"""A run from a config: data -> model -> fit -> artifact, in a run directory.
+
+:mod:`~dlforge.pipeline.run` trains, evaluates and writes the run; :mod:`~dlforge.pipeline.data`
+turns the ``data`` section into model-ready splits (tables, images, text, time series);
+:mod:`~dlforge.pipeline.model` builds the ``model`` section, from scratch or from
+pretrained weights, and applies ``train.freeze``.
+
+Example:
+    >>> from dlforge.config import load_config
+    >>> outcome = train_run(load_config("examples/digits_cnn.yaml"))  # doctest: +SKIP
+    >>> outcome.test_metrics["test_accuracy"]  # doctest: +SKIP
+    0.98
+"""
+
+from dlforge.pipeline.data import load_data
+from dlforge.pipeline.model import build_model
+from dlforge.pipeline.run import RunOutcome, evaluate_path, train_run
+
+__all__ = ["RunOutcome", "build_model", "evaluate_path", "load_data", "train_run"]
