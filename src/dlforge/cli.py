@@ -140,11 +140,11 @@ def quickstart(
 @_friendly
 def predict(
     model_dir: Path = typer.Argument(..., help="an artifact folder (or a run directory)"),
-    inputs: List[Path] = typer.Argument(..., help="a CSV file, or image files"),
+    inputs: List[Path] = typer.Argument(..., help="a CSV file, image files, or text files (.txt: one text per line; .jsonl/.csv: a 'text' field)"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="write predictions to this CSV"),
     as_json: bool = typer.Option(False, "--json", help="print predictions as JSON lines"),
 ) -> None:
-    """Predict with a saved model on a CSV file or image files."""
+    """Predict with a saved model on a CSV file, image files or texts."""
     from dlforge.errors import DataError
     from dlforge.registry import load_artifact
 
@@ -153,7 +153,13 @@ def predict(
         if not p.exists():
             raise DataError(f"input {p} does not exist", hint="pass a CSV file or image files")
     kind = art.preprocessing.get("encoding", {}).get("kind")
-    if kind == "tabular":
+    if art.task == "mlm":
+        raise DataError("a masked-LM model predicts masked tokens, not labels",
+                        hint="fine-tune it on a labelled task (model.pretrained) and predict with that model")
+    if kind == "text":
+        texts = _read_texts(inputs)
+        x, ids = art.encode(texts), [t if len(t) <= 60 else t[:57] + "..." for t in texts]
+    elif kind == "tabular":
         if len(inputs) != 1 or inputs[0].suffix.lower() != ".csv":
             raise DataError("this model takes tabular rows", hint="pass one CSV file with the training columns")
         x, ids = art.encode(inputs[0]), None
@@ -180,6 +186,20 @@ def predict(
             else:
                 table.add_row(*(str(v) for v in row.values()))
         out_console.print(table)
+
+
+def _read_texts(paths: List[Path]) -> list[str]:
+    """Texts to classify: .txt files give one text per non-empty line; .jsonl and .csv
+    files give their "text" field."""
+    from dlforge.data.text import load_text_table
+
+    texts: list[str] = []
+    for p in paths:
+        if p.suffix.lower() == ".txt":
+            texts += [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        else:
+            texts += load_text_table(p, label_column=None).texts
+    return texts
 
 
 def _prediction_rows(art: Any, pred: dict, ids: list[str]) -> list[dict[str, Any]]:

@@ -131,9 +131,11 @@ def test_mlm_logits_and_gradients_match_transformers(tiny_mlm) -> None:
 
     got = ours(ids)  # (B, T, vocab)
     want = ref(input_ids=ids, attention_mask=(ids != 0).long()).logits
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    real = ids != 0  # padding positions are skipped: their logits are no prediction
+    torch.testing.assert_close(got[real], want[real], atol=1e-5, rtol=1e-4)
 
-    for model, logits in ((ours, got), (ref, want)):
+    ref.zero_grad()  # the reference is shared by the module's tests
+    for logits in (got, want):
         torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
     pairs = {  # ours -> transformers
         "bert.embeddings.word_embeddings.weight": "bert.embeddings.word_embeddings.weight",
@@ -153,6 +155,22 @@ def test_mlm_logits_and_gradients_match_transformers(tiny_mlm) -> None:
     ref.zero_grad()
 
 
+def test_skipping_padding_changes_only_padding_positions(tiny_mlm) -> None:
+    folder, ref = tiny_mlm
+    ours = from_pretrained(folder, task_head="mlm").eval()
+    ids = random_ids((3, 12), TINY["vocab_size"], lengths=[12, 7, 3])
+    real = ids != 0
+    with torch.no_grad():
+        skipped = ours.bert(ids, attention_mask=real, output_hidden_states=True)
+        ours.bert.skip_padding = False  # compute every position, as transformers does
+        full = ours.bert(ids, attention_mask=real, output_hidden_states=True)
+        want = ref(input_ids=ids, attention_mask=real.long()).logits
+        torch.testing.assert_close(ours(ids), want, atol=1e-5, rtol=1e-4)  # all positions
+    for a, b in zip(skipped.hidden_states, full.hidden_states, strict=True):
+        torch.testing.assert_close(a[real], b[real], atol=1e-6, rtol=1e-5)
+        assert bool((a[~real] == 0).all())
+
+
 def test_token_type_ids_match_transformers(tiny_mlm) -> None:
     folder, ref = tiny_mlm
     ours = from_pretrained(folder, num_outputs=2, task_head="token").eval()
@@ -161,7 +179,8 @@ def test_token_type_ids_match_transformers(tiny_mlm) -> None:
     with torch.no_grad():
         got = ours.bert(ids, attention_mask=ids != 0, token_type_ids=segments)
         want = ref.bert(input_ids=ids, attention_mask=(ids != 0).long(), token_type_ids=segments)
-    torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state,
+    real = ids != 0
+    torch.testing.assert_close(got.last_hidden_state[real], want.last_hidden_state[real],
                                atol=1e-5, rtol=1e-4)
     assert got.pooler_output is None  # a token head has no pooler
     assert ours(ids).shape == (2, 10, 2)
@@ -329,6 +348,28 @@ def test_pickled_weights_are_refused(tiny_mlm, tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="never unpickles") as err:
         from_pretrained(tmp_path, task_head="mlm")
     assert "model.safetensors" in (err.value.hint or "")
+
+
+def test_sharded_checkpoint_with_tensorflow_names_loads(tiny_mlm, tmp_path: Path) -> None:
+    folder, _ = tiny_mlm
+    (tmp_path / "config.json").write_text((folder / "config.json").read_text())
+    weights = load_file(str(folder / "model.safetensors"))
+    # TF-converted checkpoints call LayerNorm's scale and shift gamma and beta.
+    renamed = {k.replace("LayerNorm.weight", "LayerNorm.gamma")
+               .replace("LayerNorm.bias", "LayerNorm.beta"): v for k, v in weights.items()}
+    names = sorted(renamed)
+    shards = {"model-1.safetensors": names[::2], "model-2.safetensors": names[1::2]}
+    for file, keys in shards.items():
+        save_file({k: renamed[k] for k in keys}, str(tmp_path / file))
+    index = {"weight_map": {k: file for file, keys in shards.items() for k in keys}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    ids = random_ids((2, 10), TINY["vocab_size"], lengths=[10, 4])
+    want = from_pretrained(folder, task_head="mlm").eval()(ids)
+    torch.testing.assert_close(from_pretrained(tmp_path, task_head="mlm").eval()(ids), want)
+    # A sequence head on an MLM checkpoint: encoder loaded, new pooler and head random.
+    model = from_pretrained(tmp_path, num_outputs=2, dropout=0.0)
+    assert model.config.dropout == model.config.attention_dropout == 0.0
+    assert model(ids).shape == (2, 2)
 
 
 def test_missing_encoder_weights_are_named(tiny_mlm, tmp_path: Path) -> None:

@@ -23,10 +23,11 @@ from dlforge.models import (
 
 def test_archs_map_names_to_config_and_model() -> None:
     from dlforge.models.rnn import RNNClassifier, RNNConfig
+    from dlforge.models.bert import BertClassifier, BertConfig
     from dlforge.models.transformer import TransformerClassifier, TransformerConfig
 
     assert ARCHS == {"mlp": (MLPConfig, MLP), "cnn": (CNNConfig, CNN), "rnn": (RNNConfig, RNNClassifier),
-                     "transformer": (TransformerConfig, TransformerClassifier)}
+                     "transformer": (TransformerConfig, TransformerClassifier), "bert": (BertConfig, BertClassifier)}
     assert MLP.ARCH == "mlp" and CNN.ARCH == "cnn" and RNNClassifier.ARCH == "rnn"
 
 

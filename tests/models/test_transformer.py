@@ -352,7 +352,10 @@ def test_alibi_layer_equals_torch_layer_with_alibi_bias_as_its_mask(
     copy_layer(ours, ref)
     x = torch.randn(B, T, D, dtype=torch.float64)
     bias = alibi_bias(HEADS, T, T).double()  # (h, T, T)
-    expected = ref(x, src_mask=bias.repeat(B, 1, 1), src_key_padding_mask=padding)  # (B*h, T, T)
+    # torch wants both masks of one type: the padding as a float mask, -inf at padding.
+    float_pad = None if padding is None else torch.zeros(B, T, dtype=torch.float64).masked_fill(
+        padding, float("-inf"))
+    expected = ref(x, src_mask=bias.repeat(B, 1, 1), src_key_padding_mask=float_pad)
     torch.testing.assert_close(ours(x, padding)[0], expected)
 
 

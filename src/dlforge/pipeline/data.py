@@ -162,9 +162,6 @@ def load_text(cfg: RunConfig, tokenizer: Tokenizer | None = None) -> Prepared:
         if tokenizer is None:
             tokenizer = train_wordpiece([table.texts[i] for i in train_idx],
                                         vocab_size=d.vocab_size or DEFAULT_VOCAB_SIZE)
-    elif d.vocab_size is not None:
-        raise ConfigError("data.vocab_size only applies to a vocabulary trained for this run",
-                          hint="remove data.vocab_size when data.tokenizer or model.pretrained gives one")
     max_len = max_len or DEFAULT_MAX_LEN
     if not mlm:
         bundle = text_bundle(table, tokenizer, max_len)

@@ -6,6 +6,9 @@ Example:
 
 from dlforge.train.callbacks import Callback, Checkpoint, EarlyStopping, HistoryWriter, ProgressBar, find_last_checkpoint
 from dlforge.train.engine import (
+    IGNORE_INDEX,
+    count_correct,
+    cross_entropy,
     epoch_permutation,
     evaluate_loss,
     fit,
@@ -33,7 +36,7 @@ __all__ = [
     "Callback", "Checkpoint", "Diagnosis", "EarlyStopping", "HealthThresholds", "dead_relu_fraction", "diagnose",
     "format_diagnoses", "FitResult", "GradientMonitor", "HistoryWriter", "NanGuard",
     "OptimConfig", "ProgressBar", "ScheduleConfig", "Scheduler", "TrainState", "build_optimizer",
-    "epoch_permutation", "evaluate_loss", "find_last_checkpoint", "fit", "iterate_batches", "lr_factor",
+    "IGNORE_INDEX", "count_correct", "cross_entropy", "epoch_permutation", "evaluate_loss", "find_last_checkpoint", "fit", "iterate_batches", "lr_factor",
     "resolve_loss", "seed_everything", "select_device",
     "GradualUnfreezing", "TransferReport", "freeze", "layerwise_lr_groups", "load_pretrained_weights",
     "param_groups", "trainable_summary", "unfreeze",

@@ -25,7 +25,7 @@ Example:
     >>> from torch.utils.data import TensorDataset
     >>> from dlforge.models import build
     >>> from dlforge.train import fit
-    >>> model = build({"arch": "rnn", "kind": "lstm", "hidden_size": 8, "task_head": "step"},
+    >>> model = build({"arch": "rnn", "kind": "lstm", "hidden_size": 8, "task_head": "token"},
     ...               input_shape=(100, 1), num_outputs=2)
     >>> data = TensorDataset(torch.randn(16, 100, 1), torch.randint(0, 2, (16, 100)))
     >>> fit(model, data, epochs=1, batch_size=8, tbptt=25).steps  # 2 batches x 4 windows

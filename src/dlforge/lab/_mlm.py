@@ -1,0 +1,241 @@
+"""Shared by topics 24 and 28: a tiny BERT pretrained by masked-language modelling on the
+pydoc passages, scored on held-out passages, and few-label splits of a labelled table.
+
+The corpus (:func:`dlforge.data.corpus.pydoc_corpus`, about 1,280 passages and 44,000
+words) is shuffled once with the seed and cut into training and held-out passages; the
+WordPiece vocabulary is learned from the training passages only, so nothing about the
+held-out text leaks into the tokenizer. Training masks are drawn afresh on every access
+(:class:`dlforge.data.mlm.MaskedLMDataset`); held-out masks are drawn once, so every model
+and every epoch is scored on the same masked tokens.
+
+Example:
+    >>> c = mlm_corpus(max_len=16, vocab_size=300, n_passages=120)
+    >>> model = tiny_bert(c.vocab_size, 16)
+    >>> curve = pretrain(model, c, epochs=1, batch_size=32, lr=2e-3)
+    >>> 0.0 <= curve[-1]["val_accuracy"] <= 1.0
+    True
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from torch.utils.data import TensorDataset
+
+from dlforge.data.corpus import pydoc_corpus
+from dlforge.data.mlm import IGNORE_INDEX, MaskedLMDataset, mask_tokens
+from dlforge.data.tokenizer import encode_texts, special_ids, train_wordpiece
+from dlforge.errors import DataError
+from dlforge.models.bert import BertClassifier, build_bert
+from dlforge.train import fit, seed_everything
+
+DIM, LAYERS, HEADS, FFN = 64, 2, 4, 128  # the tiny BERT both topics train
+HELDOUT_SHARE = 0.2  # of the passages, never trained on (neither tokenizer nor model)
+MASK_PROB = 0.15  # BERT's share of masked tokens
+WARMUP_EPOCHS = 0.5  # a post-LN encoder trained at lr 2e-3 from step one can stall
+
+
+class MLMCorpus(NamedTuple):
+    """Token ids of the training and held-out passages, and the tokenizer that made them."""
+
+    tokenizer: Tokenizer
+    train_ids: torch.Tensor  # (N_train, T) int64, padded with [PAD] = 0
+    heldout_ids: torch.Tensor  # (N_heldout, T)
+    special: dict[str, int]  # pad, unk, cls, sep, mask
+    train_words: int  # whitespace words in the training passages
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+
+def mlm_corpus(max_len: int, vocab_size: int, seed: int = 0,
+               n_passages: int | None = None) -> MLMCorpus:
+    """The pydoc passages, shuffled with ``seed``, split 80/20, tokenized to ``max_len``.
+
+    ``n_passages`` keeps only the first passages after shuffling (a smaller, faster corpus).
+
+    Example:
+        >>> c = mlm_corpus(max_len=16, vocab_size=300, n_passages=50)
+        >>> c.train_ids.shape, c.heldout_ids.shape
+        (torch.Size([40, 16]), torch.Size([10, 16]))
+    """
+    passages = pydoc_corpus()
+    order = np.random.default_rng(seed).permutation(len(passages))[:n_passages]
+    texts = [passages[i] for i in order]
+    n_heldout = max(1, round(HELDOUT_SHARE * len(texts)))
+    train_texts, heldout_texts = texts[n_heldout:], texts[:n_heldout]
+    tokenizer = train_wordpiece(train_texts, vocab_size=vocab_size)
+    encode = lambda ts: torch.from_numpy(encode_texts(tokenizer, ts, max_len))  # noqa: E731
+    return MLMCorpus(tokenizer, encode(train_texts), encode(heldout_texts),
+                     special_ids(tokenizer), sum(len(t.split()) for t in train_texts))
+
+
+def tiny_bert(vocab_size: int, max_len: int, *, task_head: str = "mlm",
+              num_outputs: int | None = None, causal: bool = False,
+              dropout: float = 0.1) -> BertClassifier:
+    """The small BERT of topics 24 and 28 (dim 64, 2 layers, 4 heads, FFN 128).
+
+    Sequence heads pool by the mean over tokens: MLM pretraining never trains [CLS] or
+    BERT's tanh pooler (that is next-sentence prediction's job), so a pretrained [CLS]
+    carries little. Parameters are the same whatever ``causal`` is, so two builds after the
+    same seed start from the same weights.
+
+    Example:
+        >>> tiny_bert(100, 8, task_head="sequence", num_outputs=3)(torch.ones(2, 8).long()).shape
+        torch.Size([2, 3])
+    """
+    out = vocab_size if task_head == "mlm" else num_outputs
+    return build_bert((max_len,), out, vocab_size=vocab_size, dim=DIM, num_layers=LAYERS,
+                      num_heads=HEADS, ffn_dim=FFN, dropout=dropout, attention_dropout=dropout,
+                      causal=causal, task_head=task_head,
+                      pool="cls" if task_head == "mlm" else "mean")
+
+
+def fixed_masks(ids: torch.Tensor, special: dict[str, int], vocab_size: int,
+                seed: int = 0) -> TensorDataset:
+    """``(inputs, labels)`` with BERT's masking drawn once, so every model sees the same.
+
+    Example:
+        >>> ids = torch.tensor([[2, 7, 8, 9, 3, 0]])
+        >>> x, y = fixed_masks(ids, {"pad": 0, "cls": 2, "sep": 3, "mask": 4}, 10).tensors
+        >>> int((y != -100).sum()) >= 1
+        True
+    """
+    g = torch.Generator().manual_seed(seed)
+    inputs, labels = mask_tokens(ids, mask_id=special["mask"], vocab_size=vocab_size,
+                                 special_ids=special, prob=MASK_PROB, generator=g)
+    return TensorDataset(inputs, labels)  # (N, T), (N, T)
+
+
+@torch.no_grad()
+def masked_scores(model: torch.nn.Module, masked: TensorDataset, batch_size: int = 256
+                  ) -> dict[str, float]:
+    """Accuracy and mean cross-entropy over the masked tokens (each token weighs the same).
+
+    Example:
+        >>> m = tiny_bert(10, 6)
+        >>> d = fixed_masks(torch.tensor([[2, 7, 8, 9, 3, 0]]), {"pad": 0, "cls": 2, "sep": 3, "mask": 4}, 10)
+        >>> sorted(masked_scores(m, d))
+        ['accuracy', 'loss', 'tokens']
+    """
+    was_training = model.training
+    model.eval()
+    correct, loss_sum, count = 0, 0.0, 0
+    x_all, y_all = masked.tensors
+    for start in range(0, len(x_all), batch_size):
+        x, y = x_all[start:start + batch_size], y_all[start:start + batch_size]
+        scored = y != IGNORE_INDEX  # (B, T)
+        logits = model(x)[scored]  # (M, vocab): the masked positions only
+        loss_sum += float(torch.nn.functional.cross_entropy(logits, y[scored], reduction="sum"))
+        correct += int((logits.argmax(-1) == y[scored]).sum())
+        count += int(scored.sum())
+    model.train(was_training)
+    return {"accuracy": correct / max(count, 1), "loss": loss_sum / max(count, 1), "tokens": count}
+
+
+def unigram_accuracy(train_ids: torch.Tensor, masked: TensorDataset,
+                     special: dict[str, int]) -> float:
+    """Masked-token accuracy of always guessing the most frequent ordinary training token:
+    what a model gets without reading any context.
+
+    Example:
+        >>> ids = torch.tensor([[2, 7, 7, 9, 3]])
+        >>> d = TensorDataset(torch.tensor([[2, 4, 4, 4, 3]]), torch.tensor([[-100, 7, 7, 9, -100]]))
+        >>> round(unigram_accuracy(ids, d, {"pad": 0, "cls": 2, "sep": 3, "mask": 4}), 3)
+        0.667
+    """
+    counts = torch.bincount(train_ids.flatten())  # (vocab,)
+    counts[list(special.values())] = 0
+    labels = masked.tensors[1]
+    scored = labels[labels != IGNORE_INDEX]
+    return float((scored == counts.argmax()).float().mean())
+
+
+def pretrain(model: BertClassifier, corpus: MLMCorpus, *, epochs: int, batch_size: int,
+             lr: float, seed: int = 0) -> list[dict]:
+    """Masked-LM training with :func:`dlforge.train.fit`; per-epoch records whose
+    ``val_accuracy`` is the masked-token accuracy on the held-out passages.
+
+    The same ``seed`` gives the same batches and the same training masks, so two models
+    pretrained with it differ only in what they are.
+
+    Example:
+        >>> c = mlm_corpus(max_len=16, vocab_size=300, n_passages=60)
+        >>> len(pretrain(tiny_bert(c.vocab_size, 16), c, epochs=2, batch_size=16, lr=1e-3))
+        2
+    """
+    if model.config.task_head != "mlm":
+        raise DataError(f"pretrain needs a masked-LM model, got task_head "
+                        f"{model.config.task_head!r}", hint="build it with tiny_bert(...) "
+                        "(task_head='mlm')")
+    train = MaskedLMDataset(corpus.train_ids, mask_id=corpus.special["mask"],
+                            vocab_size=corpus.vocab_size, special_ids=corpus.special,
+                            prob=MASK_PROB, seed=seed)
+    val = fixed_masks(corpus.heldout_ids, corpus.special, corpus.vocab_size, seed)
+    optim = {"name": "adamw", "lr": lr, "weight_decay": 0.01,
+             "schedule": {"name": "cosine", "warmup_epochs": min(WARMUP_EPOCHS, epochs / 4)}}
+    result = fit(model, train, val, epochs=epochs, batch_size=batch_size, optim=optim,
+                 clip_grad_norm=1.0, device="cpu", seed=seed)
+    return [r for r in result.history if r["type"] == "epoch"]
+
+
+def copy_encoder(source: BertClassifier, target: BertClassifier) -> float:
+    """Load ``source``'s encoder (embeddings and layers) into ``target``; return the max
+    abs difference between the two encoders afterwards (0.0 when the copy is exact).
+
+    The heads differ (masked LM versus classes) and stay as they are.
+
+    Example:
+        >>> a, b = tiny_bert(50, 8), tiny_bert(50, 8, task_head="sequence", num_outputs=2)
+        >>> copy_encoder(a, b)
+        0.0
+    """
+    target.bert.load_state_dict(source.bert.state_dict())
+    theirs = source.bert.state_dict()
+    return max(float((p - theirs[k]).abs().max()) for k, p in target.bert.state_dict().items())
+
+
+def few_label_split(labels: np.ndarray, per_class: int, val_per_class: int, seed: int = 0
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices: ``per_class`` training and ``val_per_class`` validation rows of each class,
+    drawn with ``seed``; every other row is test.
+
+    Example:
+        >>> tr, va, te = few_label_split(np.array([0] * 10 + [1] * 6), 2, 1)
+        >>> len(tr), len(va), len(te)
+        (4, 2, 10)
+    """
+    rng = np.random.default_rng(seed)
+    train, val, test = [], [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        if len(idx) < per_class + val_per_class + 1:
+            raise DataError(f"class {c} has {len(idx)} rows, too few for {per_class} training "
+                            f"and {val_per_class} validation rows and a test set",
+                            hint="lower per_class or val_per_class")
+        train += list(idx[:per_class])
+        val += list(idx[per_class:per_class + val_per_class])
+        test += list(idx[per_class + val_per_class:])
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+def stratified_subset(idx: np.ndarray, labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """At most ``n`` of ``idx``, keeping each class's share (rounded): a cheaper test set.
+
+    Example:
+        >>> y = np.array([0] * 30 + [1] * 10)
+        >>> np.bincount(y[stratified_subset(np.arange(40), y, 20)]).tolist()
+        [15, 5]
+    """
+    if n >= len(idx):
+        return idx
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(labels[idx]):
+        of_c = idx[labels[idx] == c]
+        keep += list(rng.permutation(of_c)[:max(1, round(n * len(of_c) / len(idx)))])
+    return np.sort(np.asarray(keep))

@@ -1,0 +1,329 @@
+"""Topic 9, transfer learning: pretrained features win when labels are few.
+
+Claim: a network pretrained on a related task has already learned features (strokes and
+corners for digits, word meaning for text). Reusing them and fine-tuning on a few labels
+beats training the same kind of network from scratch on those labels; the advantage
+shrinks as labels become plentiful, since scratch training then learns the features too.
+
+Method, images: scikit-learn's 8x8 digits. A CNN is pretrained on every image of digits
+0-4 and saved as a dlforge artifact. Half of the 5-9 images are held out for testing;
+from the other half, k labelled images per class train three models of one architecture,
+all with the same seed (so the same head init), optimizer and number of steps: scratch
+(random body), fine-tuned (body loaded from the artifact with
+:func:`~dlforge.train.load_pretrained_weights`, new head, body at a lower learning rate)
+and a linear probe (loaded body frozen, head only). Method, text: the stdlib_docs
+docstrings (which of six modules?), a balanced held-out test set and k labelled texts
+per class. The packaged MiniLM (mean pooling, embeddings and lower layers frozen) is
+fine-tuned and compared with a small Transformer trained from scratch over the same
+MiniLM token ids, for the same epochs and for several times as many.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from dlforge.data import encode_texts, load_builtin, load_text_table, load_tokenizer, special_ids
+from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.models import build
+from dlforge.models.bert import from_pretrained
+from dlforge.registry import save_artifact
+from dlforge.train import (evaluate_loss, fit, freeze, load_pretrained_weights, param_groups,
+                           resolve_loss, seed_everything)
+
+TOPIC = 9
+TITLE = "Transfer learning"
+CLAIM = ("Pretrained features plus fine-tuning beat training from scratch when labels are "
+         "few: a CNN pretrained on digits 0-4 and fine-tuned on k labelled images per class "
+         "of 5-9 beats the same CNN trained from scratch, by less as k grows, and the "
+         "packaged pretrained MiniLM fine-tuned on a few labelled docstrings beats a "
+         "Transformer trained from scratch on them.")
+BUDGETS = {
+    "quick": {"image_k": [5, 20], "image_seeds": 2, "pretrain_epochs": 15, "image_steps": 120,
+              "text_k": [8], "text_seeds": 1, "text_test_per_class": 15, "text_epochs": 5},
+    "full": {"image_k": [2, 5, 10, 20, 50], "image_seeds": 5, "pretrain_epochs": 30,
+             "image_steps": 300, "text_k": [2, 4, 8], "text_seeds": 3,
+             "text_test_per_class": 20, "text_epochs": 8},
+}
+CNN_SPEC = {"arch": "cnn", "channels": [32, 64]}
+FIRST_NEW_DIGIT = 5  # pretrain on 0..4, transfer to 5..9
+IMAGE_LR, BODY_LR_MULT, IMAGE_BATCH = 3e-3, 0.3, 16
+MAX_LEN = 32  # tokens; covers 90% of the docstrings whole (median 15)
+FROZEN_LAYERS = 4  # of MiniLM's 6, plus the embeddings: cheap, and little data to move them
+MINILM_LR, TEXT_HEAD_LR, TEXT_BATCH = 2e-4, 2e-3, 16
+SCRATCH_TEXT_SPEC = {"arch": "transformer", "dim": 64, "num_heads": 4, "num_layers": 2,
+                     "ffn_dim": 128, "dropout": 0.1, "pool": "mean"}
+SCRATCH_LR = 1e-3
+LONG_FACTOR = 6  # the cheap scratch Transformer also gets this many times the epochs
+
+
+def transfer_body(model: nn.Module, artifact: str | Path) -> list[str]:
+    """Load an artifact's weights into ``model`` except its head; return the loaded names.
+
+    The head keeps ``model``'s own fresh init: the pretrained head answers another question
+    (digits 0-4), even where its shape fits.
+
+    Example:
+        >>> src = build(CNN_SPEC, input_shape=(1, 8, 8), num_outputs=5)
+        >>> folder = save_artifact(src, tempfile.mkdtemp() + "/m", task="classification")
+        >>> dst = build(CNN_SPEC, input_shape=(1, 8, 8), num_outputs=5)
+        >>> names = transfer_body(dst, folder)
+        >>> torch.equal(dst.blocks[0][0].weight, src.blocks[0][0].weight), "head.weight" in names
+        (True, False)
+    """
+    fresh_head = {k: v.clone() for k, v in model.head.state_dict().items()}
+    report = load_pretrained_weights(model, artifact)
+    model.head.load_state_dict(fresh_head)
+    return [name for name in report.loaded if not name.startswith("head.")]
+
+
+class PaddingMasked(nn.Module):
+    """Wraps a Transformer so ``model(x)`` masks ``x == pad_id`` (fit passes no mask).
+
+    Example:
+        >>> m = PaddingMasked(build(SCRATCH_TEXT_SPEC, input_shape=(6,), num_outputs=3,
+        ...                         vocab_size=10), pad_id=0)
+        >>> m(torch.tensor([[5, 6, 0, 0, 0, 0]])).shape
+        torch.Size([1, 3])
+    """
+
+    def __init__(self, model: nn.Module, pad_id: int) -> None:
+        super().__init__()
+        self.model, self.pad_id = model, pad_id
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, padding_mask=x == self.pad_id)  # (B, T) -> (B, num_outputs)
+
+
+def shuffled_by_class(labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Each class's sample indices in random order: their slices are the test and k-shot sets.
+
+    Taking ``[:k]`` of the same shuffled lists for every k nests the k-shot sets, so a
+    larger k only adds labels and the curves over k are not also curves over draws.
+
+    Example:
+        >>> [p.size for p in shuffled_by_class(np.array([0, 1, 1, 0, 1]), np.random.default_rng(0))]
+        [2, 3]
+    """
+    return [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+
+
+def _accuracy(model: nn.Module, data: TensorDataset) -> float:
+    return evaluate_loss(model, data, resolve_loss(None, data.tensors[1]))["accuracy"]
+
+
+# ----------------------------------------------------------------------------- images
+
+def _train_image(method: str, train: TensorDataset, test: TensorDataset, artifact: Path,
+                 steps: int, seed: int) -> float:
+    seed_everything(seed)  # same seed: scratch and transfer start from the same head
+    model = build(CNN_SPEC, input_shape=(1, 8, 8), num_outputs=10 - FIRST_NEW_DIGIT)
+    groups = None
+    if method != "scratch":
+        transfer_body(model, artifact)
+    if method == "finetune":  # the body is already good: move it more gently than the head
+        groups = param_groups(model, IMAGE_LR, [{"pattern": "blocks.*", "lr_mult": BODY_LR_MULT}])
+    if method == "probe":
+        freeze(model, "blocks.*")  # BN layers keep their pretrained statistics too
+    epochs = max(1, math.ceil(steps / math.ceil(len(train) / IMAGE_BATCH)))  # steps, not epochs
+    fit(model, train, epochs=epochs, batch_size=IMAGE_BATCH, optim={"name": "adam", "lr": IMAGE_LR},
+        param_groups=groups, device="cpu", seed=seed)
+    return _accuracy(model, test)
+
+
+def image_experiment(cfg: dict, seed: int, folder: Path) -> dict:
+    """Pretrain on digits 0-4, then k-shot transfer to 5-9; accuracies per method and k."""
+    bundle = load_builtin("digits")
+    x, y = torch.as_tensor(bundle.x), torch.as_tensor(bundle.y)  # (N, 1, 8, 8), (N,)
+    old = y < FIRST_NEW_DIGIT
+    mean, std = x[old].mean(), x[old].std()  # the pretrained model's preprocessing, reused
+    x = (x - mean) / std
+    rng = np.random.default_rng(seed)
+    new_idx = np.flatnonzero(~old.numpy())
+    per_class = [new_idx[p] for p in shuffled_by_class(y.numpy()[new_idx], rng)]
+    test_idx = np.concatenate([p[: len(p) // 2] for p in per_class])  # half of each class
+    pools = [p[len(p) // 2:] for p in per_class]  # the labels a user could have
+    test = TensorDataset(x[test_idx], y[test_idx] - FIRST_NEW_DIGIT)
+
+    seed_everything(seed)
+    pretrained = build(CNN_SPEC, input_shape=(1, 8, 8), num_outputs=FIRST_NEW_DIGIT)
+    old_idx = rng.permutation(np.flatnonzero(old.numpy()))
+    n_val = len(old_idx) // 7  # a check that pretraining worked, not used for selection
+    result = fit(pretrained, TensorDataset(x[old_idx[n_val:]], y[old_idx[n_val:]]),
+                 TensorDataset(x[old_idx[:n_val]], y[old_idx[:n_val]]),
+                 epochs=cfg["pretrain_epochs"], batch_size=64, optim={"name": "adam", "lr": IMAGE_LR},
+                 device="cpu", seed=seed)
+    artifact = save_artifact(pretrained, folder / "pretrained-0-4", task="classification",
+                             class_names=[str(d) for d in range(FIRST_NEW_DIGIT)])
+    loaded = transfer_body(build(CNN_SPEC, input_shape=(1, 8, 8), num_outputs=5), artifact)
+
+    acc = {m: np.zeros((cfg["image_seeds"], len(cfg["image_k"]))) for m in ("scratch", "finetune", "probe")}
+    for r in range(cfg["image_seeds"]):
+        draw = np.random.default_rng(seed + 1000 + r)
+        shuffled = [draw.permutation(p) for p in pools]
+        for j, k in enumerate(cfg["image_k"]):
+            idx = np.concatenate([p[:k] for p in shuffled])  # nested in k
+            train = TensorDataset(x[idx], y[idx] - FIRST_NEW_DIGIT)
+            for method in acc:
+                acc[method][r, j] = _train_image(method, train, test, artifact, cfg["image_steps"], seed + r)
+    return {"accuracy": {m: [round(float(v), 4) for v in a.mean(axis=0)] for m, a in acc.items()},
+            "pretrain_val_accuracy": round(result.history[-1]["val_accuracy"], 4),
+            "pretrain_images": len(old_idx), "test_images": len(test), "loaded": loaded}
+
+
+# ----------------------------------------------------------------------------- text
+
+def _train_text(method: str, train: TensorDataset, test: TensorDataset, epochs: int, pad: int,
+                vocab: int, seed: int) -> tuple[float, float]:
+    seed_everything(seed)
+    if method == "minilm":
+        model = from_pretrained("minilm", num_outputs=6, pool="mean", max_len=MAX_LEN)
+        freeze(model, ["bert.embeddings.*", *(f"bert.encoder.layer.{i}.*" for i in range(FROZEN_LAYERS))])
+        groups, lr = param_groups(model, TEXT_HEAD_LR, [{"pattern": "bert.*", "lr": MINILM_LR}]), TEXT_HEAD_LR
+    else:
+        model = PaddingMasked(build(SCRATCH_TEXT_SPEC, input_shape=(MAX_LEN,), num_outputs=6,
+                                    vocab_size=vocab), pad)
+        groups, lr = None, SCRATCH_LR
+    start = time.perf_counter()
+    fit(model, train, epochs=epochs, batch_size=TEXT_BATCH, optim={"name": "adamw", "lr": lr},
+        param_groups=groups, device="cpu", seed=seed)
+    seconds = time.perf_counter() - start
+    return _accuracy(model, test), seconds
+
+
+def text_experiment(cfg: dict, seed: int) -> dict:
+    """MiniLM fine-tuned versus a scratch Transformer on k labelled docstrings per class."""
+    table = load_text_table("stdlib_docs")
+    tokenizer = load_tokenizer("minilm")
+    x = torch.as_tensor(encode_texts(tokenizer, table.texts, MAX_LEN))  # (N, MAX_LEN)
+    y = torch.as_tensor(table.labels)  # (N,)
+    pad, vocab = special_ids(tokenizer)["pad"], tokenizer.get_vocab_size()
+    methods = {"minilm": 1, "scratch": 1, "scratch_long": LONG_FACTOR}  # epoch multipliers
+    acc = {m: np.zeros((cfg["text_seeds"], len(cfg["text_k"]))) for m in methods}
+    secs = {m: [] for m in methods}
+    n_test = cfg["text_test_per_class"]
+    for r in range(cfg["text_seeds"]):
+        per_class = shuffled_by_class(table.labels, np.random.default_rng(seed + r))
+        test_idx = np.concatenate([p[:n_test] for p in per_class])
+        test = TensorDataset(x[test_idx], y[test_idx])
+        for j, k in enumerate(cfg["text_k"]):
+            idx = np.concatenate([p[n_test:n_test + k] for p in per_class])  # nested in k
+            for method, factor in methods.items():
+                a, s = _train_text(method, TensorDataset(x[idx], y[idx]), test,
+                                   cfg["text_epochs"] * factor, pad, vocab, seed + r)
+                acc[method][r, j] = a
+                secs[method].append(s)
+    return {"accuracy": {m: [round(float(v), 4) for v in a.mean(axis=0)] for m, a in acc.items()},
+            "seconds": {m: round(float(np.mean(s)), 2) for m, s in secs.items()},
+            "test_texts": len(test), "classes": len(table.class_names)}
+
+
+# ----------------------------------------------------------------------------- finding
+
+def _figure(cfg: dict, image: dict, text: dict):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = {"scratch": "scratch", "finetune": "pretrained + fine-tuned", "probe": "pretrained, frozen (probe)"}
+    for method, label in labels.items():
+        ax1.plot(cfg["image_k"], image["accuracy"][method], "o-", label=label)
+    ax1.axhline(1 / (10 - FIRST_NEW_DIGIT), color="grey", ls="--", label="chance")
+    ax1.set_xscale("log")
+    ax1.set_xticks(cfg["image_k"], [str(k) for k in cfg["image_k"]])
+    ax1.set_xlabel("labelled images per class (digits 5-9)")
+    ax1.set_ylabel("test accuracy")
+    ax1.set_title("Digits: pretrained on 0-4, transferred to 5-9", fontsize=10)
+    ax1.legend(fontsize=8)
+    width, ks = 0.27, np.arange(len(cfg["text_k"]))
+    bars = {"minilm": "MiniLM fine-tuned", "scratch": "scratch, same epochs",
+            "scratch_long": f"scratch, {LONG_FACTOR}x epochs"}
+    for i, (method, label) in enumerate(bars.items()):
+        ax2.bar(ks + (i - 1) * width, text["accuracy"][method], width, label=label)
+    ax2.axhline(1 / text["classes"], color="grey", ls="--", label="chance")
+    ax2.set_xticks(ks, [str(k) for k in cfg["text_k"]])
+    ax2.set_xlabel("labelled docstrings per class")
+    ax2.set_ylim(0, 1)
+    ax2.set_title("stdlib_docs: which module is this docstring from?", fontsize=10)
+    ax2.legend(fontsize=8)
+    return figure_from_matplotlib(fig, "Accuracy versus labels per class: transfer versus scratch")
+
+
+def run(budget: str = "quick", seed: int = 0) -> Finding:
+    cfg = BUDGETS[budget]
+    with tempfile.TemporaryDirectory(prefix="dlforge-q09-") as tmp:
+        image = image_experiment(cfg, seed, Path(tmp))
+    text = text_experiment(cfg, seed)
+    ia, ta = image["accuracy"], text["accuracy"]
+    image_gain = [round(f - s, 4) for f, s in zip(ia["finetune"], ia["scratch"])]
+    best_scratch = [max(a, b) for a, b in zip(ta["scratch"], ta["scratch_long"])]
+    text_gain = [round(m - s, 4) for m, s in zip(ta["minilm"], best_scratch)]
+    numbers = {
+        "image_k": list(cfg["image_k"]),
+        "image_scratch_accuracy": ia["scratch"],
+        "image_finetune_accuracy": ia["finetune"],
+        "image_probe_accuracy": ia["probe"],
+        "image_gain": image_gain,
+        "image_finetune_at_smallest_k": ia["finetune"][0],
+        "image_scratch_at_smallest_k": ia["scratch"][0],
+        "image_gain_at_smallest_k": image_gain[0],
+        "image_gain_at_largest_k": image_gain[-1],
+        "pretrain_val_accuracy": image["pretrain_val_accuracy"],
+        "pretrained_tensors_loaded": len(image["loaded"]),
+        "image_test_images": image["test_images"],
+        "text_k": list(cfg["text_k"]),
+        "text_minilm_accuracy": ta["minilm"],
+        "text_scratch_accuracy": ta["scratch"],
+        "text_scratch_long_accuracy": ta["scratch_long"],
+        "text_best_scratch_accuracy": best_scratch,
+        "text_gain": text_gain,
+        "text_minilm_at_smallest_k": ta["minilm"][0],
+        "text_best_scratch_at_smallest_k": best_scratch[0],
+        "text_test_texts": text["test_texts"],
+        "text_chance_accuracy": round(1 / text["classes"], 4),
+        "text_minilm_fit_seconds": text["seconds"]["minilm"],
+        "text_scratch_fit_seconds": text["seconds"]["scratch"],
+        "text_scratch_long_fit_seconds": text["seconds"]["scratch_long"],
+    }
+    checks = [
+        Check("image_finetune_at_smallest_k", ">", "image_scratch_at_smallest_k"),
+        Check("text_minilm_at_smallest_k", ">", "text_best_scratch_at_smallest_k"),
+        Check("image_gain_at_smallest_k", ">", "image_gain_at_largest_k"),
+    ]
+    method = (f"Images: digits 8x8, CNN {CNN_SPEC['channels']} pretrained on all "
+              f"{image['pretrain_images']} images of 0-4 ({cfg['pretrain_epochs']} epochs, 1/7 held "
+              f"out: val accuracy {image['pretrain_val_accuracy']:.3f}), saved as an artifact; half of "
+              f"5-9 held out ({image['test_images']} test images); k in {cfg['image_k']} labelled images "
+              f"per class; scratch, fine-tuned (body loaded, new head, body lr x{BODY_LR_MULT}) and probe "
+              f"(body frozen): Adam lr {IMAGE_LR}, batch {IMAGE_BATCH}, about {cfg['image_steps']} steps, "
+              f"same seed, averaged over {cfg['image_seeds']} draws. Text: stdlib_docs, "
+              f"{cfg['text_test_per_class']} test texts per class, k in {cfg['text_k']} per class, "
+              f"MiniLM tokens (max {MAX_LEN}); MiniLM with mean pooling, embeddings and layers "
+              f"0-{FROZEN_LAYERS - 1} frozen, AdamW lr {MINILM_LR} (head {TEXT_HEAD_LR}), "
+              f"{cfg['text_epochs']} epochs; scratch Transformer (dim {SCRATCH_TEXT_SPEC['dim']}, "
+              f"{SCRATCH_TEXT_SPEC['num_layers']} layers, lr {SCRATCH_LR}) for {cfg['text_epochs']} and "
+              f"{cfg['text_epochs'] * LONG_FACTOR} epochs, the better one compared; batch {TEXT_BATCH}, "
+              f"{cfg['text_seeds']} draw(s). Gains are fine-tuned minus scratch.")
+    shrink = "shrinks" if image_gain[0] > image_gain[-1] else "does not shrink"
+    notes = (f"Images: at k={cfg['image_k'][0]} fine-tuning reaches {ia['finetune'][0]:.3f} against "
+             f"{ia['scratch'][0]:.3f} from scratch (probe {ia['probe'][0]:.3f}); the gain {shrink} from "
+             f"{image_gain[0]:+.3f} to {image_gain[-1]:+.3f} at k={cfg['image_k'][-1]}. Digits 0-4 and "
+             "5-9 share strokes, so the source task is close to the target; a distant source "
+             "transfers less and can hurt (negative transfer). Text: MiniLM fine-tuned on "
+             f"{cfg['text_k'][0]} docstrings per class scores {ta['minilm'][0]:.3f}, the scratch "
+             f"Transformer {ta['scratch'][0]:.3f} (same epochs) and {ta['scratch_long'][0]:.3f} "
+             f"({LONG_FACTOR}x epochs), chance {1 / text['classes']:.3f}. MiniLM's fit took "
+             f"{text['seconds']['minilm']:.1f} s against {text['seconds']['scratch']:.1f} s: the "
+             "pretrained model costs compute, not labels. One test image is "
+             f"{1 / image['test_images']:.4f} of accuracy and one test text "
+             f"{1 / text['test_texts']:.4f}; the quick budget averages few draws.")
+    return Finding(topic=TOPIC, title=TITLE, claim=CLAIM, method=method, numbers=numbers,
+                   checks=checks, figures=[_figure(cfg, image, text)], notes=notes)
