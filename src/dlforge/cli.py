@@ -278,13 +278,34 @@ def cv(
     out_console.print(table)
 
 
+def _text_and_series_sets() -> list[dict[str, Any]]:
+    """The built-in text sets and time series, in list_builtin's format."""
+    from dlforge.data.text import TEXT_BUILTINS
+    from dlforge.data.timeseries import SERIES, load_series
+
+    entries = []
+    for name, load in TEXT_BUILTINS.items():
+        table = load()
+        labelled = table.class_names is not None
+        entries.append({"name": name, "task": "classification" if labelled else "mlm", "kind": "text",
+                        "shape": ["max_len"], "n_samples": len(table),
+                        "n_classes": len(table.class_names) if labelled else None,
+                        "description": (load.__doc__ or "").strip().splitlines()[0]})
+    for name in SERIES:
+        series = load_series(name)
+        entries.append({"name": name, "task": "regression", "kind": "sequence", "shape": ["window", 1],
+                        "n_samples": len(series.values), "n_classes": None,
+                        "description": series.description.splitlines()[0]})
+    return entries
+
+
 @app.command()
 @_friendly
 def datasets(as_json: bool = typer.Option(False, "--json", help="print as JSON")) -> None:
     """List the built-in datasets with their shape, task and size."""
     from dlforge.data import list_builtin
 
-    entries = list_builtin()
+    entries = list_builtin() + _text_and_series_sets()
     if as_json:
         print(json.dumps(entries))
         return

@@ -52,9 +52,12 @@ BUDGETS = {
              "image_steps": 300, "text_k": [2, 4, 8], "text_seeds": 3,
              "text_test_per_class": 20, "text_epochs": 8},
 }
-CNN_SPEC = {"arch": "cnn", "channels": [32, 64]}
+CNN_SPEC = {"arch": "cnn", "channels": [16, 32]}
 FIRST_NEW_DIGIT = 5  # pretrain on 0..4, transfer to 5..9
-IMAGE_LR, BODY_LR_MULT, IMAGE_BATCH = 3e-3, 0.3, 16
+IMAGE_LR, IMAGE_BATCH = 3e-3, 16
+# The body's lr relative to the head's. Measured on the full budget's draws: 0.3 lost to
+# 1.0 at every k (features fitted to 0-4 must still move for 5-9), so the body is not slowed.
+BODY_LR_MULT = 1.0
 MAX_LEN = 32  # tokens; covers 90% of the docstrings whole (median 15)
 FROZEN_LAYERS = 4  # of MiniLM's 6, plus the embeddings: cheap, and little data to move them
 MINILM_LR, TEXT_HEAD_LR, TEXT_BATCH = 2e-4, 2e-3, 16
@@ -88,8 +91,8 @@ class PaddingMasked(nn.Module):
     """Wraps a Transformer so ``model(x)`` masks ``x == pad_id`` (fit passes no mask).
 
     Example:
-        >>> m = PaddingMasked(build(SCRATCH_TEXT_SPEC, input_shape=(6,), num_outputs=3,
-        ...                         vocab_size=10), pad_id=0)
+        >>> spec = {**SCRATCH_TEXT_SPEC, "vocab_size": 10}
+        >>> m = PaddingMasked(build(spec, input_shape=(6,), num_outputs=3), pad_id=0)
         >>> m(torch.tensor([[5, 6, 0, 0, 0, 0]])).shape
         torch.Size([1, 3])
     """
@@ -188,8 +191,8 @@ def _train_text(method: str, train: TensorDataset, test: TensorDataset, epochs: 
         freeze(model, ["bert.embeddings.*", *(f"bert.encoder.layer.{i}.*" for i in range(FROZEN_LAYERS))])
         groups, lr = param_groups(model, TEXT_HEAD_LR, [{"pattern": "bert.*", "lr": MINILM_LR}]), TEXT_HEAD_LR
     else:
-        model = PaddingMasked(build(SCRATCH_TEXT_SPEC, input_shape=(MAX_LEN,), num_outputs=6,
-                                    vocab_size=vocab), pad)
+        spec = {**SCRATCH_TEXT_SPEC, "vocab_size": vocab}
+        model = PaddingMasked(build(spec, input_shape=(MAX_LEN,), num_outputs=6), pad)
         groups, lr = None, SCRATCH_LR
     start = time.perf_counter()
     fit(model, train, epochs=epochs, batch_size=TEXT_BATCH, optim={"name": "adamw", "lr": lr},
