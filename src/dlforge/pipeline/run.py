@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import SimpleNamespace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Sequence, TextIO
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ from dlforge.pipeline.data import load_data, load_forecast, source_family
 from dlforge.pipeline.model import build_model
 from dlforge.registry import load_artifact, save_artifact
 from dlforge.train import (
-    Checkpoint, EarlyStopping, FitResult, GradientMonitor, HistoryWriter, NanGuard, ProgressBar,
+    Callback, Checkpoint, EarlyStopping, FitResult, GradientMonitor, HistoryWriter, NanGuard, ProgressBar,
     evaluate_loss, fit, resolve_loss, seed_everything,
 )
 from dlforge.train.health import Diagnosis, dead_relu_fraction, diagnose, weight_layer_names
@@ -130,11 +130,13 @@ def _callbacks(cfg: RunConfig, run_dir: Path, stream: TextIO | None) -> list:
 
 def train_run(
     cfg: RunConfig, *, runs_dir: str | Path = "runs", resume: str | Path | None = None,
-    progress: TextIO | None = None,
+    progress: TextIO | None = None, callbacks: Sequence[Callback] = (),
 ) -> RunOutcome:
     """Train the run ``cfg`` describes; ``resume`` continues the run directory given.
 
     ``progress`` is a stream for the progress bar / epoch lines (None: silent).
+    ``callbacks`` are added to the configured ones (e.g. a tuner's pruning callback); a
+    callback that stops training early still gets a finished, evaluated run.
     """
     prepared = load_data(cfg)
     model, transfer = build_model(cfg, prepared)
@@ -150,7 +152,7 @@ def train_run(
             model, prepared.train, prepared.val, epochs=t.epochs, batch_size=t.batch_size, optim=cfg.optim,
             loss=t.loss, clip_grad_norm=t.clip_grad_norm, clip_grad_value=t.clip_grad_value,
             accumulate=t.accumulate, precision=t.precision, device=t.device, seed=cfg.seed,
-            callbacks=_callbacks(cfg, run_dir, progress), log_every_n_steps=t.log_every_n_steps,
+            callbacks=[*_callbacks(cfg, run_dir, progress), *callbacks], log_every_n_steps=t.log_every_n_steps,
             resume=resume_dir, tbptt=t.tbptt,
         )
     except DlforgeError:

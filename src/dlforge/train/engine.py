@@ -99,8 +99,11 @@ def resolve_loss(loss: str | LossFn | None, targets: torch.Tensor) -> LossFn:
 def count_correct(out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int | torch.Tensor]:
     """(correct predictions, counted targets) for (B, C) or per-token (B, T, C) outputs.
 
-    Per-token targets equal to ``IGNORE_INDEX`` are not counted.
+    Per-token targets equal to ``IGNORE_INDEX`` are not counted; soft targets (B, C)
+    (mixup, label smoothing) count their most likely class.
     """
+    if torch.is_floating_point(target) and target.shape == out.shape:
+        target = target.argmax(dim=-1)
     if out.ndim == 2:
         return (out.argmax(dim=1) == target).sum(), len(target)  # count stays a Python int: no sync
     valid = target != IGNORE_INDEX  # (B, T)
@@ -231,6 +234,8 @@ def fit(
     resume: str | Path | None = None,
     param_groups: Sequence[dict[str, Any]] | None = None,
     tbptt: int | tuple[int, int] | None = None,
+    augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    order: Callable[[int, int, int], torch.Tensor] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``train`` (validating on ``val`` after every epoch).
 
@@ -244,6 +249,11 @@ def fit(
     parts of the model their own learning rates; schedules scale each group's rate.
     ``tbptt`` (``k`` or ``(k1, k2)``) trains a stateful sequence model with truncated
     backpropagation through time (see :mod:`dlforge.train.tbptt`).
+    ``augment(x, y) -> (x, y)`` transforms each training batch on the model's device
+    (it may return soft labels (B, C), e.g. mixup). ``order(n, seed, epoch)`` gives the
+    indices an epoch visits (default :func:`epoch_permutation`); it must be a pure
+    function of its arguments so a resumed run sees the same data, and may repeat
+    indices (a class-balanced sampler).
 
     Example:
         >>> import torch
@@ -270,7 +280,9 @@ def fit(
     train, val = _on_device(train, device), _on_device(val, device)
     if cfg.name == "gd":
         batch_size = len(train)  # full-batch gradient descent
-    batches_per_epoch = math.ceil(len(train) / batch_size)
+    order = order or epoch_permutation
+    n_visits = len(order(len(train), seed, 0))  # samples per epoch (a sampler may draw more or fewer)
+    batches_per_epoch = math.ceil(n_visits / batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / accumulate)
     window = None if tbptt is None else as_window(tbptt)
     if window is not None:
@@ -303,9 +315,11 @@ def fit(
                                 "start": time.time()}
                 for cb in state.callbacks:
                     cb.on_epoch_start(state)
-            order = epoch_permutation(len(train), seed, state.epoch)[state.batch_in_epoch * batch_size :]
-            for xb, yb in iterate_batches(train, order, batch_size, device):
+            visits = order(len(train), seed, state.epoch)[state.batch_in_epoch * batch_size :]
+            for xb, yb in iterate_batches(train, visits, batch_size, device):
                 state.batch_in_epoch += 1
+                if augment is not None:
+                    xb, yb = augment(xb, yb)
                 if window is None:
                     with _autocast(device, precision):
                         pieces: Iterable[tuple[torch.Tensor, torch.Tensor]] = [(model(xb), yb)]
