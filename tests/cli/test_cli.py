@@ -238,7 +238,13 @@ def test_quickstart_reaches_97_percent(tmp_path):
 
 @pytest.mark.parametrize("example", sorted(Path(__file__).parents[2].joinpath("examples").glob("*.yaml")), ids=lambda p: p.stem)
 def test_example_configs_train(tmp_path, example):
-    result = invoke("train", example, "--runs-dir", tmp_path / "runs", "--set", "train.epochs=1", "--json")
+    extra = ["--set", "data.max_len=32"] if example.stem.startswith(("text_", "mlm_")) else []
+    if example.stem == "text_finetune_scratch":  # starts from the MLM pretraining example's run
+        pre = invoke("train", example.with_name("mlm_pretrain.yaml"), "--runs-dir", tmp_path / "pre",
+                     "--set", "train.epochs=1", *extra, "--json")
+        assert pre.exit_code == 0, pre.output
+        extra += ["--set", f"model.pretrained={next((tmp_path / 'pre').iterdir())}"]
+    result = invoke("train", example, "--runs-dir", tmp_path / "runs", "--set", "train.epochs=1", *extra, "--json")
     assert result.exit_code == 0, result.output
     assert "test_loss" in json.loads(result.stdout.strip().splitlines()[-1])
 
