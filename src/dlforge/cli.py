@@ -278,6 +278,64 @@ def cv(
     out_console.print(table)
 
 
+@app.command("augment-preview")
+@_friendly
+def augment_preview(
+    config: Path = typer.Argument(..., help="YAML run config with a data.augment section"),
+    out: Path = typer.Option(Path("augment_preview.png"), "--out", "-o", help="PNG to write"),
+    n: int = typer.Option(8, "--n", help="samples per row"),
+    rows: int = typer.Option(3, "--rows", help="rows of augmented versions"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key (repeatable)"),
+) -> None:
+    """Write a grid image: a row of training samples, then rows of their augmented versions."""
+    import torch
+
+    from dlforge.config import load_config
+    from dlforge.data.augment import preview_grid
+    from dlforge.errors import ConfigError
+    from dlforge.pipeline import load_data
+    from dlforge.pipeline.run import batch_augment
+
+    cfg = load_config(config, set_ or [])
+    prepared = load_data(cfg)
+    augment = batch_augment(cfg, prepared)
+    if augment is None:
+        raise ConfigError("data.augment turns nothing on", hint="set data.augment.preset: auto, or some transforms")
+    torch.manual_seed(cfg.seed)
+    x, y = prepared.train.tensors
+    path = preview_grid(x, augment, out, n=n, rows=rows, y=y[:n], stats=prepared.preprocessing.get("standardize"))
+    _say(out_console, str(path), "wrote")
+
+
+@app.command()
+@_friendly
+def ensemble(
+    paths: List[Path] = typer.Argument(..., help="two or more run directories or artifact folders"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for the ensemble artifact"),
+    mode: str = typer.Option("average", "--mode", help="average (mean probability) or vote (majority)"),
+) -> None:
+    """Combine trained models into one artifact (averaging or voting) and score it."""
+    from dlforge.registry.ensemble import ensemble_cli
+
+    ensemble_cli([str(p) for p in paths], out, mode=mode, stream=sys.stdout)
+
+
+@app.command("learning-curve")
+@_friendly
+def learning_curve_cmd(
+    config: Path = typer.Argument(..., help="YAML run config"),
+    sizes: str = typer.Option(..., "--sizes", help="training-set sizes, e.g. 50,100,200,400"),
+    seeds: str = typer.Option("0", "--seeds", help="seeds to average over, e.g. 0,1,2"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="default: accuracy (classification) or r2"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key (repeatable)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default runs/<name>-learning-curve)"),
+) -> None:
+    """Train at each training-set size and plot train and test scores."""
+    from dlforge.evaluate.learning_curve import learning_curve_cli
+
+    learning_curve_cli(config, sizes, set_ or [], out, seeds=seeds, metric=metric, stream=sys.stdout)
+
+
 def _text_and_series_sets() -> list[dict[str, Any]]:
     """The built-in text sets and time series, in list_builtin's format."""
     from dlforge.data.text import TEXT_BUILTINS

@@ -18,7 +18,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from dlforge.data.augment import AugmentConfig
+from dlforge.data.imbalance import ImbalanceConfig
 from dlforge.errors import ConfigError
+from dlforge.train.losses import LossConfig
 from dlforge.train.optim import OptimConfig
 
 
@@ -34,6 +37,8 @@ class SplitConfig(_Strict):
 
 class DataConfig(_Strict):
     source: str
+    seed: int | None = None  # generated sets and the split; default: the run's seed (so members differing
+                             # only in the run seed share their data, e.g. for an ensemble)
     target: str | None = None
     task: Literal["auto", "classification", "regression", "mlm"] = "auto"  # mlm: masked-LM pretraining
     categorical: Literal["onehot", "reject"] = "onehot"
@@ -43,6 +48,8 @@ class DataConfig(_Strict):
     noise: float | None = Field(None, ge=0)
     split: SplitConfig = Field(default_factory=SplitConfig)
     standardize: bool = True
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)  # training batches only; see dlforge.data.augment
+    imbalance: ImbalanceConfig = Field(default_factory=ImbalanceConfig)  # resampling, balanced sampler, bagging
     # text (a .jsonl file, a .csv with text_column, or a built-in text set)
     text_column: str | None = None  # default "text"
     max_len: int | None = Field(None, ge=4, description="tokens per text, [CLS] and [SEP] included; default 128")
@@ -72,7 +79,7 @@ class CheckpointConfig(_Strict):
 class TrainConfig(_Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
-    loss: Literal["cross_entropy", "mse", "l1"] | None = None
+    loss: Literal["cross_entropy", "focal", "mse", "l1"] | LossConfig | None = None  # or {name, class_weights, gamma, ...}
     clip_grad_norm: float | None = Field(None, gt=0)
     clip_grad_value: float | None = Field(None, gt=0)
     accumulate: int = Field(1, ge=1)
@@ -92,12 +99,18 @@ class TrainConfig(_Strict):
 class RunConfig(_Strict):
     """A whole run: what ``dlforge train CONFIG.yaml`` reads."""
 
+    @property
+    def data_seed(self) -> int:
+        """The seed of the data (generated sets, splits): ``data.seed``, else ``seed``."""
+        return self.data.seed if self.data.seed is not None else self.seed
+
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
     data: DataConfig
     model: dict[str, Any]
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: dict[str, Any] | None = None  # read by `dlforge tune` (see dlforge.tune); ignored by `dlforge train`
 
     @field_validator("model")
     @classmethod

@@ -25,9 +25,11 @@ def test_archs_map_names_to_config_and_model() -> None:
     from dlforge.models.rnn import RNNClassifier, RNNConfig
     from dlforge.models.bert import BertClassifier, BertConfig
     from dlforge.models.transformer import TransformerClassifier, TransformerConfig
+    from dlforge.models.ensemble import Ensemble, EnsembleConfig
 
     assert ARCHS == {"mlp": (MLPConfig, MLP), "cnn": (CNNConfig, CNN), "rnn": (RNNConfig, RNNClassifier),
-                     "transformer": (TransformerConfig, TransformerClassifier), "bert": (BertConfig, BertClassifier)}
+                     "transformer": (TransformerConfig, TransformerClassifier), "bert": (BertConfig, BertClassifier),
+                     "ensemble": (EnsembleConfig, Ensemble)}
     assert MLP.ARCH == "mlp" and CNN.ARCH == "cnn" and RNNClassifier.ARCH == "rnn"
 
 

@@ -28,10 +28,13 @@ from torch.utils.data import TensorDataset
 
 from dlforge.config import RunConfig
 from dlforge.data import DataBundle, Standardizer, load_source, split_indices
+from dlforge.data.augment import build_augment, resolve_augment
+from dlforge.data.imbalance import balanced_order, class_counts, resample_dataset
 from dlforge.errors import ConfigError, DataError
 from dlforge.evaluate.metrics import Evaluation, evaluate
 from dlforge.models import build
 from dlforge.train import Callback, EarlyStopping, NanGuard, fit, seed_everything
+from dlforge.train.losses import LossConfig, build_loss
 
 
 @dataclass
@@ -135,15 +138,30 @@ def _train_fold(
     fit_idx, val_idx = train_idx, None
     if d.split.val > 0:
         inner_fit, inner_val, _ = split_indices(bundle.subset(train_idx), val=d.split.val, test=0,
-                                                stratify=d.split.stratify, seed=config.seed)
+                                                stratify=d.split.stratify, seed=config.data_seed)
         fit_idx, val_idx = train_idx[inner_fit], train_idx[inner_val]
     train_part = bundle.subset(fit_idx)
     scaler = Standardizer.fit(train_part.x) if d.standardize else None
     val = _tensors(bundle.subset(val_idx), scaler) if val_idx is not None else None
     seed_everything(config.seed)  # every fold starts from the same initial weights
     model = build(config.model, input_shape=bundle.input_shape, num_outputs=bundle.num_outputs)
-    fit(model, _tensors(train_part, scaler), val, epochs=t.epochs, batch_size=t.batch_size,
-        optim=config.optim, loss=t.loss, clip_grad_norm=t.clip_grad_norm, clip_grad_value=t.clip_grad_value,
+    augment = build_augment(resolve_augment(d.augment, bundle.name, kind=bundle.kind), bundle.input_shape,
+                            bundle.num_outputs if bundle.task == "classification" else None,
+                            stats=scaler.to_dict() if scaler is not None else None)
+    train, loss, order = _tensors(train_part, scaler), t.loss, None
+    if bundle.task == "classification":  # data.imbalance and train.loss on this fold's training part only
+        imbalance, K = d.imbalance, bundle.num_outputs
+        if imbalance.bagging:
+            raise ConfigError("data.imbalance.bagging is not supported by cross-validation",
+                              hint="remove it for dlforge cv, or compare bagging on a single split")
+        if imbalance.method != "none":
+            train, _ = resample_dataset(train, imbalance, config.data_seed, n_classes=K)
+        order = balanced_order(train.tensors[1]) if imbalance.sampler == "balanced" else None
+        loss = build_loss(t.loss or "cross_entropy", class_counts(train.tensors[1], K))
+    elif isinstance(t.loss, LossConfig) or t.loss == "focal":
+        loss = build_loss(t.loss)
+    fit(model, train, val, epochs=t.epochs, batch_size=t.batch_size, augment=augment, order=order,
+        optim=config.optim, loss=loss, clip_grad_norm=t.clip_grad_norm, clip_grad_value=t.clip_grad_value,
         accumulate=t.accumulate, precision=t.precision, device=t.device, seed=config.seed,
         callbacks=_callbacks(config, val is not None), log_every_n_steps=t.log_every_n_steps)
     return model, scaler
@@ -158,7 +176,7 @@ def cross_validate(
 ) -> CVResult:
     """Cross-validate the run ``config`` describes over ``k`` folds of its data.
 
-    Folds are shuffled with ``config.seed``; they are stratified by class for
+    Folds are shuffled with ``config.data_seed`` (``data.seed``, else ``seed``); they are stratified by class for
     classification when ``stratified`` (regression never is). ``progress`` is a stream
     that gets one line per finished fold (None: silent).
 
@@ -171,10 +189,10 @@ def cross_validate(
     d = config.data
     bundle = load_source(
         d.source, target=d.target, task=d.task, categorical=d.categorical, image_size=d.image_size,
-        color=d.color, n_samples=d.n_samples, noise=d.noise, seed=config.seed,
+        color=d.color, n_samples=d.n_samples, noise=d.noise, seed=config.data_seed,
     )
     stratified = stratified and bundle.task == "classification"
-    folds = fold_indices(bundle, k, stratified=stratified, seed=config.seed)
+    folds = fold_indices(bundle, k, stratified=stratified, seed=config.data_seed)
     _check_monitors(config)
     classify = bundle.task == "classification"
     n_classes = bundle.num_outputs if classify else 0

@@ -186,6 +186,20 @@ def _evaluation_section(evaluation: Mapping[str, Any] | None) -> dict[str, Any] 
             "figures": figures}
 
 
+def _balance_section(info: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Class counts of the train split, and after resampling when the run resampled."""
+    counts = info.get("class_counts")
+    if not counts:
+        return None
+    before = counts["train"]
+    names = counts.get("class_names") or [str(i) for i in range(len(before))]
+    resampling = info.get("resampling")
+    after = resampling["counts_after"] if resampling else None
+    rows = [[name, b, *([after[i]] if after else [])] for i, (name, b) in enumerate(zip(names, before))]
+    return {"rows": rows, "resampled": after is not None, "method": resampling["method"] if resampling else None,
+            "note": info.get("imbalance_note")}
+
+
 def _forecast_section(forecast: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """Plot and error table of a ``forecast_evaluation`` dict (``forecast.json``)."""
     if forecast is None:
@@ -302,6 +316,7 @@ def render_report(
         "gradient_figures": _gradient_figures(history),
         "evaluation": _evaluation_section(evaluation),
         "forecast": _forecast_section(forecast),
+        "balance": _balance_section(info),
         "cv": _cv_section(cv),
         "diagnosis": _diagnosis_section(diagnoses),
     }
@@ -352,7 +367,8 @@ def _run_info_from_artifact(meta: Mapping[str, Any] | None) -> dict[str, Any] | 
     if meta is None:
         return None
     training = meta.get("training") or {}
-    info = {k: training[k] for k in ("epochs_run", "stop_reason", "best_epoch", "steps") if k in training}
+    info = {k: training[k] for k in ("epochs_run", "stop_reason", "best_epoch", "steps", "class_counts",
+                                      "resampling", "imbalance_note") if k in training}
     if "data" in training:
         info["data"] = training["data"]
     for key in ("task", "arch", "metrics"):

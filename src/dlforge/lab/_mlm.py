@@ -11,7 +11,8 @@ and every epoch is scored on the same masked tokens.
 Example:
     >>> c = mlm_corpus(max_len=16, vocab_size=300, n_passages=120)
     >>> model = tiny_bert(c.vocab_size, 16)
-    >>> curve = pretrain(model, c, epochs=1, batch_size=32, lr=2e-3)
+    >>> held = fixed_masks(c.heldout_ids, c.special, c.vocab_size)
+    >>> curve = pretrain(model, c, held, epochs=1, batch_size=32, lr=2e-3)
     >>> 0.0 <= curve[-1]["val_accuracy"] <= 1.0
     True
 """
@@ -27,8 +28,8 @@ from torch.utils.data import TensorDataset
 
 from dlforge.data.corpus import pydoc_corpus
 from dlforge.data.mlm import IGNORE_INDEX, MaskedLMDataset, mask_tokens
-from dlforge.data.tokenizer import encode_texts, special_ids, train_wordpiece
-from dlforge.errors import DataError
+from dlforge.data.tokenizer import special_ids, train_wordpiece
+from dlforge.errors import ConfigError, DataError
 from dlforge.models.bert import BertClassifier, build_bert
 from dlforge.train import fit, seed_everything
 
@@ -42,8 +43,8 @@ class MLMCorpus(NamedTuple):
     """Token ids of the training and held-out passages, and the tokenizer that made them."""
 
     tokenizer: Tokenizer
-    train_ids: torch.Tensor  # (N_train, T) int64, padded with [PAD] = 0
-    heldout_ids: torch.Tensor  # (N_heldout, T)
+    train_ids: torch.Tensor  # (N_train, T) int64 windows, padded with [PAD] = 0
+    heldout_ids: torch.Tensor  # (N_heldout, T) windows of the held-out passages
     special: dict[str, int]  # pad, unk, cls, sep, mask
     train_words: int  # whitespace words in the training passages
 
@@ -52,16 +53,41 @@ class MLMCorpus(NamedTuple):
         return self.tokenizer.get_vocab_size()
 
 
+def pack(tokenizer: Tokenizer, texts: list[str], max_len: int) -> torch.Tensor:
+    """Every text's word pieces, cut into windows of ``max_len - 2`` pieces, each wrapped as
+    ``[CLS] ... [SEP]``: (N_windows, max_len) int64. Only a text's last window is padded.
+
+    Windows, as in BERT's pretraining data, use all of the text; truncating each passage to
+    ``max_len`` would throw away most of the longer ones.
+
+    Example:
+        >>> tok = train_wordpiece(["a b c d e f g"] * 3, vocab_size=40)
+        >>> pack(tok, ["a b c d e f g"], max_len=6).tolist() == [
+        ...     [2, *tok.encode("a b c d").ids[1:5], 3], [2, *tok.encode("e f g").ids[1:4], 3, 0]]
+        True
+    """
+    ids = special_ids(tokenizer)
+    width = max_len - 2
+    rows = []
+    for encoding in tokenizer.encode_batch(texts, add_special_tokens=False):
+        pieces = encoding.ids
+        for start in range(0, len(pieces), width):
+            window = pieces[start:start + width]
+            rows.append([ids["cls"], *window, ids["sep"]] + [ids["pad"]] * (width - len(window)))
+    return torch.tensor(rows, dtype=torch.int64).reshape(-1, max_len)
+
+
 def mlm_corpus(max_len: int, vocab_size: int, seed: int = 0,
                n_passages: int | None = None) -> MLMCorpus:
-    """The pydoc passages, shuffled with ``seed``, split 80/20, tokenized to ``max_len``.
+    """The pydoc passages, shuffled with ``seed``, split 80/20 by passage, and packed into
+    windows of ``max_len`` tokens (:func:`pack`).
 
     ``n_passages`` keeps only the first passages after shuffling (a smaller, faster corpus).
 
     Example:
         >>> c = mlm_corpus(max_len=16, vocab_size=300, n_passages=50)
-        >>> c.train_ids.shape, c.heldout_ids.shape
-        (torch.Size([40, 16]), torch.Size([10, 16]))
+        >>> c.train_ids.shape[1], len(c.train_ids) > 40
+        (16, True)
     """
     passages = pydoc_corpus()
     order = np.random.default_rng(seed).permutation(len(passages))[:n_passages]
@@ -69,9 +95,9 @@ def mlm_corpus(max_len: int, vocab_size: int, seed: int = 0,
     n_heldout = max(1, round(HELDOUT_SHARE * len(texts)))
     train_texts, heldout_texts = texts[n_heldout:], texts[:n_heldout]
     tokenizer = train_wordpiece(train_texts, vocab_size=vocab_size)
-    encode = lambda ts: torch.from_numpy(encode_texts(tokenizer, ts, max_len))  # noqa: E731
-    return MLMCorpus(tokenizer, encode(train_texts), encode(heldout_texts),
-                     special_ids(tokenizer), sum(len(t.split()) for t in train_texts))
+    return MLMCorpus(tokenizer, pack(tokenizer, train_texts, max_len),
+                     pack(tokenizer, heldout_texts, max_len), special_ids(tokenizer),
+                     sum(len(t.split()) for t in train_texts))
 
 
 def tiny_bert(vocab_size: int, max_len: int, *, task_head: str = "mlm",
@@ -96,45 +122,73 @@ def tiny_bert(vocab_size: int, max_len: int, *, task_head: str = "mlm",
 
 
 def fixed_masks(ids: torch.Tensor, special: dict[str, int], vocab_size: int,
-                seed: int = 0) -> TensorDataset:
-    """``(inputs, labels)`` with BERT's masking drawn once, so every model sees the same.
+                seed: int = 0, copies: int = 1) -> TensorDataset:
+    """``(inputs, labels)`` with BERT's masking drawn once, so every model is scored on the
+    same tokens. ``copies`` masks each row that many times, independently: more scored
+    tokens from the same text, so less noise from which tokens happened to be masked.
 
     Example:
         >>> ids = torch.tensor([[2, 7, 8, 9, 3, 0]])
-        >>> x, y = fixed_masks(ids, {"pad": 0, "cls": 2, "sep": 3, "mask": 4}, 10).tensors
-        >>> int((y != -100).sum()) >= 1
-        True
+        >>> x, y = fixed_masks(ids, {"pad": 0, "cls": 2, "sep": 3, "mask": 4}, 10, copies=3).tensors
+        >>> x.shape, int((y != -100).sum()) >= 3
+        (torch.Size([3, 6]), True)
     """
     g = torch.Generator().manual_seed(seed)
-    inputs, labels = mask_tokens(ids, mask_id=special["mask"], vocab_size=vocab_size,
-                                 special_ids=special, prob=MASK_PROB, generator=g)
-    return TensorDataset(inputs, labels)  # (N, T), (N, T)
+    inputs, labels = mask_tokens(ids.repeat(copies, 1), mask_id=special["mask"],
+                                 vocab_size=vocab_size, special_ids=special, prob=MASK_PROB,
+                                 generator=g)
+    return TensorDataset(inputs, labels)  # (copies * N, T), (copies * N, T)
 
 
 @torch.no_grad()
-def masked_scores(model: torch.nn.Module, masked: TensorDataset, batch_size: int = 256
-                  ) -> dict[str, float]:
-    """Accuracy and mean cross-entropy over the masked tokens (each token weighs the same).
+def masked_predictions(model: torch.nn.Module, masked: TensorDataset, batch_size: int = 256
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per masked token, in row-major order: whether the model's top guess is right (M,)
+    and its cross-entropy (M,). Eval mode; the model's mode is restored.
 
     Example:
-        >>> m = tiny_bert(10, 6)
         >>> d = fixed_masks(torch.tensor([[2, 7, 8, 9, 3, 0]]), {"pad": 0, "cls": 2, "sep": 3, "mask": 4}, 10)
-        >>> sorted(masked_scores(m, d))
-        ['accuracy', 'loss', 'tokens']
+        >>> correct, loss = masked_predictions(tiny_bert(10, 6), d)
+        >>> correct.shape == loss.shape == (int((d.tensors[1] != -100).sum()),)
+        True
     """
     was_training = model.training
     model.eval()
-    correct, loss_sum, count = 0, 0.0, 0
+    correct, losses = [], []
     x_all, y_all = masked.tensors
     for start in range(0, len(x_all), batch_size):
         x, y = x_all[start:start + batch_size], y_all[start:start + batch_size]
         scored = y != IGNORE_INDEX  # (B, T)
         logits = model(x)[scored]  # (M, vocab): the masked positions only
-        loss_sum += float(torch.nn.functional.cross_entropy(logits, y[scored], reduction="sum"))
-        correct += int((logits.argmax(-1) == y[scored]).sum())
-        count += int(scored.sum())
+        correct.append(logits.argmax(-1) == y[scored])
+        losses.append(torch.nn.functional.cross_entropy(logits, y[scored], reduction="none"))
     model.train(was_training)
-    return {"accuracy": correct / max(count, 1), "loss": loss_sum / max(count, 1), "tokens": count}
+    return torch.cat(correct), torch.cat(losses)
+
+
+def masked_scores(model: torch.nn.Module, masked: TensorDataset) -> dict[str, float]:
+    """Accuracy and mean cross-entropy over the masked tokens (each token weighs the same).
+
+    Example:
+        >>> d = fixed_masks(torch.tensor([[2, 7, 8, 9, 3, 0]]), {"pad": 0, "cls": 2, "sep": 3, "mask": 4}, 10)
+        >>> sorted(masked_scores(tiny_bert(10, 6), d))
+        ['accuracy', 'loss', 'tokens']
+    """
+    correct, losses = masked_predictions(model, masked)
+    return {"accuracy": float(correct.float().mean()), "loss": float(losses.mean()),
+            "tokens": len(correct)}
+
+
+def paired_se(a_correct: torch.Tensor, b_correct: torch.Tensor) -> float:
+    """Standard error of ``accuracy(a) - accuracy(b)`` when both score the same items:
+    std of the per-item differences over sqrt(n). Two of them is a rough 95% noise bar.
+
+    Example:
+        >>> round(paired_se(torch.tensor([1, 1, 0, 1]), torch.tensor([1, 0, 0, 0])), 3)  # d = 0,1,0,1
+        0.289
+    """
+    d = a_correct.float() - b_correct.float()  # (n,) in {-1, 0, 1}
+    return float(d.std() / len(d) ** 0.5) if len(d) > 1 else float("inf")
 
 
 def unigram_accuracy(train_ids: torch.Tensor, masked: TensorDataset,
@@ -155,30 +209,32 @@ def unigram_accuracy(train_ids: torch.Tensor, masked: TensorDataset,
     return float((scored == counts.argmax()).float().mean())
 
 
-def pretrain(model: BertClassifier, corpus: MLMCorpus, *, epochs: int, batch_size: int,
-             lr: float, seed: int = 0) -> list[dict]:
-    """Masked-LM training with :func:`dlforge.train.fit`; per-epoch records whose
-    ``val_accuracy`` is the masked-token accuracy on the held-out passages.
+def pretrain(model: BertClassifier, corpus: MLMCorpus, heldout: TensorDataset, *,
+             epochs: int, batch_size: int, lr: float, seed: int = 0) -> list[dict]:
+    """Masked-LM training on the corpus's training passages with :func:`dlforge.train.fit`;
+    one record per epoch, whose ``val_accuracy`` is the masked-token accuracy on ``heldout``
+    (from :func:`fixed_masks`).
 
+    AdamW with weight decay 0.01, a short linear warmup then cosine decay, clipping at 1.0.
     The same ``seed`` gives the same batches and the same training masks, so two models
     pretrained with it differ only in what they are.
 
     Example:
         >>> c = mlm_corpus(max_len=16, vocab_size=300, n_passages=60)
-        >>> len(pretrain(tiny_bert(c.vocab_size, 16), c, epochs=2, batch_size=16, lr=1e-3))
+        >>> held = fixed_masks(c.heldout_ids, c.special, c.vocab_size)
+        >>> len(pretrain(tiny_bert(c.vocab_size, 16), c, held, epochs=2, batch_size=16, lr=1e-3))
         2
     """
     if model.config.task_head != "mlm":
-        raise DataError(f"pretrain needs a masked-LM model, got task_head "
-                        f"{model.config.task_head!r}", hint="build it with tiny_bert(...) "
-                        "(task_head='mlm')")
+        raise ConfigError(f"pretrain needs a masked-LM model, got task_head "
+                          f"{model.config.task_head!r}",
+                          hint="build it with tiny_bert(...), whose task_head is 'mlm'")
     train = MaskedLMDataset(corpus.train_ids, mask_id=corpus.special["mask"],
                             vocab_size=corpus.vocab_size, special_ids=corpus.special,
                             prob=MASK_PROB, seed=seed)
-    val = fixed_masks(corpus.heldout_ids, corpus.special, corpus.vocab_size, seed)
     optim = {"name": "adamw", "lr": lr, "weight_decay": 0.01,
              "schedule": {"name": "cosine", "warmup_epochs": min(WARMUP_EPOCHS, epochs / 4)}}
-    result = fit(model, train, val, epochs=epochs, batch_size=batch_size, optim=optim,
+    result = fit(model, train, heldout, epochs=epochs, batch_size=batch_size, optim=optim,
                  clip_grad_norm=1.0, device="cpu", seed=seed)
     return [r for r in result.history if r["type"] == "epoch"]
 

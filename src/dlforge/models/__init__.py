@@ -24,6 +24,7 @@ from dlforge.errors import ConfigError
 from dlforge.models._config import make_config
 from dlforge.models.bert import BertClassifier, BertConfig, build_bert
 from dlforge.models.cnn import CNN, CNNConfig, build_cnn
+from dlforge.models.ensemble import Ensemble, EnsembleConfig, build_ensemble, from_models
 from dlforge.models.mlp import MLP, MLPConfig, build_mlp
 from dlforge.models.rnn import RNNClassifier, RNNConfig, build_rnn
 from dlforge.models.transformer import (
@@ -39,6 +40,7 @@ ARCHS: dict[str, tuple[type, type]] = {
     "rnn": (RNNConfig, RNNClassifier),
     "transformer": (TransformerConfig, TransformerClassifier),
     "bert": (BertConfig, BertClassifier),
+    "ensemble": (EnsembleConfig, Ensemble),
 }
 
 
@@ -143,6 +145,8 @@ __all__ = [
     "CNN",
     "MLP",
     "CNNConfig",
+    "Ensemble",
+    "EnsembleConfig",
     "MLPConfig",
     "RNNClassifier",
     "RNNConfig",
@@ -151,9 +155,11 @@ __all__ = [
     "build",
     "build_bert",
     "build_cnn",
+    "build_ensemble",
     "build_mlp",
     "build_rnn",
     "build_transformer",
     "config_from_spec",
+    "from_models",
     "spec_of",
 ]

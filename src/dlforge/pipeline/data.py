@@ -89,10 +89,10 @@ def load_data(cfg: RunConfig, tokenizer: Tokenizer | None = None) -> Prepared:
     _reject(d, TEXT_KEYS + SERIES_KEYS, "table or image")
     bundle = load_source(
         d.source, target=d.target, task=d.task, categorical=d.categorical, image_size=d.image_size,
-        color=d.color, n_samples=d.n_samples, noise=d.noise, seed=cfg.seed,
+        color=d.color, n_samples=d.n_samples, noise=d.noise, seed=cfg.data_seed,
     )
     return prepare(bundle, val=d.split.val, test=d.split.test, stratify=d.split.stratify,
-                   seed=cfg.seed, standardize=d.standardize)
+                   seed=cfg.data_seed, standardize=d.standardize)
 
 
 # ----------------------------------------------------------------------------- time series
@@ -154,7 +154,7 @@ def load_text(cfg: RunConfig, tokenizer: Tokenizer | None = None) -> Prepared:
     index = DataBundle(name=table.name, x=np.zeros((len(table), 1), np.float32), y=labels, task="classification",
                        kind="tabular", class_names=table.class_names or ["text"], feature_names=None, encoding={})
     train_idx, val_idx, test_idx = split_indices(index, val=d.split.val, test=d.split.test,
-                                                 stratify=d.split.stratify and not mlm, seed=cfg.seed)
+                                                 stratify=d.split.stratify and not mlm, seed=cfg.data_seed)
     max_len = d.max_len
     if tokenizer is None:
         tokenizer, pretrained_len = pretrained_tokenizer(cfg)
@@ -166,7 +166,7 @@ def load_text(cfg: RunConfig, tokenizer: Tokenizer | None = None) -> Prepared:
     if not mlm:
         bundle = text_bundle(table, tokenizer, max_len)
         # prepare() makes the same seeded split as split_indices above.
-        return prepare(bundle, val=d.split.val, test=d.split.test, stratify=d.split.stratify, seed=cfg.seed)
+        return prepare(bundle, val=d.split.val, test=d.split.test, stratify=d.split.stratify, seed=cfg.data_seed)
 
     ids = encode_texts(tokenizer, table.texts, max_len)  # (N, max_len)
     special = special_ids(tokenizer)
@@ -177,7 +177,7 @@ def load_text(cfg: RunConfig, tokenizer: Tokenizer | None = None) -> Prepared:
         # One fixed, seeded masking, so every epoch is scored on the same question.
         if idx is None:
             return None
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + offset)
+        g = torch.Generator().manual_seed(cfg.data_seed * 1_000_003 + offset)
         return TensorDataset(*mask_tokens(torch.as_tensor(ids[idx]), generator=g, **masking))
 
     return Prepared(

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import SimpleNamespace
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 import numpy as np
 import torch
@@ -39,6 +39,8 @@ from torch.utils.data import TensorDataset
 
 from dlforge.config import RunConfig, load_config, to_yaml
 from dlforge.data import Prepared, encode_array, load_source
+from dlforge.data.augment import BatchAugment, build_augment, resolve_augment
+from dlforge.data.imbalance import ResampleReport, balanced_order, class_counts, imbalance_note, resample_dataset
 from dlforge.data.catalog import builtin_names
 from dlforge.data.text import load_text_table
 from dlforge.data.timeseries import forecast_evaluation
@@ -46,6 +48,7 @@ from dlforge.errors import ConfigError, DataError, DlforgeError
 from dlforge.evaluate import Evaluation, evaluate
 from dlforge.evaluate.report import write_report
 from dlforge.pipeline.data import load_data, load_forecast, source_family
+from dlforge.models import build
 from dlforge.pipeline.model import build_model
 from dlforge.registry import load_artifact, save_artifact
 from dlforge.train import (
@@ -54,6 +57,8 @@ from dlforge.train import (
 )
 from dlforge.train.health import Diagnosis, dead_relu_fraction, diagnose, weight_layer_names
 from dlforge.train.state_io import atomic_write
+from dlforge.train.bagging import balanced_bagging
+from dlforge.train.losses import LossConfig, build_loss
 from dlforge.train.transfer import GradualUnfreezing, TransferReport, freeze, trainable_summary
 
 
@@ -93,6 +98,13 @@ def _check_monitors(cfg: RunConfig, prepared: Prepared) -> None:
             hint = "set data.split.val above 0 for val_* metrics; " if metric.startswith("val_") else ""
             raise ConfigError(f"{key} is {metric!r}, which this run will not log",
                               hint=f"{hint}available: {', '.join(sorted(available - {'lr'}))}")
+
+
+def batch_augment(cfg: RunConfig, prepared: Prepared) -> BatchAugment | None:
+    """The training-batch augmentation ``data.augment`` asks for (None: none)."""
+    resolved = resolve_augment(cfg.data.augment, prepared.name, kind=prepared.kind)
+    classes = prepared.num_outputs if prepared.task == "classification" else None
+    return build_augment(resolved, prepared.input_shape, classes, stats=prepared.preprocessing.get("standardize"))
 
 
 def _new_run_dir(runs_dir: Path, name: str) -> Path:
@@ -140,26 +152,84 @@ def train_run(
     """
     prepared = load_data(cfg)
     model, transfer = build_model(cfg, prepared)
+    augment = batch_augment(cfg, prepared)  # config errors surface here, before a run directory exists
+    remedies = class_remedies(cfg, prepared)
     if cfg.train.freeze:
         freeze(model, cfg.train.freeze)
     _check_monitors(cfg, prepared)
+    if cfg.data.imbalance.bagging and (resume is not None or transfer is not None):
+        raise ConfigError("data.imbalance.bagging trains fresh members: it cannot resume or start from model.pretrained",
+                          hint="remove data.imbalance.bagging, or model.pretrained / the resume")
+    if remedies.note and progress is not None:
+        progress.write(f"note: {remedies.note}\n")
     resume_dir = Path(resume) if resume is not None else None
     run_dir = resume_dir or _new_run_dir(Path(runs_dir), cfg.name)
     try:
         atomic_write(run_dir / "config.yaml", to_yaml(cfg).encode())
         t = cfg.train
-        result = fit(
-            model, prepared.train, prepared.val, epochs=t.epochs, batch_size=t.batch_size, optim=cfg.optim,
-            loss=t.loss, clip_grad_norm=t.clip_grad_norm, clip_grad_value=t.clip_grad_value,
-            accumulate=t.accumulate, precision=t.precision, device=t.device, seed=cfg.seed,
-            callbacks=[*_callbacks(cfg, run_dir, progress), *callbacks], log_every_n_steps=t.log_every_n_steps,
-            resume=resume_dir, tbptt=t.tbptt,
-        )
+        options = dict(epochs=t.epochs, batch_size=t.batch_size, optim=cfg.optim, loss=remedies.loss,
+                       clip_grad_norm=t.clip_grad_norm, clip_grad_value=t.clip_grad_value, accumulate=t.accumulate,
+                       precision=t.precision, device=t.device, augment=augment)
+        if cfg.data.imbalance.bagging:
+            model, result = _balanced_bagging(cfg, prepared, remedies, options)
+            atomic_write(run_dir / "history.jsonl", b"")  # the members keep no history of their own
+        else:
+            result = fit(
+                model, remedies.train, prepared.val, seed=cfg.seed, order=remedies.order,
+                callbacks=[*_callbacks(cfg, run_dir, progress), *callbacks], log_every_n_steps=t.log_every_n_steps,
+                resume=resume_dir, tbptt=t.tbptt, **options,
+            )
     except DlforgeError:
         if resume_dir is None:
             shutil.rmtree(run_dir, ignore_errors=True)  # an input error: leave nothing behind
         raise
-    return _finish_run(cfg, run_dir, model, prepared, result, transfer)
+    return _finish_run(cfg, run_dir, model, prepared, result, transfer, remedies)
+
+
+@dataclass
+class Remedies:
+    """How class imbalance is handled in a run: the (resampled) training set, the epoch
+    order, the loss, what resampling did, and a note when nothing handles a skew."""
+
+    train: Any
+    order: Callable[[int, int, int], torch.Tensor] | None = None
+    loss: Any = None
+    report: ResampleReport | None = None
+    counts: list[int] | None = None  # class counts of the train split, before resampling
+    note: str | None = None
+
+
+def class_remedies(cfg: RunConfig, prepared: Prepared) -> Remedies:
+    """Apply ``data.imbalance`` to the train split only and build ``train.loss``."""
+    imbalance, loss = cfg.data.imbalance, cfg.train.loss
+    if prepared.task != "classification":
+        if imbalance.active:
+            raise ConfigError(f"data.imbalance applies to classification, not {prepared.task}",
+                              hint="remove data.imbalance")
+        if isinstance(loss, LossConfig) or loss == "focal":
+            return Remedies(prepared.train, loss=build_loss(loss))
+        return Remedies(prepared.train, loss=loss)
+    K = prepared.num_outputs
+    train = prepared.train
+    counts = class_counts(train.tensors[1], K)
+    report = None
+    if imbalance.method != "none":
+        train, report = resample_dataset(train, imbalance, cfg.data_seed, n_classes=K)
+    order = balanced_order(train.tensors[1]) if imbalance.sampler == "balanced" else None
+    # Weights come from the data fit() sees, so resampling and weighting do not correct twice.
+    loss_fn = build_loss(loss or "cross_entropy", class_counts(train.tensors[1], K))
+    reweighted = loss == "focal" or (isinstance(loss, LossConfig) and (loss.name == "focal" or loss.class_weights != "none"))
+    note = None if (imbalance.active or reweighted) else imbalance_note(counts, prepared.class_names)
+    return Remedies(train, order, loss_fn, report, counts, note)
+
+
+def _balanced_bagging(cfg: RunConfig, prepared: Prepared, remedies: Remedies, options: dict) -> tuple[nn.Module, FitResult]:
+    """``data.imbalance.bagging``: k members on balanced under-samples, saved as their ensemble."""
+    spec = {k: v for k, v in cfg.model.items() if k != "pretrained"}
+    sizes = {"input_shape": prepared.input_shape, "num_outputs": prepared.num_outputs}
+    ensemble = balanced_bagging(lambda: build(spec, **sizes), remedies.train, prepared.val,
+                                k=cfg.data.imbalance.bagging, fit_kwargs=options, seed=cfg.seed)
+    return ensemble, FitResult(history=[], epochs_run=cfg.train.epochs, steps=0, stop_reason=None, nan_report=None)
 
 
 def _first_samples(data: Any, n: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,11 +241,11 @@ def _first_samples(data: Any, n: int = 512) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def _finish_run(cfg: RunConfig, run_dir: Path, model: nn.Module, prepared: Prepared, result: FitResult,
-                transfer: TransferReport | None = None) -> RunOutcome:
+                transfer: TransferReport | None = None, remedies: Remedies | None = None) -> RunOutcome:
     """Evaluate, diagnose, save the artifact and write the report of a trained run."""
     t = cfg.train
     x_sample, y_sample = _first_samples(prepared.train)
-    loss_fn = resolve_loss(t.loss, y_sample)
+    loss_fn = resolve_loss(remedies.loss if remedies else t.loss, y_sample)
     metrics: dict[str, float] = {k: v for k, v in result.final.items() if k.startswith("val_")}
     evaluation = None
     held_out, prefix = (prepared.test, "test_") if prepared.test is not None else (prepared.val, "val_")
@@ -204,6 +274,12 @@ def _finish_run(cfg: RunConfig, run_dir: Path, model: nn.Module, prepared: Prepa
         "stop_reason": result.stop_reason, "best_epoch": result.best_epoch, "data": prepared.name,
         "parameters": trainable_summary(model),
     }
+    if remedies is not None and remedies.counts is not None:
+        training["class_counts"] = {"train": remedies.counts, "class_names": prepared.class_names}
+        if remedies.report is not None:
+            training["resampling"] = remedies.report.to_dict()
+        if remedies.note:
+            training["imbalance_note"] = remedies.note
     if transfer is not None:
         training["pretrained"] = {"source": str(cfg.model.get("pretrained")), "loaded": len(transfer.loaded),
                                   "skipped": transfer.skipped}

@@ -1,0 +1,257 @@
+"""Ensembles of saved models: k artifacts in, ONE artifact out (what ``dlforge ensemble`` does).
+
+The output is an ordinary artifact whose model is a :class:`dlforge.models.Ensemble`
+(arch ``"ensemble"``) holding a copy of every member, so :func:`load_artifact`,
+``Artifact.predict``, :func:`dlforge.evaluate.evaluate`, the server and compression all
+take it unchanged. ``mode="average"`` averages the members' class probabilities (or
+regression outputs), ``mode="vote"`` takes their majority vote.
+
+Members must be interchangeable as far as a caller can tell: the same task, the same class
+names in the same order, the same input signature and the *identical* preprocessing (the
+ensemble keeps one copy of it; a member standardised with other statistics would silently
+see wrong inputs). In practice: train every member with the same ``data`` section and seed,
+and vary the model, its initialisation or its training.
+
+``model.json`` lists the members (path, arch, their own metrics, the data they were trained
+on) under ``training.ensemble``.
+
+Example:
+    >>> import tempfile, torch
+    >>> from dlforge.models import build
+    >>> root = tempfile.mkdtemp()
+    >>> paths = [save_artifact(build({"arch": "mlp", "hidden": [8]}, input_shape=(4,), num_outputs=3),
+    ...                        f"{root}/m{i}", task="classification", class_names=["a", "b", "c"])
+    ...          for i in range(3)]
+    >>> art = load_artifact(ensemble_artifacts(paths, f"{root}/ensemble"))
+    >>> art.meta["arch"], len(art.meta["training"]["ensemble"]["members"])
+    ('ensemble', 3)
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+from dlforge.errors import ArtifactError, ConfigError
+from dlforge.models import from_models
+from dlforge.models.ensemble import MODES
+from dlforge.registry.artifact import Artifact, load_artifact, save_artifact
+
+SAME_DATA_HINT = "train every member with the same data config (data section and seed), then ensemble them"
+SUMMARY_METRICS = ("accuracy", "log_loss", "rmse", "r2")  # what ensemble_cli prints, when present
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def first_difference(a: Any, b: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """``(key path, a's value, b's value)`` of the first place two JSON-like values differ.
+
+    Example:
+        >>> first_difference({"x": [1, 2], "y": 0}, {"x": [1, 3], "y": 0}, "pre")
+        ('pre.x[1]', 2, 3)
+    """
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in a or key not in b:
+                return sub, a.get(key, "<missing>"), b.get(key, "<missing>")
+            found = first_difference(a[key], b[key], sub)
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return f"{path} (length)", len(a), len(b)
+        for i, (x, y) in enumerate(zip(a, b)):
+            found = first_difference(x, y, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    return None if a == b else (path, a, b)
+
+
+def _check_members(members: Sequence[Artifact]) -> None:
+    """Raise an ArtifactError naming the first way a member differs from member 0."""
+    first = members[0]
+    if first.task not in ("classification", "regression"):
+        raise ArtifactError(f"{first.path} is a {first.task} model; only classifiers and regressors are ensembled",
+                            hint="ensemble models fine-tuned for classification or regression")
+    getters = {
+        "task": lambda a: a.task,
+        "class_names": lambda a: a.class_names,
+        "input_signature": lambda a: a.meta.get("input_signature"),
+        "preprocessing": lambda a: a.preprocessing,
+    }
+    for i, art in enumerate(members[1:], start=1):
+        for key, get in getters.items():
+            diff = first_difference(get(art), get(first), key)
+            if diff:
+                where, theirs, reference = diff
+                raise ArtifactError(
+                    f"member {i} ({art.path}) and member 0 ({first.path}) differ in {where}: "
+                    f"{_show(theirs)} vs {_show(reference)}",
+                    hint=SAME_DATA_HINT,
+                )
+
+
+def _member_record(art: Artifact) -> dict[str, Any]:
+    training = art.meta.get("training", {})
+    config = training.get("config") or {}
+    return {
+        "path": str(art.path.resolve()), "arch": art.meta["arch"], "metrics": art.meta.get("metrics", {}),
+        "data": training.get("data"), "seed": config.get("seed"), "created": art.meta.get("created"),
+    }
+
+
+def load_members(paths: Sequence[str | Path]) -> list[Artifact]:
+    """Load the artifacts (folders or run directories) at ``paths`` and check they agree.
+
+    Example:
+        >>> load_members(["only-one"])
+        Traceback (most recent call last):
+        ...
+        dlforge.errors.ArtifactError: an ensemble needs at least 2 members, got 1 (pass two or more ...)
+    """
+    paths = list(paths)
+    if len(paths) < 2:
+        raise ArtifactError(f"an ensemble needs at least 2 members, got {len(paths)}",
+                            hint="pass two or more artifact folders or run directories")
+    members = [load_artifact(p) for p in paths]
+    _check_members(members)
+    return members
+
+
+def ensemble_artifacts(
+    paths: Sequence[str | Path], out: str | Path, *, mode: str = "average",
+    metrics: dict[str, float] | None = None, overwrite: bool = False,
+) -> Path:
+    """Combine the artifacts at ``paths`` into one ensemble artifact in ``out``; returns ``out``.
+
+    ``mode`` is ``"average"`` (mean probability / mean output) or ``"vote"`` (majority of
+    the members' predicted classes). ``metrics`` are stored as the ensemble's own (e.g.
+    its test scores, see :func:`ensemble_cli`).
+
+    Example:
+        >>> ensemble_artifacts(["run-a", "run-b"], "ens", mode="median")
+        Traceback (most recent call last):
+        ...
+        dlforge.errors.ConfigError: ensemble mode is 'median' (use one of: average, vote)
+    """
+    _check_mode(mode)
+    return _save(load_members(paths), out, mode, metrics, overwrite)
+
+
+def _check_mode(mode: str, task: str | None = None) -> None:
+    if mode not in MODES:
+        raise ConfigError(f"ensemble mode is {mode!r}", hint=f"use one of: {', '.join(MODES)}")
+    if task == "regression" and mode == "vote":
+        raise ConfigError("regression members cannot vote", hint="use mode average for regression models")
+
+
+def _combine(members: Sequence[Artifact], mode: str):
+    _check_mode(mode, members[0].task)
+    return from_models([m.model for m in members], mode=mode, task=members[0].task)
+
+
+def _save(members: Sequence[Artifact], out: str | Path, mode: str, metrics: dict[str, float] | None,
+          overwrite: bool) -> Path:
+    first = members[0]
+    ensemble = _combine(members, mode)
+    training = {
+        "data": first.meta.get("training", {}).get("data"),
+        "ensemble": {"mode": mode, "members": [_member_record(m) for m in members]},
+    }
+    return save_artifact(ensemble, out, task=first.task, class_names=first.class_names,
+                         preprocessing=first.preprocessing, metrics=metrics, training=training, overwrite=overwrite)
+
+
+# ----------------------------------------------------------------------------- CLI-facing
+
+@dataclass
+class EnsembleOutcome:
+    """What :func:`ensemble_cli` made: the artifact, and, where the members share a run
+    split, every member's and the ensemble's scores on it (else ``split`` is None)."""
+
+    path: Path
+    split: str | None
+    members: list[dict[str, float]]
+    ensemble: dict[str, float]
+
+
+def _shared_held_out(members: Sequence[Artifact]):
+    """The held-out split every member's run kept, or None when the runs differ or are unknown.
+
+    Imports the pipeline lazily: the registry itself never depends on it.
+    """
+    from tokenizers import Tokenizer
+
+    from dlforge.config import load_config
+    from dlforge.pipeline.data import load_data
+
+    configs = []
+    for art in members:
+        config = art.path.parent / "config.yaml"
+        if art.path.name != "model" or not config.is_file():
+            return None, None  # a bare artifact folder: its split is unknown
+        configs.append(load_config(config))
+    keys = [(c.data.model_dump(mode="json", exclude={"seed"}), c.data_seed) for c in configs]
+    if any(k != keys[0] for k in keys[1:]):
+        return None, None
+    encoding = members[0].preprocessing.get("encoding", {})
+    tokenizer = Tokenizer.from_str(encoding["tokenizer"]) if encoding.get("kind") == "text" else None
+    prepared = load_data(configs[0], tokenizer=tokenizer)
+    if prepared.test is not None:
+        return "test", prepared.test
+    return ("val", prepared.val) if prepared.val is not None else (None, None)
+
+
+def ensemble_cli(paths: Sequence[str | Path], out: str | Path, mode: str = "average",
+                 stream: TextIO | None = None) -> EnsembleOutcome:
+    """``dlforge ensemble PATH... --out OUT --mode average``: build, save, and print a summary.
+
+    When every member is a run directory trained on the same data config and seed, the
+    members and the ensemble are scored on that run's test split (validation split if it
+    kept none) and the ensemble's scores are stored in its ``model.json``.
+
+    Example:
+        >>> outcome = ensemble_cli(["runs/a", "runs/b", "runs/c"], "ens")  # doctest: +SKIP
+        >>> outcome.ensemble["accuracy"] > sum(m["accuracy"] for m in outcome.members) / 3  # doctest: +SKIP
+        True
+    """
+    from dlforge.evaluate import evaluate
+
+    stream = stream or sys.stdout
+    _check_mode(mode)
+    if Path(out).exists():  # fail before scoring anything
+        raise ArtifactError(f"{out} already exists", hint="choose another --out folder or delete it")
+    members = load_members(paths)
+    split, held_out = _shared_held_out(members)
+    member_scores: list[dict[str, float]] = []
+    ensemble_scores: dict[str, float] = {}
+    metrics = None
+    if held_out is not None:
+        member_scores = [evaluate(m, held_out).metrics for m in members]
+        ensemble_scores = evaluate(_combine(members, mode), held_out, task=members[0].task,
+                                   class_names=members[0].class_names).metrics
+        metrics = {f"{split}_{k}": v for k, v in ensemble_scores.items() if k != "n"}
+    path = _save(members, out, mode, metrics, overwrite=False)
+    stream.write(f"ensemble of {len(members)} members ({mode}) saved to {path}\n")
+    if held_out is None:
+        stream.write("the members come from different runs or bare artifact folders, so there is no shared "
+                     f"split to score them on; run `dlforge evaluate {path} --data ...`\n")
+    else:
+        shown = [k for k in SUMMARY_METRICS if k in ensemble_scores]
+        mean = {k: sum(s[k] for s in member_scores) / len(member_scores) for k in shown}
+        rows = [*((f"member {i}", s) for i, s in enumerate(member_scores)), ("mean member", mean),
+                ("ensemble", ensemble_scores)]
+        stream.write(f"{split} split (n={int(ensemble_scores['n'])})\n")
+        stream.write(f"  {'':<12}" + "".join(f"{k:>10}" for k in shown) + "\n")
+        for label, scores in rows:
+            stream.write(f"  {label:<12}" + "".join(f"{scores[k]:>10.4f}" for k in shown) + "\n")
+    stream.flush()
+    return EnsembleOutcome(path=path, split=split, members=member_scores, ensemble=ensemble_scores)

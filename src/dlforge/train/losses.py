@@ -1,0 +1,269 @@
+"""Losses for imbalanced classification: class-weighted cross-entropy and focal loss.
+
+``train.loss`` names a loss, or configures one as :class:`LossConfig`::
+
+    train:
+      loss: {name: focal, gamma: 2.0, class_weights: effective, beta: 0.999}
+
+:func:`class_weights` turns training-split class counts into per-class weights,
+:class:`FocalLoss` is the loss of Lin et al. 2017, and :func:`build_loss` makes the
+``loss(out, target)`` callable that :func:`dlforge.train.fit` takes.
+
+Example:
+    >>> import torch
+    >>> loss = build_loss(LossConfig(name="focal", gamma=2.0), train_counts=[90, 10])
+    >>> round(loss(torch.tensor([[2.0, 0.0]]), torch.tensor([0])).item(), 5)
+    0.0018
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from dlforge.errors import ConfigError, DataError
+from dlforge.train.engine import IGNORE_INDEX, LossFn, cross_entropy
+
+WEIGHT_METHODS = ("none", "inverse", "effective")
+
+
+class LossConfig(BaseModel):
+    """The ``train.loss`` section when it is more than a name.
+
+    ``class_weights`` weights each class's samples: ``inverse`` frequency N/(K n_c), or
+    the ``effective`` number of samples of Cui et al. 2019 with ``beta``. ``gamma`` and
+    ``alpha`` are the focal loss's; ``alpha`` is a float for binary tasks (the weight of
+    class 1, class 0 gets 1 - alpha, as Lin et al.) or one weight per class.
+
+    Example:
+        >>> LossConfig(name="cross_entropy", class_weights="inverse").beta
+        0.999
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["cross_entropy", "focal", "mse", "l1"] = "cross_entropy"
+    class_weights: Literal["none", "inverse", "effective"] = "none"
+    beta: float = Field(0.999, ge=0, lt=1)
+    gamma: float = Field(2.0, ge=0)
+    alpha: float | list[float] | None = None
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+def as_loss_config(loss: str | Mapping | LossConfig) -> LossConfig:
+    """A :class:`LossConfig` from a loss name, a mapping or a config.
+
+    Example:
+        >>> as_loss_config("focal").gamma
+        2.0
+    """
+    if isinstance(loss, LossConfig):
+        return loss
+    try:
+        return LossConfig(name=loss) if isinstance(loss, str) else LossConfig.model_validate(dict(loss))
+    except (ValidationError, TypeError, ValueError) as err:
+        raise ConfigError(f"train.loss {loss!r} is not a valid loss",
+                          hint="use a name (cross_entropy, focal, mse, l1) or a mapping of "
+                          f"LossConfig keys: {', '.join(LossConfig.model_fields)}") from err
+
+
+def class_weights(counts: Sequence[int], method: str = "inverse", beta: float = 0.999) -> torch.Tensor:
+    """Per-class loss weights (K,) from the training split's class counts.
+
+    ``inverse``: N / (K n_c), so a balanced set gets weight 1 everywhere.
+    ``effective`` (Cui et al. 2019): (1 - beta) / (1 - beta^n_c), scaled to sum to K;
+    ``beta`` near 1 approaches inverse frequency, ``beta = 0`` gives equal weights.
+    ``none``: all ones.
+
+    Example:
+        >>> class_weights([90, 10], "inverse")
+        tensor([0.5556, 5.0000])
+        >>> class_weights([90, 10], "effective", beta=0.9)
+        tensor([0.7889, 1.2111])
+    """
+    counts_t = torch.as_tensor(list(counts), dtype=torch.float64)  # (K,)
+    if counts_t.ndim != 1 or len(counts_t) < 1 or (counts_t < 0).any():
+        raise DataError(f"class counts must be a list of non-negative integers, got {list(counts)}")
+    if method not in WEIGHT_METHODS:
+        raise ConfigError(f"train.loss.class_weights is {method!r}", hint=f"use one of: {', '.join(WEIGHT_METHODS)}")
+    k = len(counts_t)
+    if method == "none":
+        return torch.ones(k)
+    if (counts_t == 0).any():
+        missing = [i for i, c in enumerate(counts_t.tolist()) if c == 0]
+        raise DataError(f"classes {missing} have no training samples, so they have no class weight",
+                        hint="use class_weights: none, or a split that keeps every class in train")
+    if method == "inverse":
+        weights = counts_t.sum() / (k * counts_t)
+    else:
+        if not 0 <= beta < 1:
+            raise ConfigError(f"train.loss.beta is {beta}", hint="use a number in [0, 1), e.g. 0.999")
+        weights = (1 - beta) / (1 - beta**counts_t)  # inverse effective number of samples
+        weights = weights * k / weights.sum()
+    return weights.float()
+
+
+def _flatten(out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token outputs (B, T, C) with targets (B, T) become (B*T, C) and (B*T,)."""
+    if out.ndim > 2:
+        soft = torch.is_floating_point(target) and target.shape == out.shape
+        return out.flatten(0, -2), (target.flatten(0, -2) if soft else target.flatten())
+    return out, target
+
+
+class CrossEntropy(nn.Module):
+    """Cross-entropy with per-class ``weight`` (K,) and ``label_smoothing``.
+
+    Exactly ``torch.nn.functional.cross_entropy``: with weights, the batch mean divides
+    by the summed weights of the batch's targets. Accepts (B, C) or per-token (B, T, C)
+    outputs, targets equal to ``IGNORE_INDEX`` (-100) are skipped, and soft targets (B, C)
+    work as in PyTorch. The weight follows the output's device.
+
+    Example:
+        >>> import torch
+        >>> loss = CrossEntropy(weight=torch.tensor([1.0, 3.0]))
+        >>> round(loss(torch.tensor([[0.0, 0.0]]), torch.tensor([1])).item(), 4)
+        0.6931
+    """
+
+    def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
+        self.label_smoothing = label_smoothing
+
+    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        out, target = _flatten(out, target)  # (N, C), (N,) or (N, C)
+        weight = None if self.weight is None else self.weight.to(out.device, out.dtype)
+        return F.cross_entropy(out, target, weight=weight, ignore_index=IGNORE_INDEX,
+                               label_smoothing=self.label_smoothing)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al. 2017): FL(p_t) = -alpha_t (1 - p_t)^gamma log(p_t).
+
+    ``p_t`` is the softmax probability of the true class. ``gamma = 0`` and no ``alpha``
+    is plain cross-entropy; larger ``gamma`` down-weights samples the model already gets
+    right, so the rare, hard ones dominate the gradient. ``alpha``: a float for two
+    classes (class 1 gets alpha, class 0 gets 1 - alpha), or one weight per class.
+    ``weight`` (K,) multiplies in like a per-class alpha (e.g. :func:`class_weights`).
+    The loss is the plain mean over the batch (not divided by the summed weights).
+
+    Targets are class indices (B,), or per-token (B, T) with (B, T, C) outputs, where
+    ``IGNORE_INDEX`` (-100) is skipped. Soft targets q (B, C) (mixup, label smoothing)
+    are accepted: the loss becomes -sum_c alpha_c q_c (1 - p_c)^gamma log(p_c), which
+    equals the formula above for one-hot q.
+
+    Example:
+        >>> import torch, math
+        >>> loss = FocalLoss(gamma=2.0, alpha=0.25)
+        >>> p_t = 0.5  # two equal logits
+        >>> value = loss(torch.zeros(1, 2), torch.tensor([1]))
+        >>> math.isclose(value.item(), -0.25 * (1 - p_t) ** 2 * math.log(p_t), rel_tol=1e-6)
+        True
+    """
+
+    def __init__(self, gamma: float = 2.0, alpha: float | Sequence[float] | None = None,
+                 weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if gamma < 0:
+            raise ConfigError(f"train.loss.gamma is {gamma}", hint="use gamma >= 0; 0 is cross-entropy, 2 is usual")
+        if isinstance(alpha, (int, float)) and not 0 <= alpha <= 1:
+            raise ConfigError(f"train.loss.alpha is {alpha}", hint="a float alpha is the weight of class 1, in [0, 1]")
+        self.gamma = float(gamma)
+        self.label_smoothing = label_smoothing
+        self.scalar_alpha = float(alpha) if isinstance(alpha, (int, float)) else None
+        alpha_t = None if alpha is None or self.scalar_alpha is not None else torch.tensor(list(alpha), dtype=torch.float32)
+        self.register_buffer("alpha", alpha_t)
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
+
+    def class_factors(self, n_classes: int, device: torch.device) -> torch.Tensor | None:
+        """alpha times weight per class (K,), or None when both are unset."""
+        factors = None
+        if self.scalar_alpha is not None:
+            if n_classes != 2:
+                raise ConfigError(f"a single focal alpha ({self.scalar_alpha}) needs 2 classes, the model has {n_classes}",
+                                  hint="give train.loss.alpha as a list with one weight per class")
+            factors = torch.tensor([1 - self.scalar_alpha, self.scalar_alpha], device=device)
+        elif self.alpha is not None:
+            factors = self.alpha.to(device)
+        if self.weight is not None:
+            factors = self.weight.to(device) if factors is None else factors * self.weight.to(device)
+        if factors is not None and len(factors) != n_classes:
+            raise ConfigError(f"focal alpha/weight has {len(factors)} entries for {n_classes} classes",
+                              hint="give one entry per class")
+        return factors
+
+    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        out, target = _flatten(out.float(), target)  # (N, C), (N,) or (N, C)
+        n_classes = out.shape[1]
+        factors = self.class_factors(n_classes, out.device)  # (C,) or None
+        if not torch.is_floating_point(target):
+            keep = target != IGNORE_INDEX  # (N,)
+            out, target = out[keep], target[keep]
+            if len(target) == 0:
+                return out.sum() * 0.0  # every target ignored: a zero that keeps the graph
+            if not self.label_smoothing:
+                log_pt = out.log_softmax(dim=1).gather(1, target[:, None]).squeeze(1)  # (N,)
+                loss = -_modulator(log_pt, self.gamma) * log_pt  # (N,)
+                return (loss * factors[target] if factors is not None else loss).mean()
+            target = F.one_hot(target, n_classes).float()  # smoothing spreads it: use the soft form
+        if self.label_smoothing:  # as torch's cross_entropy smooths soft targets too
+            target = target * (1 - self.label_smoothing) + self.label_smoothing / n_classes
+        log_p = out.log_softmax(dim=1)  # (N, C)
+        terms = -target * _modulator(log_p, self.gamma) * log_p  # (N, C)
+        if factors is not None:
+            terms = terms * factors
+        return terms.sum(dim=1).mean()
+
+
+def _modulator(log_p: torch.Tensor, gamma: float) -> torch.Tensor:
+    """(1 - p)^gamma from log p; 1 - p is floored at 1e-12 because for gamma < 1 the
+    power has an infinite slope at p = 1, which would turn a confident sample's gradient
+    into NaN."""
+    return (-torch.expm1(log_p)).clamp_min(1e-12) ** gamma
+
+
+def build_loss(cfg: LossConfig | str | Mapping, train_counts: Sequence[int] | None = None) -> LossFn:
+    """The ``loss(out, target)`` callable :func:`dlforge.train.fit` takes.
+
+    ``train_counts`` are the training split's class counts (see
+    :func:`dlforge.data.imbalance.class_counts`); they are needed for class weights and
+    give the number of classes a per-class ``alpha`` is checked against.
+
+    Example:
+        >>> import torch
+        >>> loss = build_loss({"name": "cross_entropy", "class_weights": "inverse"}, [30, 10])
+        >>> loss.weight
+        tensor([0.6667, 2.0000])
+    """
+    cfg = as_loss_config(cfg)
+    if cfg.name != "focal" and {"gamma", "alpha"} & cfg.model_fields_set:
+        raise ConfigError(f"train.loss.gamma and alpha belong to the focal loss, not {cfg.name}",
+                          hint="set train.loss.name: focal, or remove them")
+    if cfg.name in ("mse", "l1"):
+        if cfg.class_weights != "none" or cfg.label_smoothing:
+            raise ConfigError(f"train.loss {cfg.name} is a regression loss: class_weights and "
+                              "label_smoothing do not apply", hint="remove them, or use cross_entropy / focal")
+        return nn.MSELoss() if cfg.name == "mse" else nn.L1Loss()
+    weight = None
+    if cfg.class_weights != "none":
+        if train_counts is None:
+            raise ConfigError("train.loss.class_weights needs the training split's class counts",
+                              hint="pass train_counts=class_counts(train_y, n_classes)")
+        weight = class_weights(train_counts, cfg.class_weights, cfg.beta)
+    if isinstance(cfg.alpha, list) and train_counts is not None and len(cfg.alpha) != len(train_counts):
+        raise ConfigError(f"train.loss.alpha has {len(cfg.alpha)} entries for {len(train_counts)} classes",
+                          hint="give one weight per class")
+    if cfg.name == "focal":
+        return FocalLoss(cfg.gamma, cfg.alpha, weight=weight, label_smoothing=cfg.label_smoothing)
+    if weight is None and not cfg.label_smoothing:
+        return cross_entropy  # the engine's default, so a plain config trains exactly as before
+    return CrossEntropy(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+__all__ = ["CrossEntropy", "FocalLoss", "LossConfig", "as_loss_config", "build_loss", "class_weights"]

@@ -1,0 +1,126 @@
+"""Topic 9 at the quick budget: k-shot transfer on digits, MiniLM versus scratch on text."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dlforge.data import load_builtin
+from dlforge.lab import q09_transfer_learning as q09
+from dlforge.models import build
+from dlforge.registry import save_artifact
+
+from .cache import finding_for
+
+QUICK = q09.BUDGETS["quick"]
+
+
+@pytest.fixture(scope="module")
+def numbers():
+    return finding_for(9).numbers
+
+
+def test_k_values_and_sizes_are_as_configured(numbers):
+    assert numbers["image_k"] == QUICK["image_k"] and numbers["text_k"] == QUICK["text_k"]
+    for method in ("scratch", "finetune", "probe"):
+        assert len(numbers[f"image_{method}_accuracy"]) == len(QUICK["image_k"])
+    for method in ("minilm", "scratch", "scratch_long", "best_scratch"):
+        assert len(numbers[f"text_{method}_accuracy"]) == len(QUICK["text_k"])
+    # Half of every class of 5-9 is held out; the text test set is balanced.
+    y = load_builtin("digits").y
+    assert numbers["image_test_images"] == sum(int((y == d).sum()) // 2 for d in range(5, 10))
+    assert numbers["text_test_texts"] == 6 * QUICK["text_test_per_class"]
+    assert numbers["text_chance_accuracy"] == round(1 / 6, 4)
+    assert 0 < numbers["text_scratch_vocab_size"] <= q09.SCRATCH_VOCAB
+
+
+def test_accuracies_are_fractions_and_gains_are_differences(numbers):
+    accuracies = [a for key, v in numbers.items() if key.endswith("_accuracy") and isinstance(v, list)
+                  for a in v]
+    assert accuracies and all(0.0 <= a <= 1.0 for a in accuracies)
+    assert numbers["image_gain"] == [round(f - s, 4) for f, s in zip(
+        numbers["image_finetune_accuracy"], numbers["image_scratch_accuracy"])]
+    assert numbers["text_best_scratch_accuracy"] == [max(a, b) for a, b in zip(
+        numbers["text_scratch_accuracy"], numbers["text_scratch_long_accuracy"])]
+    assert numbers["text_gain"] == [round(m - s, 4) for m, s in zip(
+        numbers["text_minilm_accuracy"], numbers["text_best_scratch_accuracy"])]
+    # The scalars the checks read are the ends of those lists, not separate measurements.
+    assert numbers["image_gain_at_smallest_k"] == numbers["image_gain"][0]
+    assert numbers["image_gain_at_largest_k"] == numbers["image_gain"][-1]
+    assert numbers["text_gain_at_smallest_k"] == numbers["text_gain"][0]
+    draws = numbers["image_gain_per_draw_at_smallest_k"]
+    assert len(draws) == QUICK["image_seeds"]
+    assert np.mean(draws) == pytest.approx(numbers["image_gain"][0], abs=2e-4)  # rounding only
+
+
+def test_checks_compare_gains_with_the_stated_margin():
+    checks = {str(c) for c in finding_for(9).checks}
+    assert checks == {f"image_gain_at_smallest_k >= {q09.MIN_GAIN}",
+                      f"text_gain_at_smallest_k >= {q09.MIN_GAIN}",
+                      "image_gain_at_smallest_k > image_gain_at_largest_k"}
+
+
+def test_the_pretraining_worked_and_the_pretrained_models_learned(numbers):
+    assert numbers["pretrain_val_accuracy"] >= 0.9  # digits 0-4 are easy: a failed pretraining shows
+    assert numbers["image_finetune_accuracy"][-1] >= 0.8
+    # MiniLM is far above chance on 8 docstrings per class; the scratch model is the question.
+    assert numbers["text_minilm_accuracy"][0] >= 3 * numbers["text_chance_accuracy"]
+    body = [k for k in build(q09.CNN_SPEC, input_shape=(1, 8, 8), num_outputs=5).state_dict()
+            if not k.startswith("head.")]
+    assert numbers["pretrained_tensors_loaded"] == len(body)
+
+
+def test_transfer_body_loads_every_pretrained_conv_tensor_and_keeps_the_fresh_head(tmp_path):
+    torch.manual_seed(1)
+    source = build(q09.CNN_SPEC, input_shape=(1, 8, 8), num_outputs=5)
+    with torch.no_grad():  # running statistics differ from a fresh model's too
+        for block in source.blocks:
+            block[1].running_mean.uniform_(-1, 1)
+            block[1].running_var.uniform_(0.5, 2)
+    folder = save_artifact(source, tmp_path / "pretrained", task="classification")
+    torch.manual_seed(2)
+    target = build(q09.CNN_SPEC, input_shape=(1, 8, 8), num_outputs=5)
+    fresh_head = {k: v.clone() for k, v in target.head.state_dict().items()}
+
+    loaded = q09.transfer_body(target, folder)
+
+    src, dst = source.state_dict(), target.state_dict()
+    assert sorted(loaded) == sorted(k for k in src if not k.startswith("head."))
+    for name in loaded:
+        torch.testing.assert_close(dst[name], src[name], rtol=0, atol=0)
+    for name, value in fresh_head.items():
+        torch.testing.assert_close(target.head.state_dict()[name], value, rtol=0, atol=0)
+    assert not torch.equal(target.head.weight, source.head.weight)
+    # Same result as loading the body by hand from the in-memory model.
+    reference = build(q09.CNN_SPEC, input_shape=(1, 8, 8), num_outputs=5)
+    reference.load_state_dict({k: v for k, v in src.items() if not k.startswith("head.")}, strict=False)
+    reference.head.load_state_dict(fresh_head)
+    x = torch.randn(4, 1, 8, 8)
+    torch.testing.assert_close(target.eval()(x), reference.eval()(x))
+
+
+def test_padding_masked_equals_the_transformer_given_the_mask():
+    torch.manual_seed(0)
+    inner = build({**q09.SCRATCH_TEXT_SPEC, "vocab_size": 20}, input_shape=(8,), num_outputs=3).eval()
+    x = torch.tensor([[5, 6, 7, 0, 0, 0, 0, 0], [9, 8, 7, 6, 5, 4, 3, 2]])
+    wrapped = q09.PaddingMasked(inner, pad_id=0)
+    torch.testing.assert_close(wrapped(x), inner(x, padding_mask=x == 0))
+    # Masked padding and mean pooling: extra padding at the end changes nothing.
+    torch.testing.assert_close(wrapped(x[:1, :5]), wrapped(x[:1]))
+
+
+def test_shuffled_by_class_partitions_each_class():
+    labels = np.array([2, 0, 1, 0, 2, 2, 1])
+    parts = q09.shuffled_by_class(labels, np.random.default_rng(0))
+    for c, part in enumerate(parts):
+        assert sorted(part.tolist()) == np.flatnonzero(labels == c).tolist()
+
+
+def test_figure_is_a_png():
+    image = Image.open(io.BytesIO(base64.b64decode(finding_for(9).figures[0].png_base64)))
+    assert image.format == "PNG" and image.width > 400
