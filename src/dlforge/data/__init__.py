@@ -15,7 +15,11 @@ Example:
 
 from __future__ import annotations
 
+from dlforge.data.augment import AugmentConfig, BatchAugment, build_augment, preview_grid, resolve_augment
 from dlforge.data.bundle import DataBundle
+from dlforge.data.imbalance import (
+    ImbalanceConfig, balanced_order, class_counts, imbalance_note, make_imbalanced, resample, resample_dataset,
+)
 from dlforge.data.catalog import list_builtin, load_builtin
 from dlforge.data.corpus import pydoc_corpus
 from dlforge.data.csv_file import load_csv
@@ -76,6 +80,9 @@ __all__ = [
     "sequence_reversal",
     "sequence_sorting",
     # text: tokenizers, corpora, text tables, MLM masking (tokenizer, corpus, text, mlm)
+    "AugmentConfig", "BatchAugment", "build_augment", "preview_grid", "resolve_augment",
+    "ImbalanceConfig", "balanced_order", "class_counts", "imbalance_note", "make_imbalanced", "resample",
+    "resample_dataset",
     "SERIES",
     "ForecastContext",
     "Series",

@@ -15,8 +15,9 @@ Example:
     >>> from dlforge.config import validate_config
     >>> cfg = validate_config({"data": {"source": "iris"}, "model": {"arch": "mlp", "hidden": [8]}})
     >>> from dlforge.pipeline.data import load_data
-    >>> type(build_model(cfg, load_data(cfg))).__name__
-    'MLP'
+    >>> model, pretrained = build_model(cfg, load_data(cfg))
+    >>> type(model).__name__, pretrained
+    ('MLP', None)
 """
 
 from __future__ import annotations

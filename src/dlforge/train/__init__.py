@@ -21,6 +21,9 @@ from dlforge.train.gradients import GradientMonitor, NanGuard
 from dlforge.train.health import Diagnosis, HealthThresholds, dead_relu_fraction, diagnose, format_diagnoses
 from dlforge.train.optim import OptimConfig, ScheduleConfig, Scheduler, build_optimizer, lr_factor
 from dlforge.train.state import FitResult, TrainState
+from dlforge.train.bagging import balanced_bagging
+from dlforge.train.losses import FocalLoss, LossConfig, build_loss, class_weights
+from dlforge.train.pseudo_label import pseudo_label_fit
 from dlforge.train.transfer import (
     GradualUnfreezing,
     TransferReport,
@@ -36,8 +39,10 @@ __all__ = [
     "Callback", "Checkpoint", "Diagnosis", "EarlyStopping", "HealthThresholds", "dead_relu_fraction", "diagnose",
     "format_diagnoses", "FitResult", "GradientMonitor", "HistoryWriter", "NanGuard",
     "OptimConfig", "ProgressBar", "ScheduleConfig", "Scheduler", "TrainState", "build_optimizer",
-    "IGNORE_INDEX", "count_correct", "cross_entropy", "epoch_permutation", "evaluate_loss", "find_last_checkpoint", "fit", "iterate_batches", "lr_factor",
+    "IGNORE_INDEX", "count_correct", "cross_entropy", "epoch_permutation", "evaluate_loss", "find_last_checkpoint",
+    "fit", "iterate_batches", "lr_factor",
     "resolve_loss", "seed_everything", "select_device",
     "GradualUnfreezing", "TransferReport", "freeze", "layerwise_lr_groups", "load_pretrained_weights",
     "param_groups", "trainable_summary", "unfreeze",
+    "FocalLoss", "LossConfig", "balanced_bagging", "build_loss", "class_weights", "pseudo_label_fit",
 ]
