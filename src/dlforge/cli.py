@@ -278,6 +278,27 @@ def cv(
     out_console.print(table)
 
 
+@app.command()
+@_friendly
+def tune(
+    config: Path = typer.Argument(..., help="YAML run config with a tune: section"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key (repeatable)"),
+    runs_dir: Path = typer.Option(Path("runs"), help="where trial runs and the tuning report go"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="SQLAlchemy URL (default: SQLite under --runs-dir)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an existing study (also: join other workers)"),
+    n_trials: Optional[int] = typer.Option(None, "--n-trials", help="trials for this worker (default tune.n_trials)"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="stop starting trials after this many seconds"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+) -> None:
+    """Search hyperparameters with Optuna; writes a report and the best config as YAML."""
+    from dlforge.tune import tune_cli
+    from dlforge.tune.study import result_dict
+
+    result = tune_cli(config, set_ or [], runs_dir, storage, resume, n_trials, timeout)
+    if as_json:
+        print(json.dumps(result_dict(result)))
+
+
 @app.command("augment-preview")
 @_friendly
 def augment_preview(

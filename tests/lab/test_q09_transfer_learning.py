@@ -14,6 +14,7 @@ from dlforge.data import load_builtin
 from dlforge.lab import q09_transfer_learning as q09
 from dlforge.models import build
 from dlforge.registry import save_artifact
+from dlforge.train import load_pretrained_weights
 
 from .cache import finding_for
 
@@ -102,6 +103,22 @@ def test_transfer_body_loads_every_pretrained_conv_tensor_and_keeps_the_fresh_he
     reference.head.load_state_dict(fresh_head)
     x = torch.randn(4, 1, 8, 8)
     torch.testing.assert_close(target.eval()(x), reference.eval()(x))
+
+
+def test_pretrain_saves_an_artifact_that_rebuilds_the_source_model(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(70, 1, 8, 8)  # (N, 1, 8, 8)
+    y = torch.arange(70) % 10  # only 0-4 are used: 35 images, 5 of them held out
+    folder, acc = q09.pretrain(x, y, seed=3, folder=tmp_path / "source")
+    assert 0.0 <= acc <= 1.0
+    # The same seed trains the same model; loading the artifact reproduces its outputs.
+    _, again = q09.pretrain(x, y, seed=3, folder=tmp_path / "again")
+    assert again == acc
+    target = build(q09.CNN_SPEC, input_shape=(1, 8, 8), num_outputs=5)
+    source = build(q09.CNN_SPEC, input_shape=(1, 8, 8), num_outputs=5)
+    load_pretrained_weights(source, folder)
+    q09.transfer_body(target, folder)
+    torch.testing.assert_close(target.eval().features(x[:4])[-1], source.eval().features(x[:4])[-1])
 
 
 def test_padding_masked_equals_the_transformer_given_the_mask():

@@ -30,7 +30,7 @@ from dlforge.errors import ConfigError
 from dlforge.evaluate import cross_validate
 from dlforge.pipeline import train_run
 from dlforge.tune import PruningCallback, TuneResult, run_tune, tune_cli
-from dlforge.tune.study import open_storage
+from dlforge.tune.study import open_storage, result_dict
 
 EPOCHS = 5
 N_TRIALS = 6
@@ -197,8 +197,19 @@ def test_grid_sampler_runs_each_point_once_through_the_cli_entry_point(tmp_path,
     assert printed.err.count("trial ") == 4 and "model.hidden=[16, 16]" in printed.err  # one progress line each
     assert "4 complete, 0 pruned, 0 failed" in printed.out
     assert f"best_config: {result.out_dir / 'best_config.yaml'}" in printed.out.splitlines()
+    assert json.loads(json.dumps(result_dict(result)))["best_params"] == result.best_params  # the --json form
     again = tune_cli(path, ["tune.n_trials=10"], runs_dir=tmp_path, resume=True)  # nothing left to run
     assert again.n_complete == 4 and "exhausted" in capsys.readouterr().err
+
+
+def test_a_diverging_trial_fails_without_stopping_the_study(tmp_path, no_trial_reports) -> None:
+    space = {"optim.lr": {"type": "categorical", "choices": [1.0e9, 0.05]}}
+    raw = config({"metric": "val_accuracy", "sampler": "grid", "pruner": "none", "space": space},
+                 optim={"name": "sgd"}, train={"epochs": 1})
+    result = run_tune(raw, runs_dir=tmp_path)
+    assert (result.n_failed, result.n_complete, result.best_params) == (1, 1, {"optim.lr": 0.05})
+    failed = next(r for r in json.loads((result.out_dir / "trials.json").read_text()) if r["state"] == "fail")
+    assert failed["stop_reason"] == "non_finite" and "diverged" in failed["failure"]
 
 
 def test_k_fold_objective_is_the_cross_validation_mean(tmp_path) -> None:

@@ -115,7 +115,7 @@ def _output(worker: subprocess.Popen) -> str:
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # catch_warnings is per process, not thread
 def test_workers_opening_a_new_database_at_once_both_succeed(tmp_path: Path) -> None:
     # Plain RDBStorage fails here most of the time ("table studies already exists").
-    for round_ in range(5):
+    for round_ in range(3):
         url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
         barrier, opened, errors = threading.Barrier(2), [], []
 

@@ -122,12 +122,13 @@ def intermediate_figure(trials: Sequence[Mapping[str, Any]]) -> str | None:
     fig.subplots_adjust(left=0.13, right=0.97, bottom=0.14, top=0.9)
     ax = fig.add_subplot()
     seen: set[str] = set()
-    for t in curves:
+    # Pruned trials last and dashed, so a short curve is not hidden under a complete one.
+    for t in sorted(curves, key=lambda t: (t.get("state") == "pruned", t["number"])):
         state = str(t.get("state"))
         steps = [s + 1 for s, _ in t["intermediate"]]  # epochs counted from 1, as the progress bar does
         values = [math.nan if v is None else float(v) for _, v in t["intermediate"]]
         ax.plot(steps, values, marker=".", linewidth=1.0, color=_STATE_COLORS.get(state, "#59636e"),
-                alpha=0.85, label=None if state in seen else state)
+                linestyle="--" if state == "pruned" else "-", alpha=0.85, label=None if state in seen else state)
         seen.add(state)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
@@ -210,7 +211,8 @@ def render_tune_report(
          "Dots: complete trials' objective values. Line: the best value found so far."),
         ("parameter importances", importance_figure(importances), f"Method: {importance_method}."),
         ("learning curves", intermediate_figure(trials),
-         "The value each trial reported to the pruner after every epoch; grey lines are pruned trials."),
+         "The value each trial reported to the pruner after every epoch: the objective metric, or val_loss "
+         "(negated when maximising) for a metric known only after training. Dashed grey: pruned trials."),
     ):
         if png is not None:
             figures.append({"title": fig_title, "png": png, "caption": caption})

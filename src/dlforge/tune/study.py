@@ -392,10 +392,15 @@ def _objective(tune: TuneConfig, base: dict[str, Any], trials_dir: Path) -> Call
         trial.set_user_attr("metrics", {k: _finite_or_none(v) for k, v in outcome.metrics.items()})
         if pruning.pruned_at is not None:
             raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at + 1}")
+        if outcome.result.stop_reason == "non_finite":
+            # The NaN guard stopped a diverging run (a learning rate far too high, say): a bad
+            # point of the space, not a broken study. NaN marks the trial failed; others go on.
+            trial.set_user_attr("failure", "the run diverged: non-finite loss or gradient")
+            return math.nan
         if tune.metric not in outcome.metrics:
             raise ConfigError(f"tune.metric {tune.metric!r} is not a metric this run produces",
                               hint=f"use one of: {', '.join(sorted(outcome.metrics))}")
-        return float(outcome.metrics[tune.metric])  # NaN (a diverged run) marks the trial failed
+        return float(outcome.metrics[tune.metric])
 
     return objective
 
@@ -408,7 +413,8 @@ def _progress_line(stream: TextIO, tune: TuneConfig, space_keys: list[str]) -> C
         elif trial.state == TrialState.PRUNED:
             outcome = f"pruned after epoch {len(trial.intermediate_values)}"
         else:
-            outcome = trial.state.name.lower()
+            outcome = trial.state.name.lower() + (f" ({trial.user_attrs['failure']})"
+                                                  if "failure" in trial.user_attrs else "")
         params = decode_params(tune.space, trial.params)
         shown = "  ".join(f"{k}={_short(params[k])}" for k in space_keys if k in params)
         stream.write(f"trial {trial.number}: {outcome} ({seconds:.1f} s)  {shown}\n")
@@ -435,7 +441,7 @@ def trial_rows(study: optuna.Study, tune: TuneConfig) -> list[dict[str, Any]]:
             "duration_s": t.duration.total_seconds() if t.duration else None,
             "start": t.datetime_start.isoformat() if t.datetime_start else None,
             "intermediate": [[step, _finite_or_none(v)] for step, v in sorted(t.intermediate_values.items())],
-            **{k: t.user_attrs[k] for k in ("run_dir", "epochs_run", "stop_reason", "worker", "cv_mean")
+            **{k: t.user_attrs[k] for k in ("run_dir", "epochs_run", "stop_reason", "failure", "worker", "cv_mean")
                if k in t.user_attrs},
         })
     return rows

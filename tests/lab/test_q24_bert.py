@@ -1,0 +1,108 @@
+"""Topic 24 at the quick budget: bidirectional versus causal MLM; cheap MiniLM fine-tuning."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from dlforge.data.tokenizer import train_wordpiece
+from dlforge.lab import _mlm
+from dlforge.lab import q24_bert as q24
+
+from .cache import finding_for
+
+SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
+
+
+def test_mlm_numbers_are_consistent():
+    n = finding_for(24).numbers
+    epochs = q24.BUDGETS["quick"]["mlm_epochs"]
+    for key in ("unigram_accuracy", "bidirectional_accuracy", "causal_accuracy"):
+        assert 0 <= n[key] <= 1
+    assert n["bidirectional_gain"] == round(n["bidirectional_accuracy"] - n["causal_accuracy"], 4)
+    assert n["heldout_masked_tokens"] > 1000  # enough scored tokens for a paired SE of ~0.01
+    assert 0 < n["gain_two_se"] < 0.05
+    assert n["bidirectional_loss"] > 0 and n["causal_loss"] > 0
+    bi, causal = n["bidirectional_curve"], n["causal_curve"]
+    assert len(bi) == len(causal) == epochs and all(0 <= a <= 1 for a in bi + causal)
+    assert 1 <= n["bidirectional_ahead_from_epoch"] <= epochs + 1
+    assert n["bidirectional_ahead_from_epoch"] == q24.ahead_from(bi, causal)
+    # The causal mask holds exactly (up to float rounding); the bidirectional model reads ahead.
+    assert n["causal_future_change"] < 1e-5 < n["bidirectional_future_change"]
+
+
+def test_finetuning_numbers_are_consistent():
+    n = finding_for(24).numbers
+    cfg = q24.BUDGETS["quick"]
+    assert n["finetune_train_examples"] == 6 * cfg["per_class"] == 6 * n["per_class"]
+    assert n["finetune_test_examples"] <= cfg["n_test"]
+    assert n["chance_accuracy"] == round(1 / 6, 4)
+    assert n["chance_accuracy"] < n["majority_accuracy"] < 1
+    assert 0 <= n["minilm_accuracy"] <= 1
+    assert n["minilm_gain_over_majority"] == round(n["minilm_accuracy"] - n["majority_accuracy"], 4)
+    assert n["trainable_fraction"] == round(n["trainable_parameters"] / n["total_parameters"], 4)
+    assert 0 < n["trainable_fraction"] < 0.5  # embeddings and four of six layers frozen
+    assert 22e6 < n["total_parameters"] < 23e6  # all-MiniLM-L6-v2
+    assert n["finetune_seconds"] > 0 and n["finetune_cpu_seconds"] > 0
+
+
+def test_a_causal_encoder_ignores_later_tokens_and_a_bidirectional_one_does_not():
+    torch.manual_seed(0)
+    ids = torch.randint(5, 60, (3, 10))  # (B, T), no padding
+    later = ids.clone()
+    later[:, 6:] = torch.randint(5, 60, (3, 4))
+    for causal in (True, False):
+        torch.manual_seed(1)
+        model = _mlm.tiny_bert(60, 10, causal=causal).eval()
+        with torch.no_grad():
+            before, after = model(ids), model(later)  # (B, T, vocab)
+        if causal:
+            torch.testing.assert_close(after[:, :6], before[:, :6])
+        else:
+            assert (after[:, :6] - before[:, :6]).abs().max() > 1e-3
+        assert (after[:, 6:] - before[:, 6:]).abs().max() > 1e-3  # later outputs do change
+    assert q24.future_change(_mlm.tiny_bert(60, 10, causal=True), ids, t=5) < 1e-5
+
+
+def test_masked_scores_match_cross_entropy_with_ignore_index():
+    torch.manual_seed(0)
+    model = _mlm.tiny_bert(30, 8)
+    ids = torch.randint(5, 30, (6, 8))
+    masked = _mlm.fixed_masks(ids, SPECIAL, 30, seed=0, copies=2)
+    x, y = masked.tensors
+    assert x.shape == (12, 8) and not torch.equal(y[:6], y[6:])  # two independent maskings
+    scores = _mlm.masked_scores(model, masked)
+    with torch.no_grad():
+        logits = model.eval()(x)  # (B, T, vocab)
+    ref = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
+    assert abs(scores["loss"] - float(ref)) < 1e-5
+    scored = y != -100
+    assert scores["tokens"] == int(scored.sum())
+    assert scores["accuracy"] == float((logits.argmax(-1)[scored] == y[scored]).float().mean())
+
+
+def test_paired_se_unigram_and_splits_by_hand():
+    a, b = torch.tensor([1, 1, 0, 1, 0, 1]), torch.tensor([1, 0, 0, 0, 1, 1])
+    d = (a - b).numpy().astype(float)
+    assert abs(_mlm.paired_se(a, b) - d.std(ddof=1) / np.sqrt(len(d))) < 1e-12
+    train = torch.tensor([[2, 9, 9, 8, 3], [2, 9, 7, 3, 0]])  # 9 is the most frequent token
+    held = TensorDataset(train, torch.tensor([[-100, 9, -100, 8, -100], [-100, 9, 7, -100, -100]]))
+    assert _mlm.unigram_accuracy(train, held, SPECIAL) == 0.5
+    labels = np.array([0] * 12 + [1] * 20 + [2] * 9)
+    tr, va, te = _mlm.few_label_split(labels, 4, 2, seed=3)
+    assert np.bincount(labels[tr]).tolist() == [4, 4, 4]
+    assert np.bincount(labels[va]).tolist() == [2, 2, 2]
+    assert sorted(np.concatenate([tr, va, te]).tolist()) == list(range(len(labels)))
+    sub = _mlm.stratified_subset(te, labels, 10, seed=0)
+    assert set(sub) <= set(te) and np.bincount(labels[sub]).tolist() == [2, 5, 1]
+
+
+def test_pack_keeps_every_word_piece_in_order():
+    tok = train_wordpiece(["one two three four five six seven"] * 4, vocab_size=60)
+    rows = _mlm.pack(tok, ["one two three four five six seven", "two one"], max_len=5)
+    pieces = tok.encode("one two three four five six seven", add_special_tokens=False).ids
+    assert rows.shape[1] == 5 and bool((rows[:, 0] == 2).all())  # every window opens with [CLS]
+    inner = rows[:, 1:4]  # (N, 3): the pieces between [CLS] and [SEP]
+    got = [i for row in inner.tolist() for i in row if i > 4]
+    assert got[:len(pieces)] == pieces
