@@ -41,6 +41,7 @@ from dlforge.errors import ConfigError  # noqa: E402
 from dlforge.evaluate import plots, report  # noqa: E402
 from dlforge.evaluate.report import format_number, format_value, read_history, render_report, write_report  # noqa: E402
 from dlforge.models import build  # noqa: E402
+from dlforge.data.imbalance import class_counts  # noqa: E402
 from dlforge.pipeline import train_run  # noqa: E402
 from dlforge.train import GradientMonitor, fit  # noqa: E402
 
@@ -139,7 +140,11 @@ def train_classification(runs_dir: Path) -> dict[str, Any]:
         "diagnoses": diagnoses_from(history, first_layer), "cv": sklearn_cv(),
         "run_info": {"data": outcome.prepared.name, "task": outcome.prepared.task, "arch": "mlp",
                      "epochs_run": result.epochs_run, "stop_reason": result.stop_reason,
-                     "best_epoch": result.best_epoch, "metrics": outcome.metrics},
+                     "best_epoch": result.best_epoch, "metrics": outcome.metrics,
+                     # what the run's model.json records about the classes (the class-balance section)
+                     "class_counts": {"train": class_counts(outcome.prepared.train.tensors[1],
+                                                           len(outcome.prepared.class_names)),
+                                      "class_names": outcome.prepared.class_names}},
     }
 
 
@@ -245,7 +250,7 @@ def decode_png(src: str) -> Image.Image:
 
 def test_full_report_has_every_section_and_valid_figures(html, page):
     assert set(page.section_ids()) == {"summary", "diagnosis", "training", "gradients", "evaluation",
-                                       "cross-validation", "config"}
+                                       "class-balance", "cross-validation", "config"}
     # training curves, gradient norms, confusion matrix, ROC, PR
     assert len(page.images) == 5 == html.count('<img src="data:image/png;base64,')
     for src in page.images:
