@@ -1,4 +1,4 @@
-"""Topic 13 at the quick budget: lr sweep, momentum, batch size cost, random search."""
+"""Topic 13 at the quick budget: lr sweep, momentum, batch size cost, Optuna search."""
 
 from __future__ import annotations
 
@@ -68,3 +68,11 @@ def test_random_search_stays_inside_its_ranges_and_is_scored_on_test(numbers):
     assert numbers["tuned_val_accuracy"] >= numbers["default_val_accuracy"] - 0.05
     for key in ("tuned_test_accuracy", "default_test_accuracy"):
         assert 0.5 < numbers[key] <= 1.0
+
+
+def test_the_optuna_search_prunes_and_counts_its_epochs():
+    n = finding_for(13).numbers
+    assert 0 <= n["search_pruned_trials"] < n["search_trials"]
+    assert n["search_epochs_run"] <= n["search_epoch_budget"]
+    if n["search_pruned_trials"] == 0:  # only pruning stops a trial before its last epoch
+        assert n["search_epochs_run"] == n["search_epoch_budget"]
