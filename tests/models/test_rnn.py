@@ -198,7 +198,7 @@ def test_build_and_spec_round_trip() -> None:
         ({"kind": "lstm", "nonlinearity": "relu"}, "model.nonlinearity is 'relu'"),
         ({"path": "cuda"}, "model.path is 'cuda'"),
         ({"head": "first"}, "model.head is 'first'"),
-        ({"task_head": "token"}, "model.task_head is 'token'"),
+        ({"task_head": "tag"}, "model.task_head is 'tag'"),
         ({"bidirectional": "yes"}, "model.bidirectional has the wrong type"),
         ({"hidden": 8}, "model.hidden is not a setting of the rnn model"),
     ],
