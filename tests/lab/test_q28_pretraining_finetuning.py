@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import doctest
+
+import pytest
 import torch
 
 from dlforge.data.text import load_text_table
 from dlforge.lab import _mlm
 from dlforge.lab import q28_pretraining_finetuning as q28
+from dlforge.lab.threads import single_thread
 
 from .cache import finding_for
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with single_thread():  # tiny models: a second thread only waits (dlforge.lab.threads)
+        yield
 
 
 def test_numbers_are_consistent():
@@ -20,11 +30,14 @@ def test_numbers_are_consistent():
     total = len(load_text_table("stdlib_docs"))
     assert n["train_examples"] + n["val_examples"] + n["test_examples"] == total
     for key in ("mlm_heldout_accuracy", "unigram_accuracy", "pretrained_test_accuracy",
-                "scratch_test_accuracy", "majority_accuracy", "target_accuracy"):
+                "scratch_test_accuracy", "majority_accuracy", "target_accuracy",
+                "pretrained_probe_accuracy", "random_probe_accuracy",
+                "pretrained_train_accuracy", "scratch_train_accuracy"):
         assert 0 <= n[key] <= 1
+    assert n["mlm_lift"] == round(n["mlm_heldout_accuracy"] - n["unigram_accuracy"], 4)
     assert n["pretraining_gain"] == round(
         n["pretrained_test_accuracy"] - n["scratch_test_accuracy"], 4)
-    assert 0 < n["gain_two_se"] < 0.2
+    assert 0 < n["gain_two_se"] < 0.2 and 0 <= n["probe_two_se"] < 0.2
     pre, scr = n["pretrained_val_curve"], n["scratch_val_curve"]
     assert len(pre) == len(scr) == epochs and all(0 <= a <= 1 for a in pre + scr)
     assert n["target_accuracy"] == max(scr)
@@ -56,3 +69,8 @@ def test_epochs_to_reach():
     assert q28.epochs_to_reach([0.2, 0.5, 0.4, 0.6], 0.5) == 2
     assert q28.epochs_to_reach([0.2, 0.5], 0.2) == 1
     assert q28.epochs_to_reach([0.2, 0.3], 0.9) == 3  # never: one past the budget
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(q28, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
