@@ -71,6 +71,16 @@ def figure_from_matplotlib(fig: Any, title: str) -> Figure:
     return Figure(title=title, png_base64=base64.b64encode(buf.getvalue()).decode("ascii"))
 
 
+def significant(x: float, digits: int = 5) -> float:
+    """``x`` rounded to ``digits`` significant digits, as a plain float for the numbers dict.
+
+    Example:
+        >>> significant(0.123456789)
+        0.12346
+    """
+    return float(f"{float(x):.{digits}g}")
+
+
 def level_of(topic: int) -> str:
     return next(name for name, topics in LEVELS.items() if topic in topics)
 

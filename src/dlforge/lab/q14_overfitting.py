@@ -24,6 +24,7 @@ import torch
 
 from dlforge.data import load_source, prepare
 from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import significant as _r
 from dlforge.models import build
 from dlforge.train import EarlyStopping, evaluate_loss, fit, seed_everything
 from dlforge.train.health import diagnose
@@ -91,10 +92,6 @@ def _figure(first: dict, epochs: int):
     ax.set_title("50 noisy training points, 128-128 MLP")
     ax.legend(fontsize=8)
     return fig
-
-
-def _r(x: float) -> float:
-    return float(f"{float(x):.5g}")
 
 
 def run(budget: str = "quick", seed: int = 0) -> Finding:

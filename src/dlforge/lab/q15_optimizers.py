@@ -28,6 +28,7 @@ import torch
 
 from dlforge.data import load_source, prepare
 from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import significant as _r
 from dlforge.models import build
 from dlforge.train import Callback, fit, seed_everything
 
@@ -101,10 +102,6 @@ def _train_one(data, name: str, lr: float, steps: int, target: float, seed: int)
             "diverged": probe.diverged, "final": losses[-1],
             "seconds_to_target": probe.elapsed[hit] if hit is not None else None,
             "seconds_per_step": probe.elapsed[-1] / max(1, len(losses) - 1)}
-
-
-def _r(x: float) -> float:
-    return float(f"{float(x):.5g}")
 
 
 def _figure(best: dict, grid: dict, lrs: list[float], target: float):

@@ -27,6 +27,7 @@ from dlforge.config import validate_config
 from dlforge.data import load_source, prepare
 from dlforge.evaluate import classification_metrics, cross_validate, evaluate, predict_outputs
 from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import significant as _r
 from dlforge.models import build
 from dlforge.train import fit, seed_everything
 
@@ -118,10 +119,6 @@ def _imbalanced(seed: int):
     benign, malignant = np.flatnonzero(bundle.y == 1), np.flatnonzero(bundle.y == 0)
     keep = rng.choice(malignant, size=round(len(benign) * MINORITY_PER_MAJORITY), replace=False)
     return prepare(bundle.subset(np.sort(np.concatenate([benign, keep]))), val=0.0, test=0.3, seed=seed)
-
-
-def _r(x: float) -> float:
-    return float(f"{float(x):.5g}")
 
 
 def _figure(trap, trained, folds: list[dict]):

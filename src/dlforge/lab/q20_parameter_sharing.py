@@ -27,6 +27,7 @@ from torch import nn
 
 from dlforge.data import load_source, prepare
 from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import significant as _r
 from dlforge.models import build
 from dlforge.train import fit, seed_everything
 
@@ -140,10 +141,6 @@ def _shift_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[
     with torch.no_grad():
         return {(dy, dx): float((model(_shift(x, dy, dx)).argmax(1) == y).float().mean())
                 for dy, dx in itertools.product(shifts, shifts)}
-
-
-def _r(x: float) -> float:
-    return float(f"{float(x):.5g}")
 
 
 def _figure(counts: list[dict], acc: dict):

@@ -22,6 +22,7 @@ from torch import nn
 
 from dlforge.data import load_source, prepare
 from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import significant as _r
 from dlforge.models import build
 from dlforge.train import GradientMonitor, NanGuard, fit, seed_everything
 from dlforge.train.health import diagnose
@@ -80,10 +81,6 @@ def layer_variances(init: str, activation: str, x: torch.Tensor, seed: int) -> l
                 nn.init.zeros_(m.bias)
     with torch.no_grad():
         return [float(h.var()) for h in model.features(x)]  # one (B, 256) output per layer
-
-
-def _r(x: float) -> float:
-    return float(f"{float(x):.5g}")
 
 
 def _figure(variances: dict, norms: list[float], guard_step: int):

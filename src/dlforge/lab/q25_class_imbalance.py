@@ -35,6 +35,7 @@ from dlforge.data import load_builtin, prepare
 from dlforge.data.imbalance import ImbalanceConfig, balanced_order, class_counts, make_imbalanced, resample_dataset
 from dlforge.evaluate import evaluate, fold_indices, predict_outputs
 from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import significant as _r
 from dlforge.models import build
 from dlforge.train import fit, seed_everything
 from dlforge.train.bagging import balanced_bagging
@@ -181,10 +182,6 @@ def _long_note(n: dict, best: str) -> str:
             f"against the best remedy's {n[f'{best}_minority_f1']} at 1x"
             + (": on this small set much of the remedies' gain is speed, the rare class counts from the first "
                "steps." if caught_up else "."))
-
-
-def _r(x: float) -> float:
-    return float(f"{float(x):.5g}")
 
 
 def run(budget: str = "quick", seed: int = 0) -> Finding:

@@ -37,6 +37,7 @@ from dlforge.data import load_builtin, prepare
 from dlforge.data.augment import build_augment, resolve_augment
 from dlforge.evaluate import evaluate, predict_outputs
 from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import significant as _r
 from dlforge.models import build
 from dlforge.models.ensemble import from_models
 from dlforge.train import EarlyStopping, fit, seed_everything
@@ -168,10 +169,6 @@ def _figure(numbers: dict, names: list[str]):
     b.set(title="Ensemble vs its members")
     b.legend(fontsize=8)
     return fig
-
-
-def _r(x: float) -> float:
-    return float(f"{float(x):.5g}")
 
 
 def run(budget: str = "quick", seed: int = 0) -> Finding:
