@@ -25,6 +25,7 @@ import yaml
 
 import dlforge.tune.report as report_module
 import dlforge.tune.study as study_module
+import dlforge.tune.storage as storage_module
 from dlforge.config import load_config, validate_config
 from dlforge.errors import ConfigError
 from dlforge.evaluate import cross_validate
@@ -260,5 +261,5 @@ def test_pruning_callback_reports_and_stops() -> None:
 
 
 def test_doctests() -> None:
-    for module in (study_module, report_module):
+    for module in (study_module, storage_module, report_module):
         assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
