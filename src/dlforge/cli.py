@@ -397,6 +397,13 @@ def datasets(as_json: bool = typer.Option(False, "--json", help="print as JSON")
     out_console.print(table)
 
 
+from dlforge.registry.cli import keys_app, registry_app  # noqa: E402  (light: imports the store lazily)
+from dlforge.serve.cli import serve_command  # noqa: E402  (light: imports FastAPI lazily)
+
+app.add_typer(registry_app, name="registry", help="The versioned model store: register, list, alias, roll back.")
+app.add_typer(keys_app, name="keys", help="API keys for dlforge serve (stored hashed).")
+app.command("serve")(serve_command)
+
 lab_app = typer.Typer(no_args_is_help=True, help="The lab: thirty claims of the guide, each tested by a measured experiment.")
 app.add_typer(lab_app, name="lab")
 

@@ -32,3 +32,15 @@ class DataError(DlforgeError):
 
 class ArtifactError(DlforgeError):
     """A saved model folder is missing files, names an unknown arch or does not match."""
+
+
+class RegistryError(DlforgeError):
+    """A registry request names something invalid or cannot be carried out."""
+
+
+class NotFoundError(RegistryError):
+    """An unknown model, version, alias or API key (the server answers 404)."""
+
+
+class ConflictError(RegistryError):
+    """A change that would break something in use, e.g. deleting an aliased version (409)."""

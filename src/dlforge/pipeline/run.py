@@ -48,9 +48,11 @@ from dlforge.errors import ConfigError, DataError, DlforgeError
 from dlforge.evaluate import Evaluation, evaluate
 from dlforge.evaluate.report import write_report
 from dlforge.pipeline.data import load_data, load_forecast, source_family
-from dlforge.models import build
+from dlforge.models import build, spec_of
 from dlforge.pipeline.model import build_model
 from dlforge.registry import load_artifact, save_artifact
+from dlforge.registry.artifact import Artifact
+from dlforge.registry.reference import build_reference
 from dlforge.train import (
     Callback, Checkpoint, EarlyStopping, FitResult, GradientMonitor, HistoryWriter, NanGuard, ProgressBar,
     evaluate_loss, fit, resolve_loss, seed_everything,
@@ -283,12 +285,26 @@ def _finish_run(cfg: RunConfig, run_dir: Path, model: nn.Module, prepared: Prepa
     if transfer is not None:
         training["pretrained"] = {"source": str(cfg.model.get("pretrained")), "loaded": len(transfer.loaded),
                                   "skipped": transfer.skipped}
+    if prepared.task != "mlm":  # the server's drift monitor compares live requests with this
+        training["reference"] = _drift_reference(model, prepared, x_sample)
     save_artifact(model, run_dir / "model", task=prepared.task, class_names=prepared.class_names,
                   preprocessing=prepared.preprocessing, metrics=metrics, training=training, overwrite=True)
     _write_json(run_dir / "metrics.json", metrics)
     write_report(run_dir)
     return RunOutcome(run_dir=run_dir, result=result, metrics=metrics, prepared=prepared, model=model,
                       evaluation=evaluation, diagnoses=diagnoses)
+
+
+def _drift_reference(model: nn.Module, prepared: Prepared, x_sample: torch.Tensor) -> dict[str, Any]:
+    """Training-input and prediction statistics the server's drift monitor compares with.
+
+    The predictions go through ``Artifact.predict`` on the in-memory model, so they are in
+    the units the server answers in (a forecaster's series units, class labels)."""
+    meta = {"spec": spec_of(model), "task": prepared.task, "class_names": prepared.class_names,
+            "preprocessing": prepared.preprocessing,
+            "input_signature": {"shape": [None, *prepared.input_shape]}}
+    outputs = Artifact(model=model, meta=meta, path=Path(".")).predict(x_sample)
+    return build_reference(x_sample, outputs, prepared.task, prepared.preprocessing)
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -1,9 +1,30 @@
-"""Model artifacts (and, later, the versioned model store).
+"""Model artifacts and the versioned model store.
+
+The names load on first use, so ``dlforge registry ...`` and ``dlforge keys ...`` do not
+pay for importing torch unless they need it.
 
 Example:
-    >>> from dlforge.registry import save_artifact, load_artifact
+    >>> from dlforge.registry import Registry, load_artifact, save_artifact
 """
 
-from dlforge.registry.artifact import Artifact, load_artifact, save_artifact
+from __future__ import annotations
 
-__all__ = ["Artifact", "load_artifact", "save_artifact"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Artifact": "dlforge.registry.artifact",
+    "load_artifact": "dlforge.registry.artifact",
+    "save_artifact": "dlforge.registry.artifact",
+    "ModelVersion": "dlforge.registry.store",
+    "Registry": "dlforge.registry.store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+__all__ = sorted(_EXPORTS)

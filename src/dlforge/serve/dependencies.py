@@ -1,0 +1,159 @@
+"""Shared FastAPI dependencies: the app's registry, pool and metrics, and the API-key checks.
+
+Keys travel as ``Authorization: Bearer dlf_...``. ``HTTPBearer`` makes the OpenAPI document
+declare the scheme; ``auto_error=False`` lets us answer in the server's own error shape.
+A key is checked against the registry (which stores only its sha256) and the answer is
+cached for a few seconds, so a busy predict route does not hit the database per request;
+a revoked key therefore stops working within ``KEY_CACHE_SECONDS``.
+
+Example:
+    >>> from fastapi import APIRouter, Depends
+    >>> router = APIRouter(dependencies=[Depends(require_admin_key)])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Path, Request, Security
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from dlforge.registry.names import validate_name
+from dlforge.serve.security import ApiError
+
+if TYPE_CHECKING:  # imported for annotations only: the app wires the real objects in its lifespan
+    from dlforge.registry.store import Registry
+    from dlforge.serve.monitor import Metrics
+    from dlforge.serve.pool import ModelPool
+
+KEY_CACHE_SECONDS = 5.0
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+bearer = HTTPBearer(auto_error=False, scheme_name="apiKey",
+                    description="An API key from `dlforge keys create` (predict) or `--admin`.")
+
+
+def get_registry(request: Request) -> Registry:
+    """The app's Registry (``app.state.registry``)."""
+    return request.app.state.registry
+
+
+def get_pool(request: Request) -> ModelPool:
+    """The app's ModelPool (``app.state.pool``)."""
+    return request.app.state.pool
+
+
+def get_metrics(request: Request) -> Metrics:
+    """The app's Metrics (``app.state.metrics``)."""
+    return request.app.state.metrics
+
+
+def model_name(name: Annotated[str, Path(description="A model name: letters, digits, '.', '_', '-'.",
+                                         pattern=NAME_PATTERN, max_length=128)]) -> str:
+    """The ``{name}`` path parameter, URL-decoded and validated (RegistryError -> 400).
+
+    Example:
+        >>> model_name("iris%2Dmlp")
+        'iris-mlp'
+    """
+    return validate_name(name, "model name")
+
+
+class KeyCache:
+    """Roles of recently seen keys for ``ttl`` seconds, keyed by the key's sha256.
+
+    Example:
+        >>> cache = KeyCache(ttl=5.0)
+        >>> cache.put("dlf_x", "admin", now=0.0); cache.get("dlf_x", now=1.0)
+        'admin'
+        >>> cache.get("dlf_x", now=6.0) is None
+        True
+    """
+
+    def __init__(self, ttl: float = KEY_CACHE_SECONDS, max_entries: int = 4096) -> None:
+        self.ttl, self.max_entries = ttl, max_entries
+        self._roles: dict[str, tuple[str, float]] = {}  # digest -> (role or "", expiry)
+
+    @staticmethod
+    def _digest(key: str) -> str:
+        return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def get(self, key: str, now: float | None = None) -> str | None:
+        """The cached role ("admin", "predict", "" for unknown), or None when not cached."""
+        hit = self._roles.get(self._digest(key))
+        if hit is None or hit[1] <= (time.monotonic() if now is None else now):
+            return None
+        return hit[0]
+
+    def put(self, key: str, role: str | None, now: float | None = None) -> None:
+        if len(self._roles) >= self.max_entries:  # bounded: random keys from a scanner must not grow it
+            self._roles.clear()
+        self._roles[self._digest(key)] = (role or "", (time.monotonic() if now is None else now) + self.ttl)
+
+    def clear(self) -> None:
+        self._roles.clear()
+
+
+def key_cache_of(app: Any) -> KeyCache:
+    """``app``'s KeyCache (created on first use; one per app, so test apps never share one)."""
+    cache = getattr(app.state, "key_cache", None)
+    if cache is None:
+        cache = app.state.key_cache = KeyCache()
+    return cache
+
+
+def key_cache(request: Request) -> KeyCache:
+    """The KeyCache of the app serving ``request``."""
+    return key_cache_of(request.app)
+
+
+def _auth_required(request: Request) -> bool:
+    settings = getattr(request.app.state, "settings", None)
+    return True if settings is None else settings.require_keys
+
+
+async def _role(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str:
+    """The role of the request's key; ApiError 401 when it has none or an unknown one."""
+    if credentials is None or not credentials.credentials:
+        raise ApiError(401, "unauthorized", "this route needs an API key",
+                       hint="send the header 'Authorization: Bearer <key>'; create a key with `dlforge keys create`",
+                       headers={"WWW-Authenticate": 'Bearer realm="dlforge"'})
+    key = credentials.credentials
+    cache = key_cache(request)
+    role = cache.get(key)
+    if role is None:
+        role = await run_in_threadpool(get_registry(request).check_key, key) or ""
+        cache.put(key, role)
+    if not role:  # the key itself is never echoed back
+        raise ApiError(401, "unauthorized", "the API key is not valid (unknown or revoked)",
+                       hint="check the key, or ask an admin for a new one",
+                       headers={"WWW-Authenticate": 'Bearer realm="dlforge", error="invalid_token"'})
+    return role
+
+
+async def require_predict_key(request: Request,
+                              credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> str:
+    """Dependency: a predict or admin key (returns the role; "open" when keys are off).
+
+    Example:
+        >>> from fastapi import Depends
+        >>> def predict(role: str = Depends(require_predict_key)): ...
+    """
+    if not _auth_required(request):
+        return "open"
+    return await _role(request, credentials)
+
+
+async def require_admin_key(request: Request,
+                            credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> str:
+    """Dependency: an admin key; 401 without a valid key, 403 for a predict-only key."""
+    if not _auth_required(request):
+        return "open"
+    role = await _role(request, credentials)
+    if role != "admin":
+        raise ApiError(403, "forbidden", "this route needs an admin key; the key given may only predict",
+                       hint="use a key created with `dlforge keys create --admin`")
+    return role

@@ -1,0 +1,275 @@
+"""JSON inputs of a predict request -> the model-ready tensor, or a 422 naming the field.
+
+What a model accepts follows from its artifact (``model.json``):
+
+* text models (int64 token ids): strings, encoded with the stored tokenizer, or lists of
+  exactly ``max_len`` integer ids in ``[0, vocab_size)``;
+* tabular models: rows as objects ``{column: value}`` (raw columns, encoded and
+  standardised with the stored preprocessing, like ``dlforge predict``), or numeric lists
+  of the encoded width;
+* every other model (images, sequences): nested numeric lists of exactly the per-sample
+  shape of ``input_signature``.
+
+Numbers are encoded values before standardisation: the server applies the stored
+standardisation (and a forecaster's series scale) exactly as ``Artifact.encode`` does for
+an array, so a client sends what it would give ``dlforge predict``, never scaled values.
+Strings are never read as file paths: the server opens no file a client names.
+NaN and infinity are rejected (Python's ``json`` writes and reads them).
+
+Example:
+    >>> import tempfile
+    >>> from dlforge.models import build
+    >>> from dlforge.registry import load_artifact, save_artifact
+    >>> art = load_artifact(save_artifact(build({"arch": "mlp", "hidden": [8]}, input_shape=(4,), num_outputs=3),
+    ...                                   tempfile.mkdtemp() + "/m", task="classification"))
+    >>> spec = InputSpec.of(art)
+    >>> encode_inputs(spec, art, [[0, 1, 2, 3]]).shape
+    torch.Size([1, 4])
+    >>> encode_inputs(spec, art, [[0, 1, 2]])
+    Traceback (most recent call last):
+    ...
+    fastapi.exceptions.RequestValidationError: 1 validation error:
+      {'loc': ('body', 'inputs', 0), 'msg': 'expected shape [4], got [3]', 'type': 'value_error'}
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi.exceptions import RequestValidationError
+
+from dlforge.data import encode_array
+from dlforge.errors import DlforgeError
+from dlforge.registry.artifact import Artifact
+
+MAX_ERRORS = 10  # a 422 lists at most this many fields: a huge bad request must not echo back
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class _Invalid(Exception):
+    """One bad field: where (path below ``inputs``) and why."""
+
+    def __init__(self, loc: tuple[int | str, ...], msg: str) -> None:
+        super().__init__(msg)
+        self.loc, self.msg = loc, msg
+
+
+def invalid(errors: list[tuple[tuple[int | str, ...], str]]) -> RequestValidationError:
+    """A 422 in FastAPI's own format, so one handler formats every validation error.
+
+    Example:
+        >>> invalid([((3,), "expected shape [4], got [5]")]).errors()[0]["loc"]
+        ('body', 'inputs', 3)
+    """
+    return RequestValidationError(
+        [{"loc": ("body", "inputs", *loc), "msg": msg, "type": "value_error"} for loc, msg in errors[:MAX_ERRORS]]
+    )
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one model accepts, read once from its artifact when the model loads."""
+
+    kind: str  # "text", "tabular" or "array"
+    shape: tuple[int, ...]  # per-sample shape of the model-ready tensor
+    integer: bool  # int64 token ids rather than float32 values
+    vocab_size: int | None  # token ids must lie in [0, vocab_size)
+    has_tokenizer: bool  # strings can be encoded
+    columns: tuple[str, ...]  # raw columns of a tabular model (empty: rows as objects are not accepted)
+
+    @classmethod
+    def of(cls, artifact: Artifact) -> InputSpec:
+        """Read the input rules of ``artifact``."""
+        encoding = artifact.preprocessing.get("encoding") or {}
+        integer = artifact.meta["input_signature"].get("dtype") == "int64"
+        vocab = encoding.get("vocab_size") or artifact.meta.get("spec", {}).get("vocab_size")
+        if integer and vocab is None and "tokenizer" in encoding:
+            from tokenizers import Tokenizer  # only for encodings saved without vocab_size
+
+            vocab = Tokenizer.from_str(encoding["tokenizer"]).get_vocab_size()
+        kind = "text" if integer else ("tabular" if encoding.get("kind") == "tabular" else "array")
+        return cls(kind=kind, shape=tuple(artifact.input_shape), integer=integer,
+                   vocab_size=None if vocab is None else int(vocab), has_tokenizer="tokenizer" in encoding,
+                   columns=tuple(encoding.get("columns", ())) if kind == "tabular" else ())
+
+    def describe(self) -> str:
+        """One line saying what an item of ``inputs`` must be (used in error messages)."""
+        shape = list(self.shape)
+        if self.kind == "text":
+            ids = f"a list of {shape[0]} integer token ids"
+            return f"a string or {ids}" if self.has_tokenizer else ids
+        if self.kind == "tabular" and self.columns:
+            return f"an object with the columns {list(self.columns)} or a list of {shape[0]} numbers"
+        one = "a number or " if shape == [1] else ""
+        return f"{one}a nested list of numbers of shape {shape}"
+
+
+def encode_inputs(spec: InputSpec, artifact: Artifact, inputs: list[Any]) -> torch.Tensor:
+    """The model-ready tensor ``(N, *spec.shape)`` for ``inputs``; RequestValidationError if any item is bad."""
+    fast = _numeric_batch(spec, inputs)
+    if fast is not None:
+        return _standardise(fast, artifact)
+    errors: list[tuple[tuple[int | str, ...], str]] = []
+    rows: list[torch.Tensor | None] = [None] * len(inputs)
+    texts, text_at, records, record_at = [], [], [], []
+    for i, item in enumerate(inputs):
+        try:
+            if isinstance(item, str) and spec.kind == "text" and spec.has_tokenizer:
+                texts.append(item)
+                text_at.append(i)
+            elif isinstance(item, dict) and spec.kind == "tabular" and spec.columns:
+                _check_record(item, (i,))
+                records.append(item)
+                record_at.append(i)
+            elif isinstance(item, list):
+                rows[i] = _numeric_item(spec, item, (i,))
+            elif isinstance(item, (int, float)) and not isinstance(item, bool) and spec.shape == (1,):
+                _check_number(item, (i,), spec)  # a bare number is a one-number sample
+                rows[i] = _numeric_item(spec, [item], (i,))
+            else:
+                raise _Invalid((i,), f"expected {spec.describe()}, got {_type_name(item)}")
+        except _Invalid as bad:
+            errors.append((bad.loc, bad.msg))
+        if len(errors) >= MAX_ERRORS:
+            break
+    if not errors and texts:
+        for i, row in zip(text_at, _encode_texts(artifact, texts)):
+            rows[i] = row
+    if not errors and records:
+        encoded, errors = _encode_records(artifact, records, record_at)
+        for i, row in zip(record_at, encoded):
+            rows[i] = row
+    if errors:
+        raise invalid(errors)
+    numeric = [i for i in range(len(rows)) if i not in set(text_at) | set(record_at)]
+    if numeric:  # texts and records come back from Artifact.encode already standardised
+        for i, row in zip(numeric, _standardise(torch.stack([rows[i] for i in numeric]), artifact)):
+            rows[i] = row
+    return torch.stack(rows)  # type: ignore[arg-type]  # every slot is filled when there is no error
+
+
+def _standardise(x: torch.Tensor, artifact: Artifact) -> torch.Tensor:
+    """Apply the artifact's stored standardisation to numeric samples (token ids and
+    models saved without preprocessing pass through unchanged)."""
+    prep = artifact.preprocessing
+    if x.dtype == torch.int64 or not prep.get("encoding") or not (prep.get("standardize") or prep.get("target_scale")):
+        return x
+    return encode_array(x, prep)
+
+
+# ------------------------------------------------------------------------------ numbers
+def _numeric_batch(spec: InputSpec, inputs: list[Any]) -> torch.Tensor | None:
+    """All items as one numpy conversion when they form a clean numeric array (the usual
+    case, and fast); None sends the request down the per-item path that names the bad field."""
+    try:
+        arr = np.asarray(inputs)
+    except (ValueError, TypeError, OverflowError):  # ragged or mixed lists
+        return None
+    if arr.dtype.kind not in "iuf" or arr.shape[1:] != spec.shape:
+        return None
+    if spec.integer:
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr) & (np.mod(arr, 1) == 0)):
+            return None
+        if spec.vocab_size is not None and arr.size and (arr.min() < 0 or arr.max() >= spec.vocab_size):
+            return None
+        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64))
+    x = arr.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        return None
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _numeric_item(spec: InputSpec, item: list, loc: tuple[int | str, ...]) -> torch.Tensor:
+    """One sample given as (nested) numbers, checked value by value."""
+    _check_nested(item, spec.shape, loc, spec)
+    dtype = np.int64 if spec.integer else np.float32
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(item, dtype=np.float64).astype(dtype)))
+
+
+def _check_nested(value: Any, shape: tuple[int, ...], loc: tuple[int | str, ...], spec: InputSpec) -> None:
+    if not shape:
+        _check_number(value, loc, spec)
+        return
+    if not isinstance(value, list) or len(value) != shape[0]:
+        raise _Invalid(loc, f"expected shape {list(shape)}, got {_shape_of(value)}")
+    for j, sub in enumerate(value):
+        _check_nested(sub, shape[1:], (*loc, j), spec)
+
+
+def _check_number(value: Any, loc: tuple[int | str, ...], spec: InputSpec) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        what = "an integer token id" if spec.integer else "a number"
+        raise _Invalid(loc, f"expected {what}, got {_type_name(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Invalid(loc, "not a finite number")
+    if spec.integer:
+        if isinstance(value, float) and not value.is_integer():
+            raise _Invalid(loc, f"expected an integer token id, got {value!r}")
+        if spec.vocab_size is not None and not 0 <= value < spec.vocab_size:
+            raise _Invalid(loc, f"token id {int(value)} is outside the vocabulary [0, {spec.vocab_size})")
+    elif abs(value) > FLOAT32_MAX:
+        raise _Invalid(loc, "not a finite number (outside the float32 range)")
+
+
+def _shape_of(value: Any) -> list[int]:
+    """The shape a nested list claims, following first elements (scalars: [])."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
+def _type_name(value: Any) -> str:
+    names = {bool: "a boolean", str: "a string", dict: "an object", list: "a list", type(None): "null",
+             int: "a number", float: "a number"}
+    return names.get(type(value), type(value).__name__)
+
+
+# ------------------------------------------------------------------------ text and rows
+def _encode_texts(artifact: Artifact, texts: list[str]) -> torch.Tensor:
+    return artifact.encode(texts)  # (N, max_len) int64 ids, the stored tokenizer
+
+
+def _check_record(record: dict, loc: tuple[int | str, ...]) -> None:
+    for column, value in record.items():
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise _Invalid((*loc, column), f"expected a string, a number or null, got {_type_name(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _Invalid((*loc, column), "not a finite number")
+
+
+def _encode_records(
+    artifact: Artifact, records: list[dict], where: list[int]
+) -> tuple[list[torch.Tensor], list[tuple[tuple[int | str, ...], str]]]:
+    """Raw rows through the stored preprocessing; on failure, row by row to name the bad one."""
+    try:
+        x = artifact.encode(records)  # (N, F)
+        if bool(torch.isfinite(x).all()):
+            return list(x), []
+    except DlforgeError:
+        pass
+    errors = []
+    for i, record in zip(where, records):
+        try:
+            row = artifact.encode([record])
+        except DlforgeError as err:
+            errors.append(((i,), _without_source(err)))
+        else:
+            if not bool(torch.isfinite(row).all()):
+                errors.append(((i,), "not a finite number in this row"))
+        if len(errors) >= MAX_ERRORS:
+            break
+    return [], errors
+
+
+def _without_source(err: DlforgeError) -> str:
+    """The data layer's message without its "the given rows: " prefix and row number, plus the hint."""
+    msg = err.message.removeprefix("the given rows: ").replace(" at row 1", "").replace(" row 1", " it")
+    return f"{msg} ({err.hint})" if err.hint else msg

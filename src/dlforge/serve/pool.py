@@ -1,0 +1,344 @@
+"""The models a server holds in memory, and the hot swap that changes them without failing a request.
+
+The pool serves, for each model name, every version an alias points at plus the latest
+version. :meth:`ModelPool.refresh` reads the registry, loads what is missing (in a thread,
+each with its own :class:`DynamicBatcher` and :class:`DriftMonitor`), builds a complete
+new routing table and installs it in one assignment: a request sees either the old table
+or the new one, never a half-built one. Versions no longer wanted are retired afterwards:
+the pool waits until no request holds them, then stops their batchers (which drains their
+queues). A poll loop calls ``refresh`` whenever ``registry.revision()`` changes, so an
+alias moved by another process (``dlforge registry alias``, another replica) takes
+effect within ``poll_interval`` seconds.
+
+Example:
+    >>> pool = ModelPool(registry, settings, metrics)  # doctest: +SKIP
+    >>> await pool.refresh(force=True)                  # doctest: +SKIP
+    >>> model, variant, shadow = pool.resolve("iris", version=None, alias=None, sticky_id="u1")  # doctest: +SKIP
+    >>> with model.lease():                             # doctest: +SKIP
+    ...     out = await model.batcher.submit(x)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from dlforge.compress import quantize_dynamic_int8
+from dlforge.errors import DlforgeError, NotFoundError
+from dlforge.registry.artifact import Artifact, load_artifact
+from dlforge.registry.store import ModelVersion, Registry
+from dlforge.serve.batching import DynamicBatcher
+from dlforge.serve.inputs import InputSpec
+from dlforge.serve.monitor import DriftMonitor, Metrics
+from dlforge.serve.routing import Experiment, TrafficConfig, choose_variant
+from dlforge.serve.settings import ServeSettings
+
+log = logging.getLogger("dlforge.serve")
+RETIRE_TIMEOUT_S = 30.0  # a request holding a retired model longer than this is not waited for
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """One version in memory: the artifact, its batcher, its drift monitor and its input rules."""
+
+    name: str
+    version: int
+    sha256: str
+    created: str
+    artifact: Artifact
+    batcher: DynamicBatcher
+    drift: DriftMonitor
+    inputs: InputSpec
+    active: int = 0  # requests holding this model (it is not stopped while any does)
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[LoadedModel]:
+        """Hold the model for one request; take it right after ``resolve``, with no await between."""
+        self.acquire()
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def acquire(self) -> None:
+        """Hold the model (a hot swap does not stop it until every holder releases it)."""
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+
+
+@dataclass(frozen=True)
+class _Table:
+    """The routing table: replaced as a whole, never edited in place."""
+
+    models: dict[str, dict[int, LoadedModel]] = field(default_factory=dict)  # name -> version -> model
+    aliases: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> alias -> version
+    latest: dict[str, int] = field(default_factory=dict)
+    traffic: dict[str, TrafficConfig | None] = field(default_factory=dict)
+    missing: tuple[str, ...] = ()  # served names with no loadable version (the pool is not ready)
+
+
+def _predict_fn(artifact: Artifact, drift: DriftMonitor):
+    """What the batcher's worker thread runs on a batch: the model, then the drift window."""
+    preprocessing = artifact.preprocessing
+
+    def run(x: torch.Tensor) -> dict[str, Any]:
+        with torch.inference_mode():
+            outputs = artifact.predict(x)
+        try:  # monitoring must never fail a prediction
+            drift.observe(x, preprocessing, outputs)
+        except Exception:
+            log.exception("drift monitor failed for %s", artifact.meta.get("arch"))
+        return outputs
+
+    return run
+
+
+class ModelPool:
+    """Loaded model versions, the routing table over them and one A/B :class:`Experiment` per name."""
+
+    def __init__(self, registry: Registry, settings: ServeSettings, metrics: Metrics) -> None:
+        self.registry, self.settings, self.metrics = registry, settings, metrics
+        self.experiments: dict[str, Experiment] = {}
+        self._table = _Table()
+        self._revision: int | None = None
+        self.on_change: Callable[[], None] | None = None  # called when the registry's revision moved
+        self._refreshed = False
+        self._lock = asyncio.Lock()
+        self._rng = random.Random()
+        self._loaded_series: set[tuple[str, str, str]] = set()
+
+    # ------------------------------------------------------------------ refresh
+    async def refresh(self, force: bool = False) -> None:
+        """Bring the loaded set in line with the registry; a no-op when its revision did not change."""
+        async with self._lock:
+            revision = await asyncio.to_thread(self.registry.revision)
+            if not force and revision == self._revision:
+                return
+            if revision != self._revision and self.on_change is not None:
+                self.on_change()  # e.g. forget cached API-key roles: a key may have been revoked
+            state = await asyncio.to_thread(self._read_registry)
+            old = self._table
+            loaded = {name: dict(versions) for name, versions in old.models.items()}
+            missing = []
+            for name, (versions, aliases, _) in state.items():
+                by_number = {mv.version: mv for mv in versions}
+                wanted = sorted({*aliases.values(), versions[-1].version} & by_number.keys())
+                current = loaded.get(name, {})
+                fresh = {}
+                for v in wanted:
+                    mv = by_number[v]
+                    if v in current and current[v].sha256 == mv.sha256:
+                        fresh[v] = current[v]
+                        continue
+                    model = await self._load(mv)
+                    if model is not None:
+                        fresh[v] = model
+                loaded[name] = fresh
+                if not fresh:
+                    missing.append(name)
+            wanted_names = self.settings.models or list(state)
+            missing += [n for n in wanted_names if n not in state]
+            models = {name: loaded[name] for name in state}
+            table = _Table(
+                models=models,
+                aliases={name: aliases for name, (_, aliases, _) in state.items()},
+                latest={name: versions[-1].version for name, (versions, _, _) in state.items()},
+                traffic={name: traffic for name, (_, _, traffic) in state.items()},
+                missing=tuple(sorted(set(missing))),
+            )
+            self._table = table  # the hot swap: one assignment
+            self._revision, self._refreshed = revision, True
+            self._update_loaded_gauge(table)
+            keep = {id(m) for versions in models.values() for m in versions.values()}
+            retired = [m for versions in old.models.values() for m in versions.values() if id(m) not in keep]
+            if retired:
+                log.info("unloading %s", ", ".join(f"{m.name} v{m.version}" for m in retired))
+            await asyncio.gather(*(self._retire(m) for m in retired))
+
+    def _read_registry(self) -> dict[str, tuple[list[ModelVersion], dict[str, int], TrafficConfig | None]]:
+        """name -> (versions ascending, aliases, traffic config) for every served model (runs in a thread)."""
+        names = [m["name"] for m in self.registry.models()]
+        if self.settings.models is not None:
+            names = [n for n in names if n in self.settings.models]
+        state = {}
+        for name in names:
+            try:
+                versions = self.registry.versions(name)
+                aliases = self.registry.aliases(name)
+                raw = self.registry.traffic(name)
+            except NotFoundError:  # deleted between models() and here
+                continue
+            if not versions:
+                continue
+            traffic = None
+            if raw is not None:
+                try:
+                    traffic = TrafficConfig.model_validate(raw)
+                except ValidationError as err:
+                    log.error("ignoring the traffic config of %s: %s", name, err)
+            state[name] = (versions, aliases, traffic)
+        return state
+
+    async def _load(self, mv: ModelVersion) -> LoadedModel | None:
+        """Load one version and start its batcher; None (logged) when the artifact cannot be loaded."""
+        started = time.perf_counter()
+        try:
+            artifact = await asyncio.to_thread(load_artifact, mv.path)
+            if self.settings.quantize == "int8":  # the stored artifact stays fp32
+                artifact.model = await asyncio.to_thread(quantize_dynamic_int8, artifact.model)
+            inputs = InputSpec.of(artifact)
+        except (DlforgeError, OSError, KeyError, ValueError) as err:
+            log.error("cannot load %s v%d: %s", mv.name, mv.version, err)
+            return None
+        name, version = mv.name, mv.version
+        drift = DriftMonitor(
+            artifact.meta.get("training", {}).get("reference"),
+            window=self.settings.drift_window,
+            name=f"{name} v{version}",
+            on_report=lambda report: self.metrics.set_drift(name, version, report),
+        )
+        batcher = DynamicBatcher(
+            _predict_fn(artifact, drift),
+            max_batch_size=self.settings.max_batch_size,
+            max_wait_ms=self.settings.max_wait_ms,
+            max_queue=self.settings.max_queue,
+            observer=self.metrics.observer(name, version),
+        )
+        await batcher.start()
+        log.info("loaded %s v%d in %.2f s", name, version, time.perf_counter() - started)
+        return LoadedModel(name=name, version=version, sha256=mv.sha256, created=mv.created,
+                           artifact=artifact, batcher=batcher, drift=drift, inputs=inputs)
+
+    async def _retire(self, model: LoadedModel) -> None:
+        """Stop a model once no request holds it; its batcher drains what is queued."""
+        deadline = time.monotonic() + RETIRE_TIMEOUT_S
+        while model.active > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        await model.batcher.stop()
+        self.metrics.forget(model.name, model.version)
+
+    async def poll(self) -> None:
+        """Refresh whenever the registry's revision changes (run as a task by the app's lifespan)."""
+        while True:
+            await asyncio.sleep(self.settings.poll_interval)
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a registry hiccup must not end polling; the next round retries
+                log.exception("registry poll failed")
+
+    async def close(self) -> None:
+        """Stop every batcher (draining queued requests)."""
+        async with self._lock:
+            table, self._table = self._table, _Table()
+            await asyncio.gather(*(m.batcher.stop() for vs in table.models.values() for m in vs.values()))
+            self._update_loaded_gauge(self._table)
+
+    # ------------------------------------------------------------------ lookup
+    def resolve(
+        self, name: str, *, version: int | None, alias: str | None, sticky_id: str | None
+    ) -> tuple[LoadedModel, str, LoadedModel | None]:
+        """(model that answers, variant label, shadow model or None) for one request.
+
+        An explicit version (label ``"version:N"``) or alias (label: the alias) wins; else
+        the model's traffic config picks an alias (sticky per ``sticky_id``); else the
+        ``production`` alias; else the latest version (label ``"latest"``).
+        """
+        table = self._table
+        versions = table.models.get(name)
+        if not versions:
+            raise NotFoundError(f"model {name!r} is not served here",
+                                hint="GET /v1/models lists the served models")
+        aliases = table.aliases.get(name, {})
+        if version is not None:
+            if version not in versions:
+                raise NotFoundError(
+                    f"version {version} of {name!r} is not loaded (loaded: {sorted(versions)})",
+                    hint="the server loads the latest version and every aliased one: point an alias at it")
+            return versions[version], f"version:{version}", None
+        if alias is not None:
+            if alias not in aliases or aliases[alias] not in versions:
+                raise NotFoundError(f"model {name!r} has no alias {alias!r} (aliases: {sorted(aliases)})",
+                                    hint="set it with PUT /v1/models/{name}/aliases/{alias}")
+            return versions[aliases[alias]], alias, None
+        config = table.traffic.get(name)
+        if config is not None:
+            chosen = choose_variant(config, name, sticky_id, self._rng)
+            if chosen in aliases and aliases[chosen] in versions:
+                shadow = None
+                if config.shadow and aliases.get(config.shadow) in versions and aliases[config.shadow] != aliases[chosen]:
+                    shadow = versions[aliases[config.shadow]]
+                return versions[aliases[chosen]], chosen, shadow
+            log.warning("traffic config of %s names alias %r, which is not set; using the default", name, chosen)
+        if "production" in aliases and aliases["production"] in versions:
+            return versions[aliases["production"]], "production", None
+        latest = table.latest[name] if table.latest.get(name) in versions else max(versions)
+        return versions[latest], "latest", None
+
+    def loaded(self, name: str) -> dict[int, LoadedModel]:
+        """version -> loaded model for ``name`` (empty if none)."""
+        return dict(self._table.models.get(name, {}))
+
+    def traffic(self, name: str) -> TrafficConfig | None:
+        """The A/B traffic config in force for ``name`` (None: no split)."""
+        return self._table.traffic.get(name)
+
+    def experiment(self, name: str) -> Experiment:
+        """The A/B experiment record of ``name``, created on first use."""
+        if name not in self.experiments:
+            self.experiments[name] = Experiment()
+        return self.experiments[name]
+
+    def ready(self) -> bool:
+        """True once the first refresh is done and every served model has a loaded version."""
+        return self._refreshed and not self._table.missing
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Per served model: loaded versions (with their aliases and queue), aliases, traffic (no paths)."""
+        table = self._table
+        out = []
+        for name in sorted(table.models):
+            aliases = table.aliases.get(name, {})
+            traffic = table.traffic.get(name)
+            out.append({
+                "name": name,
+                "latest": table.latest.get(name),
+                "aliases": dict(sorted(aliases.items())),
+                "traffic": None if traffic is None else traffic.model_dump(),
+                "versions": [
+                    {"version": v, "aliases": sorted(a for a, av in aliases.items() if av == v),
+                     "latest": v == table.latest.get(name), "task": m.artifact.task,
+                     "queue": m.batcher.queue_size, "created": m.created}
+                    for v, m in sorted(table.models[name].items())
+                ],
+            })
+        return out
+
+    # ------------------------------------------------------------------ gauges
+    def _update_loaded_gauge(self, table: _Table) -> None:
+        series = set()
+        for name, versions in table.models.items():
+            aliases = table.aliases.get(name, {})
+            for v in versions:
+                labels = [a for a, av in aliases.items() if av == v]
+                if v == table.latest.get(name):
+                    labels.append("latest")
+                series |= {(name, str(v), a) for a in labels or [""]}
+        for labels in self._loaded_series - series:
+            with contextlib.suppress(KeyError):
+                self.metrics.loaded.remove(*labels)
+        for labels in series:
+            self.metrics.loaded.labels(*labels).set(1)
+        self._loaded_series = series

@@ -1,0 +1,42 @@
+"""Liveness, readiness and Prometheus metrics: open routes for load balancers and monitoring.
+
+``/healthz`` answers while the process runs; ``/readyz`` only once the models are loaded
+(503 before, so a load balancer sends no traffic to a replica still loading);
+``/metrics`` is the Prometheus text format of this app's own collector registry.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
+
+from dlforge.serve.dependencies import get_metrics, get_pool
+from dlforge.serve.monitor import Metrics
+from dlforge.serve.pool import ModelPool
+from dlforge.serve.schemas import HealthResponse, ReadyResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=HealthResponse)
+async def healthz() -> HealthResponse:
+    """The process is up."""
+    return HealthResponse(status="ok")
+
+
+@router.get("/readyz", response_model=ReadyResponse,
+            responses={503: {"model": ReadyResponse, "description": "models are still loading (or failed to)"}})
+async def readyz(pool: ModelPool = Depends(get_pool)) -> Response:
+    """200 with the served model names once every served model has a loaded version; 503 before."""
+    names = [m["name"] for m in pool.snapshot()]
+    if not pool.ready():
+        return JSONResponse(ReadyResponse(status="loading", models=names).model_dump(), status_code=503)
+    return JSONResponse(ReadyResponse(status="ready", models=names).model_dump())
+
+
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+async def metrics(metrics: Metrics = Depends(get_metrics)) -> Response:
+    """Requests, errors, latency, batch sizes, queue time, loaded versions and drift, by label."""
+    body, content_type = metrics.render()
+    return Response(content=body, media_type=content_type)

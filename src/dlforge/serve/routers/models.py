@@ -1,0 +1,58 @@
+"""What the registry holds and what this server has loaded: GET /v1/models and /v1/models/{name}.
+
+Storage paths are never shown; a version is named by its number and content hash.
+
+Example::
+
+    GET /v1/models       -> [{"name": "iris", "latest_version": 2, "versions": 2,
+                              "aliases": {"production": 1, "candidate": 2}, "loaded_versions": [1, 2], ...}]
+    GET /v1/models/iris  -> {"name": "iris", "versions": [{"version": 1, "sha256": "...", "metrics": {...},
+                              "input_signature": {"shape": [null, 4], "dtype": "float32"}, "loaded": true}, ...]}
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from dlforge.registry.store import Registry
+from dlforge.serve.dependencies import get_pool, get_registry, model_name, require_predict_key
+from dlforge.serve.pool import ModelPool
+from dlforge.serve.routing import TrafficConfig
+from dlforge.serve.schemas import ModelDetail, ModelSummary, VersionInfo, error_responses
+
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(require_predict_key)])
+
+
+@router.get("", response_model=list[ModelSummary], responses=error_responses(401))
+def list_models(registry: Registry = Depends(get_registry), pool: ModelPool = Depends(get_pool)) -> list[ModelSummary]:
+    """Every registered model with its latest version, aliases and the versions loaded here."""
+    return [
+        ModelSummary(name=m["name"], latest_version=m["latest_version"], versions=m["versions"],
+                     aliases=m["aliases"], created=m.get("created"), loaded_versions=sorted(pool.loaded(m["name"])))
+        for m in registry.models()
+    ]
+
+
+@router.get("/{name}", response_model=ModelDetail, responses=error_responses(400, 401, 404))
+def model_detail(name: str = Depends(model_name), registry: Registry = Depends(get_registry),
+                 pool: ModelPool = Depends(get_pool)) -> ModelDetail:
+    """One model's versions (metrics, creation time, hash, task, input signature), aliases and traffic split."""
+    versions = registry.versions(name)  # NotFoundError -> 404
+    aliases = registry.aliases(name)
+    traffic = registry.traffic(name)
+    loaded = pool.loaded(name)
+    return ModelDetail(
+        name=name,
+        latest_version=versions[-1].version,
+        aliases=aliases,
+        traffic=None if traffic is None else TrafficConfig.model_validate(traffic),
+        versions=[
+            VersionInfo(version=mv.version, created=mv.created, sha256=mv.sha256, task=mv.metadata.get("task"),
+                        arch=mv.metadata.get("arch"), class_names=mv.metadata.get("class_names"),
+                        input_signature=mv.metadata.get("input_signature"),
+                        metrics={k: float(v) for k, v in mv.metrics.items() if isinstance(v, (int, float))},
+                        aliases=sorted(a for a, v in aliases.items() if v == mv.version),
+                        loaded=mv.version in loaded)
+            for mv in versions
+        ],
+    )

@@ -1,0 +1,201 @@
+"""Request and response bodies of the server: typed, so ``/openapi.json`` describes them exactly.
+
+Error bodies (``ErrorResponse``, ``error_responses``) come from :mod:`dlforge.serve.security`.
+
+Example:
+    >>> PredictRequest(inputs=[[5.1, 3.5, 1.4, 0.2]], alias="candidate").alias
+    'candidate'
+    >>> PredictRequest.model_json_schema()["properties"]["inputs"]["minItems"]
+    1
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, WithJsonSchema
+
+from dlforge.serve.routing import TrafficConfig
+from dlforge.serve.security import ErrorBody, error_responses
+
+__all__ = [
+    "DriftReport", "DriftResponse", "DriftStat", "ErrorResponse", "ExperimentResponse", "FeedbackRequest",
+    "FeedbackResponse", "HealthResponse", "LatencyStats", "ModelDetail", "ModelSummary", "PredictRequest",
+    "PredictResponse", "ReadyResponse", "SignificanceTest", "VariantStats", "VersionInfo", "error_responses",
+]
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # dlforge.registry.names; '..' is refused too
+
+# One item of "inputs", kept as the client sent it: which forms are allowed depends on the
+# model (see dlforge.serve.inputs), and the route names the bad field itself.
+InputItem = Annotated[Any, WithJsonSchema({
+    "anyOf": [
+        {"type": "number", "description": "a one-number sample (model input shape [1])"},
+        {"type": "string", "description": "a text, for text models (encoded with the stored tokenizer)"},
+        {"type": "array", "items": {}, "description": "a model-ready sample: nested numbers of the "
+                                                      "model's per-sample shape, or token ids"},
+        {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+         "description": "a raw table row {column: value}, for tabular models"},
+    ],
+})]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PredictRequest(_Strict):
+    """Samples to predict and, optionally, which version answers."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"inputs": [[5.1, 3.5, 1.4, 0.2]]},
+        {"inputs": [{"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}],
+         "alias": "candidate"},
+        {"inputs": ["a fine film"], "version": 2},
+    ]})
+
+    inputs: list[InputItem] = Field(
+        ..., min_length=1,
+        description="one item per sample: model-ready nested numbers of the model's per-sample shape "
+                    "(GET /v1/models/{name} shows input_signature), strings for text models, or objects "
+                    "{column: value} for tabular models. At most the server's max_inputs items (1024 by default).")
+    version: int | None = Field(None, ge=1, description="ask this version (it must be loaded); wins over alias")
+    alias: str | None = Field(None, pattern=NAME_PATTERN, description="ask the version this alias points at")
+
+
+class PredictResponse(_Strict):
+    """Predictions for every sample, in request order, and who answered."""
+
+    request_id: str = Field(description="quote it in POST /v1/models/{name}/feedback")
+    model: str
+    version: int
+    variant: str = Field(description='the alias that answered, "version:N", or "latest"')
+    outputs: list[str | float | list[float]] = Field(
+        description="class names (classification) or values (regression: a number per sample, or a list "
+                    "when the model has several outputs)")
+    probabilities: list[list[float]] | None = Field(None, description="class probabilities per sample")
+    class_names: list[str] | None = None
+    latency_ms: float
+
+
+Label = StrictStr | StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)]
+
+
+class FeedbackRequest(_Strict):
+    """The true label of an earlier request, to measure each variant's accuracy."""
+
+    request_id: str = Field(min_length=1, max_length=64)
+    label: Label | list[Label] = Field(
+        description="the true class (name or index); a list with one label per input for a multi-input request")
+
+
+class FeedbackResponse(_Strict):
+    request_id: str
+    recorded: bool
+
+
+class LatencyStats(BaseModel):
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+
+
+class VariantStats(BaseModel):
+    """One variant (alias, "version:N", "latest" or "shadow:alias") of an experiment."""
+
+    requests: int
+    versions: list[int] = Field(default_factory=list, description="the versions that answered")
+    latency_ms: LatencyStats
+    feedback: int
+    correct: int
+    accuracy: float | None = None
+
+
+class SignificanceTest(BaseModel):
+    """Two-proportion z-test of accuracy, control vs treatment."""
+
+    control: str
+    treatment: str
+    z: float | None = None
+    p_value: float | None = None
+    alpha: float | None = None
+    significant: bool
+    min_sample_size: int | None = None
+    samples_still_needed: int | None = None
+
+
+class ExperimentResponse(BaseModel):
+    model: str
+    variants: dict[str, VariantStats]
+    test: SignificanceTest | None = Field(None, description="the first of tests; None until two variants have feedback")
+    tests: list[SignificanceTest] = Field(default_factory=list, description="each treatment against the control")
+
+
+class DriftStat(BaseModel):
+    psi: float | None = None
+    ks: float | None = None
+    drifted: bool = False
+
+
+class DriftReport(BaseModel):
+    """Live inputs of one loaded version against its training reference."""
+
+    version: int
+    available: bool
+    reason: str | None = None
+    n_live: int = 0
+    window: int = 0
+    features: dict[str, DriftStat] = Field(default_factory=dict)
+    prediction: DriftStat | None = None
+    drifted: list[str] = Field(default_factory=list)
+
+
+class DriftResponse(BaseModel):
+    model: str
+    versions: list[DriftReport]
+
+
+class VersionInfo(BaseModel):
+    """One registered version (its storage path is never shown)."""
+
+    version: int
+    created: str
+    sha256: str
+    task: str | None = None
+    arch: str | None = None
+    class_names: list[str] | None = None
+    input_signature: dict[str, Any] | None = Field(None, description='{"shape": [null, ...], "dtype": ...}')
+    metrics: dict[str, float]
+    aliases: list[str]
+    loaded: bool
+
+
+class ModelSummary(BaseModel):
+    name: str
+    latest_version: int
+    versions: int = Field(description="how many versions are registered")
+    aliases: dict[str, int]
+    created: str | None = None
+    loaded_versions: list[int]
+
+
+class ModelDetail(BaseModel):
+    name: str
+    latest_version: int
+    aliases: dict[str, int]
+    traffic: TrafficConfig | None = None
+    versions: list[VersionInfo]
+
+
+class HealthResponse(BaseModel):
+    status: str
+
+
+class ReadyResponse(BaseModel):
+    status: str
+    models: list[str]
+
+
+# Every 4xx/5xx body, {"error": {"code", "message", "hint"?, "fields"?, "request_id"}}: one definition,
+# in the security layer that writes them.
+ErrorResponse = ErrorBody

@@ -1,0 +1,353 @@
+"""The server's guard rails: body limits, content types, path names and error bodies.
+
+``install_security(app)`` adds one pure ASGI middleware (it never buffers a body, so
+streaming and the tar.gz upload keep working) and the exception handlers. Every error the
+server sends has one shape and never carries a stack trace or a file-system path::
+
+    {"error": {"code": "not_found", "message": "...", "hint": "...", "fields": [...],
+               "request_id": "3f2a..."}}
+
+What the middleware refuses before the app sees the request:
+
+- a body over ``settings.max_body_bytes`` (``max_upload_bytes`` on the upload route): 413,
+  from ``Content-Length`` at once or, for chunked bodies, as soon as the count passes it;
+- a POST/PUT/PATCH body that is not ``application/json`` (the upload route: only
+  ``application/gzip``); pickled bytes in particular are refused unread: 415;
+- a ``/v1/models/...`` path whose segments, fully URL-decoded, hold ``..``, a slash, a
+  backslash or a control character, or whose model name or alias fails
+  ``validate_name``: 400. (Starlette decodes ``%2F`` before routing, so this looks at the
+  raw path.)
+
+Every response carries ``X-Request-Id`` (the client's, when it is sane, else a new one).
+
+Example:
+    >>> from fastapi import FastAPI
+    >>> app = FastAPI()
+    >>> install_security(app)
+    >>> error_body("not_found", "no model 'x'", request_id="r1")
+    {'error': {'code': 'not_found', 'message': "no model 'x'", 'request_id': 'r1'}}
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import uuid
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dlforge.errors import ConflictError, DlforgeError, NotFoundError
+from dlforge.registry.names import validate_name
+from dlforge.serve.batching import QueueFullError
+from dlforge.serve.settings import ServeSettings
+
+logger = logging.getLogger("dlforge.serve")
+
+JSON_TYPES = ("application/json",)
+UPLOAD_TYPES = ("application/gzip", "application/x-gzip")
+MODELS_PREFIX = "/v1/models/"
+_UPLOAD_PATH = re.compile(r"^/v1/models/[^/]+/versions/?$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_MAX_FIELDS = 20
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+          405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+          415: "unsupported_media_type", 422: "validation_error", 429: "too_many_requests",
+          500: "internal", 503: "unavailable"}
+
+
+# ----------------------------------------------------------------------------- error bodies
+class ErrorField(BaseModel):
+    """One invalid field of a request: where it is and what is wrong with it."""
+
+    path: str
+    message: str
+    type: str | None = None
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    hint: str | None = None
+    fields: list[ErrorField] | None = None
+    request_id: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response (documented in OpenAPI via ``error_responses``)."""
+
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for the error statuses a route can answer.
+
+    Example:
+        >>> sorted(error_responses(401, 404))
+        [401, 404]
+    """
+    return {s: {"model": ErrorBody, "description": HTTPStatus(s).phrase} for s in statuses}
+
+
+class ApiError(HTTPException):
+    """An HTTP error with the server's error code, hint and fields.
+
+    It is an ``HTTPException`` so FastAPI lets it through body parsing unchanged.
+
+    Example:
+        >>> ApiError(422, "validation_error", "unknown alias 'b'", hint="create it first").code
+        'validation_error'
+    """
+
+    def __init__(self, status_code: int, code: str, message: str, *, hint: str | None = None,
+                 fields: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status_code, detail=message, headers=headers)
+        self.code, self.hint, self.fields = code, hint, fields
+
+
+_ABS_PATH = re.compile(r"(?<![\w.~:/}-])/[^\s'\"`<>|;,(){}\[\]]+|\b[A-Za-z]:\\[^\s'\"`<>|;,(){}]+")
+_KEEP = re.compile(r"^/(v1/[^\s]*|healthz|readyz|metrics|docs|openapi\.json)?$")
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` with absolute file-system paths cut to their last part (API routes are kept).
+
+    Error messages from deeper layers may name a host folder; clients must not see it.
+
+    Example:
+        >>> scrub_paths("cannot read /srv/registry/artifacts/x/model.json; see /v1/models")
+        'cannot read model.json; see /v1/models'
+    """
+    def short(match: re.Match[str]) -> str:
+        found = match.group(0)
+        if _KEEP.match(found):
+            return found
+        parts = [p for p in re.split(r"[/\\]", found) if p]
+        return parts[-1] if parts else "<path>"
+
+    return _ABS_PATH.sub(short, text)
+
+
+def error_body(code: str, message: str, *, hint: str | None = None, fields: list[dict[str, str]] | None = None,
+               request_id: str | None = None) -> dict[str, Any]:
+    """The JSON error body (paths scrubbed; empty keys left out).
+
+    Example:
+        >>> error_body("conflict", "alias 'production' points at version 2", hint="move it first")["error"]["hint"]
+        'move it first'
+    """
+    detail: dict[str, Any] = {"code": code, "message": scrub_paths(message)}
+    if hint:
+        detail["hint"] = scrub_paths(hint)
+    if fields:
+        detail["fields"] = [{k: scrub_paths(v) for k, v in f.items()} for f in fields[:_MAX_FIELDS]]
+    if request_id:
+        detail["request_id"] = request_id
+    return {"error": detail}
+
+
+def request_id(request: Request) -> str:
+    """The id the middleware gave this request (a fresh one where the middleware is absent)."""
+    rid = request.scope.setdefault("state", {}).get("request_id")
+    if rid is None:
+        rid = request.scope["state"]["request_id"] = uuid.uuid4().hex
+    return rid
+
+
+def error_response(request: Request, status: int, code: str, message: str, *, hint: str | None = None,
+                   fields: list[dict[str, str]] | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    """A JSONResponse in the error shape, with this request's id in the body and headers."""
+    rid = request_id(request)
+    body = error_body(code, message, hint=hint, fields=fields, request_id=rid)
+    return JSONResponse(body, status_code=status, headers={**(headers or {}), "X-Request-Id": rid})
+
+
+# ----------------------------------------------------------------------------- handlers
+async def _dlforge_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DlforgeError)
+    if isinstance(exc, NotFoundError):
+        status, code = 404, "not_found"
+    elif isinstance(exc, ConflictError):
+        status, code = 409, "conflict"
+    else:  # e.g. RegistryError -> "registry_error", ArtifactError -> "artifact_error"
+        status, code = 400, re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+    return error_response(request, status, code, exc.message, hint=exc.hint)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    # Only where and why: the offending input may be megabytes, or a secret.
+    fields = [{"path": ".".join(str(p) for p in e.get("loc", ())), "message": str(e.get("msg", ""))[:200],
+               "type": str(e.get("type", ""))} for e in errors]
+    more = f" (first {_MAX_FIELDS} shown)" if len(fields) > _MAX_FIELDS else ""
+    return error_response(request, 422, "validation_error", f"{len(fields)} invalid field(s) in the request{more}",
+                          hint="fix the fields listed and send the request again", fields=fields)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    code = getattr(exc, "code", None) or _CODES.get(status, "error")
+    message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
+    return error_response(request, status, code, message, hint=getattr(exc, "hint", None),
+                          fields=getattr(exc, "fields", None), headers=exc.headers)
+
+
+async def _queue_full(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, QueueFullError)
+    retry = max(1, math.ceil(getattr(exc, "retry_after", 1.0)))
+    return error_response(request, 429, "queue_full", "the model's request queue is full",
+                          hint=f"retry after {retry} s", headers={"Retry-After": str(retry)})
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unhandled error in request %s", request_id(request), exc_info=exc)
+    return error_response(request, 500, "internal", "internal error")
+
+
+# ----------------------------------------------------------------------------- middleware
+def _fully_decoded(segment: str) -> str:
+    for _ in range(5):
+        decoded = unquote(segment)
+        if decoded == segment:
+            break
+        segment = decoded
+    return segment
+
+
+def _path_problem(raw_path: str) -> tuple[str, str, str | None] | None:
+    """(code, message, hint) when a /v1/models/... path must be refused, else None."""
+    if not raw_path.startswith(MODELS_PREFIX):
+        return None
+    segments = raw_path[len(MODELS_PREFIX):].split("/")
+    for segment in segments:
+        text = _fully_decoded(segment)
+        if ".." in text or "/" in text or "\\" in text or any(ord(c) < 32 or ord(c) == 127 for c in text):
+            # The segment is not echoed: it may be a traversal attempt or hold control characters.
+            return ("invalid_path", "the URL path holds '..', an encoded slash, a backslash or a control character",
+                    "model names and aliases use letters, digits, '.', '_' and '-' only")
+    named = [(segments[0], "model name")]
+    if len(segments) > 2 and segments[1] == "aliases":
+        named.append((segments[2], "alias"))
+    for raw, kind in named:
+        if not raw:  # "/v1/models/" or "//": no name to check; routing answers
+            continue
+        try:
+            validate_name(raw, kind)
+        except DlforgeError as exc:
+            return "invalid_name", exc.message, exc.hint
+    return None
+
+
+def _media_type(headers: Headers) -> str:
+    return headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+class SecurityMiddleware:
+    """Request ids, body-size caps, the content-type rule and path checks (pure ASGI)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        given = headers.get("x-request-id", "")
+        rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                MutableHeaders(scope=message)["X-Request-Id"] = rid
+            await send(message)
+
+        settings = getattr(getattr(scope.get("app"), "state", None), "settings", None) or ServeSettings()
+        path = scope.get("path", "")
+        upload = scope["method"] == "POST" and _UPLOAD_PATH.match(path) is not None
+        limit = settings.max_upload_bytes if upload else settings.max_body_bytes
+        problem = self._refusal(scope, headers, upload, limit)
+        if problem is not None:
+            status, code, message, hint = problem
+            body = error_body(code, message, hint=hint, request_id=rid)
+            await JSONResponse(body, status_code=status)(scope, receive, send_with_id)
+            return
+
+        received = 0
+
+        async def capped_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:  # chunked bodies have no Content-Length to check up front
+                    raise ApiError(413, "payload_too_large", f"the request body is over {limit} bytes",
+                                   hint="send a smaller body")
+            return message
+
+        try:
+            await self.app(scope, capped_receive, send_with_id)
+        except Exception:
+            if started:
+                raise
+            logger.exception("unhandled error in request %s", rid)
+            body = error_body("internal", "internal error", request_id=rid)
+            await JSONResponse(body, status_code=500)(scope, receive, send_with_id)
+
+    @staticmethod
+    def _refusal(scope: Scope, headers: Headers, upload: bool,
+                 limit: int) -> tuple[int, str, str, str | None] | None:
+        raw = scope.get("raw_path") or scope.get("path", "").encode()
+        root = scope.get("root_path", "")
+        raw_path = raw.decode("latin-1").split("?")[0]
+        if root and raw_path.startswith(root):
+            raw_path = raw_path[len(root):]
+        bad_path = _path_problem(raw_path)
+        if bad_path is not None:
+            return (400, *bad_path)
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.strip().isdigit():
+                return 400, "bad_request", "the Content-Length header is not a number", None
+            if int(length) > limit:
+                return 413, "payload_too_large", f"the request body is over {limit} bytes", "send a smaller body"
+        has_body = (length is not None and int(length) > 0) or "transfer-encoding" in headers
+        if scope["method"] in ("POST", "PUT", "PATCH") and has_body:
+            allowed = UPLOAD_TYPES if upload else JSON_TYPES
+            if _media_type(headers) not in allowed:
+                return (415, "unsupported_media_type", "this route accepts only " + " or ".join(allowed) + " bodies",
+                        f"send the body with Content-Type: {allowed[0]}")
+        return None
+
+
+def install_security(app: FastAPI) -> None:
+    """Add the security middleware and the exception handlers to ``app``.
+
+    Example:
+        >>> from fastapi import FastAPI
+        >>> app = FastAPI()
+        >>> install_security(app)
+        >>> DlforgeError in app.exception_handlers
+        True
+    """
+    app.add_middleware(SecurityMiddleware)
+    app.add_exception_handler(DlforgeError, _dlforge_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(QueueFullError, _queue_full)
+    app.add_exception_handler(Exception, _internal_error)
