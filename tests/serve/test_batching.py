@@ -254,3 +254,19 @@ def test_cancelled_requests_are_dropped_from_the_queue():
     head, kept, left = run(main())
     assert head["y"].item() == 7.0 and kept["y"].tolist() == [[1.0], [1.0]] and left == 0
     assert observer.sizes == [1, 3]  # the cancelled requests neither ran nor took room
+
+
+def test_a_stop_iteration_in_the_model_fails_the_batch_instead_of_hanging() -> None:
+    def fn(x):
+        next(iter(()))  # e.g. next(model.parameters()) on a model without parameters
+
+    async def main():
+        batcher = DynamicBatcher(fn, max_batch_size=4)
+        await batcher.start()
+        try:
+            with pytest.raises(RuntimeError, match="StopIteration"):
+                await asyncio.wait_for(batcher.submit(torch.zeros(1, 2)), timeout=5)
+        finally:
+            await batcher.stop()
+
+    asyncio.run(main())

@@ -162,7 +162,8 @@ class Artifact:
                 hint="encode raw inputs with Artifact.encode first",
             )
         self.model.eval()
-        device = next(self.model.parameters()).device
+        first = next(self.model.parameters(), None)  # a dynamically quantized MLP has none left
+        device = first.device if first is not None else torch.device("cpu")
         dtype = torch.float32 if torch.is_floating_point(x) else torch.long  # token ids stay integers
         outs = [self.model(x[i : i + batch_size].to(device, dtype)).float().cpu() for i in range(0, len(x), batch_size)]
         out = torch.cat(outs) if outs else torch.empty(0, self.meta["spec"]["num_outputs"])

@@ -254,7 +254,10 @@ class DynamicBatcher:
     def _execute(self, xs: list[torch.Tensor]) -> list[dict[str, Any]]:
         """In the worker thread: concatenate, run ``fn``, split the outputs per request."""
         x = xs[0] if len(xs) == 1 else torch.cat(xs)
-        outputs = self.fn(x)
+        try:
+            outputs = self.fn(x)
+        except StopIteration as err:  # asyncio cannot put StopIteration in a future: it would hang the batch
+            raise RuntimeError(f"the model raised StopIteration: {err!r}") from err
         total, start, per_request = len(x), 0, []
         for part in xs:
             stop = start + len(part)

@@ -36,27 +36,32 @@ bearer = HTTPBearer(auto_error=False, scheme_name="apiKey",
                     description="An API key from `dlforge keys create` (predict) or `--admin`.")
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     """The app's Registry (``app.state.registry``)."""
     return request.app.state.registry
 
 
-def get_pool(request: Request) -> ModelPool:
+async def get_pool(request: Request) -> ModelPool:
     """The app's ModelPool (``app.state.pool``)."""
     return request.app.state.pool
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     """The app's Metrics (``app.state.metrics``)."""
     return request.app.state.metrics
 
 
-def model_name(name: Annotated[str, Path(description="A model name: letters, digits, '.', '_', '-'.",
+async def model_name(name: Annotated[str, Path(description="A model name: letters, digits, '.', '_', '-'.",
                                          pattern=NAME_PATTERN, max_length=128)]) -> str:
     """The ``{name}`` path parameter, URL-decoded and validated (RegistryError -> 400).
 
+    The dependencies here are ``async def``: FastAPI runs a plain ``def`` dependency in
+    its thread pool, a thread hop per request that cost a quarter of the throughput of a
+    small model (benchmarks/serving.py).
+
     Example:
-        >>> model_name("iris%2Dmlp")
+        >>> import asyncio
+        >>> asyncio.run(model_name("iris%2Dmlp"))
         'iris-mlp'
     """
     return validate_name(name, "model name")
@@ -125,7 +130,7 @@ async def _role(request: Request, credentials: HTTPAuthorizationCredentials | No
     cache = key_cache(request)
     role = cache.get(key)
     if role is None:
-        role = await run_in_threadpool(get_registry(request).check_key, key) or ""
+        role = await run_in_threadpool(request.app.state.registry.check_key, key) or ""
         cache.put(key, role)
     if not role:  # the key itself is never echoed back
         raise ApiError(401, "unauthorized", "the API key is not valid (unknown or revoked)",

@@ -29,7 +29,7 @@ from dlforge.errors import DlforgeError
 from dlforge.registry.artifact import load_artifact
 from dlforge.registry.names import validate_name
 from dlforge.registry.store import ModelVersion, Registry
-from dlforge.serve.dependencies import NAME_PATTERN, get_pool, get_registry, model_name, require_admin_key
+from dlforge.serve.dependencies import NAME_PATTERN, model_name, require_admin_key
 from dlforge.serve.inputs import InputSpec
 from dlforge.serve.routing import TrafficConfig
 from dlforge.serve.schemas import VersionInfo
@@ -132,7 +132,7 @@ async def upload_version(
     """Register the uploaded artifact as the next version of ``name``; 201 with the version."""
     if alias is not None:
         alias = validate_name(alias, "alias")  # before the upload is read: a bad alias registers nothing
-    registry, settings = get_registry(request), request.app.state.settings
+    registry, settings = request.app.state.registry, request.app.state.settings
     work = Path(tempfile.mkdtemp(prefix="dlforge-upload-"))
     try:
         archive, size = work / "upload.tar.gz", 0
@@ -147,7 +147,7 @@ async def upload_version(
                                               settings.max_upload_bytes)
     finally:
         await run_in_threadpool(shutil.rmtree, work, True)
-    pool = get_pool(request)
+    pool = request.app.state.pool
     await pool.refresh(force=True)
     return _version_out(mv, aliases, loaded=mv.version in pool.loaded(name))
 
@@ -157,8 +157,8 @@ async def upload_version(
 async def delete_version(request: Request, name: Name,
                          version: Annotated[int, PathParam(ge=1, le=MAX_VERSION)]) -> Deleted:
     """Delete version ``version`` of ``name`` (409 while an alias points at it)."""
-    await run_in_threadpool(get_registry(request).delete, name, version)
-    await get_pool(request).refresh(force=True)
+    await run_in_threadpool(request.app.state.registry.delete, name, version)
+    await request.app.state.pool.refresh(force=True)
     return Deleted(name=name, version=version)
 
 
@@ -166,29 +166,29 @@ async def delete_version(request: Request, name: Name,
 async def set_alias(request: Request, name: Name, alias: AliasParam, body: AliasRequest) -> AliasChange:
     """Create or move ``alias``; the reply says where it pointed before."""
     alias = validate_name(alias, "alias")
-    previous = await run_in_threadpool(get_registry(request).set_alias, name, alias, body.version)
-    await get_pool(request).refresh(force=True)
+    previous = await run_in_threadpool(request.app.state.registry.set_alias, name, alias, body.version)
+    await request.app.state.pool.refresh(force=True)
     return AliasChange(name=name, alias=alias, version=body.version, previous=previous)
 
 
 @router.post("/{name}/rollback", response_model=AliasChange, summary="Move an alias back to its previous version")
 async def rollback(request: Request, name: Name, body: RollbackRequest) -> AliasChange:
     """Undo the last move of ``body.alias``."""
-    alias, registry = validate_name(body.alias, "alias"), get_registry(request)
+    alias, registry = validate_name(body.alias, "alias"), request.app.state.registry
 
     def apply() -> tuple[int | None, int]:
         before = registry.aliases(name).get(alias)
         return before, registry.rollback(name, alias)
 
     before, version = await run_in_threadpool(apply)
-    await get_pool(request).refresh(force=True)
+    await request.app.state.pool.refresh(force=True)
     return AliasChange(name=name, alias=alias, version=version, previous=before)
 
 
 @router.put("/{name}/traffic", response_model=TrafficState, summary="Split traffic between aliases (A/B test)")
 async def set_traffic(request: Request, name: Name, config: TrafficConfig) -> TrafficState:
     """Store the traffic split; every alias in it (the shadow too) must exist (422 otherwise)."""
-    registry = get_registry(request)
+    registry = request.app.state.registry
 
     def apply() -> None:
         registry.versions(name)  # NotFoundError (404) for an unknown model
@@ -206,19 +206,19 @@ async def set_traffic(request: Request, name: Name, config: TrafficConfig) -> Tr
         registry.set_traffic(name, config.model_dump(mode="json"))
 
     await run_in_threadpool(apply)
-    await get_pool(request).refresh(force=True)
+    await request.app.state.pool.refresh(force=True)
     return TrafficState(name=name, traffic=config)
 
 
 @router.delete("/{name}/traffic", response_model=TrafficState, summary="Stop splitting traffic")
 async def clear_traffic(request: Request, name: Name) -> TrafficState:
     """Remove the traffic split of ``name``."""
-    registry = get_registry(request)
+    registry = request.app.state.registry
 
     def apply() -> None:
         registry.versions(name)  # NotFoundError (404) for an unknown model
         registry.set_traffic(name, None)
 
     await run_in_threadpool(apply)
-    await get_pool(request).refresh(force=True)
+    await request.app.state.pool.refresh(force=True)
     return TrafficState(name=name)
