@@ -55,7 +55,7 @@ from dlforge.registry.artifact import Artifact
 from dlforge.registry.reference import build_reference
 from dlforge.train import (
     Callback, Checkpoint, EarlyStopping, FitResult, GradientMonitor, HistoryWriter, NanGuard, ProgressBar,
-    evaluate_loss, fit, resolve_loss, seed_everything,
+    evaluate_loss, fit, resolve_loss,
 )
 from dlforge.train.health import Diagnosis, dead_relu_fraction, diagnose, weight_layer_names
 from dlforge.train.state_io import atomic_write

@@ -50,18 +50,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import (ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError,
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import (DBAPIError, IntegrityError, OperationalError,
                             ProgrammingError)
-from sqlalchemy.pool import StaticPool
 
 from dlforge.errors import ArtifactError, ConflictError, NotFoundError, RegistryError
+from dlforge.registry._db import (WRITE, aliases_t, events_t, keys_t, make_engine, meta_t, metadata, models_t,
+                                  retired_t, versions_t)
 from dlforge.registry.names import validate_name
 
 DEFAULT_URL = "sqlite:///registry/registry.db"
 DEFAULT_ARTIFACTS = "registry/artifacts"
-SQLITE_TIMEOUT_S = 30  # how long a writer waits for another process's SQLite lock
 SCHEMA_VERSION = 1
 KEY_PREFIX = "dlf_"
 KEY_BYTES = 24  # 192 random bits, 32 urlsafe characters after the prefix
@@ -69,47 +68,7 @@ RESERVED_METADATA = ("task", "arch", "class_names", "input_signature")  # always
 _RETRIES = 8  # schema creation races
 _WRITE_RETRIES = 4
 _RETRY_SQLSTATES = ("40001", "40P01")  # serialization_failure, deadlock_detected
-_WRITE = "dlforge_write"  # execution option: this transaction writes (SQLite: BEGIN IMMEDIATE)
 T = TypeVar("T")
-
-_md = sa.MetaData()
-meta_t = sa.Table("meta", _md, sa.Column("id", sa.Integer, primary_key=True),
-                  sa.Column("revision", sa.Integer, nullable=False),
-                  sa.Column("schema_version", sa.Integer, nullable=False))
-models_t = sa.Table("models", _md, sa.Column("id", sa.Integer, primary_key=True),
-                    sa.Column("name", sa.String(128), nullable=False, unique=True),
-                    sa.Column("created", sa.String(40), nullable=False),
-                    sa.Column("next_version", sa.Integer, nullable=False),
-                    sa.Column("traffic", sa.JSON, nullable=True))
-versions_t = sa.Table("versions", _md, sa.Column("id", sa.Integer, primary_key=True),
-                      sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id"), nullable=False),
-                      sa.Column("version", sa.Integer, nullable=False),
-                      sa.Column("sha256", sa.String(64), nullable=False, index=True),
-                      sa.Column("created", sa.String(40), nullable=False),
-                      sa.Column("metrics", sa.JSON, nullable=False),
-                      sa.Column("metadata", sa.JSON, nullable=False, key="meta"),
-                      sa.UniqueConstraint("model_id", "version"))
-aliases_t = sa.Table("aliases", _md,
-                     sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id"), primary_key=True),
-                     sa.Column("alias", sa.String(128), primary_key=True),
-                     sa.Column("version", sa.Integer, nullable=False))
-events_t = sa.Table("alias_events", _md, sa.Column("id", sa.Integer, primary_key=True),
-                    sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id"), nullable=False),
-                    sa.Column("alias", sa.String(128), nullable=False),
-                    sa.Column("from_version", sa.Integer, nullable=True),
-                    sa.Column("to_version", sa.Integer, nullable=False),
-                    sa.Column("at", sa.String(40), nullable=False),
-                    sa.Column("undone", sa.Boolean, nullable=False, default=False))
-keys_t = sa.Table("api_keys", _md, sa.Column("id", sa.Integer, primary_key=True),
-                  sa.Column("label", sa.String(200), nullable=False),
-                  sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
-                  sa.Column("admin", sa.Boolean, nullable=False),
-                  sa.Column("created", sa.String(40), nullable=False),
-                  sa.Column("revoked", sa.Boolean, nullable=False, default=False))
-# the version counter of a model whose last version was deleted, so its numbers are never reused
-retired_t = sa.Table("retired_models", _md, sa.Column("name", sa.String(128), primary_key=True),
-                     sa.Column("next_version", sa.Integer, nullable=False))
-
 
 @dataclass(frozen=True)
 class ModelVersion:
@@ -226,7 +185,7 @@ class Registry:
         raw = str(url or os.environ.get("DLFORGE_REGISTRY") or DEFAULT_URL)
         if "://" not in raw:
             raw = f"sqlite:///{Path(raw).expanduser().resolve()}"
-        self._engine, self._sqlite_file = _make_engine(raw)
+        self._engine, self._sqlite_file = make_engine(raw)
         self.url: str = self._engine.url.render_as_string(hide_password=True)
         self.artifacts = Path(artifacts or os.environ.get("DLFORGE_ARTIFACTS") or DEFAULT_ARTIFACTS)
         self.artifacts = self.artifacts.expanduser().resolve()
@@ -251,9 +210,9 @@ class Registry:
         for attempt in range(_RETRIES):
             try:
                 with self._engine.connect() as conn:
-                    conn.execution_options(**{_WRITE: True})
+                    conn.execution_options(**{WRITE: True})
                     with conn.begin():
-                        _md.create_all(conn)
+                        metadata.create_all(conn)
                         row = conn.execute(sa.select(meta_t.c.schema_version)).first()
                         if row is None:
                             conn.execute(sa.insert(meta_t).values(id=1, revision=0, schema_version=SCHEMA_VERSION))
@@ -291,7 +250,7 @@ class Registry:
         for attempt in range(_WRITE_RETRIES):
             try:
                 with self._engine.connect() as conn:
-                    conn.execution_options(**{_WRITE: True})
+                    conn.execution_options(**{WRITE: True})
                     with conn.begin():
                         # first statement: the meta row lock serializes writers on PostgreSQL
                         conn.execute(sa.update(meta_t).where(meta_t.c.id == 1)
@@ -687,54 +646,3 @@ def _hash_key(key: str) -> str:
     # bits, not passwords, so there is nothing for a slow salted hash to protect against,
     # and a deterministic hash lets the unique index find the key in one lookup.
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def _make_engine(url: str) -> tuple[Engine, Path | None]:
-    """An engine for ``url`` and the SQLite file it writes (None for other databases or in-memory SQLite)."""
-    try:
-        parsed = make_url(url)
-        backend = parsed.get_backend_name()
-    except ArgumentError:
-        raise RegistryError(f"{url!r} is not a database URL or file path",
-                            hint="use a path like registry/registry.db or postgresql+psycopg://user@host/db") from None
-    if backend != "sqlite":
-        if parsed.drivername == "postgresql" and not _importable("psycopg2") and _importable("psycopg"):
-            parsed = parsed.set(drivername="postgresql+psycopg")  # the driver dlforge installs
-        try:
-            return sa.create_engine(parsed, pool_pre_ping=True), None
-        except (NoSuchModuleError, ImportError) as err:
-            raise RegistryError(f"{parsed.render_as_string(hide_password=True)!r} needs a database driver that "
-                                f"is not installed ({err})",
-                                hint="pip install 'psycopg[binary]' and use postgresql+psycopg://") from None
-    memory = parsed.database in (None, "", ":memory:")
-    file = None if memory else Path(parsed.database).expanduser().resolve()
-    if file is not None:
-        parsed = parsed.set(database=str(file))
-    kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S, "check_same_thread": False}}
-    if memory:
-        kwargs["poolclass"] = StaticPool  # one shared connection, else each would see its own empty database
-    engine = sa.create_engine(parsed, **kwargs)
-
-    # SQLAlchemy's "serializable isolation / savepoints" recipe for pysqlite: the driver
-    # begins no transactions itself, and we choose BEGIN IMMEDIATE for writers so they
-    # take the lock up front (waiting up to the timeout) instead of failing on upgrade.
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA foreign_keys=ON")
-        if not memory and cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
-
-    return engine, file
-
-
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
