@@ -7,51 +7,25 @@ and exit with status 2.
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
-from dlforge.errors import DlforgeError
+from dlforge._console import err_console, out_console
+from dlforge._console import friendly as _friendly
+from dlforge._console import say as _say
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="dlforge: build, train, evaluate and serve deep-learning models.")
-err_console = Console(stderr=True)
-out_console = Console()
 
 
 HEADLINE = ("loss", "accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "pr_auc", "ece", "mse", "rmse", "mae", "r2",
             # forecasts, in the series' own units (the plain regression metrics are in scaled units)
             "forecast_mae", "forecast_seasonal_naive_mae", "forecast_mae_ratio_vs_seasonal_naive")
-
-
-def _say(console: Console, text: str, label: str | None = None, style: str = "bold") -> None:
-    """Print ``text`` literally (paths, key paths and lists hold square brackets that
-    rich would otherwise read as markup), after an optional styled label."""
-    line = Text.assemble((f"{label} ", style), text) if label else Text(text)
-    console.print(line, highlight=False, soft_wrap=True)
-
-
-def _friendly(fn: Callable) -> Callable:
-    """Turn dlforge's input errors into a message and exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except DlforgeError as err:
-            _say(err_console, err.message, "error:", "bold red")
-            if err.hint:
-                _say(err_console, err.hint, "hint:")
-            raise typer.Exit(code=2) from None
-
-    return wrapper
 
 
 def _print_metrics(title: str, metrics: dict[str, float], as_json: bool) -> None:

@@ -245,23 +245,26 @@ def test_body_under_the_cap_is_fine_chunked_too(client, env) -> None:
     assert response.status_code == 200, response.text
 
 
+def _asgi(app, method: str, raw_path: bytes, headers: list[tuple[bytes, bytes]]) -> list[dict]:
+    """Send one bodiless request straight through the security middleware (as a raw socket
+    could: clients normalise paths and headers first) and return the ASGI messages sent back."""
+    sent: list[dict] = []
+    scope = {"type": "http", "method": method, "path": raw_path.decode("latin-1"), "raw_path": raw_path,
+             "query_string": b"", "headers": headers, "app": app, "root_path": ""}
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(security.SecurityMiddleware(app.router)(scope, receive, send))
+    return sent
+
+
 def test_bad_content_length_is_400(client, env) -> None:
-    async def call() -> list[dict]:
-        sent: list[dict] = []
-        scope = {"type": "http", "method": "POST", "path": PREDICT, "raw_path": PREDICT.encode(), "query_string": b"",
-                 "headers": [(b"content-length", b"12abc"), (b"content-type", b"application/json")],
-                 "app": client.app, "root_path": ""}
-
-        async def receive() -> dict:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        await security.SecurityMiddleware(client.app.router)(scope, receive, send)
-        return sent
-
-    sent = asyncio.run(call())
+    sent = _asgi(client.app, "POST", PREDICT.encode(),
+                 [(b"content-length", b"12abc"), (b"content-type", b"application/json")])
     assert sent[0]["status"] == 400 and b"Content-Length" in sent[1]["body"]
 
 
@@ -333,21 +336,7 @@ def test_other_invalid_names_are_400_or_404_never_2xx_or_5xx(client, env, bad: s
                                  b"/v1/models/iris/aliases/..%2f..", b"/v1/models/%2e%2e"])
 def test_raw_paths_that_clients_would_normalise_are_400(client, raw: bytes) -> None:
     # httpx removes dot segments before sending, so speak ASGI directly, as a raw socket could.
-    async def call() -> list[dict]:
-        sent: list[dict] = []
-        scope = {"type": "http", "method": "GET", "path": raw.decode("latin-1"), "raw_path": raw, "query_string": b"",
-                 "headers": [], "app": client.app, "root_path": ""}
-
-        async def receive() -> dict:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        await security.SecurityMiddleware(client.app.router)(scope, receive, send)
-        return sent
-
-    sent = asyncio.run(call())
+    sent = _asgi(client.app, "GET", raw, [])
     assert sent[0]["status"] == 400
     assert json.loads(sent[1]["body"])["error"]["code"] == "invalid_path"
 

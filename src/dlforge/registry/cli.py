@@ -13,47 +13,23 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from dlforge.errors import DlforgeError, RegistryError
+from dlforge._console import err_console, friendly, out_console
+from dlforge._console import say as _say
+from dlforge.errors import RegistryError
 
 registry_app = typer.Typer(add_completion=False, no_args_is_help=True,
                            help="The versioned model registry: register, list, show, alias, roll back, delete.")
 keys_app = typer.Typer(add_completion=False, no_args_is_help=True,
                        help="API keys for the model server (stored hashed; shown once).")
-err_console = Console(stderr=True)
 _EXAMPLE = """'{"owner": "ml"}'"""
-out_console = Console()
-
-
-def _say(console: Console, text: str, label: str | None = None, style: str = "bold") -> None:
-    # Text, not markup: names, paths and JSON hold square brackets rich would swallow
-    line = Text.assemble((f"{label} ", style), text) if label else Text(text)
-    console.print(line, highlight=False, soft_wrap=True)
-
-
-def friendly(fn: Callable) -> Callable:
-    """Turn dlforge's input errors into a message, a hint and exit status 2 (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except DlforgeError as err:
-            _say(err_console, err.message, "error:", "bold red")
-            if err.hint:
-                _say(err_console, err.hint, "hint:")
-            raise typer.Exit(code=2) from None
-
-    return wrapper
 
 
 def _registry_opt() -> Any:
