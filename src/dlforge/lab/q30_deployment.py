@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import socket
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -48,6 +46,7 @@ from torch.utils.data import Subset
 
 from dlforge.compress.quantize import quantize_dynamic_int8, weight_bytes
 from dlforge.data import load_builtin, prepare, split_indices
+from dlforge.lab._http import Reply, bounded_load, send, serving
 from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
 from dlforge.lab.finding import significant as _r
 from dlforge.models import build
@@ -84,95 +83,12 @@ PREDICT = f"/v1/models/{NAME}/predict"
 SPEEDUP_ABOVE, DROP_AT_MOST, BYTES_RATIO_AT_MOST, Z_AT_MOST = 1.0, 0.02, 0.3, 3.0
 
 
-@dataclass
-class Reply:
-    """One request as the client saw it: HTTP status (or the transport error's name) and timing."""
-
-    status: int | str
-    sent: float
-    done: float
-    body: dict | None
-
-    @property
-    def ms(self) -> float:
-        return (self.done - self.sent) * 1000
-
-
-@contextlib.contextmanager
-def serving(app, timeout: float = 30.0) -> Iterator[str]:
-    """Run ``app`` under uvicorn in a thread on a free port; yields its base URL.
-
-    On exit (also after an error) the server stops, its thread is joined and the port closed.
-
-    Example:
-        >>> with serving(create_app(ServeSettings(registry="sqlite:///r.db"))) as url:  # doctest: +SKIP
-        ...     httpx.get(url + "/healthz").json()
-        {'status': 'ok'}
-    """
-    import uvicorn
-
-    # Bound here, so no other process can take the port meanwhile. IPPROTO_TCP explicitly:
-    # asyncio sets TCP_NODELAY only on sockets that say so, and without it Nagle's algorithm
-    # and delayed ACKs add about 40 ms to every keep-alive request.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    # A request stuck in the app must not hold the shutdown (and the experiment) forever.
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="q30-uvicorn", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the in-process server did not start (see the log above)")
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout)
-        sock.close()
-
-
-def _send(client: httpx.Client, path: str, body: dict | None, headers: dict | None = None,
-          method: str = "POST") -> Reply:
-    sent = time.perf_counter()
-    try:
-        r = client.request(method, path, json=body, headers=headers)
-        status, data = r.status_code, (r.json() if r.status_code == 200 else None)
-    except httpx.HTTPError as err:  # a dropped connection is a failed request too
-        status, data = type(err).__name__, None
-    return Reply(status, sent, time.perf_counter(), data)
-
-
 @contextlib.contextmanager
 def clients(url: str, key: str) -> Iterator[list[httpx.Client]]:
     """``CONCURRENCY`` keep-alive clients of ``url`` sending ``key``, closed on exit."""
     with contextlib.ExitStack() as stack:
         yield [stack.enter_context(httpx.Client(base_url=url, headers=_auth(key), timeout=TIMEOUT_S))
                for _ in range(CONCURRENCY)]
-
-
-def bounded_load(pool: list[httpx.Client], jobs: list[tuple[dict, dict]], deadline: float) -> list[Reply]:
-    """Send ``jobs`` (body, extra headers) to the predict route, one thread per client of
-    ``pool``; the replies come back in job order.
-
-    Jobs still waiting at ``deadline`` (``time.monotonic()``) are not sent and not
-    returned: the load is bounded in count and in time.
-    """
-    replies: list[Reply | None] = [None] * len(jobs)
-
-    def worker(k: int) -> None:
-        for i in range(k, len(jobs), len(pool)):
-            if time.monotonic() > deadline:
-                return
-            replies[i] = _send(pool[k], PREDICT, *jobs[i])
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(pool))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return [r for r in replies if r is not None]
 
 
 def _auth(key: str) -> dict[str, str]:
@@ -254,7 +170,7 @@ def _accuracy(url: str, key: str, raw: np.ndarray, labels: list[str], deadline: 
     predicted: list[str] = []
     with httpx.Client(base_url=url, headers=_auth(key), timeout=TIMEOUT_S) as client:
         for i in range(0, len(raw), EVAL_BATCH):
-            reply = _send(client, PREDICT, {"inputs": raw[i:i + EVAL_BATCH].tolist()})
+            reply = send(client, PREDICT, {"inputs": raw[i:i + EVAL_BATCH].tolist()})
             if reply.status != 200 or time.monotonic() > deadline:
                 return 0.0, predicted  # an incomplete pass scores nothing, never a partial accuracy
             predicted += reply.body["outputs"]
@@ -268,12 +184,12 @@ def _latency(urls: dict[str, str], key: str, raw: np.ndarray, n: int, deadline: 
     with contextlib.ExitStack() as stack:
         pools = {name: stack.enter_context(clients(url, key)) for name, url in urls.items()}
         for pool in pools.values():  # opens the keep-alive connections; not timed
-            bounded_load(pool, [one(i) for i in range(WARMUP)], deadline)
+            bounded_load(pool, PREDICT, [one(i) for i in range(WARMUP)], deadline)
         per_round = n // ROUNDS
         for r in range(ROUNDS):
             jobs = [one(r * per_round + i) for i in range(per_round)]
             for name, pool in pools.items():
-                out[name] += bounded_load(pool, jobs, deadline)
+                out[name] += bounded_load(pool, PREDICT, jobs, deadline)
     return out
 
 
@@ -284,8 +200,8 @@ def _ab(url: str, keys: dict[str, str], sample: list, n_users: int, deadline: fl
     with httpx.Client(base_url=url, headers=_auth(keys["admin"]), timeout=TIMEOUT_S) as admin, \
             clients(url, keys["predict"]) as pool:
         admin.put(f"/v1/models/{NAME}/traffic", json=config).raise_for_status()
-        first = bounded_load(pool, jobs, deadline)
-        again = bounded_load(pool, jobs[:STICKY_REPEAT], deadline)
+        first = bounded_load(pool, PREDICT, jobs, deadline)
+        again = bounded_load(pool, PREDICT, jobs[:STICKY_REPEAT], deadline)
         admin.delete(f"/v1/models/{NAME}/traffic").raise_for_status()  # the rollback phase runs without a split
     variant = lambda r: r.body["variant"] if r.status == 200 else None  # noqa: E731
     answered = [variant(r) for r in first]
@@ -311,7 +227,7 @@ def _rollback(url: str, keys: dict[str, str], sample: list, stage: int, deadline
 
     def worker(client: httpx.Client) -> None:
         while not stop.is_set() and len(replies) < 10 * stage and time.monotonic() < deadline:  # a safety cap
-            reply = _send(client, PREDICT, {"inputs": [sample]})
+            reply = send(client, PREDICT, {"inputs": [sample]})
             with lock:
                 replies.append(reply)
 
@@ -328,9 +244,9 @@ def _rollback(url: str, keys: dict[str, str], sample: list, stage: int, deadline
         w.start()
     try:
         answered_after(t0, stage)
-        swap = _send(admin, f"/v1/models/{NAME}/aliases/production", {"version": 2}, method="PUT")
+        swap = send(admin, f"/v1/models/{NAME}/aliases/production", {"version": 2}, method="PUT")
         answered_after(swap.done, stage)
-        back = _send(admin, f"/v1/models/{NAME}/rollback", {"alias": "production"})
+        back = send(admin, f"/v1/models/{NAME}/rollback", {"alias": "production"})
         answered_after(back.done, stage)
     finally:
         stop.set()

@@ -145,7 +145,8 @@ def encode_inputs(spec: InputSpec, artifact: Artifact, inputs: list[Any]) -> tor
             rows[i] = row
     if errors:
         raise invalid(errors)
-    numeric = [i for i in range(len(rows)) if i not in set(text_at) | set(record_at)]
+    encoded = {*text_at, *record_at}
+    numeric = [i for i in range(len(rows)) if i not in encoded]
     if numeric:  # texts and records come back from Artifact.encode already standardised
         for i, row in zip(numeric, _standardise(torch.stack([rows[i] for i in numeric]), artifact)):
             rows[i] = row
