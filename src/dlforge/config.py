@@ -48,6 +48,14 @@ class DataConfig(_Strict):
     noise: float | None = Field(None, ge=0)
     split: SplitConfig = Field(default_factory=SplitConfig)
     standardize: bool = True
+    # regression: fit on (y - mean) / std of the train split; predictions, metrics and served
+    # outputs are turned back into the target's own units (stored with the model)
+    standardize_target: bool = True
+    # tables (CSV files, DataFrames)
+    drop: list[str] = Field(default_factory=list)  # columns kept out of the features
+    id_column: str | None = None  # kept out of the features, carried to prediction outputs
+    missing: Literal["impute", "error"] = "impute"  # impute: train-split median / "missing" category + indicator
+    unknown_category: Literal["error", "ignore"] = "error"  # at prediction time: refuse, or encode as all zeros
     augment: AugmentConfig = Field(default_factory=AugmentConfig)  # training batches only; see dlforge.data.augment
     imbalance: ImbalanceConfig = Field(default_factory=ImbalanceConfig)  # resampling, balanced sampler, bagging
     # text (a .jsonl file, a .csv with text_column, or a built-in text set)

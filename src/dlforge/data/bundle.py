@@ -7,7 +7,7 @@ prediction need to know about it: the task, class names, feature names and the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ class DataBundle:
     class_names: list[str] | None
     feature_names: list[str] | None
     encoding: dict
+    notes: list[str] = field(default_factory=list)  # decisions a user should hear about (printed by train)
 
     def __post_init__(self) -> None:
         # Loaders build bundles; these checks catch a loader bug, not a user mistake.

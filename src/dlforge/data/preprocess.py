@@ -10,7 +10,7 @@ exactly the tensors training saw.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -118,6 +118,7 @@ class Prepared:
     input_shape: tuple[int, ...]
     num_outputs: int
     preprocessing: dict  # {"encoding": ..., "standardize": Standardizer.to_dict() or None}
+    notes: list[str] = field(default_factory=list)  # decisions a user should hear about (printed by train)
 
 
 def prepare(
@@ -158,6 +159,7 @@ def prepare(
             "encoding": bundle.encoding,
             "standardize": None if scaler is None else scaler.to_dict(),
         },
+        notes=list(bundle.notes),
     )
 
 

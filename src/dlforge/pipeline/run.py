@@ -162,8 +162,9 @@ def train_run(
     if cfg.data.imbalance.bagging and (resume is not None or transfer is not None):
         raise ConfigError("data.imbalance.bagging trains fresh members: it cannot resume or start from model.pretrained",
                           hint="remove data.imbalance.bagging, or model.pretrained / the resume")
-    if remedies.note and progress is not None:
-        progress.write(f"note: {remedies.note}\n")
+    if progress is not None:
+        for note in [*prepared.notes, *([remedies.note] if remedies.note else [])]:
+            progress.write(f"note: {note}\n")
     resume_dir = Path(resume) if resume is not None else None
     run_dir = resume_dir or _new_run_dir(Path(runs_dir), cfg.name)
     try:
