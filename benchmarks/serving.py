@@ -20,7 +20,7 @@ Two models, each request carrying ONE sample:
 
 * ``cnn``: the architecture of ``examples/digits_cnn.yaml`` (channels 32, 64, batch norm)
   built with its seed and NOT trained (throughput does not depend on the weights), with
-  the digits preprocessing; requests send one raw 1x8x8 digit (pixels in [0, 1]) that every
+  the digits preprocessing; requests send one raw 1x8x8 digit (sklearn's 0..16 pixels) that every
   server standardises with the stored statistics (``Artifact.encode``);
 * ``minilm``: dlforge's BERT from the packaged all-MiniLM-L6-v2 with an (untrained)
   two-class sequence head, inputs of 16 tokens; requests send 16 token ids of a sentence
@@ -293,13 +293,13 @@ def build_artifacts(folder: Path, models: list[str], n_bodies: int = 256) -> dic
         cfg = load_config(ROOT / "examples" / "digits_cnn.yaml")
         prepared = load_data(cfg)
         cnn, _ = build_model(cfg, prepared)  # the example's architecture and seed, not trained
-        # Requests carry raw pixels (sixteenths in [0, 1]); the servers apply the stored standardisation.
+        # Requests carry raw pixels (sklearn's 0..16); the servers scale and standardise them (Artifact.encode).
         scale = prepared.preprocessing["standardize"]
         x_test = prepared.test.tensors[0][:n_bodies]  # standardised (N, 1, 8, 8)
         raw = x_test * torch.tensor(scale["std"]).view(1, -1, 1, 1) + torch.tensor(scale["mean"]).view(1, -1, 1, 1)
         built["cnn"] = {"dir": save("cnn", cnn, prepared.class_names, prepared.preprocessing,
                                     prepared.train.tensors[0][:512]),
-                        "x": (raw * 16).round() / 16, "model_x": x_test}
+                        "x": (raw * 16).round(), "model_x": x_test}
     if "minilm" in models:
         texts = sentences(n_bodies + 512)
         preprocessing = {"encoding": text_encoding(load_tokenizer("minilm"), MAX_LEN), "standardize": None}

@@ -51,8 +51,17 @@ def _report_run(outcome: Any, as_json: bool) -> None:
     test = {k: v for k, v in outcome.metrics.items() if k.startswith("test_")} or outcome.metrics
     if not as_json:  # the headline numbers; --json, metrics.json and the report have them all
         test = {k: v for k, v in test.items() if k.split("_", 1)[1] in HEADLINE}
+        if "target_standardize" in getattr(getattr(outcome, "prepared", None), "preprocessing", {}):
+            # the other numbers are in the target's units; the loss is what training minimised
+            test = {f"{k} (standardised target)" if k.endswith("_loss") else k: v for k, v in test.items()}
     if test or as_json:
         _print_metrics("test metrics", test, as_json)
+    baselines = getattr(outcome, "baselines", None)
+    if baselines is not None and not as_json:  # --json prints one object; baselines.json has them
+        from dlforge.evaluate.baselines import summary_lines
+
+        for line in summary_lines(baselines):
+            _say(out_console, line, "baseline:")
     if not as_json:
         from dlforge.train.health import format_diagnoses
 
@@ -132,15 +141,15 @@ def predict(
                         hint="fine-tune it on a labelled task (model.pretrained) and predict with that model")
     if kind == "text":
         texts = _read_texts(inputs)
-        x, ids = art.encode(texts), [t if len(t) <= 60 else t[:57] + "..." for t in texts]
+        x, key, ids = art.encode(texts), "input", texts
     elif kind == "tabular":
         if len(inputs) != 1 or inputs[0].suffix.lower() != ".csv":
             raise DataError("this model takes tabular rows", hint="pass one CSV file with the training columns")
-        x, ids = art.encode(inputs[0]), None
+        x = art.encode(inputs[0])
+        key, ids = _row_ids(art, inputs[0])
     else:
-        x, ids = art.encode(inputs), [str(p) for p in inputs]
-    pred = art.predict(x)
-    rows = _prediction_rows(art, pred, ids or [str(i) for i in range(len(x))])
+        x, key, ids = art.encode(inputs), "input", [str(p) for p in inputs]
+    rows = _prediction_rows(art, art.predict(x), key, ids)
     if output is not None:
         with output.open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -151,15 +160,7 @@ def predict(
         for row in rows:
             print(json.dumps(row))
     else:
-        table = Table()
-        for col in ("input", "prediction", "confidence") if art.task == "classification" else rows[0]:
-            table.add_column(col)
-        for row in rows:
-            if art.task == "classification":
-                table.add_row(row["input"], row["prediction"], f"{row['confidence']:.3f}")
-            else:
-                table.add_row(*(str(v) for v in row.values()))
-        out_console.print(table)
+        _print_predictions(rows, key, art.task, shorten=kind == "text")
 
 
 def _read_texts(paths: List[Path]) -> list[str]:
@@ -176,16 +177,55 @@ def _read_texts(paths: List[Path]) -> list[str]:
     return texts
 
 
-def _prediction_rows(art: Any, pred: dict, ids: list[str]) -> list[dict[str, Any]]:
+def _row_ids(art: Any, path: Path) -> tuple[str, list[Any]]:
+    """(column name, one id per CSV row): the model's ``data.id_column`` when the CSV has it,
+    so predictions join back to the user's rows; else 1-based data-row numbers, as ``row``."""
+    from dlforge.data.tabular import read_csv
+
+    table = read_csv(path)
+    id_column = art.preprocessing.get("encoding", {}).get("id_column")
+    if id_column and id_column in table.cells:
+        return id_column, table.cells[id_column]
+    return "row", list(range(1, len(table) + 1))
+
+
+def _prediction_rows(art: Any, pred: dict, key: str, ids: list[Any]) -> list[dict[str, Any]]:
+    """One output row per input: ``key`` (input path or text, id column or row number), then
+    the target's value(s) for regression, or prediction, confidence and p_<class>."""
     if art.task != "classification":
-        values = pred["values"].tolist()
-        return [{"input": i, **{f"output_{j}": v for j, v in enumerate(vals)}} for i, vals in zip(ids, values)]
+        values = pred["values"]
+        # named after the target the model learned; artifacts from before it was recorded say "prediction"
+        name = art.preprocessing.get("encoding", {}).get("target") or "prediction"
+        names = [name] if values.shape[1] == 1 else [f"{name}_{j}" for j in range(values.shape[1])]
+        return [{key: i, **dict(zip(names, vals))} for i, vals in zip(ids, values.tolist())]
     probs = pred["probabilities"]
     names = art.class_names or [str(i) for i in range(probs.shape[1])]
     return [
-        {"input": i, "prediction": label, "confidence": float(p.max()), **{f"p_{n}": float(v) for n, v in zip(names, p)}}
+        {key: i, "prediction": label, "confidence": float(p.max()), **{f"p_{n}": float(v) for n, v in zip(names, p)}}
         for i, label, p in zip(ids, pred["labels"], probs)
     ]
+
+
+def _print_predictions(rows: list[dict[str, Any]], key: str, task: str, shorten: bool) -> None:
+    """The predictions as a table; paths and ids are folded onto more lines, never cut
+    (a text is shortened here only: --json and --output keep it whole)."""
+    columns = [key, "prediction", "confidence"] if task == "classification" else list(rows[0])
+    table = Table()
+    table.add_column(key, overflow="fold")
+    for col in columns[1:]:
+        table.add_column(col, justify="right" if col != "prediction" else "left")
+    for row in rows:
+        first = str(row[key])
+        if shorten and len(first) > 60:
+            first = first[:57] + "..."
+        table.add_row(first, *(_table_cell(c, row[c]) for c in columns[1:]))
+    out_console.print(table)
+
+
+def _table_cell(column: str, value: Any) -> str:
+    if column == "confidence":
+        return f"{value:.3f}"
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 @app.command("evaluate")
@@ -193,16 +233,28 @@ def _prediction_rows(art: Any, pred: dict, ids: list[str]) -> list[dict[str, Any
 def evaluate_cmd(
     path: Path = typer.Argument(..., help="a run directory or an artifact folder"),
     data: Optional[str] = typer.Option(None, "--data", help="evaluate on this source instead (built-in name or path)"),
-    target: Optional[str] = typer.Option(None, "--target", help="target column when --data is a CSV"),
+    target: Optional[str] = typer.Option(None, "--target",
+                                         help="target column of a --data CSV (default: the model's own)"),
+    out: Optional[Path] = typer.Option(None, "--out",
+                                       help="with --data: write the evaluation under this folder (default: RUN/evaluations/)"),
     as_json: bool = typer.Option(False, "--json", help="print the metrics as one JSON object"),
 ) -> None:
-    """Evaluate a trained model; for a run directory, also rewrite its report.html."""
+    """Evaluate a trained model: on its run's test split (rewriting the run's report), or
+    on other data with --data (written to RUN/evaluations/<data>-<time>/, the run's own
+    evaluation untouched)."""
     from dlforge.pipeline import evaluate_path
 
-    evaluation, report = evaluate_path(path, data=data, target=target)
+    evaluation, report = evaluate_path(path, data=data, target=target, out=out)
     metrics = evaluation.metrics if as_json else {k: v for k, v in evaluation.metrics.items() if k != "n"}
     _print_metrics(f"evaluation ({evaluation.metrics.get('n', 0):.0f} samples)", metrics, as_json)
-    if report is not None and not as_json:
+    if as_json:
+        return
+    if report is None:
+        _say(err_console, "nothing written: this artifact folder has no run; pass --out DIR to keep the evaluation",
+             "note:")
+    elif data is not None:
+        _say(out_console, str(report.parent), "wrote:")
+    else:
         _say(out_console, str(report), "report:")
 
 

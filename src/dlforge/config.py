@@ -12,14 +12,18 @@ Example:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from dlforge.data.augment import AugmentConfig
+from dlforge.data.catalog import builtin_names
 from dlforge.data.imbalance import ImbalanceConfig
+from dlforge.data.text import text_builtin_names
+from dlforge.data.timeseries import SERIES
 from dlforge.errors import ConfigError
 from dlforge.train.losses import LossConfig
 from dlforge.train.optim import OptimConfig
@@ -37,13 +41,13 @@ class SplitConfig(_Strict):
 
 class DataConfig(_Strict):
     source: str
-    seed: int | None = None  # generated sets and the split; default: the run's seed (so members differing
-                             # only in the run seed share their data, e.g. for an ensemble)
+    seed: int | None = None  # generated sets and the split; default: the run's seed, so runs that vary only
+                             # `seed` also split differently: set data.seed to share one split (an ensemble)
     target: str | None = None
     task: Literal["auto", "classification", "regression", "mlm"] = "auto"  # mlm: masked-LM pretraining
     categorical: Literal["onehot", "reject"] = "onehot"
     image_size: tuple[int, int] | None = None
-    color: Literal["grayscale", "rgb"] = "grayscale"
+    color: Literal["grayscale", "rgb"] | None = None  # image folders; None: rgb when any image holds colour
     n_samples: int | None = Field(None, ge=4)
     noise: float | None = Field(None, ge=0)
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -111,6 +115,13 @@ class RunConfig(_Strict):
     def data_seed(self) -> int:
         """The seed of the data (generated sets, splits): ``data.seed``, else ``seed``."""
         return self.data.seed if self.data.seed is not None else self.seed
+
+    @property
+    def source_notes(self) -> list[str]:
+        """What :func:`load_config` decided about a relative ``data.source`` (printed by train)."""
+        return list(self._source_notes)
+
+    _source_notes: list[str] = PrivateAttr(default_factory=list)
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
@@ -209,11 +220,48 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read, override and validate a YAML run config."""
+    """Read, override and validate a YAML run config.
+
+    A relative ``data.source`` is read from the config file's folder (see
+    :func:`resolve_source`), so a config and its data can move together.
+    """
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a YAML mapping of sections")
-    return validate_config(apply_overrides(raw, overrides or []))
+    cfg = validate_config(apply_overrides(raw, overrides or []))
+    source, note = resolve_source(Path(path).parent, cfg.data.source)
+    cfg.data.source = source
+    if note:
+        cfg._source_notes.append(note)
+    return cfg
+
+
+def resolve_source(cfg_dir: str | Path, source: str) -> tuple[str, str | None]:
+    """Where a config in ``cfg_dir`` finds ``data.source``, and a note when that needs saying.
+
+    Built-in names win; absolute paths stay. A relative path is taken from the config's
+    folder when it exists there, else from the current folder (the older rule), with a
+    note when only the current folder has it.
+
+    Example:
+        >>> resolve_source("examples", "iris")
+        ('iris', None)
+        >>> resolve_source("/nowhere", "/data/houses.csv")
+        ('/data/houses.csv', None)
+    """
+    path = Path(source).expanduser()
+    builtin = source in builtin_names() or source in text_builtin_names() or source in SERIES
+    if builtin or path.is_absolute() or Path(cfg_dir).resolve() == Path.cwd().resolve():
+        return source, None
+    beside = Path(cfg_dir) / path
+    if beside.exists():
+        resolved = os.path.normpath(beside)
+        # "./iris" is the folder, "iris" the built-in set: keep the folder a path.
+        return (resolved if os.sep in resolved else f".{os.sep}{resolved}"), None
+    if path.exists():
+        return source, (f"data.source {source!r} is not in the config's folder ({beside} does not exist); "
+                        f"using {source!r} from the current folder")
+    return source, None
 
 
 def to_yaml(cfg: RunConfig) -> str:

@@ -94,7 +94,7 @@ def test_train_on_csv_then_predict(tmp_path):
     result = invoke("predict", run / "model", new_rows, "--output", out)
     assert result.exit_code == 0, result.output
     rows = out.read_text().splitlines()
-    assert rows[0].startswith("input,prediction,confidence,p_big,p_small") and len(rows) == 3
+    assert rows[0].startswith("row,prediction,confidence,p_big,p_small") and len(rows) == 3
 
 
 def test_train_on_image_folder_then_predict_an_image(tmp_path):
@@ -196,7 +196,7 @@ def test_missing_config_file(tmp_path):
     [
         (lambda d: d / "missing.csv", {"target": "label"}, ["missing.csv"]),
         (lambda d: make_csv(d / "a.csv"), {"target": "kind"}, ["kind", "label"]),
-        (lambda d: make_csv(d / "a.csv", nan_at=4), {"target": "label"}, ["height"]),
+        (lambda d: make_csv(d / "a.csv", nan_at=4), {"target": "label", "missing": "error"}, ["height"]),
         (lambda d: make_csv(d / "a.csv"), {"target": "label", "categorical": "reject"}, ["colour"]),
         (lambda d: make_csv(d / "a.csv", n=6), {"target": "label", "split": {"val": 0.1, "test": 0.1}}, ["split"]),
         (lambda d: make_image_folder(d / "imgs", sizes=((8, 8), (9, 7))), {}, ["data.image_size"]),

@@ -7,8 +7,8 @@ import importlib
 
 import pytest
 
-# csv_file and image_folder examples read files that only a user has (they are skipped).
-MODULES = ["", ".bundle", ".catalog", ".idx", ".preprocess", ".sources", ".splits",
+# image_folder examples read files that only a user has (they are skipped).
+MODULES = ["", ".bundle", ".catalog", ".csv_file", ".idx", ".preprocess", ".sources", ".splits",
            ".tabular", "._checks", ".tokenizer", ".corpus", ".mlm", ".text", ".timeseries"]
 
 

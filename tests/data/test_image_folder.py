@@ -31,9 +31,9 @@ def test_rgb_folder_is_channels_first(write_images, random_pixels):
     assert 0.0 <= bundle.x.min() and bundle.x.max() <= 1.0
 
 
-def test_rgb_images_turn_grayscale_with_pillow_luma(write_images, random_pixels):
+def test_rgb_images_turn_grayscale_with_pillow_luma_when_asked(write_images, random_pixels):
     rgb = random_pixels((4, 4, 3), 2, seed=4)
-    bundle = load_image_folder(write_images({"a": rgb[:1], "b": rgb[1:]}))
+    bundle = load_image_folder(write_images({"a": rgb[:1], "b": rgb[1:]}), color="grayscale")
     luma = np.asarray(Image.fromarray(rgb[0]).convert("L"), dtype=np.float32) / 255
     np.testing.assert_array_equal(bundle.x[0, 0], luma)
 

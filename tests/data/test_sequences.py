@@ -193,7 +193,7 @@ def test_bad_arguments_raise_data_error_with_a_hint(call, word):
 @pytest.mark.parametrize("name", list(BUNDLES))
 def test_bundles_prepare_without_standardisation_and_keep_exact_codes(name):
     bundle = BUNDLES[name](0)
-    prepared = prepare(bundle, val=0.25, test=0.25, seed=0, standardize=False)
+    prepared = prepare(bundle, val=0.25, test=0.25, seed=0, standardize=False, standardize_target=False)
     assert prepared.kind == "sequence" and prepared.input_shape == bundle.input_shape
     assert prepared.preprocessing == {"encoding": bundle.encoding, "standardize": None}
     parts = [prepared.train, prepared.val, prepared.test]

@@ -139,3 +139,12 @@ def test_cli_function_reads_yaml_overrides_and_writes(tmp_path):
 def test_docstring_examples():
     result = doctest.testmod(learning_curve_module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_regression_scores_are_in_the_targets_units():
+    cfg = validate_config({"data": {"source": "diabetes"}, "model": {"arch": "mlp", "hidden": [8]},
+                           "train": {"epochs": 2, "device": "cpu"}})
+    curve = learning_curve(cfg, [200], metric="rmse")
+    # the target's units (std 77; an unscaled target leaves the model near 0: RMSE ~170), not
+    # standard deviations (~1)
+    assert 40 < curve.test_scores[0] < 100 and 40 < curve.train_scores[0] < 100

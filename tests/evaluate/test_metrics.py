@@ -362,3 +362,23 @@ def test_docstring_examples_run() -> None:
 
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_evaluate_scores_standardised_outputs_in_the_targets_units() -> None:
+    from sklearn.metrics import mean_squared_error, r2_score
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    x = torch.randn(40, 3)
+    stats = {"mean": [1000.0, -5.0], "std": [250.0, 0.5]}
+    y = torch.randn(40, 2).double() * torch.tensor([250.0, 0.5]) + torch.tensor([1000.0, -5.0])
+    with torch.no_grad():
+        pred = (model(x).double() * torch.tensor(stats["std"]) + torch.tensor(stats["mean"])).numpy()
+    ev = evaluate(model, (x, y), target_standardize=stats)
+    assert ev.metrics["r2"] == pytest.approx(r2_score(y.numpy(), pred), rel=1e-9)
+    assert ev.metrics["mse"] == pytest.approx(mean_squared_error(y.numpy(), pred), rel=1e-9)
+    # an artifact supplies the statistics itself (what `dlforge evaluate --data` relies on)
+    art = SimpleNamespace(model=model, task="regression", class_names=None,
+                          preprocessing={"target_standardize": stats})
+    assert evaluate(art, (x, y)).metrics == ev.metrics

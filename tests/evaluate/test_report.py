@@ -416,7 +416,7 @@ def _copy_run(clf: dict[str, Any], tmp_path: Path) -> Path:
     """The run directory without what train_run wrote beyond config, history and model."""
     run_dir = tmp_path / "run"
     shutil.copytree(clf["run_dir"], run_dir, ignore=shutil.ignore_patterns(
-        "checkpoints", "evaluation.json", "diagnosis.json", "cv.json", "report.html"))
+        "checkpoints", "evaluation.json", "diagnosis.json", "cv.json", "baselines.json", "report.html"))
     return run_dir
 
 
@@ -497,3 +497,37 @@ def test_write_report_corrupt_json_names_the_file(clf, tmp_path):
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_baselines_section_shows_the_model_beside_each_baseline():
+    baselines = {"task": "regression", "split": "test", "metric": "r2", "model": {"r2": 0.41, "rmse": 60.0},
+                 "baselines": [{"name": "training mean", "metrics": {"r2": -0.01, "rmse": 77.0}, "seconds": 0.001,
+                                "skipped": None},
+                               {"name": "HistGradientBoosting", "metrics": {"r2": 0.86, "rmse": 30.0}, "seconds": 0.2,
+                                "skipped": None},
+                               {"name": "Ridge", "metrics": None, "seconds": 0.0,
+                                "skipped": "skipped: too large (9 rows x 9 features)"}]}
+    config = {"name": "r", "data": {"source": "x.csv"}}
+    page = parse(render_report(config=config, history=[], baselines=baselines,
+                               run_info={"task": "regression"}))
+    assert page.table("baselines") == [
+        ["model", "R²", "RMSE", "seconds"], ["this model", "0.41", "60", ""],
+        ["training mean", "-0.01", "77", "0.001"], ["HistGradientBoosting", "0.86", "30", "0.2"],
+        ["Ridge", "skipped: too large (9 rows x 9 features)"]]
+    assert any(t.startswith("HistGradientBoosting beats this model on the test split (R² 0.86 vs 0.41)")
+               for t in page.texts("b"))
+    assert "baselines" in page.texts("a")
+    assert "Baselines" not in parse(render_report(config=config, history=[])).texts("h2")
+
+
+def test_regression_losses_are_labelled_as_on_the_standardised_target():
+    history = [{"type": "epoch", "epoch": e, "train_loss": 1.0 / (e + 1)} for e in range(3)]
+    label = "Losses are the training loss on the standardised target"
+    html = render_report(config={"name": "r"}, history=history, run_info={"task": "regression"})
+    assert label in html
+    off = {"name": "r", "data": {"standardize_target": False}}
+    assert label not in render_report(config=off, history=history, run_info={"task": "regression"})
+    assert label not in render_report(config={"name": "r"}, history=history, run_info={"task": "classification"})
+    chips = parse(render_report(config={"name": "r"}, history=history,
+                                run_info={"task": "regression", "metrics": {"test_loss": 0.5, "test_r2": 0.4}}))
+    assert chips.texts("span", "chip") == ["test loss (standardised target) 0.5", "test r2 0.4"]

@@ -90,3 +90,16 @@ def test_not_json_is_a_clear_error(tmp_path):
     (folder / "model.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="not valid JSON"):
         load_artifact(folder)
+
+
+def test_predict_answers_in_the_targets_units(tmp_path):
+    model = _model("mlp").eval()
+    stats = {"mean": [152000.0], "std": [77000.0]}
+    folder = save_artifact(model, tmp_path / "m", task="regression",
+                           preprocessing={"standardize": None, "target_standardize": stats})
+    x = torch.randn(7, 5)
+    values = load_artifact(folder).predict(x)["values"]
+    with torch.no_grad():
+        expected = 152000.0 + 77000.0 * model(x)
+    torch.testing.assert_close(values, expected)
+    assert values.shape == (7, 1)

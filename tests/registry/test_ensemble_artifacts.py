@@ -212,3 +212,14 @@ def test_first_difference_names_the_key_path():
 def test_docstring_examples():
     result = doctest.testmod(ensemble_module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_members_that_differ_only_in_seed_are_told_to_set_data_seed(tmp_path, runs):
+    """Runs that vary only ``seed`` split the data differently (data.seed defaults to it):
+    the refusal says so and names the fix, not just "same data config"."""
+    other_split = load_data(digits_config(seed=1))
+    other = save_run(train_member(other_split, 1), other_split, tmp_path / "seed1", digits_config(seed=1))
+    with pytest.raises(ArtifactError, match=r"seeds 0 and 1 and no data\.seed") as err:
+        ensemble_artifacts([runs[0], other], tmp_path / "ens")
+    assert "--set data.seed=0" in err.value.hint
+

@@ -195,13 +195,60 @@ class FakeTerminal(io.StringIO):
         return True
 
 
-def test_progress_bar_on_a_terminal_uses_rich():
+def test_progress_bar_on_a_terminal_redraws_one_line_in_place():
     stream = FakeTerminal()
     data = make_data()
-    fit(make_model(), data, data, epochs=2, batch_size=32, callbacks=[ProgressBar(stream=stream)], device="cpu")
+    fit(make_model(), data, data, epochs=2, batch_size=32, callbacks=[ProgressBar(stream=stream, refresh_s=0.0)],
+        device="cpu")
     text = stream.getvalue()
-    assert "epoch 2/2" in text and "val_loss=" in text
-    assert "\x1b[" in text  # rich drew the live bar with terminal control codes
+    assert text.count("\r") >= 6  # each of the 3 steps per epoch redrew the line
+    assert "\repoch 1/2 #######.............  1/3 steps [33%]" in text
+    summaries = [line.rsplit("\r\x1b[K", 1)[-1] for line in text.split("\n") if line]
+    assert len(summaries) == 2 and summaries[1].startswith("epoch 2/2  train_loss=") and "val_loss=" in summaries[1]
+
+
+def test_progress_plain_lines_within_an_epoch_show_steps_rate_and_eta():
+    stream = io.StringIO()
+    data = make_data()  # 96 samples: 6 steps of 16 per epoch
+    fit(make_model(), data, data, epochs=2, batch_size=16, callbacks=[ProgressBar(stream=stream, every_s=0.0)],
+        device="cpu")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 * 6 + 2  # a line per step (every_s=0), a summary per epoch
+    assert lines[0].startswith("epoch 1/2  1/6 steps [17%]  ") and "it/s" in lines[0] and "eta 0:0" in lines[0]
+    assert lines[7].startswith("epoch 2/2  1/6 steps")
+    assert "\r" not in stream.getvalue()
+    loss = float(lines[5].rsplit("loss ", 1)[1])  # the epoch's mean loss so far, after its last step
+    assert math.isclose(loss, float(lines[6].split("train_loss=")[1].split()[0]), rel_tol=1e-3)
+
+
+def test_progress_reads_the_loss_only_when_it_draws(monkeypatch):
+    calls = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: calls.append(1) or item(t))
+
+    def syncs(bar):
+        calls.clear()
+        fit(make_model(), make_data(), epochs=2, batch_size=16, callbacks=[bar] if bar else [], device="cpu")
+        return len(calls)
+
+    quiet = syncs(None)
+    assert syncs(ProgressBar(stream=io.StringIO(), every_s=3600.0)) == quiet  # nothing drawn: no extra sync
+    assert syncs(ProgressBar(stream=io.StringIO(), every_s=0.0)) == quiet + 12  # one per drawn line
+
+
+def test_progress_after_resume_mid_epoch_counts_from_the_epoch_start(tmp_path):
+    class StopAt(Callback):
+        def on_step_end(self, state):
+            if state.step == 8:
+                state.should_stop, state.stop_reason = True, "user"
+
+    data = make_data()  # 6 steps per epoch: step 8 is 2 steps into epoch 2
+    fit(make_model(), data, epochs=2, batch_size=16, callbacks=[Checkpoint(tmp_path, every_n_steps=4), StopAt()],
+        device="cpu")
+    stream = io.StringIO()
+    fit(make_model(), data, epochs=2, batch_size=16, callbacks=[ProgressBar(stream=stream, every_s=0.0)],
+        resume=tmp_path, device="cpu")
+    assert stream.getvalue().startswith("epoch 2/2  3/6 steps [50%]")
 
 
 def test_device_auto_selection_falls_back_to_cpu():

@@ -190,3 +190,144 @@ def test_non_finite_inputs_are_rejected_before_training():
 def test_empty_training_set_is_rejected():
     with pytest.raises(DataError, match="empty"):
         fit(make_model(), TensorDataset(torch.zeros(0, 6), torch.zeros(0, dtype=torch.long)), device="cpu")
+
+
+# ----------------------------------------------------------------------------- odd sizes
+
+def bn_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def training_batch_sizes(model: nn.Module) -> list[int]:
+    """A list that fills with the size of every batch ``model`` trains on."""
+    sizes: list[int] = []
+    model.register_forward_pre_hook(lambda m, args: sizes.append(len(args[0])) if m.training else None)
+    return sizes
+
+
+def test_batch_norm_folds_a_last_batch_of_one_into_the_batch_before():
+    model = bn_model()
+    sizes = training_batch_sizes(model)
+    result = fit(model, make_data(n=33), epochs=2, batch_size=32, device="cpu")
+    assert sizes == [33, 33]  # every sample seen every epoch, in one batch
+    assert result.steps == 2
+
+
+def test_batch_norm_fold_through_a_dataloader():
+    model = bn_model()
+    sizes = training_batch_sizes(model)
+    fit(model, ListDataset(make_data(n=17)), epochs=1, batch_size=8, device="cpu")
+    assert sizes == [8, 9]
+
+
+def test_without_batch_norm_a_last_batch_of_one_is_kept():
+    model = make_model()
+    sizes = training_batch_sizes(model)
+    fit(model, make_data(n=33), epochs=1, batch_size=32, device="cpu")
+    assert sizes == [32, 1]  # plain PyTorch batching: the parity tests above rely on it
+
+
+def test_batch_norm_fold_resumes_mid_epoch_bit_identical(tmp_path):
+    from dlforge.train import Callback, Checkpoint
+
+    class Crash(Exception):
+        pass
+
+    class CrashAt(Callback):
+        def on_step_end(self, state):
+            if state.step == 5:
+                raise Crash
+
+    data = make_data(n=49)  # batches of 8: six of them, the last holding 8 + 1 samples
+
+    def run(callbacks=(), resume=None):
+        model = bn_model()
+        result = fit(model, data, epochs=3, batch_size=8, accumulate=2, seed=4, optim={"name": "sgd", "lr": 0.1},
+                     callbacks=list(callbacks), resume=resume, device="cpu")
+        return model, result
+
+    ref, ref_result = run()
+    assert ref_result.steps == 9  # 6 batches, 3 steps per epoch
+    with pytest.raises(Crash):
+        run([Checkpoint(tmp_path, every_n_steps=2, async_write=False), CrashAt()])
+    model, result = run(resume=tmp_path)  # from step 4: mid-epoch 1, before the folded batch
+    assert result.steps == 9
+    for a, b in zip(model.state_dict().values(), ref.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_batch_norm_on_one_training_sample_is_a_data_error():
+    with pytest.raises(DataError, match="1 sample") as err:
+        fit(bn_model(), make_data(n=1), epochs=1, batch_size=32, device="cpu")
+    assert "batch norm" in err.value.hint
+
+
+def test_batch_norm_with_batch_size_one_names_the_key():
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        fit(bn_model(), make_data(n=10), epochs=1, batch_size=1, device="cpu")
+
+
+def test_batch_larger_than_the_data_is_one_full_batch_like_gd():
+    data = make_data(n=50)
+    big, gd, big_accumulated = make_model(), make_model(), make_model()
+    result = fit(big, data, epochs=3, batch_size=1000, optim={"name": "sgd", "lr": 0.3}, device="cpu")
+    fit(gd, data, epochs=3, optim={"name": "gd", "lr": 0.3}, device="cpu")
+    # accumulate has one batch to sum per step here: the gradient must not be divided by 2
+    fit(big_accumulated, data, epochs=3, batch_size=1000, accumulate=2, optim={"name": "sgd", "lr": 0.3}, device="cpu")
+    assert result.steps == 3
+    for p, q, r in zip(big.parameters(), gd.parameters(), big_accumulated.parameters()):
+        torch.testing.assert_close(p, q)
+        torch.testing.assert_close(p, r)
+
+
+def test_accumulation_equals_bigger_batch_when_the_last_group_is_short():
+    data = make_data(n=48)  # batches of 16: groups of two, then one batch left
+    small, big = make_model(), make_model()
+    fit(small, data, epochs=2, batch_size=16, accumulate=2, optim={"name": "sgd", "lr": 0.3}, seed=1, device="cpu")
+    fit(big, data, epochs=2, batch_size=32, optim={"name": "sgd", "lr": 0.3}, seed=1, device="cpu")
+    for p, q in zip(small.parameters(), big.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_notes_say_what_batching_does():
+    from dlforge.train import batch_notes
+
+    (note,) = batch_notes(make_model(), 50, 1000)
+    assert "1000" in note and "50 training samples" in note
+    assert batch_notes(make_model(), 50, 32, {"name": "gd"}) == []  # gd asks for the full batch
+    assert batch_notes(make_model(), 33, 32) == []
+    (folded,) = batch_notes(bn_model(), 33, 32)
+    assert "joins the batch before it" in folded
+
+
+# ----------------------------------------------------------------------------- devices
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this torch has CUDA")
+def test_cuda_on_a_cpu_only_torch_is_a_config_error():
+    from dlforge.train import select_device
+
+    with pytest.raises(ConfigError, match="train.device is 'cuda'") as err:
+        select_device("cuda")
+    assert "cpu" in err.value.hint and "auto" in err.value.hint
+    with pytest.raises(ConfigError, match="train.device"):
+        fit(make_model(), make_data(), epochs=1, device="cuda")
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:{n}", "meta"])
+def test_a_device_this_machine_lacks_is_a_config_error(name):
+    from dlforge.train import available_devices, select_device
+
+    name = name.format(n=torch.cuda.device_count())  # one past the last GPU (or cuda:0 with none)
+    with pytest.raises(ConfigError, match="train.device") as err:
+        select_device(name)
+    assert ", ".join(available_devices()) in err.value.hint
+
+
+def test_available_devices_are_all_accepted():
+    from dlforge.train import available_devices, select_device
+
+    names = available_devices()
+    assert names[:2] == ["auto", "cpu"]
+    for name in names:
+        select_device(name)

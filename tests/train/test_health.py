@@ -490,3 +490,39 @@ def test_blow_up_between_logged_steps_is_lr_too_high():
     found = diagnose(history, nan_report=report)
     assert kinds(found) == ["non_finite", "lr_too_high"] and found[1].evidence["step"] == 4
     assert "optim.lr (now 0.05" in found[1].fix
+
+
+# ----------------------------------------------------------------------------- held-out scores
+
+def test_worse_than_the_training_mean_is_an_error_with_its_numbers():
+    scores = health.HeldOutScores("test", r2=-1.2, baselines={"training mean": -0.01, "Ridge": 0.45},
+                                  target_standardized=False)
+    (found,) = diagnose([], scores=scores)
+    check_well_formed([found])
+    assert found.kind == "worse_than_baseline" and found.severity == "error"
+    assert found.evidence["r2"] == -1.2 and found.evidence["threshold"] == T.min_r2 == 0.0
+    assert found.evidence["baselines_r2"] == {"training mean": -0.01, "Ridge": 0.45}
+    assert "data.standardize_target: true" in found.fix and "-1.2" in found.message
+    # a standardised target is not the cause to name
+    (found,) = diagnose([], scores=health.HeldOutScores("test", r2=-0.5, target_standardized=True))
+    assert "standardize_target" not in found.fix
+
+
+@pytest.mark.parametrize("r2, fires", [(-1e-9, True), (0.0, False), (0.41, False), (math.nan, False)])
+def test_r2_threshold_boundary(r2, fires):
+    assert kinds(diagnose([], scores=health.HeldOutScores("val", r2=r2))) == (["worse_than_baseline"] if fires else [])
+
+
+@pytest.mark.parametrize("accuracy, fires", [(0.60, True), (0.6000001, False), (0.55, True), (0.9, False)])
+def test_accuracy_at_or_below_the_majority_rate_fires(accuracy, fires):
+    scores = health.HeldOutScores("test", accuracy=accuracy, majority_accuracy=0.6)
+    found = diagnose([], scores=scores)
+    assert kinds(found) == (["worse_than_baseline"] if fires else [])
+    if fires:
+        assert found[0].evidence["majority_accuracy"] == 0.6 and found[0].evidence["accuracy"] == accuracy
+
+
+def test_majority_margin_is_a_threshold():
+    scores = health.HeldOutScores("test", accuracy=0.62, majority_accuracy=0.6)
+    assert kinds(diagnose([], scores=scores, thresholds=HealthThresholds(majority_margin=0.05))) == ["worse_than_baseline"]
+    assert diagnose([], scores=None) == [] and diagnose([], scores=health.HeldOutScores("test")) == []

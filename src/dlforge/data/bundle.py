@@ -43,6 +43,7 @@ class DataBundle:
     feature_names: list[str] | None
     encoding: dict
     notes: list[str] = field(default_factory=list)  # decisions a user should hear about (printed by train)
+    ids: list[str] | None = None  # one per sample from data.id_column, to join predictions back
 
     def __post_init__(self) -> None:
         # Loaders build bundles; these checks catch a loader bug, not a user mistake.
@@ -70,7 +71,8 @@ class DataBundle:
             >>> len(load_builtin("iris").subset(np.arange(10)))
             10
         """
-        return replace(self, x=self.x[idx], y=self.y[idx])
+        ids = None if self.ids is None else [self.ids[i] for i in np.arange(len(self))[idx]]
+        return replace(self, x=self.x[idx], y=self.y[idx], ids=ids)
 
     def to_tensor_dataset(self) -> TensorDataset:
         """``TensorDataset(x, y)``: float32 x (int64 token ids for text), int64 or float32 y.

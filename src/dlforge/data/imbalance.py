@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import TensorDataset
 
 from dlforge.data.bundle import DataBundle
+from dlforge.data.tabular import examples
 from dlforge.errors import ConfigError, DataError
 
 METHODS = ("none", "oversample", "undersample", "smote", "borderline_smote")
@@ -317,7 +318,7 @@ def make_imbalanced(
     names = list(bundle.class_names)
     if isinstance(minority_class, str):
         if minority_class not in names:
-            raise DataError(f"class {minority_class!r} is not in {bundle.name}", hint=f"use one of: {', '.join(names)}")
+            raise DataError(f"class {minority_class!r} is not in {bundle.name}", hint=f"use one of: {examples(names, 10, quote=False)}")
         minority_class = names.index(minority_class)
     if not 0 <= minority_class < len(names):
         raise DataError(f"minority_class {minority_class} is out of range for {len(names)} classes")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -20,9 +20,9 @@ from tokenizers import Tokenizer
 from torch.utils.data import TensorDataset
 
 from dlforge.data.bundle import DataBundle
-from dlforge.data.image_folder import read_image, to_unit_range
-from dlforge.data.splits import split
-from dlforge.data.tabular import encode_features, read_csv, table_from_rows
+from dlforge.data.image_folder import decode_image, read_image, to_unit_range
+from dlforge.data.splits import split_indices
+from dlforge.data.tabular import as_table, encode_table, feature_names
 from dlforge.errors import DataError
 
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
@@ -119,48 +119,100 @@ class Prepared:
     num_outputs: int
     preprocessing: dict  # {"encoding": ..., "standardize": Standardizer.to_dict() or None}
     notes: list[str] = field(default_factory=list)  # decisions a user should hear about (printed by train)
+    # 0-based row indices of the source (in its own order) per split: {"train": [...], "val": [...], "test": [...]}
+    split_indices: dict[str, list[int]] | None = None
 
 
 def prepare(
     bundle: DataBundle, *, val: float = 0.15, test: float = 0.15, stratify: bool = True,
-    seed: int = 0, standardize: bool = True,
+    seed: int = 0, standardize: bool = True, standardize_target: bool = True,
 ) -> Prepared:
     """Split ``bundle``, standardise with train-split statistics and build tensor datasets.
+
+    With ``standardize_target`` a regression target is trained on as ``(y - mean) / std``
+    per output column, with the train split's mean and population std (a constant column
+    divides by 1), saved as ``preprocessing["target_standardize"]``; :func:`to_target_units`
+    maps model outputs back. ``split_indices`` records which source rows went where.
 
     Example:
         >>> from dlforge.data import load_builtin
         >>> prepared = prepare(load_builtin("iris"), val=0.2, test=0.2)
         >>> len(prepared.train), prepared.input_shape, prepared.num_outputs
         (90, (4,), 3)
+        >>> len(prepared.split_indices["test"])
+        30
     """
-    parts = split(bundle, val=val, test=test, stratify=stratify, seed=seed)
+    indices = dict(zip(("train", "val", "test"),
+                       split_indices(bundle, val=val, test=test, stratify=stratify, seed=seed)))
+    parts = {name: None if idx is None else bundle.subset(idx) for name, idx in indices.items()}
     # Token ids are indices, not measurements: text is never standardised.
-    scaler = Standardizer.fit(parts.train.x) if standardize and bundle.kind != "text" else None
+    scaler = Standardizer.fit(parts["train"].x) if standardize and bundle.kind != "text" else None
+    # An unscaled target in the thousands makes the MSE loss (and its gradients) huge, and the
+    # output layer starts near 0: training on standard units lets the default lr work.
+    target = (Standardizer.fit(parts["train"].y.reshape(len(parts["train"]), -1))
+              if standardize_target and bundle.task == "regression" else None)
 
     def tensors(part: DataBundle | None) -> TensorDataset | None:
         if part is None:
             return None
         if scaler is not None:
             part = replace(part, x=scaler.transform(part.x))  # the bundle itself stays unscaled
+        if target is not None:
+            part = replace(part, y=target.transform(part.y.reshape(len(part), -1)))
         return part.to_tensor_dataset()
 
+    preprocessing = {"encoding": bundle.encoding, "standardize": None if scaler is None else scaler.to_dict()}
+    if target is not None:
+        preprocessing["target_standardize"] = {"mean": target.mean, "std": target.std}
     return Prepared(
         name=bundle.name,
         task=bundle.task,
         kind=bundle.kind,
-        train=tensors(parts.train),
-        val=tensors(parts.val),
-        test=tensors(parts.test),
+        train=tensors(parts["train"]),
+        val=tensors(parts["val"]),
+        test=tensors(parts["test"]),
         class_names=bundle.class_names,
         feature_names=bundle.feature_names,
         input_shape=bundle.input_shape,
         num_outputs=bundle.num_outputs,
-        preprocessing={
-            "encoding": bundle.encoding,
-            "standardize": None if scaler is None else scaler.to_dict(),
-        },
+        preprocessing=preprocessing,
         notes=list(bundle.notes),
+        split_indices={name: idx.tolist() for name, idx in indices.items() if idx is not None},
     )
+
+
+def to_target_units(values: torch.Tensor, stats: Mapping | None) -> torch.Tensor:
+    """Model outputs ``(N, D)`` on the standardised target scale back in the target's units:
+    ``mean + std * values`` with ``preprocessing["target_standardize"]`` (None: unchanged).
+
+    Example:
+        >>> to_target_units(torch.tensor([[0.0], [1.0]]), {"mean": [100.0], "std": [10.0]})
+        tensor([[100.],
+                [110.]])
+    """
+    if stats is None:
+        return values
+    mean = torch.as_tensor(stats["mean"], dtype=values.dtype, device=values.device)
+    std = torch.as_tensor(stats["std"], dtype=values.dtype, device=values.device)
+    return values.reshape(len(values), -1) * std + mean
+
+
+def in_target_units(data: TensorDataset, prepared: Prepared) -> TensorDataset:
+    """A split of ``prepared`` with its targets back in the target's own units (float64),
+    as :func:`dlforge.evaluate.evaluate` scores it; inputs stay model-ready. Unchanged
+    when the target was not standardised.
+
+    Example:
+        >>> from dlforge.data import load_builtin
+        >>> prepared = prepare(load_builtin("diabetes"), val=0.2, test=0.2)
+        >>> round(float(prepared.test.tensors[1].mean()), 2), round(float(in_target_units(prepared.test, prepared).tensors[1].mean()), 1)
+        (0.06, 155.3)
+    """
+    stats = prepared.preprocessing.get("target_standardize")
+    if stats is None or not isinstance(data, TensorDataset):
+        return data
+    x, y = data.tensors
+    return TensorDataset(x, to_target_units(y.double(), stats))
 
 
 def _finish(x: np.ndarray, preprocessing: Mapping) -> torch.Tensor:
@@ -198,34 +250,35 @@ def sample_shape(encoding: Mapping) -> tuple[int, ...]:
         return (encoding["length"], encoding["features"])
     if encoding["kind"] == "text":
         return (encoding["max_len"],)
-    categories = encoding["categories"]
-    return (sum(len(categories[c]) if c in categories else 1 for c in encoding["columns"]),)
+    # One-hot blocks, plain numbers, then the <column>_missing indicators.
+    return (len(feature_names(encoding["columns"], encoding["categories"], encoding.get("indicators", []))),)
 
 
 def encode_rows(
-    rows: Sequence[Mapping[str, object]] | Mapping[str, object] | str | Path,
+    rows: Sequence[Mapping[str, object]] | Mapping[str, object] | str | Path | Any,
     preprocessing: Mapping,
 ) -> torch.Tensor:
-    """Encode raw table rows (dicts, or a CSV file) as the model's standardised input.
+    """Encode raw table rows (dicts, a CSV file or a pandas DataFrame) as the model's
+    standardised input.
 
     Columns not used in training, such as the target, are ignored; one dict is one row.
+    Gaps are filled and unseen categories handled as the stored encoding says
+    (:func:`dlforge.data.tabular.encode_table`), exactly as in training.
 
     Example:
         >>> encode_rows([{"age": "31", "color": "red"}], prepared.preprocessing)  # doctest: +SKIP
         tensor([[ 0.1320, -0.9806,  0.9806]])
     """
     encoding = _encoding(preprocessing, "tabular")
-    if isinstance(rows, Mapping):
-        rows = [rows]  # one row
-    table = read_csv(rows) if isinstance(rows, (str, Path)) else table_from_rows(rows)
-    x = encode_features(table, list(encoding["columns"]), encoding["categories"])  # (N, F)
+    x = encode_table(as_table(rows), encoding)  # (N, F)
     return _finish(x, preprocessing)
 
 
-def encode_images(paths: Sequence[str | Path], preprocessing: Mapping) -> torch.Tensor:
-    """Load image files as the model's standardised input ``(N, C, H, W)``.
+def encode_images(images: Sequence[str | Path | bytes], preprocessing: Mapping) -> torch.Tensor:
+    """Load image files (paths) or encoded image bytes (PNG, JPEG, BMP: decoded in memory) as the
+    model's standardised input ``(N, C, H, W)``.
 
-    Each file is converted to the stored colour mode and resized to the stored size.
+    Each image is converted to the stored colour mode and resized to the stored size.
     Files hold 0..255 pixels, so they are always scaled by 1/255; the stored
     ``scale`` describes the training array (digits used 1/16 on sklearn's 0..16
     pixels) and both put pixels on the same [0, 1] range.
@@ -235,13 +288,74 @@ def encode_images(paths: Sequence[str | Path], preprocessing: Mapping) -> torch.
         torch.Size([1, 1, 8, 8])
     """
     encoding = _encoding(preprocessing, "image")
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    if not paths:
-        raise DataError("no image paths were given", hint="pass e.g. ['a.png', 'b.png']")
-    size = tuple(encoding["size"])
-    pixels = np.stack([read_image(p, encoding["mode"], size) for p in paths])  # (N, C, H, W)
+    if isinstance(images, (str, Path, bytes)):
+        images = [images]
+    if not images:
+        raise DataError("no images were given", hint="pass e.g. ['a.png', 'b.png'] or PNG/JPEG bytes")
+    size, mode = tuple(encoding["size"]), encoding["mode"]
+    pixels = np.stack([decode_image(bytes(im), mode, size) if isinstance(im, (bytes, bytearray, memoryview))
+                       else read_image(im, mode, size) for im in images])  # (N, C, H, W)
     return _finish(to_unit_range(pixels), preprocessing)
+
+
+def encode_pixels(x: np.ndarray | torch.Tensor | Sequence, preprocessing: Mapping) -> torch.Tensor:
+    """Raw pixel arrays in the source's own units as the model's standardised input ``(N, C, H, W)``.
+
+    Raw units are the pixels the source holds: 0..16 for the built-in digits, 0..255 for
+    image folders and IDX files; the stored ``scale`` (1/16, 1/255) maps them to the
+    [0, 1] range training used, then the training standardisation applies. Layouts, at
+    the stored size: ``(N, C, H, W)``, ``(N, H, W, C)`` or, for grayscale, ``(N, H, W)``;
+    one sample without the batch dimension is accepted too. Arrays already in [0, 1]
+    (a bundle's ``x``) go to :func:`encode_array` instead.
+
+    Example:
+        >>> enc = {"encoding": {"kind": "image", "size": [2, 2], "mode": "L", "scale": 1 / 16}}
+        >>> encode_pixels([[0, 16], [8, 4]], enc)
+        tensor([[[[0.0000, 1.0000],
+                  [0.5000, 0.2500]]]])
+    """
+    encoding = _encoding(preprocessing, "image")
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = _to_nchw(np.asarray(x, dtype=np.float32), encoding)
+    scale = float(encoding.get("scale", 1 / 255))
+    levels = round(1 / scale)
+    # Dividing by the whole number of levels gives bit-for-bit what training computed
+    # (to_unit_range divides by 255, the digits loader by 16); multiplying would not.
+    x = x / np.float32(levels) if abs(levels * scale - 1) < 1e-9 else x * np.float32(scale)
+    return _finish(x, preprocessing)
+
+
+def pixel_layouts(encoding: Mapping) -> dict[tuple[int, ...], str]:
+    """Per-sample shapes a raw pixel array may have, and their layout: ``(C, H, W)``, ``(H, W, C)``
+    and, for grayscale, ``(H, W)``; channels-first wins when two layouts share a shape.
+
+    Example:
+        >>> pixel_layouts({"kind": "image", "size": [8, 8], "mode": "L"})
+        {(1, 8, 8): 'CHW', (8, 8, 1): 'HWC', (8, 8): 'HW'}
+    """
+    c, h, w = sample_shape(encoding)
+    layouts = {(c, h, w): "CHW"}
+    layouts.setdefault((h, w, c), "HWC")
+    if c == 1:
+        layouts.setdefault((h, w), "HW")
+    return layouts
+
+
+def _to_nchw(x: np.ndarray, encoding: Mapping) -> np.ndarray:
+    """A batch (or one sample) of pixels in any accepted layout as ``(N, C, H, W)``."""
+    layouts = pixel_layouts(encoding)
+    if x.shape in layouts:  # one sample
+        x = x[None]
+    layout = layouts.get(x.shape[1:])
+    if layout is None:
+        shapes = " or ".join(f"(N, {', '.join(map(str, s))})" for s in layouts)
+        raise DataError(f"pixels of shape {x.shape} do not fit the model's {encoding['mode']} images of "
+                        f"{encoding['size'][0]}x{encoding['size'][1]} (HxW)",
+                        hint=f"give raw pixels of shape {shapes}, resized to the model's size")
+    if layout == "HW":
+        return x[:, None]
+    return x.transpose(0, 3, 1, 2) if layout == "HWC" else x
 
 
 def encode_array(x: np.ndarray | torch.Tensor, preprocessing: Mapping) -> torch.Tensor:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from dlforge.data._checks import check_choice
 from dlforge.data.bundle import DataBundle
 from dlforge.data.catalog import builtin_names, load_builtin, suggest_builtin
-from dlforge.data.csv_file import CATEGORICAL_CHOICES, TASK_CHOICES, load_csv
+from dlforge.data.csv_file import (
+    CATEGORICAL_CHOICES, MISSING_CHOICES, TASK_CHOICES, UNKNOWN_CATEGORY_CHOICES, load_csv,
+)
 from dlforge.data.idx import find_idx_images, is_idx_images_file, load_idx
 from dlforge.data.image_folder import COLOR_MODES, load_image_folder
+from dlforge.data.tabular import is_dataframe
 from dlforge.errors import DataError
 
 _SOURCE_KINDS = ("a .csv file, a folder with one sub-folder of images per class, "
@@ -36,22 +40,30 @@ def _reject_unused(source: str, **options: object) -> None:
 
 
 def load_source(
-    source: str | Path,
+    source: str | Path | Any,
     *,
     target: str | None = None,
     task: str = "auto",
     categorical: str = "onehot",
     image_size: Sequence[int] | None = None,
-    color: str = "grayscale",
+    color: str | None = None,
     n_samples: int | None = None,
     noise: float | None = None,
     seed: int = 0,
+    drop: Sequence[str] = (),
+    id_column: str | None = None,
+    missing: str = "impute",
+    unknown_category: str = "error",
+    fit_split: Mapping[str, Any] | None = None,
 ) -> DataBundle:
-    """Load a built-in set name, a CSV file, an image folder or MNIST IDX files.
+    """Load a built-in set name, a CSV file, a pandas DataFrame, an image folder or MNIST IDX files.
+
+    ``drop``, ``id_column``, ``missing``, ``unknown_category`` and ``fit_split`` apply to
+    tables (CSV files and DataFrames, see :func:`dlforge.data.load_csv`).
 
     Built-in names win over a folder of the same name in the working directory;
     write ``./iris`` for the folder. ``target``, ``task`` and ``categorical`` apply to
-    CSV files, ``image_size`` and ``color`` to image folders, ``n_samples``, ``noise``
+    CSV files, ``image_size`` and ``color`` (None: from the images) to image folders, ``n_samples``, ``noise``
     and ``seed`` to the generated built-in sets.
 
     Example:
@@ -62,11 +74,23 @@ def load_source(
     """
     check_choice(task, TASK_CHOICES, "data.task")
     check_choice(categorical, CATEGORICAL_CHOICES, "data.categorical")
-    check_choice(color, tuple(COLOR_MODES), "data.color")
+    if color is not None:
+        check_choice(color, tuple(COLOR_MODES), "data.color")
+    check_choice(missing, MISSING_CHOICES, "data.missing")
+    check_choice(unknown_category, UNKNOWN_CATEGORY_CHOICES, "data.unknown_category")
+    table_options = {"drop": drop, "id_column": id_column, "missing": missing,
+                     "unknown_category": unknown_category, "fit_split": fit_split}
+    # Defaults count as not given: only a table option the user set is refused for other sources.
+    table_only = {"drop": list(drop) or None, "id_column": id_column,
+                  "missing": None if missing == "impute" else missing,
+                  "unknown_category": None if unknown_category == "error" else unknown_category}
+    if is_dataframe(source):
+        _reject_unused("dataframe", image_size=image_size, n_samples=n_samples, noise=noise)
+        return load_csv(source, target=target, task=task, categorical=categorical, **table_options)
     name = str(source)
-    unset_color = None if color == "grayscale" else color
+    unset_color = None if color == "grayscale" else color  # grayscale: the default of older run configs
     if name in builtin_names():
-        _reject_unused(name, target=target, image_size=image_size, color=unset_color)
+        _reject_unused(name, target=target, image_size=image_size, color=unset_color, **table_only)
         bundle = load_builtin(name, n_samples=n_samples, noise=noise, seed=seed)
         if task not in ("auto", bundle.task):
             raise DataError(f"'{name}' is a {bundle.task} data set, not {task}",
@@ -79,10 +103,10 @@ def load_source(
     _reject_unused(name, n_samples=n_samples, noise=noise)
     if path.is_file() and path.suffix.lower() == ".csv":
         _reject_unused(name, image_size=image_size, color=unset_color)
-        return load_csv(path, target=target, task=task, categorical=categorical)
+        return load_csv(path, target=target, task=task, categorical=categorical, **table_options)
 
     # Everything below is image classification.
-    _reject_unused(name, target=target)
+    _reject_unused(name, target=target, **table_only)
     if task not in ("auto", "classification"):
         raise DataError(f"images in '{name}' are labelled by class, so the task cannot be {task}",
                         hint="set data.task: classification, or remove it")

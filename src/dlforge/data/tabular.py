@@ -3,16 +3,23 @@
 Shared by :func:`dlforge.data.load_csv` (training) and
 :func:`dlforge.data.encode_rows` (prediction) so both encode a row the same way:
 numeric columns become one float each, categorical columns become one-hot blocks
-in the place the column had, in sorted category order.
+in the place the column had, in sorted category order, and the ``<column>_missing``
+indicators of imputed columns come last. The recipe is the tabular ``encoding``
+dict (see :func:`encode_table`); :func:`dlforge.data.csv_file.fit_encoding` fits it.
+
+A cell is missing when it is empty, one of the markers in :data:`MISSING_MARKERS`
+(any case) or a non-finite number.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +35,7 @@ class Table:
     row_numbers: list[int]  # for CSV files the header is row 1, as in a spreadsheet
     source: str  # names the table in messages: a file name or "the given rows"
     has_header: bool = True
+    row_note: str | None = None  # how rows are counted, when not as in a spreadsheet
 
     def __len__(self) -> int:
         return len(self.row_numbers)
@@ -35,7 +43,48 @@ class Table:
     def where(self, i: int) -> str:
         """How messages name the ``i``-th data row (0-based)."""
         note = " (row 1 is the header)" if self.has_header else ""
+        if self.row_note:
+            note = f" ({self.row_note})"
         return f"row {self.row_numbers[i]}{note}"
+
+
+# What pandas, R, spreadsheets and UCI files write for a gap, compared case-insensitively.
+MISSING_MARKERS = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
+
+
+def is_missing(cell: str) -> bool:
+    """True for an empty cell, a marker of :data:`MISSING_MARKERS` or a non-finite number.
+
+    Example:
+        >>> [is_missing(c) for c in ["", "NA", "?", "inf", "0", "red"]]
+        [True, True, True, True, False, False]
+    """
+    low = cell.lower()
+    if low in MISSING_MARKERS:
+        return True
+    # Only "inf", "infinity" and "nan" spellings parse as non-finite: skip float() for the rest.
+    if "inf" not in low and "nan" not in low:
+        return False
+    value = parse_float(cell)
+    return value is not None and not math.isfinite(value)
+
+
+def examples(values: Iterable[Any], limit: int = 5, *, quote: bool = True) -> str:
+    """At most ``limit`` values for a message, then how many more: messages stay short.
+
+    Every list of columns or categories in a data message goes through here (an unseen
+    category once printed a 56 KB hint listing every ID). ``quote`` shows strings quoted.
+
+    Example:
+        >>> examples(["blue", "red"])
+        "'blue', 'red'"
+        >>> examples(range(100), limit=3)
+        '0, 1, 2, ... (97 more)'
+    """
+    values = list(values)
+    shown = ", ".join(repr(v) if quote else str(v) for v in values[:limit])
+    more = len(values) - limit
+    return f"{shown}, ... ({more} more)" if more > 0 else shown
 
 
 def read_csv(path: str | Path) -> Table:
@@ -98,6 +147,54 @@ def table_from_rows(rows: Sequence[Mapping[str, object]]) -> Table:
     return Table(list(cells), cells, list(range(1, len(rows) + 1)), "the given rows", False)
 
 
+def is_dataframe(obj: object) -> bool:
+    """True for a pandas DataFrame; pandas is not imported for the question."""
+    pandas = sys.modules.get("pandas")  # a DataFrame exists only once pandas is imported
+    return pandas is not None and isinstance(obj, pandas.DataFrame)
+
+
+def table_from_dataframe(df: Any) -> Table:
+    """Make a table from a pandas DataFrame: cells as text, NaN/None/NaT as empty cells.
+
+    Rows are named by position counted from 0, as ``df.iloc`` does; the index is not a
+    column (``df.reset_index()`` makes it one).
+
+    Example:
+        >>> import pandas as pd
+        >>> table_from_dataframe(pd.DataFrame({"age": [31.5, None], "color": ["red", "blue"]})).cells
+        {'age': ['31.5', ''], 'color': ['red', 'blue']}
+    """
+    import pandas as pd  # only a DataFrame's owner gets here, so pandas is loaded already
+
+    if len(df) == 0 or len(df.columns) == 0:
+        raise DataError("the DataFrame is empty", hint="pass a DataFrame with columns and rows")
+    header = [str(c) for c in df.columns]
+    _check_header(header, "the DataFrame")
+    def text(value: object) -> str:
+        gap = pd.isna(value)  # an array for list-like cells: those are not gaps
+        return "" if isinstance(gap, (bool, np.bool_)) and gap else str(value).strip()
+
+    cells = {name: [text(v) for v in df.iloc[:, j].tolist()] for j, name in enumerate(header)}
+    return Table(header, cells, list(range(len(df))), "the DataFrame", False,
+                 row_note="counted from 0, as df.iloc")
+
+
+def as_table(source: object) -> Table:
+    """A CSV path, a pandas DataFrame, one dict or a list of dicts (column -> value) as a Table.
+
+    Example:
+        >>> as_table({"age": 31}).cells
+        {'age': ['31']}
+    """
+    if isinstance(source, (str, Path)):
+        return read_csv(source)
+    if is_dataframe(source):
+        return table_from_dataframe(source)
+    if isinstance(source, Mapping):
+        return table_from_rows([source])  # one row
+    return table_from_rows(source)  # type: ignore[arg-type]
+
+
 def _check_header(header: list[str], source: str) -> None:
     for j, name in enumerate(header, start=1):
         if not name:
@@ -120,80 +217,115 @@ def parse_float(cell: str) -> float | None:
         return None
 
 
-def check_no_missing(table: Table, column: str, *, what: str = "column") -> None:
-    """Raise a DataError naming the column and the first empty, NaN or infinite cell.
+def check_no_missing(
+    table: Table, column: str, *, what: str = "column", markers: bool = True, hint: str | None = None
+) -> None:
+    """Raise a DataError naming the column and the first missing cell (see :func:`is_missing`).
 
+    ``markers=False`` is the rule before ``data.missing`` existed (only empty cells and
+    non-finite numbers are gaps), kept for models saved then: "NA" was a category to them.
     "nan" counts as missing even in a text column: it is how most tools write a gap.
     """
     for i, cell in enumerate(table.cells[column]):
         value = parse_float(cell)
-        if cell == "" or (value is not None and not math.isfinite(value)):
+        legacy_gap = cell == "" or (value is not None and not math.isfinite(value))
+        if legacy_gap or (markers and is_missing(cell)):
             shown = "an empty cell" if cell == "" else f"the value '{cell}'"
             raise DataError(
                 f"{table.source}: {what} '{column}' has {shown} at {table.where(i)}",
-                hint="fill in or drop rows with missing values; dlforge does not impute them",
+                hint=hint or "fill in or drop rows with missing values, or set data.missing: impute",
             )
 
 
-def feature_names(columns: list[str], categories: Mapping[str, list[str]]) -> list[str]:
-    """One name per encoded feature: the column, or ``column=category`` for one-hot blocks.
+def feature_names(
+    columns: list[str], categories: Mapping[str, list[str]], indicators: Sequence[str] = ()
+) -> list[str]:
+    """One name per encoded feature: the column, ``column=category`` for one-hot blocks,
+    then ``column_missing`` for each missing-value indicator.
 
     Example:
-        >>> feature_names(["age", "color"], {"color": ["blue", "red"]})
-        ['age', 'color=blue', 'color=red']
+        >>> feature_names(["age", "color"], {"color": ["blue", "red"]}, ["age"])
+        ['age', 'color=blue', 'color=red', 'age_missing']
     """
     names: list[str] = []
     for c in columns:
         names += [f"{c}={v}" for v in categories[c]] if c in categories else [c]
-    return names
+    return names + [f"{c}_missing" for c in indicators]
 
 
-def encode_features(
-    table: Table, columns: list[str], categories: Mapping[str, list[str]]
-) -> np.ndarray:
-    """Encode ``columns`` of ``table`` as a float32 ``(N, F)`` array; other columns are ignored.
+def encode_table(table: Table, encoding: Mapping) -> np.ndarray:
+    """Encode ``table`` with a tabular ``encoding`` as a float32 ``(N, F)`` array.
+
+    Keys of ``encoding``: ``columns`` (the inputs, in order; other table columns are
+    ignored), ``categories`` (column -> known categories: one-hot), ``missing``
+    (``"impute"``: missing cells take ``fill[column]`` and the columns in ``indicators``
+    add a 0/1 ``<column>_missing`` feature; ``"error"``: refuse them) and
+    ``unknown_category`` (``"ignore"``: an unseen category is an all-zero block;
+    ``"error"``: refuse it). An encoding saved before these keys existed encodes as it
+    did then: gaps refused, unseen categories refused.
 
     Example:
-        >>> t = table_from_rows([{"age": 3, "color": "red"}])
-        >>> encode_features(t, ["age", "color"], {"color": ["blue", "red"]})
-        array([[3., 0., 1.]], dtype=float32)
+        >>> t = table_from_rows([{"age": 3, "color": "red"}, {"color": "blue"}])
+        >>> enc = {"columns": ["age", "color"], "categories": {"color": ["blue", "red"]},
+        ...        "missing": "impute", "fill": {"age": 5.0}, "indicators": ["age"]}
+        >>> encode_table(t, enc)
+        array([[3., 0., 1., 0.],
+               [5., 1., 0., 1.]], dtype=float32)
     """
-    missing = [c for c in columns if c not in table.cells]
-    if missing:
+    columns, categories = list(encoding["columns"]), encoding["categories"]
+    absent = [c for c in columns if c not in table.cells]
+    if absent:
         raise DataError(
-            f"{table.source}: missing column(s) {missing}",
-            hint=f"the model was trained on the columns {columns}",
+            f"{table.source}: missing column(s) {examples(absent)}",
+            hint=f"the model was trained on the columns {examples(columns, 10)}",
         )
+    policy = encoding.get("missing")  # None: saved before data.missing existed
+    fill = encoding.get("fill", {}) if policy == "impute" else {}
+    if policy != "impute":
+        for c in columns:
+            check_no_missing(table, c, markers=policy is not None)
     blocks = []
     for c in columns:
-        check_no_missing(table, c)
-        cells = table.cells[c]
         if c in categories:
-            blocks.append(_one_hot(table, c, categories[c]))  # (N, K)
-            continue
-        values = [parse_float(cell) for cell in cells]
-        if None in values:
-            i = values.index(None)
-            raise DataError(
-                f"{table.source}: column '{c}' is numeric but {table.where(i)} "
-                f"holds '{cells[i]}'",
-                hint="give a number in every cell of this column",
-            )
-        blocks.append(np.asarray(values, dtype=np.float64)[:, None])  # (N, 1)
+            unknown = encoding.get("unknown_category", "error")
+            blocks.append(_one_hot(table, c, categories[c], fill.get(c), unknown))  # (N, K)
+        else:
+            blocks.append(_numbers(table, c, fill.get(c)))  # (N, 1)
+    for c in encoding.get("indicators", []) if policy == "impute" else []:
+        blocks.append(np.array([[float(is_missing(cell))] for cell in table.cells[c]]))  # (N, 1)
     x = np.concatenate(blocks, axis=1) if blocks else np.zeros((len(table), 0))
     return x.astype(np.float32)
 
 
-def _one_hot(table: Table, column: str, known: list[str]) -> np.ndarray:
+def _numbers(table: Table, column: str, fill: float | None) -> np.ndarray:
+    cells = table.cells[column]
+    values = [fill if fill is not None and is_missing(cell) else parse_float(cell) for cell in cells]
+    if None in values:
+        i = values.index(None)
+        raise DataError(
+            f"{table.source}: column '{column}' is numeric but {table.where(i)} "
+            f"holds '{cells[i]}'",
+            hint="give a number in every cell of this column",
+        )
+    return np.asarray(values, dtype=np.float64)[:, None]  # (N, 1)
+
+
+def _one_hot(
+    table: Table, column: str, known: list[str], fill: str | None, unknown: str
+) -> np.ndarray:
     index = {v: k for k, v in enumerate(known)}
     out = np.zeros((len(table), len(known)), dtype=np.float64)  # (N, K)
     for i, cell in enumerate(table.cells[column]):
-        k = index.get(cell)
-        if k is None:
+        imputed = fill is not None and is_missing(cell)
+        k = index.get(fill if imputed else cell)
+        if k is not None:
+            out[i, k] = 1.0
+        # A gap in a column that had none in training has no block entry: all zeros.
+        elif not imputed and unknown != "ignore":
             raise DataError(
                 f"{table.source}: column '{column}' has the category '{cell}' at "
                 f"{table.where(i)}, which was not seen in training",
-                hint=f"use one of the known categories: {known}",
+                hint=f"use one of the {len(known)} known categories: {examples(known)}; "
+                "or train with data.unknown_category: ignore",
             )
-        out[i, k] = 1.0
     return out

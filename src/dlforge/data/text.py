@@ -32,7 +32,7 @@ from tokenizers import Tokenizer
 from dlforge.data.bundle import DataBundle
 from dlforge.data.corpus import pydoc_corpus
 from dlforge.data.preprocess import _encoding
-from dlforge.data.tabular import read_csv
+from dlforge.data.tabular import examples, read_csv
 from dlforge.data.tokenizer import encode_texts, special_ids
 from dlforge.errors import DataError
 
@@ -178,7 +178,7 @@ def _read_csv_records(path: Path, text_column: str, label_column: str | None
     table = read_csv(path)  # names empty files, bad headers and ragged rows itself
     for column, hint in ((text_column, _TEXT_HINT), (label_column, _LABEL_HINT)):
         if column is not None and column not in table.cells:
-            raise DataError(f"{path} has no column '{column}'; its columns are {table.columns}",
+            raise DataError(f"{path} has no column '{column}'; its columns are {examples(table.columns, 10)}",
                             hint=hint)
     labels = table.cells[label_column] if label_column is not None else [None] * len(table)
     return [(table.where(i), text, label)
@@ -208,7 +208,7 @@ def _read_jsonl_records(path: Path, text_column: str, label_column: str | None
         for column, hint in ((text_column, _TEXT_HINT), (label_column, _LABEL_HINT)):
             if column is not None and column not in obj:
                 raise DataError(f"{path}: line {number} has no '{column}' key; its keys are "
-                                f"{list(obj)}", hint=hint)
+                                f"{examples(obj, 10)}", hint=hint)
         text = obj[text_column]
         if not isinstance(text, str):
             raise DataError(f"{path}: line {number}: '{text_column}' holds a "

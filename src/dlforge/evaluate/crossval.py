@@ -3,7 +3,9 @@
 Each fold trains a fresh model, seeded as a normal run is, on the other k-1 folds and
 scores it on its own fold with :func:`dlforge.evaluate.evaluate`. Standardisation
 statistics come from the fold's training part only, so no held-out sample leaks into
-preprocessing. ``data.split.test`` is ignored (the held-out fold is the test set);
+preprocessing; with ``data.standardize_target`` a regression model trains on the target
+standardised with the fold's training statistics and is scored in the target's units.
+``data.split.test`` is ignored (the held-out fold is the test set);
 ``data.split.val`` carves a validation part out of the training folds for early stopping.
 Nothing is written to disk: no run directory, no checkpoints.
 
@@ -114,9 +116,13 @@ def _check_monitors(config: RunConfig) -> None:
                               hint="set data.split.val above 0, or monitor a train_* metric")
 
 
-def _tensors(part: DataBundle, scaler: Standardizer | None) -> TensorDataset:
+def _tensors(part: DataBundle, scaler: Standardizer | None, target: Standardizer | None = None) -> TensorDataset:
+    """Model-ready tensors; ``target`` standardises y too (training parts only: held-out
+    folds keep y in the target's units, which :func:`evaluate` scores in)."""
     if scaler is not None:
         part = replace(part, x=scaler.transform(part.x))
+    if target is not None:
+        part = replace(part, y=target.transform(part.y.reshape(len(part), -1)))
     return part.to_tensor_dataset()
 
 
@@ -131,9 +137,11 @@ def _callbacks(config: RunConfig, has_val: bool) -> list[Callback]:
 
 def _train_fold(
     config: RunConfig, bundle: DataBundle, train_idx: np.ndarray
-) -> tuple[nn.Module, Standardizer | None]:
+) -> tuple[nn.Module, Standardizer | None, dict | None]:
     """A fresh model trained on the samples at ``train_idx``, as ``dlforge train`` would,
-    and the standardiser fitted on its training part (for the held-out fold)."""
+    the standardiser fitted on its training part (for the held-out fold) and, with
+    ``data.standardize_target``, the regression target's statistics (``prepare``'s
+    ``target_standardize``)."""
     d, t = config.data, config.train
     fit_idx, val_idx = train_idx, None
     if d.split.val > 0:
@@ -142,13 +150,15 @@ def _train_fold(
         fit_idx, val_idx = train_idx[inner_fit], train_idx[inner_val]
     train_part = bundle.subset(fit_idx)
     scaler = Standardizer.fit(train_part.x) if d.standardize else None
-    val = _tensors(bundle.subset(val_idx), scaler) if val_idx is not None else None
+    target = (Standardizer.fit(train_part.y.reshape(len(train_part), -1))
+              if d.standardize_target and bundle.task == "regression" else None)
+    val = _tensors(bundle.subset(val_idx), scaler, target) if val_idx is not None else None
     seed_everything(config.seed)  # every fold starts from the same initial weights
     model = build(config.model, input_shape=bundle.input_shape, num_outputs=bundle.num_outputs)
     augment = build_augment(resolve_augment(d.augment, bundle.name, kind=bundle.kind), bundle.input_shape,
                             bundle.num_outputs if bundle.task == "classification" else None,
                             stats=scaler.to_dict() if scaler is not None else None)
-    train, loss, order = _tensors(train_part, scaler), t.loss, None
+    train, loss, order = _tensors(train_part, scaler, target), t.loss, None
     if bundle.task == "classification":  # data.imbalance and train.loss on this fold's training part only
         imbalance, K = d.imbalance, bundle.num_outputs
         if imbalance.bagging:
@@ -164,7 +174,7 @@ def _train_fold(
         optim=config.optim, loss=loss, clip_grad_norm=t.clip_grad_norm, clip_grad_value=t.clip_grad_value,
         accumulate=t.accumulate, precision=t.precision, device=t.device, seed=config.seed,
         callbacks=_callbacks(config, val is not None), log_every_n_steps=t.log_every_n_steps)
-    return model, scaler
+    return model, scaler, None if target is None else {"mean": target.mean, "std": target.std}
 
 
 def _class_ratios(y: np.ndarray, n_classes: int) -> list[float]:
@@ -200,9 +210,10 @@ def cross_validate(
     scores: list[dict[str, float]] = []
     ratios: list[list[float]] = []
     for i, (train_idx, held_idx) in enumerate(folds):
-        model, scaler = _train_fold(config, bundle, train_idx)
-        held_out = _tensors(bundle.subset(held_idx), scaler)
-        ev: Evaluation = evaluate(model, held_out, task=bundle.task, class_names=bundle.class_names)
+        model, scaler, target = _train_fold(config, bundle, train_idx)
+        held_out = _tensors(bundle.subset(held_idx), scaler)  # y in the target's units
+        ev: Evaluation = evaluate(model, held_out, task=bundle.task, class_names=bundle.class_names,
+                                  target_standardize=target)
         scores.append(ev.metrics)
         if classify:
             ratios.append(_class_ratios(bundle.y[held_idx], n_classes))

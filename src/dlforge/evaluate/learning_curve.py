@@ -46,6 +46,7 @@ from matplotlib.figure import Figure
 from torch.utils.data import TensorDataset
 
 from dlforge.config import RunConfig, load_config
+from dlforge.data.preprocess import in_target_units
 from dlforge.errors import ConfigError, DataError
 from dlforge.evaluate.metrics import classification_metrics, evaluate, regression_metrics
 from dlforge.evaluate.plots import to_png
@@ -199,7 +200,10 @@ def learning_curve(
     x, y = prepared.train.tensors
     stratify = prepared.task == "classification" and cfg.data.split.stratify
     orders = {s: nested_order(y.numpy() if stratify else None, s, len(y)) for s in seeds}
-    score_kw = {"task": prepared.task, "class_names": prepared.class_names}
+    # Scored in the target's units: targets back from the standardised scale, outputs with them.
+    score_kw = {"task": prepared.task, "class_names": prepared.class_names,
+                "target_standardize": prepared.preprocessing.get("target_standardize")}
+    scored_held_out = in_target_units(held_out, prepared)
     # The first optimizer a process builds imports torch._dynamo (seconds on a busy machine):
     # pay that before the clock starts, so seconds[0] measures training, not an import.
     build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optim)
@@ -212,8 +216,8 @@ def learning_curve(
             start = time.perf_counter()
             model = _train_on(cfg, prepared, subset, seed)
             elapsed += time.perf_counter() - start
-            train_row.append(evaluate(model, subset, **score_kw).metrics[metric])
-            test_row.append(evaluate(model, held_out, **score_kw).metrics[metric])
+            train_row.append(evaluate(model, in_target_units(subset, prepared), **score_kw).metrics[metric])
+            test_row.append(evaluate(model, scored_held_out, **score_kw).metrics[metric])
         train_rows.append(train_row)
         test_rows.append(test_row)
         seconds.append(elapsed / len(seeds))

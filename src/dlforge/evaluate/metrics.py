@@ -31,15 +31,15 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torchmetrics.functional.classification as tmc
-import torchmetrics.functional.regression as tmr
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
+from dlforge.data.preprocess import to_target_units
 from dlforge.errors import ConfigError, DataError
 from dlforge.train import select_device
 
@@ -107,6 +107,8 @@ def _check_classification(
 
 def _curves(y: Tensor, p: Tensor, names: list[str]) -> tuple[dict[str, Any], bool, bool]:
     """ROC and PR curves of the scored classes, one-vs-rest, and whether every one is defined."""
+    import torchmetrics.functional.classification as tmc  # here: importing torchmetrics takes a second or more
+
     n, n_classes = p.shape
     scored = [1] if n_classes == 2 else list(range(n_classes))  # binary: the positive class only
     roc: dict[str, Any] = {}
@@ -166,6 +168,8 @@ def classification_metrics(
         >>> ev.metrics["accuracy"], ev.per_class[2]["recall"], ev.metrics["roc_auc"]
         (0.75, 0.5, 1.0)
     """
+    import torchmetrics.functional.classification as tmc  # here: importing torchmetrics takes a second or more
+
     y, p, names = _check_classification(y_true, probs, class_names)
     n, n_classes = p.shape
     pred = p.argmax(dim=1)  # (N,)
@@ -226,6 +230,8 @@ def regression_metrics(y_true: Tensor, y_pred: Tensor) -> Evaluation:
         >>> ev.metrics["mae"], ev.metrics["r2"]
         (0.3333333333333333, 0.5)
     """
+    import torchmetrics.functional.regression as tmr  # here: importing torchmetrics takes a second or more
+
     target = torch.as_tensor(y_true).detach().cpu().double()
     pred = torch.as_tensor(y_pred).detach().cpu().double()
     # (N, 1) and (N,) describe the same single output.
@@ -247,14 +253,16 @@ def regression_metrics(y_true: Tensor, y_pred: Tensor) -> Evaluation:
     return Evaluation("regression", metrics, [], None, {"residuals": residuals}, None)
 
 
-def _unpack(model_or_artifact: Any) -> tuple[nn.Module, str | None, list[str] | None]:
-    """(model, task, class names); an artifact is recognised by shape, not imported
-    (registry sits downstream of evaluate)."""
+def _unpack(model_or_artifact: Any) -> tuple[nn.Module, str | None, list[str] | None, Mapping | None]:
+    """(model, task, class names, target standardisation); an artifact is recognised by
+    shape, not imported (registry sits downstream of evaluate)."""
     if isinstance(model_or_artifact, nn.Module):
-        return model_or_artifact, None, None
+        return model_or_artifact, None, None, None
     model = getattr(model_or_artifact, "model", None)
     if isinstance(model, nn.Module) and hasattr(model_or_artifact, "task"):
-        return model, model_or_artifact.task, getattr(model_or_artifact, "class_names", None)
+        preprocessing = getattr(model_or_artifact, "preprocessing", None) or {}
+        return (model, model_or_artifact.task, getattr(model_or_artifact, "class_names", None),
+                preprocessing.get("target_standardize"))
     raise DataError(f"cannot evaluate a {type(model_or_artifact).__name__}",
                     hint="pass a torch.nn.Module or an Artifact from dlforge.registry.load_artifact")
 
@@ -304,6 +312,7 @@ def evaluate(
     class_names: list[str] | None = None,
     batch_size: int = 512,
     device: str | torch.device | None = None,
+    target_standardize: Mapping | None = None,
 ) -> Evaluation:
     """Run a model or a loaded artifact over model-ready ``data`` and score it.
 
@@ -312,14 +321,22 @@ def evaluate(
     the softmax of the logits. ``device`` moves the model there first; by default it
     runs where its parameters are.
 
+    Regression is scored in the target's own units. ``data``'s targets ``y`` must be in
+    those units (as in the CSV), while the inputs ``x`` are model-ready (encoded and
+    standardised). A model trained on a standardised target outputs standard units:
+    its outputs become ``mean + std * output`` with ``target_standardize``
+    (``{"mean": [...], "std": [...]}``, ``preprocessing["target_standardize"]``), which an
+    artifact supplies itself; ``None`` for a plain module scores the raw outputs.
+
     Example:
         >>> import torch
         >>> x, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
         >>> evaluate(torch.nn.Linear(4, 3), (x, y)).metrics["n"]
         20.0
     """
-    model, art_task, art_names = _unpack(model_or_artifact)
+    model, art_task, art_names, art_target = _unpack(model_or_artifact)
     task = task or art_task
+    target_standardize = target_standardize if target_standardize is not None else art_target
     class_names = class_names if class_names is not None else art_names
     x, y = _inputs_targets(data)
     if len(x) != len(y) or len(x) == 0:
@@ -332,7 +349,7 @@ def evaluate(
         model.to(select_device(device))
     outputs = predict_outputs(model, x, batch_size)  # (N, outputs)
     if task == "regression":
-        return regression_metrics(y, outputs)
+        return regression_metrics(y, to_target_units(outputs.double(), target_standardize))
     if torch.is_floating_point(y):
         if not torch.equal(y, y.round()):
             raise DataError("classification targets must be class indices, got fractional values",

@@ -5,7 +5,8 @@ five-line script) and refers to nothing outside itself, so it can be mailed, arc
 opened offline. A Content-Security-Policy meta tag makes the browser refuse any network
 fetch the page might still attempt. Sections, top to bottom: header (run, data, task,
 arch, epochs, stop reason, best epoch, test metrics), diagnosis, training curves, gradient
-health, evaluation (classification or regression), forecast (time series, against the
+health, evaluation (classification or regression), baselines (the same split's scores of
+simple scikit-learn models), forecast (time series, against the
 seasonal naive baseline), cross-validation, resolved config.
 
 Inputs are plain dicts (the JSON forms of ``Evaluation``, ``Diagnosis``, ``CVResult`` and
@@ -147,9 +148,32 @@ def _figure(title: str, png: str | None, caption: str = "") -> list[dict[str, st
     return [] if png is None else [{"title": title, "png": png, "caption": caption}]
 
 
-def _training_figures(history: Sequence[Mapping[str, Any]], best_epoch: int | None) -> list[dict[str, str]]:
+def _training_figures(history: Sequence[Mapping[str, Any]], best_epoch: int | None,
+                      standardized_target: bool = False) -> list[dict[str, str]]:
     caption = "Dotted red line: the best epoch (the weights early stopping kept)." if best_epoch is not None else ""
+    if standardized_target:  # the metrics are in the target's units, the losses are not
+        caption = ("Losses are the training loss on the standardised target ((y - mean) / std of the train "
+                   "split), not in the target's units. " + caption).strip()
     return _figure("training curves", _plots().training_curves(history, best_epoch), caption)
+
+
+def _baselines_section(baselines: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The ``baselines.json`` table: the model's headline numbers, then each baseline's."""
+    if not baselines or not baselines.get("baselines"):
+        return None
+    from dlforge.evaluate.baselines import HEADLINE, LABELS, Baseline, BaselineReport, summary_lines
+
+    task = str(baselines.get("task") or "regression")
+    keys = HEADLINE.get(task, HEADLINE["regression"])
+    model = baselines.get("model") or {}
+    rows = [{"name": str(b.get("name")), "skipped": b.get("skipped"), "seconds": format_number(b.get("seconds")),
+             "values": [format_number((b.get("metrics") or {}).get(k)) for k in keys]}
+            for b in baselines["baselines"]]
+    report = BaselineReport(task, str(baselines.get("split") or "test"), str(baselines.get("metric") or keys[0]),
+                            dict(model), [Baseline(**b) for b in baselines["baselines"]])
+    verdicts = [line for line in summary_lines(report) if " beats this model " in line]
+    return {"split": report.split, "labels": [LABELS[k] for k in keys],
+            "model": [format_number(model.get(k)) for k in keys], "rows": rows, "verdicts": verdicts}
 
 
 def _gradient_figures(history: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
@@ -285,13 +309,15 @@ def render_report(
     title: str | None = None,
     run_info: Mapping[str, Any] | None = None,
     forecast: Mapping[str, Any] | None = None,
+    baselines: Mapping[str, Any] | None = None,
 ) -> str:
     """The report as one HTML string.
 
     ``config`` is the resolved run config; ``history`` the records of ``history.jsonl``;
     ``evaluation``, ``diagnoses`` and ``cv`` the JSON forms of ``Evaluation``, the
     diagnosis list and ``CVResult``; ``forecast`` the dict of
-    :func:`dlforge.data.timeseries.forecast_evaluation`. ``run_info`` holds what only the finished run knows:
+    :func:`dlforge.data.timeseries.forecast_evaluation`; ``baselines`` the dict of
+    ``baselines.json`` (:class:`dlforge.evaluate.baselines.BaselineReport`). ``run_info`` holds what only the finished run knows:
     ``data``, ``task``, ``arch``, ``epochs_run``, ``stop_reason``, ``best_epoch``
     (0-based, as ``FitResult.best_epoch``; shown 1-based), ``metrics`` (``test_*`` keys
     go to the header). Missing facts come from the config and history, or show ``n/a``.
@@ -307,20 +333,31 @@ def render_report(
     if info.get("task") is None and forecast is not None:
         info["task"] = "regression"  # a forecast run may have no evaluation.json to say so
     best_epoch = info.get("best_epoch")
+    standardized = _standardized_target(config, info)
+    held_out = [(f"{name} (standardised target)" if standardized and name.endswith(" loss") else name, value)
+                for name, value in _held_out_metrics(info, evaluation)]
     context = {
         "title": title or str(config.get("name") or "dlforge run"),
         "header_rows": _header_rows(info),
-        "held_out_metrics": _held_out_metrics(info, evaluation),
+        "held_out_metrics": held_out,
         "config_yaml": yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=False),
-        "training_figures": _training_figures(history, best_epoch),
+        "training_figures": _training_figures(history, best_epoch, standardized),
         "gradient_figures": _gradient_figures(history),
         "evaluation": _evaluation_section(evaluation),
+        "baselines": _baselines_section(baselines),
         "forecast": _forecast_section(forecast),
         "balance": _balance_section(info),
         "cv": _cv_section(cv),
         "diagnosis": _diagnosis_section(diagnoses),
     }
     return _environment().get_template(_TEMPLATE).render(**context)
+
+
+def _standardized_target(config: Mapping[str, Any], info: Mapping[str, Any]) -> bool:
+    """Whether the run trained on a standardised target (regression with the default
+    ``data.standardize_target: true``), so its losses are not in the target's units."""
+    data_cfg = config.get("data") if isinstance(config.get("data"), Mapping) else {}
+    return info.get("task") == "regression" and data_cfg.get("standardize_target", True) is not False
 
 
 # ----------------------------------------------------------------------------- run directories
@@ -384,12 +421,13 @@ def write_report(
     diagnoses: Sequence[Mapping[str, Any]] | None = None,
     cv: Mapping[str, Any] | None = None,
     forecast: Mapping[str, Any] | None = None,
+    baselines: Mapping[str, Any] | None = None,
 ) -> Path:
     """Render ``run_dir/report.html`` from the files a run left and return its path.
 
     Reads ``config.yaml`` and ``history.jsonl`` (both required), and, for each keyword
-    left ``None``, ``evaluation.json``, ``diagnosis.json``, ``cv.json`` and ``forecast.json``
-    when present;
+    left ``None``, ``evaluation.json``, ``diagnosis.json``, ``cv.json``, ``forecast.json`` and
+    ``baselines.json`` when present;
     ``model/model.json`` supplies the training facts (epochs run, stop reason, best epoch)
     and the test metrics. The page is written atomically.
 
@@ -416,9 +454,11 @@ def write_report(
         cv = _read_json(run_dir / "cv.json")
     if forecast is None:
         forecast = _read_json(run_dir / "forecast.json")
+    if baselines is None:
+        baselines = _read_json(run_dir / "baselines.json")
     run_info = _run_info_from_artifact(_read_json(run_dir / "model" / "model.json"))
     html = render_report(config=config, history=history, evaluation=evaluation, diagnoses=diagnoses, cv=cv,
-                         run_info=run_info, forecast=forecast)
+                         run_info=run_info, forecast=forecast, baselines=baselines)
     out = run_dir / "report.html"
     atomic_write(out, html.encode("utf-8"))
     return out

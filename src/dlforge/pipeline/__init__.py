@@ -1,6 +1,7 @@
 """A run from a config: data -> model -> fit -> artifact, in a run directory.
 
-:mod:`~dlforge.pipeline.run` trains, evaluates and writes the run; :mod:`~dlforge.pipeline.data`
+:mod:`~dlforge.pipeline.run` trains, evaluates and writes the run; :mod:`~dlforge.pipeline.evaluation`
+re-evaluates a saved model on its test split or on other data; :mod:`~dlforge.pipeline.data`
 turns the ``data`` section into model-ready splits (tables, images, text, time series);
 :mod:`~dlforge.pipeline.model` builds the ``model`` section, from scratch or from
 pretrained weights, and applies ``train.freeze``.
@@ -14,6 +15,7 @@ Example:
 
 from dlforge.pipeline.data import load_data
 from dlforge.pipeline.model import build_model
-from dlforge.pipeline.run import RunOutcome, evaluate_path, train_run
+from dlforge.pipeline.evaluation import evaluate_path
+from dlforge.pipeline.run import RunOutcome, train_run
 
 __all__ = ["RunOutcome", "build_model", "evaluate_path", "load_data", "train_run"]

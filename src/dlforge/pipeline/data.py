@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,9 @@ DEFAULT_VOCAB_SIZE = 8000
 DEFAULT_MASK_PROB = 0.15  # BERT's share of masked tokens
 TEXT_KEYS = ("text_column", "max_len", "tokenizer", "vocab_size", "mask_prob")
 SERIES_KEYS = ("window", "horizon")
-TABLE_KEYS = ("target", "categorical", "image_size", "color", "n_samples", "noise", "standardize")
+# Options of tables only (CSV files, DataFrames): refused for text and series, and for images by load_source.
+OWN_TABLE_KEYS = ("drop", "id_column", "missing", "unknown_category")
+TABLE_KEYS = ("target", "categorical", "image_size", "color", "n_samples", "noise", "standardize", *OWN_TABLE_KEYS)
 
 
 def source_family(d: DataConfig) -> str:
@@ -62,37 +65,52 @@ def source_family(d: DataConfig) -> str:
 
 def _reject(d: DataConfig, keys: tuple[str, ...], family: str) -> None:
     # Compared with the defaults, not model_fields_set: a resolved config.yaml writes every key.
-    given = [k for k in keys if getattr(d, k) != DataConfig.model_fields[k].default]
+    given = [k for k in keys if getattr(d, k) != DataConfig.model_fields[k].get_default(call_default_factory=True)
+             and not (k == "color" and d.color == "grayscale")]  # the color default of older run configs
     if given:
         raise ConfigError(f"data.{given[0]} does not apply to {family} data (source {d.source!r})",
                           hint=f"remove data.{given[0]} from the config")
 
 
-def load_data(cfg: RunConfig, tokenizer: Tokenizer | None = None) -> Prepared:
+def load_data(cfg: RunConfig, tokenizer: Tokenizer | None = None, frame: Any = None) -> Prepared:
     """Load and split the configured data; statistics and vocabularies come from train only.
 
     ``tokenizer`` overrides how text is tokenized (used to re-evaluate a saved model with
-    its own tokenizer).
+    its own tokenizer). ``frame`` is a pandas DataFrame to use as the table instead of
+    ``data.source`` (which then only names it). A note from :func:`dlforge.config.load_config`
+    about where a relative ``data.source`` was found comes first in the notes.
     """
+    prepared = _load_family(cfg, tokenizer, frame)
+    prepared.notes[:0] = cfg.source_notes
+    return prepared
+
+
+def _load_family(cfg: RunConfig, tokenizer: Tokenizer | None, frame: Any = None) -> Prepared:
     d = cfg.data
     family = source_family(d)
     if d.task == "mlm" and family != "text":
         raise ConfigError(f"data.task mlm needs text, but {d.source!r} is {family} data",
                           hint="use a text source (e.g. pydoc_topics, a .jsonl file) or another task")
+    if frame is not None and family != "table":
+        raise ConfigError(f"a DataFrame is a table, but data.source {d.source!r} names {family} data",
+                          hint="set data.source to a name for the table, e.g. dataframe")
     if family == "series":
         _reject(d, TEXT_KEYS + TABLE_KEYS, "time-series")
         return load_forecast(cfg)[0]
     if family == "text":
-        _reject(d, SERIES_KEYS + ("categorical", "image_size", "color", "n_samples", "noise", "standardize"),
-                "text")
+        _reject(d, SERIES_KEYS + ("categorical", "image_size", "color", "n_samples", "noise", "standardize",
+                                  "standardize_target", *OWN_TABLE_KEYS), "text")
         return load_text(cfg, tokenizer)
     _reject(d, TEXT_KEYS + SERIES_KEYS, "table or image")
     bundle = load_source(
-        d.source, target=d.target, task=d.task, categorical=d.categorical, image_size=d.image_size,
+        d.source if frame is None else frame, target=d.target, task=d.task, categorical=d.categorical, image_size=d.image_size,
         color=d.color, n_samples=d.n_samples, noise=d.noise, seed=cfg.data_seed,
+        drop=d.drop, id_column=d.id_column, missing=d.missing, unknown_category=d.unknown_category,
+        # Fill values for gaps come from the train rows of the split prepare() makes below.
+        fit_split={"val": d.split.val, "test": d.split.test, "stratify": d.split.stratify, "seed": cfg.data_seed},
     )
     return prepare(bundle, val=d.split.val, test=d.split.test, stratify=d.split.stratify,
-                   seed=cfg.data_seed, standardize=d.standardize)
+                   seed=cfg.data_seed, standardize=d.standardize, standardize_target=d.standardize_target)
 
 
 # ----------------------------------------------------------------------------- time series

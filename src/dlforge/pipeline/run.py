@@ -5,7 +5,12 @@
       history.jsonl     one line per epoch and per logged step
       checkpoints/      resumable training state (safetensors)
       model/            the artifact: model.json + model.safetensors
-      metrics.json      validation and test metrics
+      split.json        the 0-based source row indices of the train/val/test splits
+      metrics.json      validation (with val_epoch, the epoch they come from) and test metrics,
+                        in the target's units (``*_loss`` is the training loss: on the
+                        standardised target for regression)
+      baselines.json    majority class / training mean (and, for tables, gradient boosting and a
+                        linear model) on the same split, beside the model's numbers
       forecast.json     time series only: the forecast against actual values and naive baselines
       evaluation.json   every metric, the confusion matrix, ROC/PR curves (held-out split)
       diagnosis.json    what went wrong in training, with evidence and a fix
@@ -27,37 +32,34 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import SimpleNamespace
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
-import numpy as np
 import torch
-from tokenizers import Tokenizer
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dlforge.config import RunConfig, load_config, to_yaml
-from dlforge.data import Prepared, encode_array, load_source
+from dlforge.config import RunConfig, to_yaml
+from dlforge.data import Prepared
 from dlforge.data.augment import BatchAugment, build_augment, resolve_augment
+from dlforge.data.preprocess import in_target_units
 from dlforge.data.imbalance import ResampleReport, balanced_order, class_counts, imbalance_note, resample_dataset
-from dlforge.data.catalog import builtin_names
-from dlforge.data.text import load_text_table
 from dlforge.data.timeseries import forecast_evaluation
-from dlforge.errors import ConfigError, DataError, DlforgeError
+from dlforge.errors import ConfigError, DlforgeError
 from dlforge.evaluate import Evaluation, evaluate
+from dlforge.evaluate.baselines import BaselineReport, fit_baselines
 from dlforge.evaluate.report import write_report
 from dlforge.pipeline.data import load_data, load_forecast, source_family
 from dlforge.models import build, spec_of
 from dlforge.pipeline.model import build_model
-from dlforge.registry import load_artifact, save_artifact
+from dlforge.registry import save_artifact
 from dlforge.registry.artifact import Artifact
 from dlforge.registry.reference import build_reference
 from dlforge.train import (
     Callback, Checkpoint, EarlyStopping, FitResult, GradientMonitor, HistoryWriter, NanGuard, ProgressBar,
-    evaluate_loss, fit, resolve_loss,
+    batch_notes, evaluate_loss, fit, resolve_loss, select_device,
 )
-from dlforge.train.health import Diagnosis, dead_relu_fraction, diagnose, weight_layer_names
+from dlforge.train.health import Diagnosis, HeldOutScores, dead_relu_fraction, diagnose, weight_layer_names
 from dlforge.train.state_io import atomic_write
 from dlforge.train.bagging import balanced_bagging
 from dlforge.train.losses import LossConfig, build_loss
@@ -75,6 +77,7 @@ class RunOutcome:
     model: nn.Module
     evaluation: Evaluation | None = None
     diagnoses: list[Diagnosis] = field(default_factory=list)
+    baselines: BaselineReport | None = None
 
     @property
     def artifact_dir(self) -> Path:
@@ -144,26 +147,32 @@ def _callbacks(cfg: RunConfig, run_dir: Path, stream: TextIO | None) -> list:
 
 def train_run(
     cfg: RunConfig, *, runs_dir: str | Path = "runs", resume: str | Path | None = None,
-    progress: TextIO | None = None, callbacks: Sequence[Callback] = (),
+    progress: TextIO | None = None, callbacks: Sequence[Callback] = (), data: Any = None,
 ) -> RunOutcome:
     """Train the run ``cfg`` describes; ``resume`` continues the run directory given.
 
     ``progress`` is a stream for the progress bar / epoch lines (None: silent).
     ``callbacks`` are added to the configured ones (e.g. a tuner's pruning callback); a
-    callback that stops training early still gets a finished, evaluated run.
+    callback that stops training early still gets a finished, evaluated run. ``data`` is a
+    pandas DataFrame to train on instead of the file ``data.source`` names (it then only
+    names the table): ``train_run(validate_config({"data": {"source": "houses", "target":
+    "price"}, "model": {"arch": "mlp"}}), data=df)``.
     """
-    prepared = load_data(cfg)
+    prepared = load_data(cfg, frame=data)
     model, transfer = build_model(cfg, prepared)
     augment = batch_augment(cfg, prepared)  # config errors surface here, before a run directory exists
     remedies = class_remedies(cfg, prepared)
     if cfg.train.freeze:
         freeze(model, cfg.train.freeze)
     _check_monitors(cfg, prepared)
+    # An unavailable device, or batch norm on one sample, fails now: before a run directory exists.
+    select_device(cfg.train.device)
+    batching = batch_notes(model, len(remedies.train), cfg.train.batch_size, cfg.optim)
     if cfg.data.imbalance.bagging and (resume is not None or transfer is not None):
         raise ConfigError("data.imbalance.bagging trains fresh members: it cannot resume or start from model.pretrained",
                           hint="remove data.imbalance.bagging, or model.pretrained / the resume")
     if progress is not None:
-        for note in [*prepared.notes, *([remedies.note] if remedies.note else [])]:
+        for note in [*prepared.notes, *([remedies.note] if remedies.note else []), *batching]:
             progress.write(f"note: {note}\n")
     resume_dir = Path(resume) if resume is not None else None
     run_dir = resume_dir or _new_run_dir(Path(runs_dir), cfg.name)
@@ -249,16 +258,23 @@ def _finish_run(cfg: RunConfig, run_dir: Path, model: nn.Module, prepared: Prepa
     t = cfg.train
     x_sample, y_sample = _first_samples(prepared.train)
     loss_fn = resolve_loss(remedies.loss if remedies else t.loss, y_sample)
-    metrics: dict[str, float] = {k: v for k, v in result.final.items() if k.startswith("val_")}
-    evaluation = None
+    metrics = _val_metrics(cfg, result)
+    evaluation, baselines = None, None
     held_out, prefix = (prepared.test, "test_") if prepared.test is not None else (prepared.val, "val_")
+    if prepared.split_indices is not None:
+        atomic_write(run_dir / "split.json", json.dumps(prepared.split_indices).encode())  # one line: long lists
     if held_out is not None and len(held_out) and result.stop_reason != "non_finite":
+        # *_loss is the training loss, on the standardised target for regression
         metrics.update({f"{prefix}{k}": v for k, v in
                         evaluate_loss(model, held_out, loss_fn, precision=t.precision).items()})
         if prepared.task != "mlm":  # masked-token loss and accuracy are the whole story there
-            evaluation = evaluate(model, held_out, task=prepared.task, class_names=prepared.class_names)
+            scored = in_target_units(held_out, prepared)
+            evaluation = evaluate(model, scored, task=prepared.task, class_names=prepared.class_names,
+                                  target_standardize=prepared.preprocessing.get("target_standardize"))
             metrics.update({f"{prefix}{k}": v for k, v in evaluation.metrics.items() if k != "n"})
             _write_json(run_dir / "evaluation.json", {"split": prefix.rstrip("_"), **evaluation.to_dict()})
+            baselines = run_baselines(prepared, scored, prefix.rstrip("_"), evaluation.metrics)
+            _write_json(run_dir / "baselines.json", baselines.to_dict())
         if source_family(cfg.data) == "series":
             _, context, series = load_forecast(cfg)
             forecast = forecast_evaluation(model, prepared, context, series, split=prefix.rstrip("_"))
@@ -270,7 +286,7 @@ def _finish_run(cfg: RunConfig, run_dir: Path, model: nn.Module, prepared: Prepa
     device = next(model.parameters()).device
     dead = dead_relu_fraction(model, x_sample.to(device))
     diagnoses = diagnose(result.history, nan_report=result.nan_report, dead_units=dead,
-                         weight_names=weight_layer_names(model))
+                         weight_names=weight_layer_names(model), scores=_held_out_scores(baselines, prepared))
     _write_json(run_dir / "diagnosis.json", [d.to_dict() for d in diagnoses])
     training: dict[str, Any] = {
         "config": cfg.model_dump(mode="json"), "epochs_run": result.epochs_run, "steps": result.steps,
@@ -293,7 +309,47 @@ def _finish_run(cfg: RunConfig, run_dir: Path, model: nn.Module, prepared: Prepa
     _write_json(run_dir / "metrics.json", metrics)
     write_report(run_dir)
     return RunOutcome(run_dir=run_dir, result=result, metrics=metrics, prepared=prepared, model=model,
-                      evaluation=evaluation, diagnoses=diagnoses)
+                      evaluation=evaluation, diagnoses=diagnoses, baselines=baselines)
+
+
+def _val_metrics(cfg: RunConfig, result: FitResult) -> dict[str, Any]:
+    """The ``val_*`` figures of the epoch whose weights the model ends with, and that epoch
+    (``val_epoch``, 1-based): the best one when early stopping restored its weights."""
+    es = cfg.train.early_stopping
+    restored = (es is not None and es.restore_best_weights and result.best_epoch is not None
+                and result.stop_reason != "non_finite")
+    record = result.final
+    if restored:
+        record = next((r for r in result.epochs if r.get("epoch") == result.best_epoch), record)
+    metrics: dict[str, Any] = {k: v for k, v in record.items() if k.startswith("val_")}
+    if metrics and isinstance(record.get("epoch"), int):
+        metrics["val_epoch"] = record["epoch"] + 1
+    return metrics
+
+
+def run_baselines(prepared: Prepared, held_out: Any, split: str, model_metrics: dict[str, float]) -> BaselineReport:
+    """The baselines of :mod:`dlforge.evaluate.baselines` on the run's train split, scored on
+    ``held_out`` (inputs and targets in target units, as the model was scored)."""
+    x_fit, y_fit = _first_samples(in_target_units(prepared.train, prepared), n=len(prepared.train))
+    x_out, y_out = _first_samples(held_out, n=len(held_out))
+    kind = prepared.preprocessing.get("encoding", {}).get("kind", prepared.kind)
+    classes = prepared.num_outputs if prepared.task == "classification" else None
+    return fit_baselines((x_fit, y_fit), (x_out, y_out), task=prepared.task, kind=kind, n_classes=classes,
+                         split=split, model_metrics=model_metrics)
+
+
+def _held_out_scores(baselines: BaselineReport | None, prepared: Prepared) -> HeldOutScores | None:
+    """The plain numbers the worse-than-baseline diagnosis reads (train imports no evaluate)."""
+    if baselines is None:
+        return None
+    numbers = {b.name: b.metrics[baselines.metric] for b in baselines.baselines if b.metrics is not None}
+    model = baselines.model.get(baselines.metric)
+    if prepared.task == "classification":
+        return HeldOutScores(baselines.split, accuracy=model, majority_accuracy=numbers.get("majority class"),
+                             baselines=numbers)
+    # a forecaster scales its series with target_scale: data.standardize_target does not apply
+    standardized = None if "target_scale" in prepared.preprocessing else "target_standardize" in prepared.preprocessing
+    return HeldOutScores(baselines.split, r2=model, baselines=numbers, target_standardized=standardized)
 
 
 def _drift_reference(model: nn.Module, prepared: Prepared, x_sample: torch.Tensor) -> dict[str, Any]:
@@ -311,68 +367,3 @@ def _drift_reference(model: nn.Module, prepared: Prepared, x_sample: torch.Tenso
 def _write_json(path: Path, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=2).encode())
 
-
-def _locate(path: Path) -> tuple[Path | None, Path]:
-    """(run directory or None, artifact folder) for a run directory or an artifact folder."""
-    if (path / "model" / "model.json").is_file():
-        return path, path / "model"
-    if path.name == "model" and (path.parent / "config.yaml").is_file():
-        return path.parent, path
-    return None, path
-
-
-def _labels_for(art: Any, bundle: Any) -> torch.Tensor:
-    """The bundle's targets as the model's class indices, matched by class name."""
-    if art.task != "classification":
-        return torch.as_tensor(bundle.y)
-    index = {name: i for i, name in enumerate(art.class_names or [])}
-    unknown = [name for name in bundle.class_names or [] if name not in index]
-    if unknown or bundle.task != "classification":
-        raise DataError(f"the data's labels {unknown[:5] or bundle.task} are not classes of this model",
-                        hint=f"evaluate on data labelled with the model's classes: {', '.join(index)}")
-    lookup = np.array([index[name] for name in bundle.class_names])
-    return torch.as_tensor(lookup[bundle.y])
-
-
-def evaluate_path(path: str | Path, *, data: str | None = None, target: str | None = None) -> tuple[Evaluation, Path | None]:
-    """Evaluate the model in a run directory or artifact folder.
-
-    Without ``data`` a run directory is evaluated on its own test split (the same split
-    training used: it is seeded). With ``data`` (a built-in name, CSV, image folder or IDX
-    files) labels are matched to the model's classes by name. For a run directory,
-    ``evaluation.json`` and ``report.html`` are rewritten.
-    """
-    run_dir, art_dir = _locate(Path(path))
-    art = load_artifact(art_dir)
-    encoding = art.preprocessing.get("encoding", {})
-    if art.task == "mlm":
-        raise DataError("a masked-LM model is scored by its masked-token accuracy in metrics.json",
-                        hint="fine-tune it on a labelled task (model.pretrained) and evaluate that model")
-    if data is not None and encoding.get("kind") == "text":
-        table = load_text_table(data, label_column=target or "label")
-        bundle = SimpleNamespace(y=table.labels, class_names=table.class_names, task="classification")
-        held_out = (art.encode(table.texts), _labels_for(art, bundle))
-    elif data is not None:
-        if encoding.get("kind") == "image" and not data.endswith(".csv"):
-            size, color = encoding["size"], "grayscale" if encoding["mode"] == "L" else "rgb"
-            bundle = load_source(data, image_size=None if data in builtin_names() else size,
-                                 color="grayscale" if data in builtin_names() else color)
-            x = encode_array(bundle.x, art.preprocessing)
-        else:
-            bundle = load_source(data, target=target)
-            x = art.encode(data) if str(data).endswith(".csv") else encode_array(bundle.x, art.preprocessing)
-        held_out = (x, _labels_for(art, bundle))
-    elif run_dir is not None:
-        # Text is re-tokenized with the model's own tokenizer, not a freshly trained one.
-        tokenizer = Tokenizer.from_str(encoding["tokenizer"]) if encoding.get("kind") == "text" else None
-        prepared = load_data(load_config(run_dir / "config.yaml"), tokenizer=tokenizer)
-        held_out = prepared.test if prepared.test is not None else prepared.val
-        if held_out is None:
-            raise DataError("this run kept no test or validation split", hint="pass --data to say what to evaluate on")
-    else:
-        raise DataError(f"{path} is an artifact folder without its run", hint="pass --data to say what to evaluate on")
-    evaluation = evaluate(art, held_out)
-    if run_dir is None:
-        return evaluation, None
-    _write_json(run_dir / "evaluation.json", {"split": "test" if data is None else str(data), **evaluation.to_dict()})
-    return evaluation, write_report(run_dir)

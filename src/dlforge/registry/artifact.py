@@ -133,19 +133,37 @@ class Artifact:
         return tuple(self.meta["input_signature"]["shape"][1:])
 
     def encode(self, inputs: Any) -> torch.Tensor:
-        """Turn raw inputs into model inputs with the stored preprocessing: a CSV path or
-        rows (tabular), image paths (image), strings (text), or an already-encoded array."""
+        """Turn RAW inputs into model inputs with the stored preprocessing, as the CLI, the
+        pipeline and the server do:
+
+        * tabular: a CSV path, rows ``{column: value}``, a pandas DataFrame, or a numeric
+          array of the encoded width (raw, unstandardised feature values);
+        * image: image paths, encoded image bytes (PNG/JPEG), or a raw pixel array in the
+          source's own units (0..16 for the built-in digits, 0..255 for image folders) of
+          layout (N, C, H, W), (N, H, W, C) or (N, H, W) (see ``encode_pixels``);
+        * text: strings (or token ids); series: windows in the series' own units.
+
+        Arrays already scaled to [0, 1] (a bundle's ``x``) go to ``dlforge.data.encode_array``.
+
+        Example:
+            >>> art.encode(["seven.png"]).shape  # doctest: +SKIP
+            torch.Size([1, 1, 8, 8])
+        """
         from dlforge.data import encode_array, encode_images, encode_rows
+        from dlforge.data.preprocess import encode_pixels
         from dlforge.data.text import encode_text_inputs
 
         kind = self.preprocessing.get("encoding", {}).get("kind")
-        if isinstance(inputs, (np.ndarray, torch.Tensor)):
-            return encode_array(inputs, self.preprocessing)
+        if kind == "image":
+            if isinstance(inputs, (str, Path, bytes)):
+                return encode_images([inputs], self.preprocessing)
+            if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(i, (str, Path, bytes)) for i in inputs):
+                return encode_images(list(inputs), self.preprocessing)
+            return encode_pixels(inputs, self.preprocessing)  # arrays or nested lists of raw pixels
+        if isinstance(inputs, (np.ndarray, torch.Tensor)) or (kind == "sequence" and isinstance(inputs, list)):
+            return encode_array(np.asarray(inputs) if isinstance(inputs, list) else inputs, self.preprocessing)
         if kind == "text":
             return encode_text_inputs(inputs, self.preprocessing)
-        if kind == "image":
-            paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-            return encode_images(paths, self.preprocessing)
         return encode_rows(inputs, self.preprocessing)
 
     @torch.no_grad()
@@ -153,8 +171,10 @@ class Artifact:
         """Predict on model-ready inputs ``x`` of shape (N, *input_shape).
 
         Classification returns ``labels`` (class names), ``indices`` and
-        ``probabilities`` (N, K); regression returns ``values`` (N, outputs), for a
-        forecaster in the series' units (``encode`` scales its input the same way).
+        ``probabilities`` (N, K); regression returns ``values`` (N, outputs) in the
+        target's own units: a model trained on a standardised target
+        (``preprocessing["target_standardize"]``) answers ``mean + std * output``, a
+        forecaster answers in the series' units (``encode`` scales its input the same way).
         """
         if tuple(x.shape[1:]) != self.input_shape:
             raise ArtifactError(
@@ -168,10 +188,12 @@ class Artifact:
         outs = [self.model(x[i : i + batch_size].to(device, dtype)).float().cpu() for i in range(0, len(x), batch_size)]
         out = torch.cat(outs) if outs else torch.empty(0, self.meta["spec"]["num_outputs"])
         if self.task != "classification":
+            from dlforge.data.preprocess import to_target_units
+
             scale = self.preprocessing.get("target_scale")
             if scale is not None:  # a forecaster answers in the series' own units
                 out = out * scale["std"] + scale["mean"]
-            return {"values": out}
+            return {"values": to_target_units(out, self.preprocessing.get("target_standardize"))}
         probs = out.softmax(dim=1)
         idx = probs.argmax(dim=1)
         names = self.class_names or [str(i) for i in range(out.shape[1])]

@@ -9,8 +9,9 @@ regression outputs), ``mode="vote"`` takes their majority vote.
 Members must be interchangeable as far as a caller can tell: the same task, the same class
 names in the same order, the same input signature and the *identical* preprocessing (the
 ensemble keeps one copy of it; a member standardised with other statistics would silently
-see wrong inputs). In practice: train every member with the same ``data`` section and seed,
-and vary the model, its initialisation or its training.
+see wrong inputs). In practice: train every member with the same ``data`` section and data
+seed, and vary the model, its initialisation or its training. ``data.seed`` defaults to the
+run's ``seed``, so members that vary ``seed`` need ``data.seed`` set (the refusal says so).
 
 ``model.json`` lists the members (path, arch, their own metrics, the data they were trained
 on) under ``training.ensemble``.
@@ -34,12 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
+import yaml
+
 from dlforge.errors import ArtifactError, ConfigError
 from dlforge.models import from_models
 from dlforge.models.ensemble import MODES
 from dlforge.registry.artifact import Artifact, load_artifact, save_artifact
 
 SAME_DATA_HINT = "train every member with the same data config (data section and seed), then ensemble them"
+DATA_SEED_HINT = ("give every member the same data split and vary only the seed: retrain them with "
+                  "--set data.seed=0 (e.g. `dlforge train CONFIG --set seed=1 --set data.seed=0`), then ensemble them")
 SUMMARY_METRICS = ("accuracy", "log_loss", "rmse", "r2")  # what ensemble_cli prints, when present
 
 
@@ -92,11 +97,36 @@ def _check_members(members: Sequence[Artifact]) -> None:
             diff = first_difference(get(art), get(first), key)
             if diff:
                 where, theirs, reference = diff
+                seeds = _seeds_split_apart(first, art)
                 raise ArtifactError(
                     f"member {i} ({art.path}) and member 0 ({first.path}) differ in {where}: "
-                    f"{_show(theirs)} vs {_show(reference)}",
-                    hint=SAME_DATA_HINT,
+                    f"{_show(theirs)} vs {_show(reference)}" + (f"; {seeds}" if seeds else ""),
+                    hint=DATA_SEED_HINT if seeds else SAME_DATA_HINT,
                 )
+
+
+def _run_config(art: Artifact) -> dict[str, Any]:
+    """The run config an artifact was trained with (from model.json, else the run's config.yaml)."""
+    config = art.meta.get("training", {}).get("config")
+    path = art.path.parent / "config.yaml"
+    if not config and art.path.name == "model" and path.is_file():
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return config if isinstance(config, dict) else {}
+
+
+def _seeds_split_apart(a: Artifact, b: Artifact) -> str | None:
+    """Why two runs whose data config is the same still saw different data, when the reason is
+    that ``data.seed`` was left to default to each run's own ``seed`` (None otherwise)."""
+    ca, cb = _run_config(a), _run_config(b)
+    da, db = ca.get("data"), cb.get("data")
+    if not (isinstance(da, dict) and isinstance(db, dict)) or ca.get("seed") == cb.get("seed"):
+        return None
+    if da.get("seed") is not None or db.get("seed") is not None:
+        return None
+    if first_difference({**da, "seed": None}, {**db, "seed": None}):
+        return None  # the data configs differ in more than the seed: the general hint applies
+    return (f"the runs have seeds {ca.get('seed')} and {cb.get('seed')} and no data.seed, which then defaults "
+            "to the run's seed, so each run split (and standardised) the data its own way")
 
 
 def _member_record(art: Artifact) -> dict[str, Any]:
@@ -191,6 +221,7 @@ def _shared_held_out(members: Sequence[Artifact]):
     from tokenizers import Tokenizer
 
     from dlforge.config import load_config
+    from dlforge.data.preprocess import in_target_units
     from dlforge.pipeline.data import load_data
 
     configs = []
@@ -205,9 +236,10 @@ def _shared_held_out(members: Sequence[Artifact]):
     encoding = members[0].preprocessing.get("encoding", {})
     tokenizer = Tokenizer.from_str(encoding["tokenizer"]) if encoding.get("kind") == "text" else None
     prepared = load_data(configs[0], tokenizer=tokenizer)
+    # Regression targets come back in their own units: evaluate() scores artifacts there.
     if prepared.test is not None:
-        return "test", prepared.test
-    return ("val", prepared.val) if prepared.val is not None else (None, None)
+        return "test", in_target_units(prepared.test, prepared)
+    return ("val", in_target_units(prepared.val, prepared)) if prepared.val is not None else (None, None)
 
 
 def ensemble_cli(paths: Sequence[str | Path], out: str | Path, mode: str = "average",
@@ -237,7 +269,8 @@ def ensemble_cli(paths: Sequence[str | Path], out: str | Path, mode: str = "aver
     if held_out is not None:
         member_scores = [evaluate(m, held_out).metrics for m in members]
         ensemble_scores = evaluate(_combine(members, mode), held_out, task=members[0].task,
-                                   class_names=members[0].class_names).metrics
+                                   class_names=members[0].class_names,
+                                   target_standardize=members[0].preprocessing.get("target_standardize")).metrics
         metrics = {f"{split}_{k}": v for k, v in ensemble_scores.items() if k != "n"}
     path = _save(members, out, mode, metrics, overwrite=False)
     stream.write(f"ensemble of {len(members)} members ({mode}) saved to {path}\n")

@@ -155,9 +155,76 @@ def build_reference(x: torch.Tensor, outputs: dict, task: str, preprocessing: di
         prediction = {"kind": "classes", "proportions": (counts / counts.sum()).tolist()}
     else:
         prediction = {"kind": "values", "samples": _compact(summary[keep][None])[0]}
-    return {"features": names, "samples": _compact(feats[keep].T), "prediction": prediction, "n": n}
+    return {"features": names, "samples": _compact(feats[keep].T), "prediction": prediction, "n": n,
+            "ranges": input_ranges(x, preprocessing)}
 
 
 def _compact(values: np.ndarray) -> list:
     """Nested lists of floats with 7 significant digits (float32's precision): half the JSON."""
     return [[float(f"{v:.7g}") for v in row] for row in values.tolist()]
+
+
+# ------------------------------------------------------------------------------ ranges
+FAR_WIDTHS = 3.0  # "far outside": beyond the training range by more than 3 times its width
+MIN_WIDTH = 1.0  # in standardised units (one training std): a constant feature may move a little
+
+
+def _range_view(x: torch.Tensor, kind: str) -> tuple[np.ndarray, list[str]]:
+    """x as (N, F, M) values of F range features: table columns, image channels, series features."""
+    x = torch.as_tensor(x).detach().cpu().to(torch.float64)
+    if kind == "image":  # (N, C, H, W): one range per channel
+        return x.flatten(2).numpy(), [f"c{c}" for c in range(x.shape[1])]
+    if kind == "sequence":  # (N, T, D): one range per feature, over time
+        return x.transpose(1, 2).numpy(), [f"x{d}" for d in range(x.shape[2])]
+    flat = x.reshape(len(x), -1, 1).numpy()
+    return flat, []
+
+
+def input_ranges(x: torch.Tensor, preprocessing: Mapping) -> dict | None:
+    """Per-feature min and max of model-ready training inputs ``x``, in the model's input space
+    (after scaling and standardisation); text has none (token ids are checked against the vocabulary).
+
+    Example:
+        >>> input_ranges(torch.tensor([[0.0, -1.0], [2.0, 1.0]]), {"encoding": {"kind": "tabular"}})
+        {'features': ['x0', 'x1'], 'min': [0.0, -1.0], 'max': [2.0, 1.0]}
+    """
+    preprocessing = preprocessing if isinstance(preprocessing, Mapping) else {}
+    kind = _kind(torch.as_tensor(x), preprocessing)
+    if kind == "text" or len(x) == 0:
+        return None
+    values, names = _range_view(x, kind)
+    names = names or _column_names(preprocessing, values.shape[1])
+    return {"features": names, "min": _compact(values.min(axis=(0, 2))[None])[0],
+            "max": _compact(values.max(axis=(0, 2))[None])[0]}
+
+
+def out_of_range(x: torch.Tensor, reference: Mapping | None, preprocessing: Mapping) -> list[dict]:
+    """Inputs of ``x`` (model-ready) far outside the training ``reference["ranges"]``: below
+    ``min - 3 * width`` or above ``max + 3 * width`` (width = max - min, at least one training
+    std). Three widths is well beyond any shift seen in training, yet a user sending pixels in
+    0..255 to a 0..16 model, or grams to a kilogram column, lands there. One entry per input
+    and feature: ``{"input", "feature", "value", "training_range"}``, values in the model's
+    standardised input space. Empty when the reference has no ranges (older artifacts).
+
+    Example:
+        >>> ref = {"ranges": {"features": ["age"], "min": [-1.0], "max": [1.0]}}
+        >>> out_of_range(torch.tensor([[0.5], [9.0]]), ref, {})
+        [{'input': 1, 'feature': 'age', 'value': 9.0, 'training_range': [-1.0, 1.0]}]
+    """
+    ranges = (reference or {}).get("ranges") if isinstance(reference, Mapping) else None
+    if not ranges or len(x) == 0:
+        return []
+    kind = _kind(torch.as_tensor(x), preprocessing if isinstance(preprocessing, Mapping) else {})
+    values, _ = _range_view(x, kind)
+    lo, hi = np.asarray(ranges["min"], dtype=np.float64), np.asarray(ranges["max"], dtype=np.float64)
+    if values.shape[1] != len(lo):
+        return []  # a reference of another shape: nothing to compare
+    width = np.maximum(hi - lo, MIN_WIDTH)
+    low, high = values.min(axis=2), values.max(axis=2)  # (N, F)
+    below, above = low < (lo - FAR_WIDTHS * width), high > (hi + FAR_WIDTHS * width)
+    found = []
+    for i, f in zip(*np.nonzero(below | above)):
+        value = high[i, f] if above[i, f] else low[i, f]
+        found.append({"input": int(i), "feature": ranges["features"][f], "value": float(f"{value:.7g}"),
+                      "training_range": [float(lo[f]), float(hi[f])]})
+    return found

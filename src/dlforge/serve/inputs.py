@@ -7,14 +7,20 @@ What a model accepts follows from its artifact (``model.json``):
 * tabular models: rows as objects ``{column: value}`` (raw columns, encoded and
   standardised with the stored preprocessing, like ``dlforge predict``), or numeric lists
   of the encoded width;
-* every other model (images, sequences): nested numeric lists of exactly the per-sample
-  shape of ``input_signature``.
+* image models: raw pixels in the source's own units (0..16 for the built-in digits,
+  0..255 for image folders) as nested lists of shape ``[H, W]`` (grayscale), ``[H, W, C]``
+  or ``[C, H, W]`` at the stored size (channels-first wins when two read alike), or an
+  object ``{"b64": "<base64 PNG/JPEG/BMP bytes>"}`` (KServe's and TF-Serving's form),
+  decoded in memory and converted to the stored colour mode and size as a file would be;
+* every other model (sequences): nested numeric lists of exactly the per-sample shape of
+  ``input_signature``.
 
-Numbers are encoded values before standardisation: the server applies the stored
-standardisation (and a forecaster's series scale) exactly as ``Artifact.encode`` does for
-an array, so a client sends what it would give ``dlforge predict``, never scaled values.
+Numbers are raw values: the server applies the stored pixel scale, standardisation (and a
+forecaster's series scale) through ``Artifact.encode``, exactly as ``dlforge predict`` and
+Python do, so a client sends what it would give ``dlforge predict``, never scaled values.
 Strings are never read as file paths: the server opens no file a client names.
-NaN and infinity are rejected (Python's ``json`` writes and reads them).
+NaN and infinity are rejected (Python's ``json`` writes and reads them), and so is a
+sample that overflows float32 once scaled and standardised.
 
 Example:
     >>> import tempfile
@@ -34,6 +40,9 @@ Example:
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -41,12 +50,18 @@ from typing import Any
 import numpy as np
 import torch
 from fastapi.exceptions import RequestValidationError
+from PIL import Image
 
 from dlforge.data import encode_array
+from dlforge.data.image_folder import ImageTooLargeError
+from dlforge.data.preprocess import pixel_layouts
 from dlforge.errors import DlforgeError
 from dlforge.registry.artifact import Artifact
+from dlforge.registry.reference import out_of_range
+from dlforge.serve.security import ApiError
 
 MAX_ERRORS = 10  # a 422 lists at most this many fields: a huge bad request must not echo back
+MAX_WARNINGS = 20  # a response lists at most this many out-of-range warnings
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -74,12 +89,13 @@ def invalid(errors: list[tuple[tuple[int | str, ...], str]]) -> RequestValidatio
 class InputSpec:
     """What one model accepts, read once from its artifact when the model loads."""
 
-    kind: str  # "text", "tabular" or "array"
+    kind: str  # "text", "tabular", "image" or "array"
     shape: tuple[int, ...]  # per-sample shape of the model-ready tensor
     integer: bool  # int64 token ids rather than float32 values
     vocab_size: int | None  # token ids must lie in [0, vocab_size)
     has_tokenizer: bool  # strings can be encoded
     columns: tuple[str, ...]  # raw columns of a tabular model (empty: rows as objects are not accepted)
+    pixel_max: int | None = None  # image models: raw pixels span 0..pixel_max (16 for digits, 255 for files)
 
     @classmethod
     def of(cls, artifact: Artifact) -> InputSpec:
@@ -91,10 +107,11 @@ class InputSpec:
             from tokenizers import Tokenizer  # only for encodings saved without vocab_size
 
             vocab = Tokenizer.from_str(encoding["tokenizer"]).get_vocab_size()
-        kind = "text" if integer else ("tabular" if encoding.get("kind") == "tabular" else "array")
+        kind = "text" if integer else encoding.get("kind") if encoding.get("kind") in ("tabular", "image") else "array"
         return cls(kind=kind, shape=tuple(artifact.input_shape), integer=integer,
                    vocab_size=None if vocab is None else int(vocab), has_tokenizer="tokenizer" in encoding,
-                   columns=tuple(encoding.get("columns", ())) if kind == "tabular" else ())
+                   columns=tuple(encoding.get("columns", ())) if kind == "tabular" else (),
+                   pixel_max=round(1 / encoding.get("scale", 1 / 255)) if kind == "image" else None)
 
     def describe(self) -> str:
         """One line saying what an item of ``inputs`` must be (used in error messages)."""
@@ -104,18 +121,37 @@ class InputSpec:
             return f"a string or {ids}" if self.has_tokenizer else ids
         if self.kind == "tabular" and self.columns:
             return f"an object with the columns {list(self.columns)} or a list of {shape[0]} numbers"
+        if self.kind == "image":
+            c, h, w = shape
+            forms = ([[h, w]] if c == 1 else []) + [[h, w, c], [c, h, w]]
+            return (f"raw pixels (0..{self.pixel_max}) as a nested list of shape {' or '.join(map(str, forms))}, "
+                    'or an object {"b64": "<base64 PNG or JPEG>"}')
         one = "a number or " if shape == [1] else ""
         return f"{one}a nested list of numbers of shape {shape}"
 
 
 def encode_inputs(spec: InputSpec, artifact: Artifact, inputs: list[Any]) -> torch.Tensor:
     """The model-ready tensor ``(N, *spec.shape)`` for ``inputs``; RequestValidationError if any item is bad."""
+    x = _fast_batch(spec, artifact, inputs)
+    if x is None:
+        x = _item_by_item(spec, artifact, inputs)
+    _check_finite(x)
+    return x
+
+
+def _fast_batch(spec: InputSpec, artifact: Artifact, inputs: list[Any]) -> torch.Tensor | None:
+    """The usual case, one clean numeric array, in one conversion; None: go item by item."""
+    if spec.kind == "image":
+        return _pixel_batch(artifact, inputs)
     fast = _numeric_batch(spec, inputs)
-    if fast is not None:
-        return _standardise(fast, artifact)
+    return None if fast is None else _standardise(fast, artifact)
+
+
+def _item_by_item(spec: InputSpec, artifact: Artifact, inputs: list[Any]) -> torch.Tensor:
+    """Each item checked on its own, so a 422 names every bad field (at most MAX_ERRORS)."""
     errors: list[tuple[tuple[int | str, ...], str]] = []
     rows: list[torch.Tensor | None] = [None] * len(inputs)
-    texts, text_at, records, record_at = [], [], [], []
+    texts, text_at, records, record_at, images_at = [], [], [], [], []
     for i, item in enumerate(inputs):
         try:
             if isinstance(item, str) and spec.kind == "text" and spec.has_tokenizer:
@@ -125,6 +161,9 @@ def encode_inputs(spec: InputSpec, artifact: Artifact, inputs: list[Any]) -> tor
                 _check_record(item, (i,))
                 records.append(item)
                 record_at.append(i)
+            elif spec.kind == "image" and isinstance(item, (list, dict)):
+                rows[i] = _image_item(spec, artifact, item, (i,))  # scaled and standardised
+                images_at.append(i)
             elif isinstance(item, list):
                 rows[i] = _numeric_item(spec, item, (i,))
             elif isinstance(item, (int, float)) and not isinstance(item, bool) and spec.shape == (1,):
@@ -145,12 +184,22 @@ def encode_inputs(spec: InputSpec, artifact: Artifact, inputs: list[Any]) -> tor
             rows[i] = row
     if errors:
         raise invalid(errors)
-    encoded = {*text_at, *record_at}
+    encoded = {*text_at, *record_at, *images_at}
     numeric = [i for i in range(len(rows)) if i not in encoded]
-    if numeric:  # texts and records come back from Artifact.encode already standardised
+    if numeric:  # texts, records and images come back from Artifact.encode already standardised
         for i, row in zip(numeric, _standardise(torch.stack([rows[i] for i in numeric]), artifact)):
             rows[i] = row
     return torch.stack(rows)  # type: ignore[arg-type]  # every slot is filled when there is no error
+
+
+def _check_finite(x: torch.Tensor) -> None:
+    """Refuse samples that overflow once scaled and standardised (e.g. 3e38 divided by a std
+    below 1): the model would answer NaN, and JSON would carry null probabilities."""
+    if not torch.is_floating_point(x) or bool(torch.isfinite(x).all()):
+        return
+    bad = (~torch.isfinite(x)).reshape(len(x), -1).any(dim=1).nonzero().flatten().tolist()
+    raise invalid([((i,), "a value overflows float32 once scaled and standardised as in training; "
+                          "send values in the training data's own range") for i in bad])
 
 
 def _standardise(x: torch.Tensor, artifact: Artifact) -> torch.Tensor:
@@ -233,6 +282,47 @@ def _type_name(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+# ------------------------------------------------------------------------------ images
+def _pixel_batch(artifact: Artifact, inputs: list[Any]) -> torch.Tensor | None:
+    """All items as one raw pixel array through ``Artifact.encode``; None when they are not one."""
+    try:
+        arr = np.asarray(inputs)
+    except (ValueError, TypeError, OverflowError):  # ragged or mixed lists
+        return None
+    if arr.dtype.kind not in "iuf" or arr.ndim < 3 or not np.all(np.abs(arr) <= FLOAT32_MAX):
+        return None  # (also refuses NaN); the item-by-item path names the field
+    try:
+        return artifact.encode(arr)
+    except DlforgeError:
+        return None
+
+
+def _image_item(spec: InputSpec, artifact: Artifact, item: list | dict, loc: tuple[int | str, ...]) -> torch.Tensor:
+    """One image: raw pixels as nested lists, or {"b64": ...} bytes; scaled and standardised (C, H, W)."""
+    if isinstance(item, dict):
+        return _image_bytes(artifact, item, loc)
+    shape = tuple(_shape_of(item))
+    if shape not in pixel_layouts(artifact.preprocessing["encoding"]):
+        raise _Invalid(loc, f"expected {spec.describe()}, got a list of shape {list(shape)}")
+    _check_nested(item, shape, loc, spec)
+    return artifact.encode(np.asarray(item, dtype=np.float64))[0]
+
+
+def _image_bytes(artifact: Artifact, item: dict, loc: tuple[int | str, ...]) -> torch.Tensor:
+    if set(item) != {"b64"} or not isinstance(item["b64"], str):
+        raise _Invalid(loc, 'expected an object {"b64": "<base64 PNG or JPEG>"} with that one key')
+    try:
+        data = base64.b64decode(item["b64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise _Invalid((*loc, "b64"), "not valid base64 (standard alphabet, with padding)") from None
+    try:
+        return artifact.encode(data)[0]
+    except ImageTooLargeError as err:
+        raise ApiError(413, "payload_too_large", f"inputs[{loc[0]}]: {err.message}", hint=err.hint) from None
+    except DlforgeError as err:
+        raise _Invalid((*loc, "b64"), _without_source(err)) from None
+
+
 # ------------------------------------------------------------------------ text and rows
 def _encode_texts(artifact: Artifact, texts: list[str]) -> torch.Tensor:
     return artifact.encode(texts)  # (N, max_len) int64 ids, the stored tokenizer
@@ -274,3 +364,118 @@ def _without_source(err: DlforgeError) -> str:
     """The data layer's message without its "the given rows: " prefix and row number, plus the hint."""
     msg = err.message.removeprefix("the given rows: ").replace(" at row 1", "").replace(" row 1", " it")
     return f"{msg} ({err.hint})" if err.hint else msg
+
+
+# ------------------------------------------------------------------------------ ranges
+def range_warnings(artifact: Artifact, x: torch.Tensor) -> list[dict[str, Any]]:
+    """Warnings for encoded inputs ``x`` far outside the training range stored with the artifact
+    (:func:`dlforge.registry.reference.out_of_range`), each with a message.
+
+    Example:
+        >>> range_warnings(art, torch.full((1, 4), 1e6))[0]["message"]  # doctest: +SKIP
+        'inputs[0]: x0 reaches 1e+06 (standardised), far outside the training range [-2.1, 2.3]; ...'
+    """
+    found = out_of_range(x, artifact.meta.get("training", {}).get("reference"), artifact.preprocessing)
+    for w in found:
+        lo, hi = w["training_range"]
+        w["message"] = (f"inputs[{w['input']}]: {w['feature']} reaches {w['value']:.4g} (standardised), far outside "
+                        f"the training range [{lo:.4g}, {hi:.4g}]; answered, but check its units")
+    return found
+
+
+# ------------------------------------------------------------------------------ describe
+MAX_CATEGORIES_SHOWN = 20  # a column with thousands of categories must not flood the model page
+MAX_EXAMPLE_PIXELS = 256  # larger images get a base64 PNG example rather than nested numbers
+
+
+def describe_inputs(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a model's ``inputs`` items look like, the way a client sends them, with an
+    ``example`` request body the predict route accepts (``meta``: the artifact's model.json).
+
+    Example:
+        >>> meta = {"input_signature": {"shape": [None, 1, 2, 2], "dtype": "float32"},
+        ...         "preprocessing": {"encoding": {"kind": "image", "size": [2, 2], "mode": "L", "scale": 1 / 16}}}
+        >>> d = describe_inputs(meta)
+        >>> d["kind"], d["pixel_range"], d["example"]
+        ('image', '0..16', {'inputs': [[[8, 8], [8, 8]]]})
+    """
+    encoding = (meta.get("preprocessing") or {}).get("encoding") or {}
+    shape = list(meta.get("input_signature", {}).get("shape", [None])[1:])
+    kind = encoding.get("kind")
+    if kind == "tabular":
+        return _describe_table(encoding, meta.get("preprocessing") or {})
+    if kind == "image":
+        return _describe_image(encoding, shape)
+    if kind == "text":
+        return {"kind": "text", "max_len": encoding.get("max_len", shape[0] if shape else None),
+                "forms": ["a string (encoded with the model's tokenizer)",
+                          f"a list of {shape[0] if shape else '?'} integer token ids"],
+                "example": {"inputs": ["an example text"]}}
+    if kind == "sequence":
+        length, features = encoding.get("length"), encoding.get("features")
+        level = float((meta.get("preprocessing") or {}).get("target_scale", {}).get("mean", 0.0))
+        return {"kind": "sequence", "window": length, "features": features,
+                "units": "the series' own units (scaled as in training by the server)",
+                "forms": [f"a nested list of shape [{length}, {features}]: the last {length} steps"],
+                "example": {"inputs": [[[round(level, 4)] * features for _ in range(length)]]}}
+    example: Any = 0.0
+    for n in reversed(shape):
+        example = [example] * n
+    return {"kind": "array", "shape": shape, "forms": [f"a nested list of numbers of shape {shape}"],
+            "example": {"inputs": [example]}}
+
+
+def _describe_table(encoding: dict[str, Any], preprocessing: dict[str, Any]) -> dict[str, Any]:
+    categories = encoding.get("categories") or {}
+    types = encoding.get("types") or {}  # written by newer artifacts; older ones imply it by categories
+    fill = encoding.get("fill") or {}
+    means = (preprocessing.get("standardize") or {}).get("mean") or []
+    columns, row, position = [], {}, 0
+    for name in encoding.get("columns", []):
+        is_category = name in categories or str(types.get(name, "")).startswith("categ")
+        if is_category:
+            cats = list(categories.get(name, []))
+            columns.append({"name": name, "type": "category", "categories": cats[:MAX_CATEGORIES_SHOWN],
+                            "categories_total": len(cats)})
+            row[name] = fill.get(name, cats[0] if cats else "")
+            position += len(cats)
+        else:
+            columns.append({"name": name, "type": "number"})
+            typical = fill.get(name, means[position] if position < len(means) else 0.0)
+            row[name] = round(float(typical), 4) if isinstance(typical, (int, float)) else typical
+            position += 1
+    out: dict[str, Any] = {
+        "kind": "table", "columns": columns,
+        "forms": ["an object {column: value} with the raw values (numbers and category names); other keys "
+                  "(a target, an id) are ignored",
+                  f"a list of {position} raw numbers: the encoded columns (one-hot for categories) before "
+                  "standardisation"],
+        "example": {"inputs": [row]}}
+    for key in ("id_column", "target"):
+        if encoding.get(key) is not None:
+            out[key] = encoding[key]
+    return out
+
+
+def _describe_image(encoding: dict[str, Any], shape: list[int]) -> dict[str, Any]:
+    channels, (height, width) = (shape[0] if shape else 1), encoding["size"]
+    top = round(1 / encoding.get("scale", 1 / 255))
+    forms = [[height, width, channels], [channels, height, width]]
+    if channels == 1:
+        forms.insert(0, [height, width])
+    out = {"kind": "image", "size": [height, width], "mode": encoding["mode"], "channels": channels,
+           "pixel_range": f"0..{top}",
+           "forms": [f"raw pixels 0..{top} as a nested list of shape {' or '.join(map(str, forms))}",
+                     '{"b64": "<base64 PNG or JPEG bytes>"}: converted to the mode and resized to the size']}
+    if height * width * channels <= MAX_EXAMPLE_PIXELS:
+        pixel = [top // 2] * channels if channels > 1 else top // 2
+        out["example"] = {"inputs": [[[pixel] * width for _ in range(height)]]}  # (H, W[, C])
+    else:
+        out["example"] = {"inputs": [{"b64": _blank_png(encoding["mode"], height, width)}]}
+    return out
+
+
+def _blank_png(mode: str, height: int, width: int) -> str:
+    buf = io.BytesIO()
+    Image.new(mode, (width, height), 128 if mode == "L" else (128, 128, 128)).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")

@@ -65,6 +65,9 @@ class Metrics:
                                     ["model", "version"], buckets=QUEUE_BUCKETS, registry=r)
         self.loaded = Gauge("dlforge_loaded_model_info", "1 for each loaded model version and its alias.",
                             ["model", "version", "alias"], registry=r)
+        self.out_of_range = Counter("dlforge_out_of_range_inputs",
+                                    "Inputs answered with a warning: far outside the training range.",
+                                    ["model"], registry=r)
         self.drift = Gauge("dlforge_drift", "Drift of a feature (or 'prediction') from the training reference.",
                            ["model", "version", "feature", "statistic"], registry=r)
 

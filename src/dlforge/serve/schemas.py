@@ -20,7 +20,7 @@ from dlforge.serve.security import ErrorBody, error_responses
 
 __all__ = [
     "DriftReport", "DriftResponse", "DriftStat", "ErrorResponse", "ExperimentResponse", "FeedbackRequest",
-    "FeedbackResponse", "HealthResponse", "LatencyStats", "ModelDetail", "ModelSummary", "PredictRequest",
+    "FeedbackResponse", "HealthResponse", "InputWarning", "LatencyStats", "ModelDetail", "ModelSummary", "PredictRequest",
     "PredictResponse", "ReadyResponse", "SignificanceTest", "VariantStats", "VersionInfo", "error_responses",
 ]
 
@@ -32,10 +32,12 @@ InputItem = Annotated[Any, WithJsonSchema({
     "anyOf": [
         {"type": "number", "description": "a one-number sample (model input shape [1])"},
         {"type": "string", "description": "a text, for text models (encoded with the stored tokenizer)"},
-        {"type": "array", "items": {}, "description": "a model-ready sample: nested numbers of the "
-                                                      "model's per-sample shape, or token ids"},
+        {"type": "array", "items": {}, "description": "a raw sample as nested numbers: image pixels in the "
+                                                      "source's units ([H, W], [H, W, C] or [C, H, W]), a table "
+                                                      "row's raw encoded numbers, a series window, or token ids"},
         {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
-         "description": "a raw table row {column: value}, for tabular models"},
+         "description": 'a raw table row {column: value}, for tabular models; {"b64": "<base64 PNG or '
+                        'JPEG>"} for image models'},
     ],
 })]
 
@@ -56,11 +58,23 @@ class PredictRequest(_Strict):
 
     inputs: list[InputItem] = Field(
         ..., min_length=1,
-        description="one item per sample: model-ready nested numbers of the model's per-sample shape "
-                    "(GET /v1/models/{name} shows input_signature), strings for text models, or objects "
-                    "{column: value} for tabular models. At most the server's max_inputs items (1024 by default).")
+        description="one raw item per sample, in the source's own units (GET /v1/models/{name} describes "
+                    "the forms a model takes, with an example body): nested numbers (image pixels, series "
+                    "windows, token ids), strings for text models, objects {column: value} for tabular "
+                    "models, {\"b64\": ...} images. At most the server's max_inputs items (1024 by default).")
     version: int | None = Field(None, ge=1, description="ask this version (it must be loaded); wins over alias")
     alias: str | None = Field(None, pattern=NAME_PATTERN, description="ask the version this alias points at")
+
+
+class InputWarning(BaseModel):
+    """An input answered normally but far outside what the model saw in training."""
+
+    input: int = Field(description="index of the input in the request")
+    feature: str = Field(description="the table column (one-hot: column=category), image channel c0.. or series "
+                                     "feature x0..")
+    value: float = Field(description="the input's value, standardised as the model sees it")
+    training_range: list[float] = Field(description="[min, max] of the training inputs, standardised the same way")
+    message: str
 
 
 class PredictResponse(_Strict):
@@ -76,6 +90,9 @@ class PredictResponse(_Strict):
     probabilities: list[list[float]] | None = Field(None, description="class probabilities per sample")
     class_names: list[str] | None = None
     latency_ms: float
+    warnings: list[InputWarning] | None = Field(
+        None, description="inputs far outside the training range (more than 3 range widths beyond it): answered, "
+                          "but check their units; counted in dlforge_out_of_range_inputs_total")
 
 
 Label = StrictStr | StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)]
@@ -165,6 +182,10 @@ class VersionInfo(BaseModel):
     arch: str | None = None
     class_names: list[str] | None = None
     input_signature: dict[str, Any] | None = Field(None, description='{"shape": [null, ...], "dtype": ...}')
+    inputs: dict[str, Any] | None = Field(
+        None, description="what one item of a predict request's inputs is, the way a client sends it: table "
+                          "columns and types, image size, colour mode and raw pixel range, text or series "
+                          "forms, and an example request body")
     metrics: dict[str, float]
     aliases: list[str]
     loaded: bool

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -288,48 +289,93 @@ def _format_metrics(record: dict[str, Any]) -> str:
     return "  ".join(f"{k}={record[k]:.4g}" for k in keys)
 
 
-class ProgressBar(Callback):
-    """A rich progress bar on a terminal; plain per-epoch log lines otherwise."""
+def _clock(seconds: float) -> str:
+    """``75.4`` -> ``"1:15"``; an hour or more -> ``"1:02:03"``."""
+    m, sec = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
-    def __init__(self, stream=None, force_plain: bool = False) -> None:
+
+class ProgressBar(Callback):
+    """Progress inside each epoch, and one summary line per epoch.
+
+    The progress line reads ``epoch 3/30  120/469 steps [26%]  41.5 it/s  eta 0:08  loss 0.4123``
+    (steps within the epoch, optimizer steps per second, time left in the epoch, the
+    epoch's mean loss so far). On a terminal it also draws a bar and is redrawn in place
+    (carriage return) at most every ``refresh_s`` seconds; on any other stream (CI logs,
+    pipes, files; or with ``force_plain``) it is printed as its own line every ``every_s``
+    seconds, so short epochs print only their summary. The loss is read from the device
+    only when a line is drawn: the steps in between cost no host-device sync.
+
+    Example:
+        >>> import io
+        >>> ProgressBar(stream=io.StringIO(), every_s=30.0)  # doctest: +ELLIPSIS
+        <...ProgressBar...>
+    """
+
+    def __init__(self, stream=None, force_plain: bool = False, refresh_s: float = 0.2, every_s: float = 10.0) -> None:
         self.stream = stream or sys.stderr
         self.force_plain = force_plain
-        self._progress = None
-        self._task = None
+        self.refresh_s, self.every_s = refresh_s, every_s
+        self._tty = False
+        self._drawn = False  # a progress line is on screen, waiting to be overwritten
+        self._first_step = 0  # state.step when the epoch began
+        self._t0, self._step0, self._last_draw = 0.0, 0, 0.0  # the rate is measured from here
 
     def on_fit_start(self, state: TrainState) -> None:
-        if self.force_plain or not self.stream.isatty():
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        self._tty = not self.force_plain and self.stream.isatty()
+        # A run resumed mid-epoch gets no on_epoch_start: the epoch began a whole number of epochs in.
+        self._start_timing(state, first_step=state.epoch * state.steps_per_epoch)
 
-        self._progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
-            TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=Console(file=self.stream),
-        )
-        self._progress.start()
-        total = state.epochs * state.steps_per_epoch
-        self._task = self._progress.add_task("train", total=total, completed=state.step,
-                                             epoch=state.epoch + 1, epochs=state.epochs, info="")
+    def on_epoch_start(self, state: TrainState) -> None:
+        self._start_timing(state, first_step=state.step)
+
+    def _start_timing(self, state: TrainState, first_step: int) -> None:
+        self._first_step = first_step
+        self._t0 = self._last_draw = time.monotonic()
+        self._step0 = state.step
 
     def on_step_end(self, state: TrainState) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, completed=state.step, epoch=min(state.epoch + 1, state.epochs))
+        now = time.monotonic()
+        if now - self._last_draw < (self.refresh_s if self._tty else self.every_s):
+            return
+        self._last_draw = now
+        line = self._progress_line(state, now)
+        if self._tty:
+            self.stream.write(f"\r{line}\x1b[K")  # \x1b[K clears what a longer previous line left
+            self.stream.flush()
+            self._drawn = True
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def _progress_line(self, state: TrainState, now: float) -> str:
+        done, total = state.step - self._first_step, state.steps_per_epoch
+        rate = (state.step - self._step0) / max(now - self._t0, 1e-9)  # optimizer steps per second
+        speed = f"{rate:.1f} it/s" if rate >= 1 else f"{1 / max(rate, 1e-9):.1f} s/it"
+        eta = _clock((total - done) / rate) if rate > 0 else "?"
+        fraction = done / max(total, 1)
+        bar = f" {'#' * round(20 * fraction):.<20}" if self._tty else ""  # a picture only where it redraws
+        line = (f"epoch {state.epoch + 1}/{state.epochs}{bar}  {done}/{total} steps [{100 * fraction:.0f}%]"
+                f"  {speed}  eta {eta}")
+        count = state.totals.get("count", 0)
+        if count:  # one host sync, only now that a line is drawn
+            line += f"  loss {(state.totals['loss_sum'] / count).item():.4g}"
+        return line
 
     def on_log(self, state: TrainState, record: dict[str, Any]) -> None:
         if record.get("type") != "epoch":
             return
-        line = f"epoch {record['epoch'] + 1}/{state.epochs}  {_format_metrics(record)}"
-        if self._progress is not None:
-            self._progress.update(self._task, info=_format_metrics({k: record[k] for k in record if k.startswith("val_")}))
-            self._progress.console.print(line)
-        else:
-            print(line, file=self.stream, flush=True)
+        self._clear()
+        print(f"epoch {record['epoch'] + 1}/{state.epochs}  {_format_metrics(record)}", file=self.stream, flush=True)
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self.stream.write("\r\x1b[K")
+            self._drawn = False
 
     def on_fit_end(self, state: TrainState) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        self._clear()
+        self.stream.flush()
 
     def on_exception(self, state: TrainState, error: BaseException) -> None:
         self.on_fit_end(state)

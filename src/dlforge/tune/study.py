@@ -56,7 +56,6 @@ from dlforge.errors import ConfigError
 from dlforge.train import Callback
 from dlforge.train.state_io import atomic_write
 from dlforge.tune.storage import default_storage, display_url, open_storage  # noqa: F401 (re-exported)
-from dlforge.tune.storage import default_storage, display_url, open_storage  # noqa: F401 (re-exported)
 from dlforge.tune.space import TuneConfig, check_space, decode_params, grid_space, parse_tune, suggest, trial_raw
 
 _ATTR_OBJECTIVE = "dlforge.objective"  # study user attrs: what the study optimises ...

@@ -7,16 +7,25 @@ Example::
     GET /v1/models       -> [{"name": "iris", "latest_version": 2, "versions": 2,
                               "aliases": {"production": 1, "candidate": 2}, "loaded_versions": [1, 2], ...}]
     GET /v1/models/iris  -> {"name": "iris", "versions": [{"version": 1, "sha256": "...", "metrics": {...},
-                              "input_signature": {"shape": [null, 4], "dtype": "float32"}, "loaded": true}, ...]}
+                              "input_signature": {"shape": [null, 4], "dtype": "float32"},
+                              "inputs": {"kind": "table", "columns": [...], "example": {"inputs": [...]}},
+                              "loaded": true}, ...]}
+    GET /v1/models/iris/versions/1 -> the first of those versions
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+import json
+from typing import Any
 
-from dlforge.registry.store import Registry
+from fastapi import APIRouter, Depends, Path
+
+from dlforge.errors import NotFoundError
+from dlforge.registry.artifact import META_FILE
+from dlforge.registry.store import ModelVersion, Registry
 from dlforge.serve.dependencies import get_pool, get_registry, model_name, require_predict_key
-from dlforge.serve.pool import ModelPool
+from dlforge.serve.inputs import describe_inputs
+from dlforge.serve.pool import LoadedModel, ModelPool
 from dlforge.serve.routing import TrafficConfig
 from dlforge.serve.schemas import ModelDetail, ModelSummary, VersionInfo, error_responses
 
@@ -36,7 +45,8 @@ def list_models(registry: Registry = Depends(get_registry), pool: ModelPool = De
 @router.get("/{name}", response_model=ModelDetail, responses=error_responses(400, 401, 404))
 def model_detail(name: str = Depends(model_name), registry: Registry = Depends(get_registry),
                  pool: ModelPool = Depends(get_pool)) -> ModelDetail:
-    """One model's versions (metrics, creation time, hash, task, input signature), aliases and traffic split."""
+    """One model's versions (metrics, creation time, hash, task, input signature, the inputs a client
+    sends with an example body), aliases and traffic split."""
     versions = registry.versions(name)  # NotFoundError -> 404
     aliases = registry.aliases(name)
     traffic = registry.traffic(name)
@@ -46,13 +56,34 @@ def model_detail(name: str = Depends(model_name), registry: Registry = Depends(g
         latest_version=versions[-1].version,
         aliases=aliases,
         traffic=None if traffic is None else TrafficConfig.model_validate(traffic),
-        versions=[
-            VersionInfo(version=mv.version, created=mv.created, sha256=mv.sha256, task=mv.metadata.get("task"),
-                        arch=mv.metadata.get("arch"), class_names=mv.metadata.get("class_names"),
-                        input_signature=mv.metadata.get("input_signature"),
-                        metrics={k: float(v) for k, v in mv.metrics.items() if isinstance(v, (int, float))},
-                        aliases=sorted(a for a, v in aliases.items() if v == mv.version),
-                        loaded=mv.version in loaded)
-            for mv in versions
-        ],
+        versions=[_version_info(mv, aliases, loaded) for mv in versions],
     )
+
+
+@router.get("/{name}/versions/{version}", response_model=VersionInfo, responses=error_responses(400, 401, 404))
+def version_detail(name: str = Depends(model_name), version: int = Path(ge=1),
+                   registry: Registry = Depends(get_registry), pool: ModelPool = Depends(get_pool)) -> VersionInfo:
+    """One version: metrics, hash, task, input signature and the inputs a client sends, with an example body."""
+    for mv in registry.versions(name):  # NotFoundError -> 404
+        if mv.version == version:
+            return _version_info(mv, registry.aliases(name), pool.loaded(name))
+    raise NotFoundError(f"model {name!r} has no version {version}", hint=f"GET /v1/models/{name} lists its versions")
+
+
+def _version_info(mv: ModelVersion, aliases: dict[str, int], loaded: dict[int, LoadedModel]) -> VersionInfo:
+    return VersionInfo(version=mv.version, created=mv.created, sha256=mv.sha256, task=mv.metadata.get("task"),
+                       arch=mv.metadata.get("arch"), class_names=mv.metadata.get("class_names"),
+                       input_signature=mv.metadata.get("input_signature"), inputs=_inputs(mv, loaded),
+                       metrics={k: float(v) for k, v in mv.metrics.items() if isinstance(v, (int, float))},
+                       aliases=sorted(a for a, v in aliases.items() if v == mv.version),
+                       loaded=mv.version in loaded)
+
+
+def _inputs(mv: ModelVersion, loaded: dict[int, LoadedModel]) -> dict[str, Any] | None:
+    """The inputs description from the loaded artifact, else from the stored model.json (None if unreadable)."""
+    if mv.version in loaded:
+        return describe_inputs(loaded[mv.version].artifact.meta)
+    try:
+        return describe_inputs(json.loads((mv.path / META_FILE).read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

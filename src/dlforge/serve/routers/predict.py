@@ -31,7 +31,7 @@ from dlforge.errors import ArtifactError, DlforgeError, NotFoundError
 from dlforge.registry.names import validate_name
 from dlforge.serve.batching import BatcherStoppedError, QueueFullError
 from dlforge.serve.dependencies import get_metrics, get_pool, model_name, require_predict_key
-from dlforge.serve.inputs import encode_inputs, invalid
+from dlforge.serve.inputs import MAX_WARNINGS, encode_inputs, invalid, range_warnings
 from dlforge.serve.monitor import Metrics
 from dlforge.serve.pool import LoadedModel, ModelPool
 from dlforge.serve.schemas import (
@@ -40,6 +40,7 @@ from dlforge.serve.schemas import (
     ExperimentResponse,
     FeedbackRequest,
     FeedbackResponse,
+    InputWarning,
     PredictRequest,
     PredictResponse,
     error_responses,
@@ -88,6 +89,7 @@ async def predict(
                         raise ArtifactError(f"{name} v{model.version} is a masked-LM model: it predicts masked "
                                             "tokens, not labels", hint="serve a model fine-tuned on a labelled task")
                     x = await _encode(model, body.inputs)
+                    warnings = range_warnings(model.artifact, x)
                     if shadow is not None:
                         shadow.acquire()  # released by the shadow task
                         _spawn(_shadow(pool, metrics, shadow, body.inputs, request_id, variant=shadow_variant))
@@ -97,6 +99,9 @@ async def predict(
                 if attempt == 1:
                     raise
         response = _response(model, outputs, request_id=request_id, variant=variant, started=started)
+        if warnings:  # answered, but the client should check the units of these inputs
+            response.warnings = [InputWarning(**w) for w in warnings[:MAX_WARNINGS]]
+            metrics.out_of_range.labels(labels["model"]).inc(len({w["input"] for w in warnings}))
         pool.experiment(name).record(request_id, variant, model.version, response.outputs,
                                      time.perf_counter() - started, indices=_indices(outputs))
         status = 200

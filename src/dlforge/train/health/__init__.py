@@ -3,7 +3,8 @@
 :func:`diagnose` reads a run's history (``FitResult.history`` or the lines of
 ``history.jsonl``) and returns one :class:`Diagnosis` per problem it finds: vanishing or
 exploding gradients, non-finite values, dead ReLUs, overfitting, a learning rate that is
-too high or too low. A healthy run gives an empty list; a false alarm is a bug. Every
+too high or too low, and (given the held-out ``scores``) a model that does worse than
+predicting the training mean or the majority class. A healthy run gives an empty list; a false alarm is a bug. Every
 threshold lives in :class:`HealthThresholds` with the reason for its value.
 
 What each check needs: gradient checks need the ``grad_norm/*`` keys that
@@ -39,10 +40,10 @@ from torch import nn
 
 from dlforge.train.health.checks import (
     _check_dead_relu, _check_exploding, _check_lr_too_high, _check_lr_too_low, _check_overfitting,
-    _check_vanishing, _first_non_finite, _from_history, _from_nan_report, _grad_layers, _peak_lr,
+    _check_vanishing, _check_worse_than_baseline, _first_non_finite, _from_history, _from_nan_report, _grad_layers, _peak_lr,
 )
 from dlforge.train.health.findings import (
-    KINDS, SEVERITIES, Diagnosis, HealthThresholds, is_weight_layer_name, weight_layer_names,
+    KINDS, SEVERITIES, Diagnosis, HealthThresholds, HeldOutScores, is_weight_layer_name, weight_layer_names,
 )
 
 # ----------------------------------------------------------------------------- public API
@@ -54,13 +55,15 @@ def diagnose(
     dead_units: dict[str, float] | None = None,
     thresholds: HealthThresholds | None = None,
     weight_names: Iterable[str] | None = None,
+    scores: HeldOutScores | None = None,
 ) -> list[Diagnosis]:
     """Find what went wrong in a training run; errors first, an empty list when healthy.
 
     ``history`` is ``FitResult.history`` or the parsed lines of ``history.jsonl``;
     ``nan_report`` is ``FitResult.nan_report``; ``dead_units`` is the output of
     :func:`dead_relu_fraction`; ``weight_names`` overrides the name rule for weight layers
-    (see the module docstring).
+    (see the module docstring); ``scores`` holds the held-out metrics and baseline numbers
+    (:class:`HeldOutScores`), to flag a model worse than the training mean or the majority class.
 
     Example:
         >>> steps = [{"type": "step", "step": s, "loss": 0.7, "grad_norm/layers.0.0.weight": 1e-9,
@@ -89,6 +92,8 @@ def diagnose(
     too_high = _check_lr_too_high(epochs, steps, lr, went_bad, nan_report, t)
     found += [too_high, None if too_high or went_bad else _check_lr_too_low(epochs, steps, layers, lr, t),
               _check_overfitting(epochs, t)]
+    if scores is not None:
+        found.append(_check_worse_than_baseline(scores, t))
     diagnoses = [d for d in found if d is not None]
     return sorted(diagnoses, key=lambda d: SEVERITIES.index(d.severity))  # stable: check order within a level
 
@@ -177,5 +182,5 @@ def format_diagnoses(diagnoses: Sequence[Diagnosis]) -> str:
     return "\n\n".join(blocks)
 
 
-__all__ = ["Diagnosis", "HealthThresholds", "KINDS", "dead_relu_fraction", "diagnose", "format_diagnoses",
+__all__ = ["Diagnosis", "HealthThresholds", "HeldOutScores", "KINDS", "dead_relu_fraction", "diagnose", "format_diagnoses",
            "is_weight_layer_name", "weight_layer_names"]

@@ -7,7 +7,7 @@ import math
 import statistics
 from typing import Any, Iterable, Sequence
 
-from dlforge.train.health.findings import Diagnosis, HealthThresholds, is_weight_layer_name
+from dlforge.train.health.findings import Diagnosis, HealthThresholds, HeldOutScores, is_weight_layer_name
 
 def _finite(values: Iterable[Any]) -> list[float]:
     return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
@@ -307,4 +307,39 @@ def _check_dead_relu(dead_units: dict[str, float], t: HealthThresholds) -> Diagn
         {"dead_layers": dead, "dead_fraction": dict(dead_units), "threshold": t.dead_fraction},
         "use model.activation: leaky_relu (or gelu) with model.init: he, or model.batch_norm: before; "
         "lower optim.lr if units died during training",
+    )
+
+
+# ----------------------------------------------------------------------------- held-out scores
+
+def _check_worse_than_baseline(scores: HeldOutScores, t: HealthThresholds) -> Diagnosis | None:
+    """A model scoring below the training mean (R² < 0) or at the majority-class rate."""
+    better = {name: v for name, v in scores.baselines.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    if scores.r2 is not None and math.isfinite(scores.r2) and scores.r2 < t.min_r2:
+        scale = ("set data.standardize_target: true (an unscaled target in the hundreds or thousands makes "
+                 "the loss huge and the default lr far too small), then " if scores.target_standardized is False
+                 else "")
+        return _make(
+            "worse_than_baseline", "error",
+            f"The model does worse than predicting the training mean for every row: {scores.split} R² is "
+            f"{scores.r2:.3g} (0 is the mean's score, 1 is perfect).",
+            {"split": scores.split, "r2": scores.r2, "threshold": t.min_r2, "baselines_r2": better,
+             "target_standardized": scores.target_standardized},
+            f"{scale}raise train.epochs or optim.lr (the loss may still be falling), and check the features: "
+            f"drop id columns (data.drop) and make sure the inputs relate to the target",
+        )
+    acc, majority = scores.accuracy, scores.majority_accuracy
+    if acc is None or majority is None or not (math.isfinite(acc) and math.isfinite(majority)):
+        return None
+    if acc > majority + t.majority_margin:
+        return None
+    return _make(
+        "worse_than_baseline", "error",
+        f"The model is no better than always answering the most common class: {scores.split} accuracy "
+        f"{acc:.3g} vs the majority-class rate {majority:.3g}.",
+        {"split": scores.split, "accuracy": acc, "majority_accuracy": majority, "margin": t.majority_margin,
+         "baselines_accuracy": better},
+        "raise train.epochs or optim.lr (the loss may still be falling); with skewed classes set "
+        "data.imbalance (e.g. sampler: balanced) or train.loss: {name: cross_entropy, class_weights: inverse}; "
+        "check that the features carry signal",
     )

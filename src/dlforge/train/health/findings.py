@@ -4,13 +4,13 @@ count as weight layers."""
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from torch import nn
 
 KINDS = ("vanishing_gradients", "exploding_gradients", "non_finite", "dead_relu", "overfitting",
-         "lr_too_high", "lr_too_low")
+         "lr_too_high", "lr_too_low", "worse_than_baseline")
 SEVERITIES = ("error", "warning", "info")
 
 
@@ -27,6 +27,29 @@ class Diagnosis:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict with the five fields."""
         return asdict(self)
+
+
+@dataclass
+class HeldOutScores:
+    """Plain numbers about the held-out split, for the worse-than-baseline check (train
+    does not import evaluate: the caller copies the numbers in).
+
+    ``r2`` (regression) or ``accuracy`` (classification) is the model's, in the target's
+    units; ``majority_accuracy`` the share of the held-out split the majority class of the
+    train split gets right; ``baselines`` each baseline's headline number (R² or
+    accuracy); ``target_standardized`` whether the regression target was standardised.
+
+    Example:
+        >>> HeldOutScores("test", r2=-0.4).r2
+        -0.4
+    """
+
+    split: str  # "test" or "val"
+    r2: float | None = None
+    accuracy: float | None = None
+    majority_accuracy: float | None = None
+    baselines: dict[str, float] = field(default_factory=dict)
+    target_standardized: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +114,13 @@ class HealthThresholds:
     # A healthy step changes a weight matrix by about 1e-3 of its norm.
     tiny_update_ratio: float = 1e-5
     healthy_update_ratio: float = 1e-3  # used to suggest a learning rate
+    # Held-out R² below 0 means predicting the training mean for every row would have done
+    # better (R² is 0 for the test mean itself, and the training mean is close to it): the
+    # model has learned nothing usable, whatever its loss curve looks like.
+    min_r2: float = 0.0
+    # Held-out accuracy at or below (majority-class rate + this) is what always answering
+    # the most common class gets: no margin, since any real gain on the test split counts.
+    majority_margin: float = 0.0
 
 
 # ----------------------------------------------------------------------------- helpers
