@@ -158,13 +158,17 @@ def _config(bench: BenchSet, csv: Path) -> tuple[dict[str, Any], list[str]]:
     return {"name": bench.name.replace("_", "-"), "data": data, "model": {"arch": "mlp"}}, notes
 
 
+OVERRIDES: list[str] = []  # --set key=value: try another default on every set
+
+
 def train_dlforge(bench: BenchSet, csv: Path, runs_dir: Path, n_rows: int) -> dict[str, Any]:
     """Train the default config; return the run dir, split, notes and the run's own metric."""
-    from dlforge.config import validate_config
+    from dlforge.config import apply_overrides, validate_config
     from dlforge.errors import DlforgeError
     from dlforge.pipeline import train_run
 
     raw, notes = _config(bench, csv)
+    raw = apply_overrides(raw, OVERRIDES)
     stream = io.StringIO()
     start = time.perf_counter()
     with recorded_splits() as calls:
@@ -343,7 +347,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="two small sets (a smoke run)")
     parser.add_argument("--sets", help="comma-separated set names (default: all, or the quick ones)")
     parser.add_argument("--max-rows", type=int, default=None, help="subsample larger sets to this many rows")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="override a config key on every set, as dlforge train --set does")
     args = parser.parse_args(argv)
+    OVERRIDES[:] = args.overrides
     wanted = args.sets.split(",") if args.sets else [s.name for s in SETS if s.quick or not args.quick]
     unknown = sorted(set(wanted) - {s.name for s in SETS})
     if unknown:

@@ -215,3 +215,42 @@ def test_every_readme_command_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert len(ran) > 30
     for seconds, line in sorted(ran, reverse=True)[:8]:  # the slowest, for whoever trims this test
         print(f"{seconds:6.1f} s  {line}")
+
+
+# Python blocks not run here, by a phrase they contain, with the reason.
+PYTHON_SKIPPED = {
+    'from_pretrained("minilm"': "fine-tunes MiniLM for 4 epochs (minutes on 2 cores; tests/train/test_transfer.py "
+                                "and tests/pipeline/test_sequence_runs.py cover these calls)",
+}
+
+
+def python_blocks(text: str) -> list[str]:
+    """The bodies of the README's ```python fences, in order."""
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.slow
+def test_every_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each Python block runs as written, in one namespace (later blocks reuse earlier names),
+    in a temporary folder; only ``fit``'s epochs are capped at 3 to keep it short."""
+    import dlforge.pipeline.run as run_module
+    import dlforge.train as train_module
+
+    real_fit = train_module.fit
+
+    def short_fit(*args, **kwargs):
+        kwargs["epochs"] = min(kwargs.get("epochs", 10), 3)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "fit", short_fit)
+    monkeypatch.setattr(run_module, "fit", short_fit)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    ran = 0
+    for block in python_blocks(README.read_text(encoding="utf-8")):
+        if any(phrase in block for phrase in PYTHON_SKIPPED):
+            continue
+        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102  (the README's own code)
+        ran += 1
+    assert ran >= 2
+    assert namespace["outcome"].metrics["test_r2"] > 0  # the DataFrame example learned, in its units

@@ -58,6 +58,7 @@ class DataConfig(_Strict):
     # tables (CSV files, DataFrames)
     drop: list[str] = Field(default_factory=list)  # columns kept out of the features
     id_column: str | None = None  # kept out of the features, carried to prediction outputs
+    keep: list[str] = Field(default_factory=list)  # features to keep although they look like identifiers
     missing: Literal["impute", "error"] = "impute"  # impute: train-split median / "missing" category + indicator
     unknown_category: Literal["error", "ignore"] = "error"  # at prediction time: refuse, or encode as all zeros
     augment: AugmentConfig = Field(default_factory=AugmentConfig)  # training batches only; see dlforge.data.augment

@@ -57,6 +57,7 @@ def load_csv(
     missing: str = "impute",
     unknown_category: str = "error",
     fit_split: Mapping[str, Any] | None = None,
+    keep: Sequence[str] = (),
 ) -> DataBundle:
     """Load a CSV file or a pandas DataFrame; ``target`` names the column to predict.
 
@@ -64,7 +65,8 @@ def load_csv(
     values are kept as ``bundle.ids`` so predictions can be joined back). A column is
     numeric when every present cell parses as a number; other input columns are one-hot
     encoded in sorted category order (``categorical="onehot"``) or refused (``"reject"``).
-    Columns that name rows rather than describe them are refused (:func:`refuse_identifiers`).
+    Columns that name rows rather than describe them are refused (:func:`refuse_identifiers`)
+    unless listed in ``keep``.
 
     ``missing="impute"`` fills a gap with the column's median (numbers) or the category
     ``"missing"`` (text) and adds a 0/1 ``<column>_missing`` input for each column with a
@@ -90,8 +92,12 @@ def load_csv(
     columns = input_columns(table, target, drop, id_column)
     y, task, class_names, task_note = _encode_target(table, target, task)
     fit_rows = _fit_rows(y, task, class_names, fit_split)
+    unknown = [c for c in keep if c not in columns]
+    if unknown:
+        raise DataError(f"data.keep names {examples(unknown)}, not an input column of {table.source}",
+                        hint=f"its input columns are {examples(columns, 10)}")
     encoding = fit_encoding(table, columns, fit_rows, categorical=categorical, missing=missing,
-                            unknown_category=unknown_category)
+                            unknown_category=unknown_category, keep=keep)
     encoding.update(target=target, id_column=id_column)
     x = encode_table(table, encoding)  # (N, F)
     notes = [n for n in (task_note, fill_note(table, encoding)) if n]
@@ -148,7 +154,7 @@ def _fit_rows(
 
 def fit_encoding(
     table: Table, columns: list[str], fit_rows: np.ndarray, *, categorical: str = "onehot",
-    missing: str = "impute", unknown_category: str = "error",
+    missing: str = "impute", unknown_category: str = "error", keep: Sequence[str] = (),
 ) -> dict:
     """The tabular encoding of ``columns``: types, categories, fill values, indicators, ranges.
 
@@ -179,7 +185,7 @@ def fit_encoding(
             f"{table.source}: column(s) {examples(text)} are not numeric",
             hint="set data.categorical: onehot to one-hot encode them, or add them to data.drop",
         )
-    refuse_identifiers(table, {c: present[c] for c in columns}, types)
+    refuse_identifiers(table, {c: present[c] for c in columns if c not in keep}, types)
 
     gaps = {c: [is_missing(table.cells[c][i]) for i in fit_rows] for c in columns}
     fill: dict[str, float | str] = {}
@@ -238,8 +244,8 @@ def refuse_identifiers(table: Table, present: Mapping[str, list[str]], types: Ma
     subject = f"column '{first}' looks" if len(names) == 1 else f"columns {examples(names, 3)} look"
     raise DataError(
         f"{table.source}: {subject} like an identifier, not a feature: {reasons[first]}",
-        hint=f"add {'it' if len(names) == 1 else 'them'} to data.drop, or set data.id_column: "
-        f"{first} to keep it with the predictions",
+        hint=f"add {'it' if len(names) == 1 else 'them'} to data.drop, set data.id_column: {first} "
+        f"(kept beside the predictions), or data.keep: [{first}] if it is a real feature",
     )
 
 
@@ -318,7 +324,8 @@ def _encode_target(
     note = None
     if task == "auto":
         task = auto_task(numbers)
-        if numeric and len(set(numbers)) > 2:  # two values are labels by any reading: no note
+        # Only integers are ambiguous: decimals are amounts and two values are labels by any reading.
+        if numeric and len(set(numbers)) > 2 and all(v.is_integer() for v in numbers):
             note = _task_note(target, task, numbers)
 
     if task == "regression":
@@ -346,10 +353,9 @@ def _encode_target(
 
 def _task_note(target: str, task: str, numbers: list[float]) -> str:
     distinct = len(set(numbers))
-    kind = "integer" if all(v.is_integer() for v in numbers) else "decimal"
     other = ("classification to treat them as classes" if task == "regression"
              else "regression to predict them as amounts")
-    return (f"task: auto chose {task} for '{target}' ({kind}, {distinct} distinct values in "
+    return (f"task: auto chose {task} for '{target}' (integer, {distinct} distinct values in "
             f"{len(numbers)} rows); set data.task: {other}")
 
 

@@ -55,10 +55,11 @@ def load_source(
     missing: str = "impute",
     unknown_category: str = "error",
     fit_split: Mapping[str, Any] | None = None,
+    keep: Sequence[str] = (),
 ) -> DataBundle:
     """Load a built-in set name, a CSV file, a pandas DataFrame, an image folder or MNIST IDX files.
 
-    ``drop``, ``id_column``, ``missing``, ``unknown_category`` and ``fit_split`` apply to
+    ``drop``, ``keep``, ``id_column``, ``missing``, ``unknown_category`` and ``fit_split`` apply to
     tables (CSV files and DataFrames, see :func:`dlforge.data.load_csv`).
 
     Built-in names win over a folder of the same name in the working directory;
@@ -79,9 +80,9 @@ def load_source(
     check_choice(missing, MISSING_CHOICES, "data.missing")
     check_choice(unknown_category, UNKNOWN_CATEGORY_CHOICES, "data.unknown_category")
     table_options = {"drop": drop, "id_column": id_column, "missing": missing,
-                     "unknown_category": unknown_category, "fit_split": fit_split}
+                     "unknown_category": unknown_category, "fit_split": fit_split, "keep": keep}
     # Defaults count as not given: only a table option the user set is refused for other sources.
-    table_only = {"drop": list(drop) or None, "id_column": id_column,
+    table_only = {"drop": list(drop) or None, "keep": list(keep) or None, "id_column": id_column,
                   "missing": None if missing == "impute" else missing,
                   "unknown_category": None if unknown_category == "error" else unknown_category}
     if is_dataframe(source):

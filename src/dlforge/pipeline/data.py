@@ -49,7 +49,7 @@ DEFAULT_MASK_PROB = 0.15  # BERT's share of masked tokens
 TEXT_KEYS = ("text_column", "max_len", "tokenizer", "vocab_size", "mask_prob")
 SERIES_KEYS = ("window", "horizon")
 # Options of tables only (CSV files, DataFrames): refused for text and series, and for images by load_source.
-OWN_TABLE_KEYS = ("drop", "id_column", "missing", "unknown_category")
+OWN_TABLE_KEYS = ("drop", "keep", "id_column", "missing", "unknown_category")
 TABLE_KEYS = ("target", "categorical", "image_size", "color", "n_samples", "noise", "standardize", *OWN_TABLE_KEYS)
 
 
@@ -105,7 +105,7 @@ def _load_family(cfg: RunConfig, tokenizer: Tokenizer | None, frame: Any = None)
     bundle = load_source(
         d.source if frame is None else frame, target=d.target, task=d.task, categorical=d.categorical, image_size=d.image_size,
         color=d.color, n_samples=d.n_samples, noise=d.noise, seed=cfg.data_seed,
-        drop=d.drop, id_column=d.id_column, missing=d.missing, unknown_category=d.unknown_category,
+        drop=d.drop, keep=d.keep, id_column=d.id_column, missing=d.missing, unknown_category=d.unknown_category,
         # Fill values for gaps come from the train rows of the split prepare() makes below.
         fit_split={"val": d.split.val, "test": d.split.test, "stratify": d.split.stratify, "seed": cfg.data_seed},
     )
