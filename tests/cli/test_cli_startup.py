@@ -38,5 +38,13 @@ def test_the_cli_imports_neither_torch_nor_a_heavy_library():
 def test_the_train_path_leaves_evaluation_and_serving_libraries_for_later():
     # torchmetrics alone (with the transformers and matplotlib it pulls in) took a second
     # before the first training step; evaluation imports it when it runs.
-    later = ("torchmetrics", "transformers", "matplotlib", "optuna", "fastapi", "kornia", "statsmodels", "imblearn")
+    # scikit-learn (with scipy) took another second: splits and the digits file no longer need it.
+    later = ("torchmetrics", "transformers", "matplotlib", "optuna", "fastapi", "kornia", "statsmodels", "imblearn",
+             "sklearn", "scipy")
     assert loaded_after("import dlforge.cli, dlforge.pipeline, dlforge.pipeline.run", later) == []
+
+
+def test_loading_and_splitting_digits_needs_no_scikit_learn():
+    statement = ("from dlforge.data import load_source, prepare\n"
+                 "prepare(load_source('digits'), val=0.15, test=0.15, seed=0)")
+    assert loaded_after(statement, ("sklearn", "scipy")) == []

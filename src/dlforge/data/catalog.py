@@ -11,11 +11,12 @@ Example:
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from sklearn import datasets
 
 from dlforge.data.bundle import DataBundle
 from dlforge.errors import DataError
@@ -34,8 +35,10 @@ class _Builtin:
     default_noise: float | None  # None: a fixed real data set, not generated
 
 
-def _sklearn_tabular(name: str, loader: Callable, task: str) -> DataBundle:
-    raw = loader()
+def _sklearn_tabular(name: str, loader: str, task: str) -> DataBundle:
+    from sklearn import datasets  # on demand: scikit-learn takes about a second to import
+
+    raw = getattr(datasets, loader)()
     features = [str(f) for f in raw.feature_names]
     if task == "classification":
         y, class_names = raw.target.astype(np.int64), [str(c) for c in raw.target_names]
@@ -53,12 +56,37 @@ def _sklearn_tabular(name: str, loader: Callable, task: str) -> DataBundle:
     )
 
 
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits as ``load_digits`` gives them: images (N, 8, 8) of 0..16
+    pixels as float64, and int targets (N,).
+
+    Read straight from the file inside the scikit-learn package, so training on digits does
+    not pay scikit-learn's one-second import; :func:`sklearn.datasets.load_digits` is the
+    fallback (and the reference a test compares with).
+
+    Example:
+        >>> images, target = digits_arrays()
+        >>> images.shape, float(images.max()), target[:3].tolist()
+        ((1797, 8, 8), 16.0, [0, 1, 2])
+    """
+    spec = importlib.util.find_spec("sklearn")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = next((Path(f) / "datasets" / "data" / "digits.csv.gz" for f in folders), None)
+    if path is None or not path.is_file():
+        from sklearn import datasets
+
+        raw = datasets.load_digits()
+        return raw.images, raw.target
+    data = np.loadtxt(path, delimiter=",")  # (N, 65): 64 pixels, then the digit
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+
+
 def _digits() -> DataBundle:
-    raw = datasets.load_digits()
+    images, target = digits_arrays()
     return DataBundle(
         name="digits",
-        x=(raw.images[:, None] / 16.0).astype(np.float32),  # (N, 1, 8, 8); pixels are 0..16
-        y=raw.target.astype(np.int64),
+        x=(images[:, None] / 16.0).astype(np.float32),  # (N, 1, 8, 8); pixels are 0..16
+        y=target.astype(np.int64),
         task="classification",
         kind="image",
         class_names=[str(d) for d in range(10)],
@@ -78,6 +106,8 @@ def _xor(n: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np
 
 
 def _circles(n: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn import datasets
+
     return datasets.make_circles(n_samples=n, noise=noise, factor=0.5, random_state=seed)
 
 
@@ -137,11 +167,10 @@ _CATALOG: dict[str, _Builtin] = {
 
 _REAL_LOADERS: dict[str, Callable[[], DataBundle]] = {
     "digits": _digits,
-    "breast_cancer": lambda: _sklearn_tabular(
-        "breast_cancer", datasets.load_breast_cancer, "classification"),
-    "wine": lambda: _sklearn_tabular("wine", datasets.load_wine, "classification"),
-    "iris": lambda: _sklearn_tabular("iris", datasets.load_iris, "classification"),
-    "diabetes": lambda: _sklearn_tabular("diabetes", datasets.load_diabetes, "regression"),
+    "breast_cancer": lambda: _sklearn_tabular("breast_cancer", "load_breast_cancer", "classification"),
+    "wine": lambda: _sklearn_tabular("wine", "load_wine", "classification"),
+    "iris": lambda: _sklearn_tabular("iris", "load_iris", "classification"),
+    "diabetes": lambda: _sklearn_tabular("diabetes", "load_diabetes", "regression"),
 }
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from dlforge.data.bundle import DataBundle
 from dlforge.errors import DataError
@@ -40,13 +39,68 @@ def _count(fraction: float, n: int, part: str) -> int:
     return count
 
 
+def shuffle_split(
+    n: int, n_test: int, labels: np.ndarray | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) positions of scikit-learn's ``train_test_split(range(n), test_size=n_test,
+    stratify=labels, random_state=seed)``, to the index.
+
+    Written out (scikit-learn 1.x ``ShuffleSplit`` / ``StratifiedShuffleSplit``, a test
+    checks it against ``train_test_split``) so that every training run does not pay
+    scikit-learn's one-second import. Raises ValueError where scikit-learn does: a class
+    with one sample, or fewer train or test places than classes.
+
+    Example:
+        >>> train, test = shuffle_split(10, 3, seed=0)
+        >>> sorted([*train, *test]) == list(range(10)), len(test)
+        (True, 3)
+    """
+    rng = np.random.RandomState(seed)
+    n_train = n - n_test
+    if labels is None:
+        order = rng.permutation(n)
+        return order[n_test:], order[:n_test]
+    classes, y_index, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if counts.min() < 2 or n_train < len(classes) or n_test < len(classes):
+        raise ValueError("cannot stratify: a class has one sample, or a side has fewer places than classes")
+    members = np.split(np.argsort(y_index, kind="stable"), np.cumsum(counts)[:-1])  # per class
+    n_i = _approximate_mode(counts, n_train, rng)
+    t_i = _approximate_mode(counts - n_i, n_test, rng)
+    train: list[int] = []
+    test: list[int] = []
+    for k in range(len(classes)):
+        shuffled = members[k].take(rng.permutation(counts[k]), mode="clip")
+        train.extend(shuffled[: n_i[k]])
+        test.extend(shuffled[n_i[k] : n_i[k] + t_i[k]])
+    return rng.permutation(train), rng.permutation(test)
+
+
+def _approximate_mode(counts: np.ndarray, n_draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """Draws per class in proportion to ``counts``; leftovers go to the largest remainders,
+    ties broken at random (scikit-learn's ``_approximate_mode``)."""
+    continuous = counts / counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need = int(n_draws - floored.sum())
+    if need > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (tied,) = np.where(remainder == value)
+            add = min(len(tied), need)
+            floored[rng.choice(tied, size=add, replace=False)] += 1
+            need -= add
+            if need == 0:
+                break
+    return floored.astype(int)
+
+
 def _split_off(
     idx: np.ndarray, n_out: int, bundle: DataBundle, stratify: bool, seed: int, part: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split ``n_out`` of ``idx`` away from the rest: (rest, out)."""
     labels = bundle.y[idx] if stratify else None
     try:
-        return train_test_split(idx, test_size=n_out, stratify=labels, random_state=seed)
+        rest, out = shuffle_split(len(idx), n_out, labels, seed)
+        return idx[rest], idx[out]
     except ValueError as err:
         if labels is None:
             raise

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import TextIO
 
 import numpy as np
-from sklearn.model_selection import KFold, StratifiedKFold
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -65,7 +64,8 @@ class CVResult:
 def fold_indices(
     bundle: DataBundle, k: int = 5, *, stratified: bool = True, seed: int = 0
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(train, held_out)`` sample indices of each of ``k`` shuffled, seeded folds.
+    """``(train, held_out)`` sample indices of each of ``k`` shuffled, seeded folds
+    (scikit-learn's ``KFold`` / ``StratifiedKFold``, imported here: it takes a second to load).
 
     Stratified folds (classification only) keep each class's share in every fold; they
     need at least ``k`` samples of every class.
@@ -76,6 +76,8 @@ def fold_indices(
         >>> [len(held_out) for _, held_out in folds]
         [30, 30, 30, 30, 30]
     """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         raise ConfigError(f"cross-validation needs k >= 2 folds, got {k!r}",
                           hint="pass k=5 or k=10, the usual choices")
