@@ -90,7 +90,9 @@ class CheckpointConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(10, ge=1)
+    # 30 epochs with early stopping (below) on a validation split: on nine real tables
+    # (benchmarks/tabular.py) 10 epochs under-fit and 30-50 without stopping over-fit.
+    epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=1)
     loss: Literal["cross_entropy", "focal", "mse", "l1"] | LossConfig | None = None  # or {name, class_weights, gamma, ...}
     clip_grad_norm: float | None = Field(None, gt=0)
@@ -99,7 +101,9 @@ class TrainConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: str = "auto"
     log_every_n_steps: int = Field(10, ge=1)
-    early_stopping: EarlyStoppingConfig | None = None
+    # null (default): on (val_loss, patience 5, best weights restored) when the run has a
+    # validation split, else off; false: off; true: on with those settings; or a mapping.
+    early_stopping: EarlyStoppingConfig | bool | None = None
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     gradient_monitor: bool = True
     nan_guard: bool = True
@@ -107,6 +111,20 @@ class TrainConfig(_Strict):
     freeze: list[str] = Field(default_factory=list)  # parameter-name patterns to freeze, e.g. "bert.embeddings.*"
     unfreeze_stages: list[list[str]] = Field(default_factory=list)  # gradual unfreezing, top layers first
     unfreeze_every: int = Field(1, ge=1)  # epochs between unfreezing stages
+
+    def stopping(self, has_val: bool) -> EarlyStoppingConfig | None:
+        """The early stopping a run does: ``early_stopping`` resolved (None: none).
+
+        Example:
+            >>> TrainConfig().stopping(has_val=True).patience, TrainConfig().stopping(has_val=False)
+            (5, None)
+        """
+        es = self.early_stopping
+        if es is None:
+            return EarlyStoppingConfig() if has_val else None
+        if isinstance(es, bool):
+            return EarlyStoppingConfig() if es else None
+        return es
 
 
 class RunConfig(_Strict):

@@ -108,8 +108,9 @@ def _check_monitors(config: RunConfig) -> None:
     if config.data.split.val > 0:
         return
     watched = {}
-    if config.train.early_stopping:
-        watched["train.early_stopping.monitor"] = config.train.early_stopping.monitor
+    stopping = config.train.stopping(has_val=False)  # only what the config asks for explicitly
+    if stopping:
+        watched["train.early_stopping.monitor"] = stopping.monitor
     if config.optim.schedule.name == "plateau":
         watched["optim.schedule.monitor"] = config.optim.schedule.monitor
     for key, metric in watched.items():
@@ -131,8 +132,8 @@ def _tensors(part: DataBundle, scaler: Standardizer | None, target: Standardizer
 def _callbacks(config: RunConfig, has_val: bool) -> list[Callback]:
     t = config.train
     callbacks: list[Callback] = [NanGuard()] if t.nan_guard else []
-    if t.early_stopping and (has_val or not t.early_stopping.monitor.startswith("val_")):
-        es = t.early_stopping
+    es = t.stopping(has_val)
+    if es is not None and (has_val or not es.monitor.startswith("val_")):
         callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta, es.restore_best_weights))
     return callbacks
 

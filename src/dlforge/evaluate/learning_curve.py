@@ -139,8 +139,8 @@ def _known_metrics(task: str) -> list[str]:
 def _callbacks(cfg: RunConfig, has_val: bool) -> list:
     t = cfg.train
     callbacks: list = [NanGuard()] if t.nan_guard else []
-    if t.early_stopping and (has_val or not t.early_stopping.monitor.startswith("val_")):
-        es = t.early_stopping
+    es = t.stopping(has_val)
+    if es is not None and (has_val or not es.monitor.startswith("val_")):
         callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta, es.restore_best_weights))
     return callbacks
 

@@ -94,8 +94,9 @@ def _check_monitors(cfg: RunConfig, prepared: Prepared) -> None:
     watched: dict[str, str | None] = {}
     if "monitor" in cfg.train.checkpoint.model_fields_set or prepared.val is not None:
         watched["train.checkpoint.monitor"] = cfg.train.checkpoint.monitor
-    if cfg.train.early_stopping:
-        watched["train.early_stopping.monitor"] = cfg.train.early_stopping.monitor
+    stopping = cfg.train.stopping(prepared.val is not None)
+    if stopping:
+        watched["train.early_stopping.monitor"] = stopping.monitor
     if cfg.optim.schedule.name == "plateau":
         watched["optim.schedule.monitor"] = cfg.optim.schedule.monitor
     for key, metric in watched.items():
@@ -125,7 +126,7 @@ def _new_run_dir(runs_dir: Path, name: str) -> Path:
     raise RuntimeError(f"could not create a run directory in {runs_dir}")
 
 
-def _callbacks(cfg: RunConfig, run_dir: Path, stream: TextIO | None) -> list:
+def _callbacks(cfg: RunConfig, run_dir: Path, stream: TextIO | None, has_val: bool) -> list:
     t = cfg.train
     callbacks: list = [ProgressBar(stream=stream)] if stream is not None else []
     if t.unfreeze_stages:
@@ -134,8 +135,8 @@ def _callbacks(cfg: RunConfig, run_dir: Path, stream: TextIO | None) -> list:
         callbacks.append(NanGuard())
     if t.gradient_monitor:
         callbacks.append(GradientMonitor())
-    if t.early_stopping:
-        es = t.early_stopping
+    es = t.stopping(has_val)
+    if es is not None:
         callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta, es.restore_best_weights))
     c = t.checkpoint
     # Without a validation split the default val_loss monitor does not exist: keep no "best".
@@ -188,7 +189,7 @@ def train_run(
         else:
             result = fit(
                 model, remedies.train, prepared.val, seed=cfg.seed, order=remedies.order,
-                callbacks=[*_callbacks(cfg, run_dir, progress), *callbacks], log_every_n_steps=t.log_every_n_steps,
+                callbacks=[*_callbacks(cfg, run_dir, progress, prepared.val is not None), *callbacks], log_every_n_steps=t.log_every_n_steps,
                 resume=resume_dir, tbptt=t.tbptt, **options,
             )
     except DlforgeError:
@@ -258,7 +259,7 @@ def _finish_run(cfg: RunConfig, run_dir: Path, model: nn.Module, prepared: Prepa
     t = cfg.train
     x_sample, y_sample = _first_samples(prepared.train)
     loss_fn = resolve_loss(remedies.loss if remedies else t.loss, y_sample)
-    metrics = _val_metrics(cfg, result)
+    metrics = _val_metrics(cfg, result, prepared.val is not None)
     evaluation, baselines = None, None
     held_out, prefix = (prepared.test, "test_") if prepared.test is not None else (prepared.val, "val_")
     if prepared.split_indices is not None:
@@ -312,10 +313,10 @@ def _finish_run(cfg: RunConfig, run_dir: Path, model: nn.Module, prepared: Prepa
                       evaluation=evaluation, diagnoses=diagnoses, baselines=baselines)
 
 
-def _val_metrics(cfg: RunConfig, result: FitResult) -> dict[str, Any]:
+def _val_metrics(cfg: RunConfig, result: FitResult, has_val: bool) -> dict[str, Any]:
     """The ``val_*`` figures of the epoch whose weights the model ends with, and that epoch
     (``val_epoch``, 1-based): the best one when early stopping restored its weights."""
-    es = cfg.train.early_stopping
+    es = cfg.train.stopping(has_val)
     restored = (es is not None and es.restore_best_weights and result.best_epoch is not None
                 and result.stop_reason != "non_finite")
     record = result.final
