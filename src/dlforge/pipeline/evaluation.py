@@ -41,7 +41,7 @@ from dlforge.errors import ConfigError, DataError
 from dlforge.evaluate import Evaluation, evaluate
 from dlforge.evaluate.report import render_report, write_report
 from dlforge.pipeline.data import load_data
-from dlforge.pipeline.run import _new_run_dir, _write_json
+from dlforge.pipeline.run import new_run_dir, write_json
 from dlforge.registry import load_artifact
 from dlforge.registry.artifact import Artifact
 from dlforge.train.state_io import atomic_write
@@ -81,7 +81,7 @@ def evaluate_path(
     folder = Path(out) if out is not None else (run_dir / "evaluations" if run_dir is not None else None)
     if folder is None:
         return evaluation, None
-    written = _write_data_evaluation(_new_run_dir(folder, _data_name(data)), art, evaluation, data)
+    written = _write_data_evaluation(new_run_dir(folder, _data_name(data)), art, evaluation, data)
     return evaluation, written
 
 
@@ -107,7 +107,7 @@ def _evaluate_own_split(path: str | Path, run_dir: Path | None, art: Artifact) -
     if held_out is None:
         raise DataError("this run kept no test or validation split", hint="pass --data to say what to evaluate on")
     evaluation = evaluate(art, in_target_units(held_out, prepared))  # the artifact answers in target units
-    _write_json(run_dir / "evaluation.json", {"split": split, **evaluation.to_dict()})
+    write_json(run_dir / "evaluation.json", {"split": split, **evaluation.to_dict()})
     return evaluation, write_report(run_dir)
 
 
@@ -218,7 +218,7 @@ def _write_data_evaluation(folder: Path, art: Artifact, evaluation: Evaluation, 
     """``evaluation.json`` and a small ``report.html`` in ``folder``; returns the report's path."""
     record = {"split": "data", "data": str(data), "model": str(art.path.resolve()),
               "created": datetime.now().isoformat(timespec="seconds"), **evaluation.to_dict()}
-    _write_json(folder / "evaluation.json", record)
+    write_json(folder / "evaluation.json", record)
     training = art.meta.get("training") or {}
     run_info = {k: training[k] for k in ("epochs_run", "stop_reason", "best_epoch") if k in training}
     run_info.update(data=str(data), task=art.task, arch=art.meta.get("arch"))

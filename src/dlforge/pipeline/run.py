@@ -113,7 +113,8 @@ def batch_augment(cfg: RunConfig, prepared: Prepared) -> BatchAugment | None:
     return build_augment(resolved, prepared.input_shape, classes, stats=prepared.preprocessing.get("standardize"))
 
 
-def _new_run_dir(runs_dir: Path, name: str) -> Path:
+def new_run_dir(runs_dir: Path, name: str) -> Path:
+    """A new, empty ``runs_dir/<name>-<time>`` folder (``-2``, ``-3``... when taken)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     runs_dir.mkdir(parents=True, exist_ok=True)
     for i in range(1, 1000):
@@ -176,7 +177,7 @@ def train_run(
         for note in [*prepared.notes, *([remedies.note] if remedies.note else []), *batching]:
             progress.write(f"note: {note}\n")
     resume_dir = Path(resume) if resume is not None else None
-    run_dir = resume_dir or _new_run_dir(Path(runs_dir), cfg.name)
+    run_dir = resume_dir or new_run_dir(Path(runs_dir), cfg.name)
     try:
         atomic_write(run_dir / "config.yaml", to_yaml(cfg).encode())
         t = cfg.train
@@ -273,22 +274,22 @@ def _finish_run(cfg: RunConfig, run_dir: Path, model: nn.Module, prepared: Prepa
             evaluation = evaluate(model, scored, task=prepared.task, class_names=prepared.class_names,
                                   target_standardize=prepared.preprocessing.get("target_standardize"))
             metrics.update({f"{prefix}{k}": v for k, v in evaluation.metrics.items() if k != "n"})
-            _write_json(run_dir / "evaluation.json", {"split": prefix.rstrip("_"), **evaluation.to_dict()})
+            write_json(run_dir / "evaluation.json", {"split": prefix.rstrip("_"), **evaluation.to_dict()})
             baselines = run_baselines(prepared, scored, prefix.rstrip("_"), evaluation.metrics)
-            _write_json(run_dir / "baselines.json", baselines.to_dict())
+            write_json(run_dir / "baselines.json", baselines.to_dict())
         if source_family(cfg.data) == "series":
             _, context, series = load_forecast(cfg)
             forecast = forecast_evaluation(model, prepared, context, series, split=prefix.rstrip("_"))
             metrics.update({f"{prefix}forecast_{k}": forecast[k] for k in
                             ("mae", "rmse", "seasonal_naive_mae", "last_value_mae", "mae_ratio_vs_seasonal_naive")})
-            _write_json(run_dir / "forecast.json", forecast)
+            write_json(run_dir / "forecast.json", forecast)
     if result.nan_report:
-        _write_json(run_dir / "nan_report.json", result.nan_report)
+        write_json(run_dir / "nan_report.json", result.nan_report)
     device = next(model.parameters()).device
     dead = dead_relu_fraction(model, x_sample.to(device))
     diagnoses = diagnose(result.history, nan_report=result.nan_report, dead_units=dead,
                          weight_names=weight_layer_names(model), scores=_held_out_scores(baselines, prepared))
-    _write_json(run_dir / "diagnosis.json", [d.to_dict() for d in diagnoses])
+    write_json(run_dir / "diagnosis.json", [d.to_dict() for d in diagnoses])
     training: dict[str, Any] = {
         "config": cfg.model_dump(mode="json"), "epochs_run": result.epochs_run, "steps": result.steps,
         "stop_reason": result.stop_reason, "best_epoch": result.best_epoch, "data": prepared.name,
@@ -307,7 +308,7 @@ def _finish_run(cfg: RunConfig, run_dir: Path, model: nn.Module, prepared: Prepa
         training["reference"] = _drift_reference(model, prepared, x_sample)
     save_artifact(model, run_dir / "model", task=prepared.task, class_names=prepared.class_names,
                   preprocessing=prepared.preprocessing, metrics=metrics, training=training, overwrite=True)
-    _write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "metrics.json", metrics)
     write_report(run_dir)
     return RunOutcome(run_dir=run_dir, result=result, metrics=metrics, prepared=prepared, model=model,
                       evaluation=evaluation, diagnoses=diagnoses, baselines=baselines)
@@ -365,6 +366,7 @@ def _drift_reference(model: nn.Module, prepared: Prepared, x_sample: torch.Tenso
     return build_reference(x_sample, outputs, prepared.task, prepared.preprocessing)
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically (a reader never sees half a file)."""
     atomic_write(path, json.dumps(obj, indent=2).encode())
 
