@@ -17,7 +17,6 @@ run inside a test, each with the reason and where that behaviour is tested inste
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil

@@ -362,7 +362,7 @@ def ensemble(
     mode: str = typer.Option("average", "--mode", help="average (mean probability) or vote (majority)"),
 ) -> None:
     """Combine trained models into one artifact (averaging or voting) and score it."""
-    from dlforge.registry.ensemble import ensemble_cli
+    from dlforge.pipeline.ensemble import ensemble_cli
 
     ensemble_cli([str(p) for p in paths], out, mode=mode, stream=sys.stdout)
 
@@ -378,7 +378,7 @@ def learning_curve_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default runs/<name>-learning-curve)"),
 ) -> None:
     """Train at each training-set size and plot train and test scores."""
-    from dlforge.evaluate.learning_curve import learning_curve_cli
+    from dlforge.pipeline.learning_curve import learning_curve_cli
 
     learning_curve_cli(config, sizes, set_ or [], out, seeds=seeds, metric=metric, stream=sys.stdout)
 

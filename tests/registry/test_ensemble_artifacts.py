@@ -21,7 +21,8 @@ from dlforge.models import build
 from dlforge.pipeline import evaluate_path
 from dlforge.pipeline.data import load_data
 from dlforge.registry import load_artifact, save_artifact
-from dlforge.registry.ensemble import ensemble_artifacts, ensemble_cli, first_difference
+from dlforge.pipeline.ensemble import ensemble_cli
+from dlforge.registry.ensemble import ensemble_artifacts, first_difference
 from dlforge.train import fit, seed_everything
 
 SEEDS = (0, 1, 2)

@@ -39,7 +39,7 @@ from torch.utils.data import TensorDataset
 
 from dlforge.data import Prepared, load_builtin, prepare
 from dlforge.data.augment import build_augment, resolve_augment
-from dlforge.evaluate.learning_curve import nested_order
+from dlforge.pipeline.learning_curve import nested_order
 from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
 from dlforge.lab.q09_transfer_learning import transfer_body
 from dlforge.models import build

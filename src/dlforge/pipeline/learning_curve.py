@@ -50,6 +50,8 @@ from dlforge.data.preprocess import in_target_units
 from dlforge.errors import ConfigError, DataError
 from dlforge.evaluate.metrics import classification_metrics, evaluate, regression_metrics
 from dlforge.evaluate.plots import to_png
+from dlforge.pipeline.data import load_data
+from dlforge.pipeline.model import build_model
 from dlforge.train import EarlyStopping, NanGuard, build_optimizer, fit
 from dlforge.train.state_io import atomic_write
 from dlforge.train.transfer import freeze
@@ -147,7 +149,6 @@ def _callbacks(cfg: RunConfig, has_val: bool) -> list:
 
 def _train_on(cfg: RunConfig, prepared: Any, subset: TensorDataset, seed: int) -> torch.nn.Module:
     """A fresh model trained on ``subset`` as ``dlforge train`` would, with seed ``seed``."""
-    from dlforge.pipeline.model import build_model  # the pipeline sits downstream: import lazily
 
     seeded = cfg.model_copy(update={"seed": seed})
     model, _ = build_model(seeded, prepared)  # seeds the initial weights with ``seed``
@@ -176,7 +177,6 @@ def learning_curve(
         >>> curve.test_scores  # doctest: +SKIP
         [0.82, 0.93, 0.97]
     """
-    from dlforge.pipeline.data import load_data  # the pipeline sits downstream: import lazily
 
     if cfg.data.task == "mlm":
         raise ConfigError("a learning curve needs a labelled task; masked-LM pretraining has no test score",

@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-import dlforge.evaluate.learning_curve as learning_curve_module
+import dlforge.pipeline.learning_curve as learning_curve_module
 from dlforge.config import RunConfig, validate_config
 from dlforge.errors import ConfigError, DataError
 from dlforge.evaluate import evaluate
-from dlforge.evaluate.learning_curve import (
+from dlforge.pipeline.learning_curve import (
     LearningCurve, learning_curve, learning_curve_cli, nested_order, parse_int_list, write_learning_curve,
 )
 from dlforge.pipeline.data import load_data
