@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 
 from dlforge.lab import q19_limited_data as q19
 from dlforge.train import fit
-from dlforge.train.engine import epoch_permutation
+from dlforge.train.batches import epoch_permutation
 
 from .cache import finding_for
 

@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["dlforge.train.engine", "dlforge.train.callbacks", "dlforge.train.tbptt", "dlforge.train.transfer",
+MODULES = ["dlforge.train.engine", "dlforge.train.batches", "dlforge.train.devices", "dlforge.train.callbacks", "dlforge.train.tbptt", "dlforge.train.transfer",
            "dlforge.train.optim", "dlforge.pipeline.data", "dlforge.pipeline.model", "dlforge.models.rnn", "dlforge.data.augment",
            "dlforge.data.mix", "dlforge.data.imbalance"]
 

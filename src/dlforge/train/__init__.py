@@ -5,21 +5,9 @@ Example:
 """
 
 from dlforge.train.callbacks import Callback, Checkpoint, EarlyStopping, HistoryWriter, ProgressBar, find_last_checkpoint
-from dlforge.train.engine import (
-    IGNORE_INDEX,
-    available_devices,
-    batch_notes,
-    count_correct,
-    cross_entropy,
-    epoch_permutation,
-    evaluate_loss,
-    fit,
-    fold_single_batch,
-    iterate_batches,
-    resolve_loss,
-    seed_everything,
-    select_device,
-)
+from dlforge.train.batches import batch_notes, epoch_permutation, fold_single_batch, iterate_batches
+from dlforge.train.devices import available_devices, select_device
+from dlforge.train.engine import IGNORE_INDEX, count_correct, cross_entropy, evaluate_loss, fit, resolve_loss, seed_everything
 from dlforge.train.gradients import GradientMonitor, NanGuard
 from dlforge.train.health import Diagnosis, HealthThresholds, dead_relu_fraction, diagnose, format_diagnoses
 from dlforge.train.optim import OptimConfig, ScheduleConfig, Scheduler, build_optimizer, lr_factor

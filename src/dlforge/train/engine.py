@@ -7,7 +7,8 @@ checks the final weights are identical).
 
 Data order: epoch ``e`` visits the training set in ``epoch_permutation(n, seed, e)``
 order. The permutation is a pure function of (seed, epoch), so a run resumed mid-epoch
-picks up at the same sample without saving sampler state.
+picks up at the same sample without saving sampler state. How visits become batches
+lives in :mod:`dlforge.train.batches`; which device trains, in :mod:`dlforge.train.devices`.
 
 Example:
     >>> import torch
@@ -26,16 +27,18 @@ import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from dlforge.errors import ConfigError, DataError
 from dlforge.train import transfer
+from dlforge.train.batches import epoch_batch_size, epoch_permutation, fold_single_batch, iterate_batches
 from dlforge.train.callbacks import Callback, find_last_checkpoint
+from dlforge.train.devices import select_device
 from dlforge.train.optim import OptimConfig, Scheduler, as_optim_config, build_optimizer
 from dlforge.train.state import FitResult, TrainState
 from dlforge.train.state_io import load_state
@@ -52,76 +55,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def select_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA, then Apple MPS, then the CPU; a named device must exist here.
-
-    A device this machine does not have (``cuda`` on a CPU-only PyTorch, ``cuda:3`` with
-    one GPU, ``mps`` off a Mac, a typo such as ``gpu``) is a ConfigError naming
-    ``train.device`` and the devices there are, before any training starts.
-
-    Example:
-        >>> select_device("cpu")
-        device(type='cpu')
-    """
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if _mps_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    fix = f"set train.device to one of the devices here: {', '.join(available_devices())}; auto picks the fastest"
-    try:
-        chosen = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"train.device is {str(device)!r}, which is not a device name", hint=fix) from None
-    problem = _unavailable(chosen)
-    if problem:
-        raise ConfigError(f"train.device is {str(device)!r}, but {problem}", hint=fix)
-    return chosen
-
-
-def available_devices() -> list[str]:
-    """The device names :func:`select_device` accepts on this machine, ``auto`` first.
-
-    Example:
-        >>> available_devices()[:2]
-        ['auto', 'cpu']
-    """
-    names = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        names += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
-    if _mps_available():
-        names.append("mps")
-    return names
-
-
-def _mps_available() -> bool:
-    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-
-
-def _unavailable(device: torch.device) -> str | None:
-    """Why ``device`` cannot train here (None: it can)."""
-    if device.type == "cpu":
-        return None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            build = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-            return f"{build} (torch {torch.__version__})"
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            return f"this machine has {count} CUDA device(s), numbered from 0"
-        return None
-    if device.type == "mps":
-        return None if _mps_available() else "Apple MPS is not available on this machine"
-    return f"dlforge trains on cpu, cuda or mps, not {device.type}"
-
-
-def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The order in which epoch ``epoch`` visits ``n`` samples."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
 
 
 IGNORE_INDEX = -100  # targets with this class index carry no loss (padding, unmasked MLM tokens)
@@ -161,97 +94,6 @@ def count_correct(out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor
         return (out.argmax(dim=1) == target).sum(), len(target)  # count stays a Python int: no sync
     valid = target != IGNORE_INDEX  # (B, T)
     return ((out.argmax(dim=-1) == target) & valid).sum(), valid.sum()
-
-
-def iterate_batches(
-    data: Dataset, order: torch.Tensor, batch_size: int, device: torch.device, *, fold_single: bool = False,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(x, y)`` batches in ``order``. A TensorDataset is indexed directly (its
-    tensors already sit on ``device``); any other Dataset goes through a DataLoader.
-
-    With ``fold_single`` a final batch of one sample joins the batch before it (see
-    :func:`fold_single_batch`).
-
-    Example:
-        >>> data = TensorDataset(torch.arange(5.0), torch.arange(5))
-        >>> [len(y) for _, y in iterate_batches(data, torch.arange(5), 2, torch.device("cpu"), fold_single=True)]
-        [2, 3]
-    """
-    bounds = _batch_bounds(len(order), batch_size, fold_single)
-    if isinstance(data, TensorDataset):
-        x_all, y_all = data.tensors
-        order = order.to(x_all.device)
-        for start, end in bounds:
-            idx = order[start:end]
-            yield x_all[idx], y_all[idx]
-        return
-    batches = [order[start:end].tolist() for start, end in bounds]
-    for xb, yb in DataLoader(data, batch_sampler=batches, num_workers=0):
-        yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-
-
-def _batch_bounds(n: int, batch_size: int, fold_single: bool) -> list[tuple[int, int]]:
-    """``[start, end)`` of each batch of ``n`` visits; a last batch of one may join the one before."""
-    starts = list(range(0, n, batch_size))
-    if fold_single and len(starts) > 1 and n - starts[-1] == 1:
-        starts.pop()
-    return list(zip(starts, [*starts[1:], n]))
-
-
-def has_batch_norm(model: nn.Module) -> bool:
-    """True when ``model`` holds a BatchNorm layer (which cannot train on a batch of one)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-def fold_single_batch(model: nn.Module, n: int, batch_size: int) -> bool:
-    """Whether an epoch of ``n`` samples must fold a final batch of one into the batch before.
-
-    BatchNorm in training mode normalises with the batch's own statistics, and a single
-    sample has no variance: PyTorch raises "Expected more than 1 value per channel". So
-    with batch norm, a last batch of one sample joins the previous batch (33 samples with
-    batch size 32 give one batch of 33): every sample is still seen every epoch, and
-    models without batch norm keep the plain PyTorch batching. Raises when no batch of two
-    can be formed at all (one training sample, or ``batch_size`` 1 with batch norm).
-
-    Example:
-        >>> bn = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
-        >>> fold_single_batch(bn, 33, 32), fold_single_batch(nn.Linear(3, 4), 33, 32)
-        (True, False)
-    """
-    if not has_batch_norm(model):
-        return False
-    if n == 1:
-        raise DataError("the training set holds 1 sample and the model has batch norm, which needs at least 2 per batch",
-                        hint="train on more data (check the data source and data.split), "
-                             "or build the model without batch norm")
-    if batch_size == 1:
-        raise ConfigError("train.batch_size is 1 and the model has batch norm, which needs at least 2 samples per batch",
-                          hint="set train.batch_size to 2 or more, or build the model without batch norm")
-    return n % batch_size == 1
-
-
-def epoch_batch_size(optim: str | dict | OptimConfig, n: int, batch_size: int) -> int:
-    """The batch size an epoch of ``n`` samples uses: all ``n`` for full-batch ``gd``."""
-    return n if as_optim_config(optim).name == "gd" else batch_size
-
-
-def batch_notes(model: nn.Module, n: int, batch_size: int, optim: str | dict | OptimConfig = "adam") -> list[str]:
-    """What a user should hear about how ``n`` training samples are cut into batches;
-    raises the errors :func:`fit` would (see :func:`fold_single_batch`).
-
-    Example:
-        >>> batch_notes(nn.Linear(3, 2), 50, 1000)
-        ['train.batch_size 1000 is larger than the 50 training samples: each epoch is one batch of 50']
-    """
-    notes = []
-    batch_size = epoch_batch_size(optim, n, batch_size)
-    if batch_size > n:
-        notes.append(f"train.batch_size {batch_size} is larger than the {n} training samples: "
-                     f"each epoch is one batch of {n}")
-    if fold_single_batch(model, n, batch_size):
-        notes.append(f"the last batch would hold 1 sample, which batch norm cannot train on: "
-                     f"it joins the batch before it ({batch_size + 1} samples)")
-    return notes
 
 
 def _on_device(data: Dataset | None, device: torch.device) -> Dataset | None:
