@@ -24,7 +24,7 @@ from dlforge.errors import NotFoundError
 from dlforge.registry.artifact import META_FILE
 from dlforge.registry.store import ModelVersion, Registry
 from dlforge.serve.dependencies import get_pool, get_registry, model_name, require_predict_key
-from dlforge.serve.inputs import describe_inputs
+from dlforge.serve.describe import describe_inputs
 from dlforge.serve.pool import LoadedModel, ModelPool
 from dlforge.serve.routing import TrafficConfig
 from dlforge.serve.schemas import ModelDetail, ModelSummary, VersionInfo, error_responses
