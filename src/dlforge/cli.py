@@ -128,28 +128,10 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="print predictions as JSON lines"),
 ) -> None:
     """Predict with a saved model on a CSV file, image files or texts."""
-    from dlforge.errors import DataError
-    from dlforge.registry import load_artifact
+    from dlforge.pipeline.predict import predict_files
 
-    art = load_artifact(model_dir)
-    for p in inputs:
-        if not p.exists():
-            raise DataError(f"input {p} does not exist", hint="pass a CSV file or image files")
-    kind = art.preprocessing.get("encoding", {}).get("kind")
-    if art.task == "mlm":
-        raise DataError("a masked-LM model predicts masked tokens, not labels",
-                        hint="fine-tune it on a labelled task (model.pretrained) and predict with that model")
-    if kind == "text":
-        texts = _read_texts(inputs)
-        x, key, ids = art.encode(texts), "input", texts
-    elif kind == "tabular":
-        if len(inputs) != 1 or inputs[0].suffix.lower() != ".csv":
-            raise DataError("this model takes tabular rows", hint="pass one CSV file with the training columns")
-        x = art.encode(inputs[0])
-        key, ids = _row_ids(art, inputs[0])
-    else:
-        x, key, ids = art.encode(inputs), "input", [str(p) for p in inputs]
-    rows = _prediction_rows(art, art.predict(x), key, ids)
+    result = predict_files(model_dir, inputs)
+    rows = result.rows
     if output is not None:
         with output.open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -160,50 +142,7 @@ def predict(
         for row in rows:
             print(json.dumps(row))
     else:
-        _print_predictions(rows, key, art.task, shorten=kind == "text")
-
-
-def _read_texts(paths: List[Path]) -> list[str]:
-    """Texts to classify: .txt files give one text per non-empty line; .jsonl and .csv
-    files give their "text" field."""
-    from dlforge.data.text import load_text_table
-
-    texts: list[str] = []
-    for p in paths:
-        if p.suffix.lower() == ".txt":
-            texts += [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-        else:
-            texts += load_text_table(p, label_column=None).texts
-    return texts
-
-
-def _row_ids(art: Any, path: Path) -> tuple[str, list[Any]]:
-    """(column name, one id per CSV row): the model's ``data.id_column`` when the CSV has it,
-    so predictions join back to the user's rows; else 1-based data-row numbers, as ``row``."""
-    from dlforge.data.tabular import read_csv
-
-    table = read_csv(path)
-    id_column = art.preprocessing.get("encoding", {}).get("id_column")
-    if id_column and id_column in table.cells:
-        return id_column, table.cells[id_column]
-    return "row", list(range(1, len(table) + 1))
-
-
-def _prediction_rows(art: Any, pred: dict, key: str, ids: list[Any]) -> list[dict[str, Any]]:
-    """One output row per input: ``key`` (input path or text, id column or row number), then
-    the target's value(s) for regression, or prediction, confidence and p_<class>."""
-    if art.task != "classification":
-        values = pred["values"]
-        # named after the target the model learned; artifacts from before it was recorded say "prediction"
-        name = art.preprocessing.get("encoding", {}).get("target") or "prediction"
-        names = [name] if values.shape[1] == 1 else [f"{name}_{j}" for j in range(values.shape[1])]
-        return [{key: i, **dict(zip(names, vals))} for i, vals in zip(ids, values.tolist())]
-    probs = pred["probabilities"]
-    names = art.class_names or [str(i) for i in range(probs.shape[1])]
-    return [
-        {key: i, "prediction": label, "confidence": float(p.max()), **{f"p_{n}": float(v) for n, v in zip(names, p)}}
-        for i, label, p in zip(ids, pred["labels"], probs)
-    ]
+        _print_predictions(rows, result.key, result.task, shorten=result.kind == "text")
 
 
 def _print_predictions(rows: list[dict[str, Any]], key: str, task: str, shorten: bool) -> None:

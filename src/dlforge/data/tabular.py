@@ -180,12 +180,15 @@ def table_from_dataframe(df: Any) -> Table:
 
 
 def as_table(source: object) -> Table:
-    """A CSV path, a pandas DataFrame, one dict or a list of dicts (column -> value) as a Table.
+    """A CSV path, a pandas DataFrame, one dict or a list of dicts (column -> value) as a Table
+    (a Table passes through).
 
     Example:
         >>> as_table({"age": 31}).cells
         {'age': ['31']}
     """
+    if isinstance(source, Table):
+        return source  # already read (e.g. to take its id column too)
     if isinstance(source, (str, Path)):
         return read_csv(source)
     if is_dataframe(source):

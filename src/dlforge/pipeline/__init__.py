@@ -16,6 +16,7 @@ Example:
 from dlforge.pipeline.data import load_data
 from dlforge.pipeline.model import build_model
 from dlforge.pipeline.evaluation import evaluate_path
+from dlforge.pipeline.predict import Predictions, predict_files
 from dlforge.pipeline.run import RunOutcome, train_run
 
-__all__ = ["RunOutcome", "build_model", "evaluate_path", "load_data", "train_run"]
+__all__ = ["Predictions", "RunOutcome", "build_model", "evaluate_path", "load_data", "predict_files", "train_run"]
