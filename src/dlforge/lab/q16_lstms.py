@@ -7,10 +7,12 @@ along ``c`` is multiplied by ``f_t`` rather than by ``tanh' W_hh``, so an LSTM l
 dependency at a length where a plain RNN fails.
 
 Method: recall-first (:func:`dlforge.data.recall_first`; the label is the symbol at step
-0, chance ``1 / n_symbols``) at one long T, where the plain RNN of topic 8 fails. A
-plain tanh RNN and an LSTM of the same hidden size are trained with the same optimiser,
-clipping, data and epochs and scored on held-out sequences. The LSTM's forget-gate
-activations over time are recomputed from its trained weights with the gate math of
+0, chance ``1 / n_symbols``) at one long T. A plain tanh RNN and an LSTM of the same
+hidden size are trained with the same optimiser, clipping, data and epochs and scored on
+held-out sequences, over several seeds (data, initialisation and batch order change with
+the seed): whether one run of either model breaks through its plateau is luck, so the
+checks read the mean over seeds. One solved LSTM's forget-gate activations over time
+are recomputed from its trained weights with the gate math of
 :func:`dlforge.models.rnn.lstm_cell`, and checked against the fused kernel's states.
 """
 
@@ -27,9 +29,11 @@ TOPIC = 16
 TITLE = "LSTMs"
 CLAIM = ("An LSTM's forget, input and output gates keep information over long ranges: "
          "at a sequence length where a plain RNN fails, an LSTM solves the same task.")
+# At T=40 a clipped-Adam tanh RNN solves recall-first in about a third of seeds (2 of 8
+# here), so T=60, where it solved none of 8 and the LSTM 7 of 8.
 BUDGETS = {
-    "quick": {"length": 40, "n": 1000, "epochs": 20},
-    "full": {"length": 50, "n": 1000, "epochs": 40},
+    "quick": {"length": 60, "n": 1000, "epochs": 30, "seeds": 8},
+    "full": {"length": 60, "n": 1000, "epochs": 40, "seeds": 16},
 }
 N_SYMBOLS = 4  # chance accuracy 0.25
 HIDDEN = 32
@@ -37,7 +41,7 @@ OPTIM = {"name": "adam", "lr": 0.005}
 CLIP = 1.0
 BATCH_SIZE = 64
 FORGET_BIAS = 1.0  # Gers et al. 2000, Jozefowicz et al. 2015: start by remembering
-SOLVED_ABOVE = 0.9
+SOLVED_ABOVE = 0.8  # mean accuracy over seeds (a solved run ends near 1.0)
 MARGIN = 0.3  # LSTM accuracy at least this far above the RNN's
 
 
@@ -104,15 +108,32 @@ def _figure(f_mean: torch.Tensor, curves: dict[str, list[float]]):
     return figure_from_matplotlib(fig, "RNN versus LSTM on recall-first; LSTM forget gates")
 
 
+def _mean(values: list[float]) -> float:
+    return round(sum(values) / len(values), 4)
+
+
 def run(budget: str = "quick", seed: int = 0) -> Finding:
     cfg = BUDGETS[budget]
     T = cfg["length"]
-    data = prepare(recall_first(cfg["n"], T, N_SYMBOLS, seed=seed), val=0.2, test=0.0,
-                   standardize=False, seed=seed)
-    _, rnn_curve = _train("rnn", data, cfg, seed)
-    lstm_model, lstm_curve = _train("lstm", data, cfg, seed)
-    x, _ = data.val.tensors
-    lstm = lstm_model.recurrent.rnn
+    seeds = list(range(seed, seed + cfg["seeds"]))
+    finals: dict[str, list[float]] = {"rnn": [], "lstm": []}
+    bests: dict[str, list[float]] = {"rnn": [], "lstm": []}
+    curves: dict[str, list[float]] = {}
+    for s in seeds:
+        data = prepare(recall_first(cfg["n"], T, N_SYMBOLS, seed=s), val=0.2, test=0.0,
+                       standardize=False, seed=s)
+        pair = {}
+        for kind in ("rnn", "lstm"):
+            model, curve = _train(kind, data, cfg, s)
+            finals[kind].append(round(curve[-1], 4))
+            bests[kind].append(round(max(curve), 4))
+            pair[kind] = curve
+        # The figure and the gate analysis show the first seed whose LSTM solved the task
+        # (the first seed if none did), with that seed's RNN beside it.
+        if not curves or max(curves["lstm"]) < 0.9 <= max(pair["lstm"]):
+            curves, shown_lstm, shown_val, shown_seed = pair, model, data.val, s
+    x, _ = shown_val.tensors
+    lstm = shown_lstm.recurrent.rnn
     with torch.no_grad():
         f, h_mine = forget_gates(lstm, x)  # (B, T, H)
         _, (h_n, _) = lstm(x)
@@ -120,17 +141,25 @@ def run(budget: str = "quick", seed: int = 0) -> Finding:
     # What survives of step 0's cell content at the end is prod_{t>=1} f_t, per unit.
     kept = f[:, 1:].prod(dim=1).mean(dim=0)  # (H,)
     keeper = int(kept.argmax())
+    solved = {k: sum(a >= 0.9 for a in v) for k, v in finals.items()}
     numbers = {
         "length": T,
+        "seeds": len(seeds),
         "chance_accuracy": 1 / N_SYMBOLS,
-        "rnn_accuracy": round(rnn_curve[-1], 4),
-        "lstm_accuracy": round(lstm_curve[-1], 4),
-        "rnn_best_accuracy": round(max(rnn_curve), 4),
+        "rnn_accuracy": _mean(finals["rnn"]),
+        "lstm_accuracy": _mean(finals["lstm"]),
+        "rnn_best_accuracy": _mean(bests["rnn"]),
+        "rnn_accuracy_per_seed": finals["rnn"],
+        "lstm_accuracy_per_seed": finals["lstm"],
+        "rnn_seeds_solved": solved["rnn"],
+        "lstm_seeds_solved": solved["lstm"],
+        "shown_seed": shown_seed,
         "forget_gate_mean": round(float(f.mean()), 4),
         "forget_gate_best_unit_kept": float(f"{float(kept[keeper]):.3g}"),
         "gate_math_max_abs_error": float(f"{(h_mine - h_n[0]).abs().max():.3g}"),
     }
-    # The plateau: epochs before the LSTM first clears 0.5 (the whole run if it never does).
+    # The plateau (shown seed): epochs before the LSTM first clears 0.5.
+    lstm_curve = curves["lstm"]
     plateau = next((k for k, a in enumerate(lstm_curve) if a >= 0.5), len(lstm_curve))
     numbers["lstm_epochs_before_0.5"] = plateau
     numbers["lstm_minus_rnn"] = round(numbers["lstm_accuracy"] - numbers["rnn_accuracy"], 4)
@@ -139,18 +168,25 @@ def run(budget: str = "quick", seed: int = 0) -> Finding:
         Check("lstm_minus_rnn", ">=", MARGIN),
     ]
     method = (f"Recall-first at T={T} with {N_SYMBOLS} symbols (chance {1 / N_SYMBOLS:.2f}), "
-              f"{cfg['n']} sequences (80/20 train/val). Plain tanh RNN and LSTM, hidden "
+              f"{cfg['n']} sequences (80/20 train/val), {len(seeds)} seeds. Plain tanh RNN and LSTM, hidden "
               f"{HIDDEN}, Adam lr {OPTIM['lr']}, gradient-norm clipping {CLIP}, batch "
-              f"{BATCH_SIZE}, {cfg['epochs']} epochs, same seed and data. LSTM forget bias "
-              f"initialised to {FORGET_BIAS}. Forget gates recomputed from the trained weights. "
-              f"Supported if the LSTM reaches >= {SOLVED_ABOVE} and beats the RNN by >= {MARGIN}.")
-    notes = (f"At T={T} the RNN ends at {rnn_curve[-1]:.2f} (best epoch {max(rnn_curve):.2f}) and "
-             f"the LSTM at {lstm_curve[-1]:.2f}. Honest caveat: the LSTM here starts with its "
+              f"{BATCH_SIZE}, {cfg['epochs']} epochs, same seed and data per pair. LSTM forget bias "
+              f"initialised to {FORGET_BIAS}. Forget gates recomputed from the trained weights "
+              f"of the first seed whose LSTM solved the task. Supported if the LSTM's mean final accuracy over seeds is >= "
+              f"{SOLVED_ABOVE} and beats the RNN's mean by >= {MARGIN}.")
+    notes = (f"At T={T} the RNN ends at a mean {numbers['rnn_accuracy']:.2f} over {len(seeds)} "
+             f"seeds ({solved['rnn']} solved, >= 0.9) and the LSTM at "
+             f"{numbers['lstm_accuracy']:.2f} ({solved['lstm']} solved). Breaking through the "
+             "plateau is luck for either model: in trials on one machine, at T=40 a clipped-Adam "
+             "tanh RNN solved 2 of 8 "
+             "seeds and the LSTM 7 of 8, and with lr 0.003 and batch 16 the RNN solved 6 of 8 "
+             "seeds even at T=50, so the claim is about odds at a length, not a wall. Honest "
+             "caveat: the LSTM here starts with its "
              f"forget-gate bias at {FORGET_BIAS} (common practice since Gers et al. 2000); in a "
              "trial with PyTorch's default zero bias and lr 0.01 without clipping, the LSTM was "
              "still near chance after 30 epochs at T=40 (one trial, one seed), so this "
              "result depends on that initialisation and the gentler optimiser. Here the LSTM "
-             f"needed {plateau} epochs before first reaching 0.5 accuracy, the plateau "
+             f"(seed {shown_seed}) needed {plateau} epochs before first reaching 0.5 accuracy, the plateau "
              f"typical of long-dependency tasks. Mean forget gate {float(f.mean()):.2f}; the "
              "unit that "
              f"remembers best (unit {keeper}) keeps a fraction prod f_t = "
@@ -162,5 +198,5 @@ def run(budget: str = "quick", seed: int = 0) -> Finding:
              "reproduces the fused kernel's final hidden state (max abs error "
              f"{numbers['gate_math_max_abs_error']:.1g}).")
     return Finding(topic=TOPIC, title=TITLE, claim=CLAIM, method=method, numbers=numbers,
-                   checks=checks, figures=[_figure(f_mean, {"RNN": rnn_curve, "LSTM": lstm_curve})],
+                   checks=checks, figures=[_figure(f_mean, {"RNN": curves["rnn"], "LSTM": lstm_curve})],
                    notes=notes)
