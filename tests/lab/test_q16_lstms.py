@@ -33,7 +33,7 @@ def test_forget_gates_follow_lstm_cell_and_torch_lstm():
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(3, 5, batch_first=True).double()
     x = torch.randn(4, 9, 3, dtype=torch.float64)
-    f, h = q16.forget_gates(lstm, x)
+    _, h = q16.forget_gates(lstm, x)
     _, (h_n, _) = lstm(x)
     torch.testing.assert_close(h, h_n[0])
     # The forget gate at step t is what turns c_{t-1} into the kept part of c_t: with the
