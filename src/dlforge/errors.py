@@ -44,3 +44,11 @@ class NotFoundError(RegistryError):
 
 class ConflictError(RegistryError):
     """A change that would break something in use, e.g. deleting an aliased version (409)."""
+
+
+class StorageError(DlforgeError):
+    """The disk is full or not writable; nothing half-written was kept (HTTP 507, exit 2)."""
+
+
+class UnavailableError(RegistryError):
+    """A registered version exists but cannot be served (it fails to load): HTTP 503."""

@@ -46,7 +46,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dlforge.errors import ConflictError, DlforgeError, NotFoundError
+from dlforge.errors import ConflictError, DlforgeError, NotFoundError, StorageError, UnavailableError
 from dlforge.registry.names import validate_name
 from dlforge.serve.batching import QueueFullError
 from dlforge.serve.settings import ServeSettings
@@ -179,6 +179,10 @@ async def _dlforge_error(request: Request, exc: Exception) -> JSONResponse:
         status, code = 404, "not_found"
     elif isinstance(exc, ConflictError):
         status, code = 409, "conflict"
+    elif isinstance(exc, StorageError):
+        status, code = 507, "insufficient_storage"
+    elif isinstance(exc, UnavailableError):
+        status, code = 503, "unavailable"
     else:  # e.g. RegistryError -> "registry_error", ArtifactError -> "artifact_error"
         status, code = 400, re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
     return error_response(request, status, code, exc.message, hint=exc.hint)

@@ -36,4 +36,10 @@ class ServeSettings(BaseModel):
     drift_window: int = Field(1000, ge=1)
     models: list[str] | None = None  # model names to serve; None: every model in the registry
     max_inputs: int = Field(1024, ge=1)  # samples per predict request
+    max_tokens: int = Field(32_768, ge=1)  # text tokens per predict request (after truncation); 413 above
+    # Connections (see serve/server.py): slow or idle sockets must not starve normal clients.
+    header_timeout_s: float = Field(10.0, gt=0)  # a request's line and headers must arrive within this
+    body_timeout_s: float = Field(30.0, gt=0)  # the whole body must arrive within this (408)
+    keep_alive_s: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
+    max_connections: int | None = Field(None, ge=1)  # None: derived from the open-files limit at start-up
     quantize: Literal["none", "int8"] = "none"  # int8: dynamic int8 Linear layers, applied at load (CPU)
