@@ -27,6 +27,7 @@ from dlforge.data.timeseries import SERIES
 from dlforge.errors import ConfigError
 from dlforge.train.losses import LossConfig
 from dlforge.train.optim import OptimConfig
+from dlforge.user_files import parse_yaml, read_yaml
 
 
 class _Strict(BaseModel):
@@ -193,14 +194,19 @@ def _explain(err: ValidationError) -> ConfigError:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"optim.lr=0.01"`` -> (["optim", "lr"], 0.01); values are parsed as YAML."""
+    """``"optim.lr=0.01"`` -> (["optim", "lr"], 0.01); values are parsed as YAML.
+
+    Example:
+        >>> parse_override("optim.betas=[0.9, 0.99]")
+        (['optim', 'betas'], [0.9, 0.99])
+    """
     if "=" not in text:
         raise ConfigError(f"--set {text!r} has no '='", hint="write --set key.path=value, e.g. --set train.epochs=5")
     key, _, raw = text.partition("=")
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise ConfigError(f"--set {text!r} names no key")
-    return parts, yaml.safe_load(raw) if raw.strip() else None
+    return parts, parse_yaml(raw, f"the value of --set {text!r}") if raw.strip() else None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -227,26 +233,13 @@ def validate_config(raw: Any) -> RunConfig:
         raise _explain(err) from None
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist", hint="check the path")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
-    return raw if raw is not None else {}
-
-
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read, override and validate a YAML run config.
 
     A relative ``data.source`` is read from the config file's folder (see
     :func:`resolve_source`), so a config and its data can move together.
     """
-    raw = read_yaml(path)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a YAML mapping of sections")
+    raw = read_yaml(path)  # bounded, UTF-8, a mapping: see dlforge.user_files
     cfg = validate_config(apply_overrides(raw, overrides or []))
     source, note = resolve_source(Path(path).parent, cfg.data.source)
     cfg.data.source = source

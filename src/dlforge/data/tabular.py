@@ -14,6 +14,7 @@ A cell is missing when it is empty, one of the markers in :data:`MISSING_MARKERS
 from __future__ import annotations
 
 import csv
+import io
 import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from dlforge.errors import DataError
+from dlforge.user_files import read_text_file
 
 
 @dataclass
@@ -98,13 +100,11 @@ def read_csv(path: str | Path) -> Table:
         ['rooms', 'area', 'price']
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"CSV file {path} not found", hint="check the path")
+    # missing, a folder, unreadable, not UTF-8: one message; a byte-order mark is dropped
+    text = read_text_file(path, "CSV file", error=DataError)
     try:
-        # utf-8-sig drops the byte-order mark that spreadsheet programs often write.
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            records = list(csv.reader(f))
-    except (UnicodeDecodeError, csv.Error) as err:
+        records = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as err:
         raise DataError(f"{path} is not a readable CSV text file: {err}",
                         hint="save it as CSV with UTF-8 encoding") from err
     numbered = [(i, [c.strip() for c in r]) for i, r in enumerate(records, start=1) if r]

@@ -35,6 +35,7 @@ from dlforge.data.preprocess import _encoding
 from dlforge.data.tabular import examples, read_csv
 from dlforge.data.tokenizer import encode_texts, special_ids
 from dlforge.errors import DataError
+from dlforge.user_files import read_text_file
 
 # stdlib_docs: module -> the module names its objects report (os functions live in posix/nt).
 STDLIB_DOCS_MODULES = {
@@ -187,11 +188,7 @@ def _read_csv_records(path: Path, text_column: str, label_column: str | None
 
 def _read_jsonl_records(path: Path, text_column: str, label_column: str | None
                         ) -> list[tuple[str, str, str | None]]:
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path} is not UTF-8 text: {err}", hint="save it with UTF-8 encoding"
-                        ) from err
+    lines = read_text_file(path, "text file", error=DataError).splitlines()
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -287,7 +284,7 @@ def load_text_table(
         raise DataError(f"'{source}' is neither a built-in text set nor a .csv or .jsonl file",
                         hint=f"set data.source to one of {text_builtin_names()} or to a "
                         ".csv / .jsonl file")
-    if not path.is_file():
+    if not path.exists():  # a folder or an unreadable file: read_text_file says so
         raise DataError(f"text file {path} not found",
                         hint="check the path in data.source")
     read = _read_csv_records if path.suffix.lower() == ".csv" else _read_jsonl_records

@@ -34,6 +34,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from dlforge.errors import ConfigError
 from dlforge.train.state_io import atomic_write
+from dlforge.user_files import read_text_file, read_yaml
 
 _TEMPLATE = "report.html.j2"
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
@@ -362,11 +363,15 @@ def _standardized_target(config: Mapping[str, Any], info: Mapping[str, Any]) -> 
 
 # ----------------------------------------------------------------------------- run directories
 
-def _read_text(path: Path, what: str) -> str:
+def _required(path: Path, what: str) -> Path:
     if not path.is_file():
         raise ConfigError(f"{path} not found: a report needs the run's {what}",
                           hint="point write_report at a run directory written by `dlforge train` (or train_run)")
-    return path.read_text(encoding="utf-8")
+    return path
+
+
+def _read_text(path: Path, what: str) -> str:
+    return read_text_file(_required(path, what), what)
 
 
 def read_history(path: str | Path) -> list[dict[str, Any]]:
@@ -394,7 +399,7 @@ def _read_json(path: Path) -> Any | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text_file(path, "run file"))
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path} is not valid JSON ({err.msg}, line {err.lineno})",
                           hint="rewrite or delete the file and render the report again") from err
@@ -437,12 +442,7 @@ def write_report(
     """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
-    try:
-        config = yaml.safe_load(_read_text(config_path, "resolved config")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{config_path} is not valid YAML ({err})", hint="fix or regenerate the file") from err
-    if not isinstance(config, Mapping):
-        raise ConfigError(f"{config_path} must hold a YAML mapping of sections", hint="fix or regenerate the file")
+    config = read_yaml(_required(config_path, "resolved config"), "resolved config")
     history = read_history(run_dir / "history.jsonl")
     if evaluation is None:
         evaluation = _read_json(run_dir / "evaluation.json")

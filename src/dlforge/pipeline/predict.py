@@ -23,6 +23,7 @@ from dlforge.data.text import load_text_table
 from dlforge.errors import DataError
 from dlforge.registry import load_artifact
 from dlforge.registry.artifact import Artifact
+from dlforge.user_files import read_text_file
 
 
 @dataclass
@@ -65,7 +66,8 @@ def read_texts(paths: Sequence[Path]) -> list[str]:
     texts: list[str] = []
     for p in paths:
         if p.suffix.lower() == ".txt":
-            texts += [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+            lines = read_text_file(p, "text file", error=DataError).splitlines()
+            texts += [line.strip() for line in lines if line.strip()]
         else:
             texts += load_text_table(p, label_column=None).texts
     return texts

@@ -33,12 +33,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from dlforge.errors import ArtifactError, ConfigError
 from dlforge.models import from_models
 from dlforge.models.ensemble import MODES
 from dlforge.registry.artifact import Artifact, load_artifact, save_artifact
+from dlforge.user_files import read_yaml
 
 SAME_DATA_HINT = "train every member with the same data config (data section and seed), then ensemble them"
 DATA_SEED_HINT = ("give every member the same data split and vary only the seed: retrain them with "
@@ -107,7 +106,7 @@ def _run_config(art: Artifact) -> dict[str, Any]:
     config = art.meta.get("training", {}).get("config")
     path = art.path.parent / "config.yaml"
     if not config and art.path.name == "model" and path.is_file():
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        config = read_yaml(path, "run config")
     return config if isinstance(config, dict) else {}
 
 
