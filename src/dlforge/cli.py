@@ -19,6 +19,7 @@ from rich.table import Table
 from dlforge._console import err_console, out_console
 from dlforge._console import friendly as _friendly
 from dlforge._console import say as _say
+from dlforge.errors import DlforgeError, StorageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="dlforge: build, train, evaluate and serve deep-learning models.")
 
@@ -74,9 +75,33 @@ def _report_run(outcome: Any, as_json: bool) -> None:
 
 def _run(cfg: Any, runs_dir: Path, as_json: bool, resume: Path | None = None) -> None:
     from dlforge.pipeline import train_run
+    from dlforge.registry.disk import disk_full
 
-    outcome = train_run(cfg, runs_dir=runs_dir, resume=resume, progress=None if as_json else sys.stderr)
+    before = set(runs_dir.iterdir()) if runs_dir.is_dir() else set()
+    try:
+        outcome = train_run(cfg, runs_dir=runs_dir, resume=resume, progress=None if as_json else sys.stderr)
+    except OSError as err:  # a full disk is exit 2 and a way to continue, not a traceback
+        if not disk_full(err):
+            raise
+        started = sorted(p for p in runs_dir.iterdir() if p not in before and p.is_dir()) if runs_dir.is_dir() else []
+        raise _full_disk(err, resume or (started[-1] if started else None)) from None
     _report_run(outcome, as_json)
+
+
+def _full_disk(err: OSError, run: Path | None) -> StorageError:
+    """The StorageError for training stopped by a full disk: checkpoints are written atomically,
+    so the last one is intact and ``dlforge resume`` continues from it."""
+    from dlforge.train.callbacks import find_last_checkpoint
+
+    where = f" writing {err.filename}" if err.filename else ""
+    hint = "free some space and train again"
+    if run is not None:
+        try:
+            find_last_checkpoint(run)
+            hint = f"free some space, then continue from the last checkpoint: dlforge resume {run}"
+        except DlforgeError:
+            hint = f"free some space and train again ({run} holds no checkpoint yet; remove it)"
+    return StorageError(f"the disk is full ({err.strerror or 'no space left'}){where}; training stopped", hint=hint)
 
 
 @app.command()

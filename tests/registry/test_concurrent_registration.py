@@ -4,7 +4,7 @@ On SQLite and on PostgreSQL the versions must come out exactly 1..20, each artif
 once, with no lost or doubled registration, while the processes also race to create the
 tables of a brand-new database.
 
-The workers replace ``dlforge.registry.artifact`` by a stand-in that reads model.json
+The workers replace ``dlforge.registry.artifact`` (and ``validate``) by stand-ins that read model.json
 without importing torch: four torch imports cost ~20 CPU-seconds on a 2-core runner, and
 what is under test here is the database and blob store, not artifact loading (which
 test_store.py covers with the real ``load_artifact``).
@@ -40,6 +40,9 @@ def load_artifact(path):
 stand_in = types.ModuleType("dlforge.registry.artifact")
 stand_in.load_artifact, stand_in.save_artifact, stand_in.Artifact = load_artifact, None, None
 sys.modules["dlforge.registry.artifact"] = stand_in
+checks = types.ModuleType("dlforge.registry.validate")  # check_artifact imports torch too: test_validate.py covers it
+checks.check_artifact = lambda folder, **_: None
+sys.modules["dlforge.registry.validate"] = checks
 from dlforge.registry import Registry
 url, artifacts, go, ready, *folders = sys.argv[1:]
 reg = Registry(url, artifacts)

@@ -117,6 +117,15 @@ def test_empty_registry_says_how_to_start(env: dict[str, str]) -> None:
     assert json.loads(ok(env, "registry", "list", "--json")) == []
 
 
+def test_registry_errors_name_the_registry_url(env: dict[str, str], arts: list[Path], tmp_path: Path) -> None:
+    # the store's messages leave the URL out (a server shows them to clients); the shell adds it
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    assert f"the registry is empty; add one with `dlforge registry register MODEL_DIR --name NAME`; registry: {url}" \
+        in fails(env, "registry", "show", "iris")
+    ok(env, "registry", "register", arts[0], "--name", "iris")
+    assert f"hint: registered models: iris; registry: {url}" in fails(env, "registry", "show", "nope")
+
+
 def test_keys_create_list_revoke(env: dict[str, str]) -> None:
     result = invoke(env, "keys", "create", "--admin", "--label", "ops")
     assert result.exit_code == 0, result.output

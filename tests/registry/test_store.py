@@ -374,9 +374,10 @@ def test_in_memory_sqlite_works() -> None:
 def test_url_errors_are_friendly() -> None:
     reg = Registry("postgresql+psycopg://user:s3cret@127.0.0.1:1/db")  # nothing listens on port 1
     assert reg.url == "postgresql+psycopg://user:***@127.0.0.1:1/db"
-    with pytest.raises(RegistryError, match=r"the registry database .*\*\*\*.* failed") as err:
+    with pytest.raises(RegistryError, match=r"the registry database failed: ") as err:
         reg.models()
     assert "s3cret" not in str(err.value) and "server is up" in err.value.hint
+    assert "://" not in str(err.value)  # servers show this message to clients: no URL (the CLI adds it)
     with pytest.raises(RegistryError, match="needs a database driver"):
         Registry("mysql+nosuchdriver://u@h/db")
     with pytest.raises(RegistryError, match="not a database URL"):

@@ -90,24 +90,81 @@ def test_concurrent_submits_form_batches_and_respect_max_batch_size():
     assert all(len(w) == s for w, s in zip(observer.waits, observer.sizes))  # one wait per request of 1 sample
 
 
-def test_a_request_is_never_split_and_an_oversized_one_runs_alone():
+def test_a_request_up_to_max_batch_size_is_never_split_and_a_larger_one_runs_in_chunks():
     observer = Recorder()
 
+    def predict(x):
+        time.sleep(0.02)
+        return {"y": x, "array": x.numpy() * 2, "labels": [f"v{v:g}" for v in x[:, 0].tolist()], "batch": len(x)}
+
     async def main():
-        batcher = DynamicBatcher(slow(lambda x: {"y": x}, 0.03), max_batch_size=4, observer=observer)
+        batcher = DynamicBatcher(predict, max_batch_size=4, observer=observer)
         await batcher.start()
         first = asyncio.create_task(batcher.submit(torch.zeros(1, 1)))
         await asyncio.sleep(0.01)
         sizes = (3, 3, 10, 1)
-        outs = await asyncio.gather(*(batcher.submit(torch.full((n, 1), float(n))) for n in sizes))
+        xs = [torch.arange(n, dtype=torch.float32).view(n, 1) + 100 * n for n in sizes]
+        outs = await asyncio.gather(*(batcher.submit(x) for x in xs))
         await first
         await batcher.stop()
-        return sizes, outs
+        return xs, outs
 
-    sizes, outs = run(main())
-    assert [len(o["y"]) for o in outs] == list(sizes)
-    assert all((o["y"] == n).all() for o, n in zip(outs, sizes))
-    assert observer.sizes == [1, 3, 3, 10, 1]  # 3+3 > 4: no split; 10 alone; FIFO order kept
+    xs, outs = run(main())
+    for x, out in zip(xs, outs):  # a chunked request gets its rows back in order, joined per output type
+        assert_close(out["y"], x)
+        np.testing.assert_array_equal(out["array"], x.numpy() * 2)
+        assert out["labels"] == [f"v{v:g}" for v in x[:, 0].tolist()]
+    # 3+3 > 4: the second 3 waits whole; the 10 runs in chunks that fill the room and take
+    # turns with the 1 behind it.
+    assert observer.sizes == [1, 3, 4, 4, 4, 2]
+
+
+def test_a_small_request_behind_a_large_one_waits_for_one_chunk_not_the_whole_request():
+    batches: list[list[float]] = []
+    big_started = threading.Event()
+
+    def fn(x):  # 2 ms per sample: 256 samples take about 0.5 s, a chunk of 16 about 32 ms
+        batches.append(sorted(set(x[:, 0].tolist())))
+        big_started.set()
+        time.sleep(0.002 * len(x))
+        return {"y": x}
+
+    async def main():
+        batcher = DynamicBatcher(fn, max_batch_size=16, max_queue=32)
+        await batcher.start()
+        big = asyncio.create_task(batcher.submit(torch.zeros(256, 1)))
+        await asyncio.to_thread(big_started.wait, 5)  # the big request's first chunk is running
+        small = await batcher.submit(torch.ones(1, 1))  # admitted: the big one's other rows already started
+        small_done_first = not big.done()
+        out = await big
+        await batcher.stop()
+        return small, small_done_first, out
+
+    small, small_done_first, out = run(main())
+    assert small["y"].tolist() == [[1.0]] and len(out["y"]) == 256
+    assert small_done_first
+    assert batches[0] == [0.0] and 1.0 in batches[1]  # it ran in the very next batch, after one chunk
+    assert len(batches) == 17  # 257 samples in full batches of 16, then the last one
+
+
+def test_large_requests_take_turns():
+    order: list[float] = []
+
+    def fn(x):
+        order.extend(sorted(set(x[:, 0].tolist())))
+        time.sleep(0.005)
+        return {"y": x}
+
+    async def main():
+        batcher = DynamicBatcher(fn, max_batch_size=8)
+        await batcher.start()
+        outs = await asyncio.gather(*(batcher.submit(torch.full((24, 1), float(v))) for v in (1, 2)))
+        await batcher.stop()
+        return outs
+
+    outs = run(main())
+    assert [o["y"][:, 0].unique().tolist() for o in outs] == [[1.0], [2.0]]
+    assert order == [1.0, 2.0] * 3  # round-robin by chunks of 8, not 24 of one then 24 of the other
 
 
 def test_max_batch_size_one_runs_every_request_alone():

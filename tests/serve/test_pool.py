@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import torch
 
-from dlforge.errors import ArtifactError, NotFoundError
+from dlforge.errors import ArtifactError, NotFoundError, UnavailableError
 from dlforge.serve import pool as pool_module
 from dlforge.serve.batching import BatcherStoppedError
 from dlforge.serve.monitor import Metrics
@@ -107,7 +107,7 @@ def test_a_version_that_fails_to_load_is_skipped(serve_env, monkeypatch) -> None
         pool = _pool(serve_env)
         await pool.refresh(force=True)
         assert sorted(pool.loaded("iris")) == [1] and pool.ready()  # production still answers
-        with pytest.raises(NotFoundError):
+        with pytest.raises(UnavailableError, match="model.json is missing"):  # 503 with the reason
             pool.resolve("iris", version=None, alias="candidate", sticky_id=None)
         serve_env.registry.register(serve_env.dirs[2], "broken")  # same content: same failing path
         await pool.refresh()

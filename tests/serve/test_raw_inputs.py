@@ -101,10 +101,10 @@ def test_huge_finite_values_are_a_422_not_null_probabilities(client):
     assert r.status_code == 200 and all(np.isfinite(r.json()["probabilities"][0]))
     # Standardised by a std of 0.5, 3e38 overflows float32: the model would answer NaN (null in JSON).
     r = _predict(client, "people", [{"age": 1, "city": "c01"}, {"age": 3e38, "city": "c01"}])
-    assert r.status_code == 422 and [f["path"] for f in r.json()["error"]["fields"]] == ["body.inputs.1"]
+    assert r.status_code == 422 and [f["path"] for f in r.json()["error"]["fields"]] == ["body.inputs.1.age"]
     r = _predict(client, "people", [[3e38] + [0.0] * 25, [1.0] * 26, [-3e38] + [0.0] * 25])
     assert r.status_code == 422 and "overflows float32" in r.text
-    assert [f["path"] for f in r.json()["error"]["fields"]] == ["body.inputs.0", "body.inputs.2"]
+    assert [f["path"] for f in r.json()["error"]["fields"]] == ["body.inputs.0.0", "body.inputs.2.0"]
 
 
 @pytest.mark.parametrize("name", ["digits", "people", "iris"])

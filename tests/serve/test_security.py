@@ -383,7 +383,7 @@ def test_internal_errors_are_500_without_details(client, env, monkeypatch, caplo
         response = client.post(PREDICT, json=BODY, headers=env.headers(**{"X-Request-Id": "trace-me-1"}))
     error = assert_error_body(response, 500, "internal")
     assert error["message"] == "internal error" and "boom" not in response.text
-    assert error["request_id"] == "trace-me-1"
+    assert re.fullmatch(r"[0-9a-f]{32}", error["request_id"]) and response.headers["x-correlation-id"] == "trace-me-1"
     assert "boom in /tmp/secret" in caplog.text and "trace-me-1" in caplog.text  # the traceback stays in the log
 
 
@@ -391,9 +391,9 @@ def test_internal_errors_are_500_without_details(client, env, monkeypatch, caplo
                                              ("bad id", False), ("<script>", False), ("", False)])
 def test_request_id(client, given: str, kept: bool) -> None:
     response = client.get("/v1/models/%2e%2e", headers={"X-Request-Id": given} if given else {})
-    rid = response.headers["x-request-id"]
-    assert response.json()["error"]["request_id"] == rid
-    assert (rid == given) if kept else re.fullmatch(r"[0-9a-f]{32}", rid)
+    rid = response.headers["x-request-id"]  # always the server's; the client's comes back as a correlation id
+    assert response.json()["error"]["request_id"] == rid and re.fullmatch(r"[0-9a-f]{32}", rid)
+    assert response.headers.get("x-correlation-id") == (given if kept else None)
     assert client.get("/healthz", headers={"X-Request-Id": given} if given else {}).headers["x-request-id"]
 
 

@@ -4,7 +4,7 @@ The names load on first use, so ``dlforge registry ...`` and ``dlforge keys ...`
 pay for importing torch unless they need it.
 
 Example:
-    >>> from dlforge.registry import Registry, load_artifact, save_artifact
+    >>> from dlforge.registry import Registry, check_artifact, load_artifact, save_artifact
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 _EXPORTS = {
     "Artifact": "dlforge.registry.artifact",
+    "check_artifact": "dlforge.registry.validate",
     "load_artifact": "dlforge.registry.artifact",
     "save_artifact": "dlforge.registry.artifact",
     "ModelVersion": "dlforge.registry.store",

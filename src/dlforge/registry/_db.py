@@ -1,6 +1,11 @@
 """The registry's tables and database engines (SQLite with WAL and ``BEGIN IMMEDIATE``
 writers, or any other SQLAlchemy URL); :mod:`dlforge.registry.store` uses them.
 
+A SQLite file is checked when a registry opens it (``PRAGMA quick_check``: it reads every
+page, milliseconds for a registry's few hundred KB), so overwritten pages are reported at
+once with how to restore the file, instead of as a traceback from whichever query meets
+them first. :func:`database_error` turns the driver's errors into dlforge errors.
+
 Example:
     >>> engine, file = make_engine("sqlite://")  # in memory
     >>> metadata.create_all(engine); sorted(metadata.tables)[:3]
@@ -10,16 +15,17 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
 
-from dlforge.errors import RegistryError
+from dlforge.errors import DlforgeError, RegistryError, StorageError
 
 SQLITE_TIMEOUT_S = 30  # how long a writer waits for another process's SQLite lock
 WRITE = "dlforge_write"  # execution option: this transaction writes (SQLite: BEGIN IMMEDIATE)
@@ -107,6 +113,50 @@ def make_engine(url: str) -> tuple[Engine, Path | None]:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
 
     return engine, file
+
+
+def check_integrity(engine: Engine, file: Path | None) -> None:
+    """RegistryError when the SQLite ``file`` is not a database or fails ``PRAGMA quick_check``.
+
+    Other databases (``file`` None) check themselves; a locked or unreadable file is left
+    to the first real query, which reports it.
+
+    Example:
+        >>> engine, file = make_engine("sqlite://"); check_integrity(engine, file)  # nothing to check
+    """
+    if file is None or not file.is_file() or file.stat().st_size == 0:
+        return
+    try:
+        with engine.connect() as conn:
+            rows = [row[0] for row in conn.exec_driver_sql("PRAGMA quick_check").all()]
+    except OperationalError:
+        return
+    except DBAPIError as err:  # "file is not a database", "database disk image is malformed"
+        raise damaged(file, str(err.orig)) from None
+    if rows != ["ok"]:
+        problems = [line for row in rows for line in str(row).splitlines() if not line.startswith("***")]
+        more = f" and {len(problems) - 2} more problems" if len(problems) > 2 else ""
+        raise damaged(file, "; ".join(problems[:2]) + more)
+
+
+def damaged(file: Path | str, detail: str) -> RegistryError:
+    """The error for a registry database whose pages are not what SQLite wrote."""
+    name = Path(file).name  # no directories: servers show this to clients
+    return RegistryError(
+        f"the registry database {name} is damaged ({detail.strip()})",
+        hint=f"restore it from a backup, or salvage what is readable: sqlite3 {name} \".recover\" | sqlite3 "
+             "recovered.db, then use --registry recovered.db; the artifacts folder is content-addressed and "
+             "intact, so every version whose row survives still loads")
+
+
+def database_error(err: DBAPIError, file: Path | None) -> DlforgeError | None:
+    """StorageError for a full disk, the damaged-database RegistryError for corrupt pages, else None."""
+    text = str(err.orig).lower()
+    if "database or disk is full" in text or "disk quota" in text:
+        return StorageError("the disk holding the registry database is full; the change was not stored",
+                            hint="free some space (or raise the quota) and try again")
+    corrupt = type(err.orig) is sqlite3.DatabaseError or "malformed" in text or "not a database" in text
+    return damaged(file or "database", str(err.orig)) if corrupt else None
 
 
 def _importable(module: str) -> bool:

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import platform
 import shutil
 import tempfile
@@ -32,17 +33,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 import dlforge
 from dlforge.errors import ArtifactError, DlforgeError
 from dlforge.models import build, spec_of
+from dlforge.user_files import read_text_file
 
 FORMAT = "dlforge-artifact"
 FORMAT_VERSION = 1
 META_FILE, WEIGHTS_FILE = "model.json", "model.safetensors"
+# Budgets checked before anything is allocated (model.json and the safetensors header are a
+# few KiB whatever they declare). 2**28 weights are 1 GiB in float32, 2.4x BERT-large: a
+# model.json declaring more is a typo or an attack, not something a CPU server should build.
+MAX_PARAMETERS = 2**28
+# Values per input sample: 2**22 holds a 3x1024x1024 image; predicting holds a batch of these.
+MAX_INPUT_VALUES = 2**22
 
 
 def _versions() -> dict[str, str]:
@@ -200,8 +208,83 @@ class Artifact:
         return {"labels": [names[i] for i in idx.tolist()], "indices": idx, "probabilities": probs}
 
 
-def load_artifact(path: str | Path, device: str | torch.device = "cpu") -> Artifact:
-    """Rebuild the model in ``path`` from its JSON spec and safetensors weights."""
+def _shape(value: Any) -> list[int] | None:
+    """``value`` as a list of ints (a declared shape), or None when it is not one."""
+    if isinstance(value, (list, tuple)) and all(isinstance(d, int) and not isinstance(d, bool) for d in value):
+        return list(value)
+    return None
+
+
+def _rebuild(meta: dict[str, Any], path: Path, device: str) -> nn.Module:
+    """The model model.json describes, built on ``device`` ("meta": shapes only, no memory)."""
+    try:
+        with torch.device(device):
+            return build(meta["spec"])
+    except DlforgeError as err:
+        raise ArtifactError(f"cannot rebuild the model in {path}: {err}",
+                            hint="it may come from a newer dlforge; upgrade dlforge") from None
+
+
+def _header_shapes(weights_path: Path) -> dict[str, list[int]]:
+    """Every tensor's shape from the safetensors header; no tensor data is read."""
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            names = f.keys()  # a safe_open handle is not a dict: it only lists its names
+            return {name: list(f.get_slice(name).get_shape()) for name in names}
+    except (SafetensorError, OSError) as err:
+        raise ArtifactError(f"{weights_path} is not a readable safetensors file: {err}") from None
+
+
+def _check_declared_sizes(meta: dict[str, Any], path: Path, max_parameters: int) -> None:
+    """Refuse, before anything is allocated, inputs or weights over budget and a weights file
+    whose header disagrees with the architecture (the model is built on the meta device)."""
+    spec = meta.get("spec")
+    if not isinstance(spec, dict):
+        raise ArtifactError(f"{path / META_FILE} has no model spec", hint="save the model with save_artifact")
+    declared = _shape(spec.get("input_shape"))
+    if declared is not None and math.prod(declared) > MAX_INPUT_VALUES:
+        raise ArtifactError(
+            f"{path / META_FILE} declares inputs of shape {declared}: {math.prod(declared):,} values per sample, "
+            f"more than the {MAX_INPUT_VALUES:,} dlforge serves",
+            hint="check spec.input_shape in model.json; downsample or crop the inputs and retrain")
+    model = _rebuild(meta, path, "meta")
+    expected = {name: list(t.shape) for name, t in model.state_dict().items()}
+    count = sum(math.prod(s) for s in expected.values())
+    if count > max_parameters:
+        raise ArtifactError(f"the model in {path / META_FILE} has {count:,} weights, more than the budget of "
+                            f"{max_parameters:,}", hint="check spec in model.json, or raise max_parameters")
+    signature = meta.get("input_signature")
+    shape = _shape((signature.get("shape") or [None])[1:]) if isinstance(signature, dict) else None
+    if shape != list(model.config.input_shape):
+        raise ArtifactError(f"{path / META_FILE} has input_signature {signature}, but its model takes inputs "
+                            f"of shape {list(model.config.input_shape)}", hint="save the model with save_artifact")
+    found = _header_shapes(path / WEIGHTS_FILE)
+    problems = [f"missing {k}" for k in expected if k not in found]
+    problems += [f"unexpected {k}" for k in found if k not in expected]
+    problems += [f"{k} has shape {found[k]}, the model expects {s}" for k, s in expected.items()
+                 if k in found and found[k] != s]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise ArtifactError(f"the weights in {path / WEIGHTS_FILE} do not match the architecture in "
+                            f"{path / META_FILE}: {'; '.join(problems[:3])}{more}",
+                            hint="save the model and its model.json together with save_artifact")
+
+
+def load_artifact(path: str | Path, device: str | torch.device = "cpu", *,
+                  max_parameters: int = MAX_PARAMETERS) -> Artifact:
+    """Rebuild the model in ``path`` from its JSON spec and safetensors weights.
+
+    Before anything is allocated, model.json's declared input size and weight count must be
+    within budget (``MAX_INPUT_VALUES``, ``max_parameters``) and the safetensors header must
+    list exactly the tensors of that architecture, so a 2 KiB model.json declaring 10^8 inputs
+    is refused in milliseconds. :func:`dlforge.registry.validate.check_artifact` checks more.
+
+    Example:
+        >>> load_artifact(folder, max_parameters=10).model  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        dlforge.errors.ArtifactError: the model in .../model.json has 67 weights, more than the budget of 10 (...)
+    """
     path = Path(path)
     if (path / "model").is_dir() and not (path / META_FILE).exists():
         path = path / "model"  # a run directory: its artifact lives in model/
@@ -210,16 +293,14 @@ def load_artifact(path: str | Path, device: str | torch.device = "cpu") -> Artif
         if not required.is_file():
             raise ArtifactError(f"{required} is missing", hint="point at a folder written by save_artifact or dlforge train")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads(read_text_file(meta_path, "artifact file", error=ArtifactError))
     except json.JSONDecodeError as err:
         raise ArtifactError(f"{meta_path} is not valid JSON: {err}") from None
-    if meta.get("format") != FORMAT:
-        raise ArtifactError(f"{meta_path} is not a dlforge artifact (format={meta.get('format')!r})")
-    try:
-        model = build(meta["spec"])
-    except DlforgeError as err:
-        raise ArtifactError(f"cannot rebuild the model in {path}: {err}",
-                            hint="it may come from a newer dlforge; upgrade dlforge") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ArtifactError(f"{meta_path} is not a dlforge artifact (format={found!r})")
+    _check_declared_sizes(meta, path, max_parameters)
+    model = _rebuild(meta, path, "cpu")
     try:
         weights = load_file(str(weights_path))
     except (SafetensorError, OSError) as err:

@@ -14,6 +14,8 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -46,10 +48,21 @@ def _json_opt() -> Any:
     return typer.Option(False, "--json", help="print JSON instead of a table")
 
 
-def _open(registry: str | None, artifacts: str | None) -> Any:
+@contextmanager
+def _open(registry: str | None, artifacts: str | None) -> Iterator[Any]:
+    """The registry, closed after use; its errors name its URL in the hint.
+
+    The store's messages say "the registry" only (a server must not show clients its
+    database URL); at the shell, which registry was used is the first thing to check.
+    """
     from dlforge.registry.store import Registry
 
-    return Registry(registry, artifacts)
+    with Registry(registry, artifacts) as reg:
+        try:
+            yield reg
+        except RegistryError as err:
+            where = f"registry: {reg.url}"
+            raise type(err)(err.message, hint=f"{err.hint}; {where}" if err.hint else where) from None
 
 
 def _metrics_text(metrics: dict[str, float]) -> str:

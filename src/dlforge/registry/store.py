@@ -40,7 +40,6 @@ import os
 import random
 import secrets
 import shutil
-import tempfile
 import time
 import uuid
 from contextlib import contextmanager, suppress
@@ -51,12 +50,13 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import (DBAPIError, IntegrityError, OperationalError,
+from sqlalchemy.exc import (DatabaseError, DBAPIError, IntegrityError, OperationalError,
                             ProgrammingError)
 
-from dlforge.errors import ArtifactError, ConflictError, NotFoundError, RegistryError
-from dlforge.registry._db import (WRITE, aliases_t, events_t, keys_t, make_engine, meta_t, metadata, models_t,
-                                  retired_t, versions_t)
+from dlforge.errors import ArtifactError, ConflictError, DlforgeError, NotFoundError, RegistryError, UnavailableError
+from dlforge.registry._db import (WRITE, aliases_t, check_integrity, database_error, events_t, keys_t, make_engine,
+                                  meta_t, metadata, models_t, retired_t, versions_t)
+from dlforge.registry.disk import INCOMING, UPLOADS, Scratch, full_disk_as_storage_error, sweep
 from dlforge.registry.names import validate_name
 
 DEFAULT_URL = "sqlite:///registry/registry.db"
@@ -207,6 +207,7 @@ class Registry:
             return
         if self._sqlite_file is not None:
             self._sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+        check_integrity(self._engine, self._sqlite_file)  # damaged pages: say so now, and how to restore
         for attempt in range(_RETRIES):
             try:
                 with self._engine.connect() as conn:
@@ -217,7 +218,7 @@ class Registry:
                         if row is None:
                             conn.execute(sa.insert(meta_t).values(id=1, revision=0, schema_version=SCHEMA_VERSION))
                         elif row[0] > SCHEMA_VERSION:
-                            raise RegistryError(f"the registry at {self.url} has schema {row[0]}, this dlforge "
+                            raise RegistryError(f"the registry has schema {row[0]}, this dlforge "
                                                 f"reads schema {SCHEMA_VERSION}", hint="upgrade dlforge")
                 break
             except (OperationalError, ProgrammingError, IntegrityError) as err:
@@ -229,11 +230,18 @@ class Registry:
                     raise self._db_error(err) from None
                 time.sleep(0.05 * (attempt + 1) * (1 + random.random()))
         self._ready = True
+        sweep(self.artifacts)  # scratch folders of processes killed mid-copy or mid-upload (see registry.disk)
 
-    def _db_error(self, err: DBAPIError) -> RegistryError:
-        return RegistryError(f"the registry database {self.url} failed: {str(err.orig).strip()}",
-                             hint="check that the database server is up, the URL and credentials are right and "
-                                  "a SQLite file is writable")
+    def _db_error(self, err: DBAPIError) -> DlforgeError:
+        known = database_error(err, self._sqlite_file)  # a full disk, or damaged pages
+        if known is not None:
+            return known
+        # No URL and only the driver's first line: servers show this to clients (the CLI adds the URL),
+        # and PostgreSQL puts the failing SQL on the lines after it.
+        reason = (str(err.orig).strip().splitlines() or ["no reason given"])[0]
+        return UnavailableError(f"the registry database failed: {reason}",
+                                hint="check that the database server is up, the URL and credentials are right and "
+                                     "a SQLite file is writable")
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -241,7 +249,7 @@ class Registry:
         try:
             with self._engine.connect() as conn:
                 yield conn
-        except OperationalError as err:
+        except DatabaseError as err:
             raise self._db_error(err) from None
 
     def _write(self, fn: Callable[[Connection], T]) -> T:
@@ -265,6 +273,8 @@ class Registry:
                         raise
                     raise self._db_error(err) from None
                 time.sleep(0.02 * (attempt + 1) * (1 + random.random()))
+            except DatabaseError as err:  # e.g. pages damaged since the check at open
+                raise self._db_error(err) from None
         raise AssertionError("unreachable")
 
     def _model_row(self, conn: Connection, name: str, lock: bool = False) -> sa.Row:
@@ -272,7 +282,7 @@ class Registry:
         row = conn.execute(query.with_for_update() if lock else query).first()
         if row is None:
             names = list(conn.execute(sa.select(models_t.c.name).order_by(models_t.c.name)).scalars())
-            hint = (f"registered models: {_listing(names)}" if names else f"the registry at {self.url} is empty; "
+            hint = (f"registered models: {_listing(names)}" if names else "the registry is empty; "
                     "add one with `dlforge registry register MODEL_DIR --name NAME`")
             raise NotFoundError(f"no model named {name!r}", hint=hint)
         return row
@@ -295,11 +305,10 @@ class Registry:
         sha = content_hash(folder)
         if self._blob_path(sha).is_dir():
             return sha  # the same artifact registered before: share its blob
-        incoming = self.artifacts / ".incoming"
-        incoming.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=incoming))
-        try:
-            copy = tmp / "artifact"
+        with full_disk_as_storage_error("storing the artifact in the registry",
+                                        hint="free some space on the artifacts folder's disk (or raise the "
+                                             "quota) and register again"), Scratch(self.artifacts / INCOMING) as tmp:
+            copy = tmp.path / "artifact"
             shutil.copytree(folder, copy)
             sha = content_hash(copy)  # hash what is stored, in case the source changed meanwhile
             dest = self._blob_path(sha)
@@ -310,8 +319,16 @@ class Registry:
                 if not dest.is_dir():  # else another process stored the same content first
                     raise
             return sha
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    def upload_folder(self) -> Scratch:
+        """A scratch folder for an upload under ``<artifacts>/.uploads/``: on the artifacts' disk, and
+        removed by the next start-up's sweep if this process dies before calling its ``remove()``.
+
+        Example:
+            >>> with reg.upload_folder() as work:  # doctest: +SKIP
+            ...     (work.path / "upload.tar.gz").write_bytes(data)
+        """
+        return Scratch(self.artifacts / UPLOADS)
 
     def _trash_blob_if_unused(self, conn: Connection, sha: str) -> Path | None:
         """Inside a write transaction: move the blob aside when no version uses it (the
@@ -344,14 +361,17 @@ class Registry:
             >>> reg.register("runs/iris-20240101/model", "iris", metadata={"owner": "ml-team"})  # doctest: +SKIP
         """
         from dlforge.registry.artifact import load_artifact
+        from dlforge.registry.validate import check_artifact
 
         name = validate_name(name)
+        self._ensure_schema()  # a damaged or unreachable database fails before the copy
         try:
+            check_artifact(model_dir)  # what could not be served is refused before anything is stored
             art = load_artifact(model_dir)
         except ArtifactError as err:
             raise ArtifactError(f"cannot register {model_dir}: {err.message}",
-                                hint="register a model/ folder written by save_artifact or a run directory "
-                                     "from `dlforge train`") from None
+                                hint=err.hint or "register a model/ folder written by save_artifact or a run "
+                                                 "directory from `dlforge train`") from None
         user = _json_ready(metadata or {}, "metadata")
         if not isinstance(user, dict):
             raise RegistryError(f"metadata must be a JSON object, got {type(metadata).__name__}")
@@ -503,11 +523,14 @@ class Registry:
     def set_alias(self, name: str, alias: str, version: int) -> int | None:
         """Point ``alias`` at an existing ``version``; returns the version it pointed at before (None if new).
 
+        A version whose stored artifact no longer loads is refused (ConflictError) before anything is stored.
+
         Example:
             >>> reg.set_alias("iris", "production", 2)  # doctest: +SKIP
             1
         """
         name, alias, version = validate_name(name), _check_alias(alias), _check_version(version)
+        self._refuse_unservable(self.get(name, version=version), alias)  # outside the write lock: it loads the model
 
         def tx(conn: Connection) -> int | None:
             model = self._model_row(conn, name, lock=True)
@@ -529,12 +552,32 @@ class Registry:
 
         return self._write(tx)
 
+    def _refuse_unservable(self, mv: ModelVersion, alias: str) -> None:
+        """ConflictError when the stored artifact of ``mv`` does not pass ``check_artifact`` (a damaged blob)."""
+        from dlforge.registry.validate import check_artifact
+
+        try:
+            check_artifact(mv.path)
+        except Exception as err:  # anything that fails here would fail the server's load too
+            reason = err.message if isinstance(err, DlforgeError) else f"{type(err).__name__}: {err}"
+            reason = reason.replace(f"{mv.path}/", "").replace(str(mv.path), "the artifact")  # no host paths
+            raise ConflictError(f"alias {alias!r} of model {mv.name!r} cannot point at version {mv.version}: its "
+                                f"stored artifact does not load ({reason})",
+                                hint="point it at a version that loads, or register a good artifact as a new "
+                                     f"version; `dlforge registry show {mv.name}` lists the versions") from None
+
     def rollback(self, name: str, alias: str) -> int:
         """Undo the last move of ``alias``: point it back at the version it had before; returns that version.
 
-        Repeated rollbacks walk further back through the alias's history.
+        Repeated rollbacks walk further back through the alias's history. A version whose stored
+        artifact no longer loads is refused (ConflictError) before anything is stored.
         """
         name, alias = validate_name(name), _check_alias(alias)
+        with self._read() as conn:
+            planned = self._last_move(conn, self._model_row(conn, name).id, alias)
+        if planned is not None and planned.from_version is not None:
+            with suppress(NotFoundError):  # a deleted version: the transaction below says so
+                self._refuse_unservable(self.get(name, version=planned.from_version), alias)
 
         def tx(conn: Connection) -> int:
             model = self._model_row(conn, name, lock=True)
@@ -545,9 +588,7 @@ class Registry:
                                           .order_by(aliases_t.c.alias)).scalars())
                 raise NotFoundError(f"model {name!r} has no alias {alias!r}",
                                     hint=f"its aliases: {_listing(known)}" if known else "it has no aliases")
-            last = conn.execute(sa.select(events_t).where(
-                events_t.c.model_id == model.id, events_t.c.alias == alias, events_t.c.undone.is_(False))
-                .order_by(events_t.c.id.desc()).limit(1)).first()
+            last = self._last_move(conn, model.id, alias)
             how = f"point it at another version with `dlforge registry alias {name} {alias} VERSION`"
             if last is None or last.from_version is None:
                 raise RegistryError(f"alias {alias!r} of model {name!r} has nothing to roll back to: version "
@@ -555,11 +596,20 @@ class Registry:
             if last.from_version not in self._version_numbers(conn, model.id):
                 raise RegistryError(f"alias {alias!r} of model {name!r} pointed at version {last.from_version} "
                                     "before, which has been deleted", hint=how)
+            if planned is None or last.id != planned.id:  # moved by another process since the check above
+                raise ConflictError(f"alias {alias!r} of model {name!r} changed during the rollback",
+                                    hint="look at `dlforge registry show` and roll back again if still wanted")
             conn.execute(sa.update(aliases_t).where(*where).values(version=last.from_version))
             conn.execute(sa.update(events_t).where(events_t.c.id == last.id).values(undone=True))
             return last.from_version
 
         return self._write(tx)
+
+    def _last_move(self, conn: Connection, model_id: int, alias: str) -> sa.Row | None:
+        """The newest move of ``alias`` not rolled back yet."""
+        return conn.execute(sa.select(events_t).where(
+            events_t.c.model_id == model_id, events_t.c.alias == alias, events_t.c.undone.is_(False))
+            .order_by(events_t.c.id.desc()).limit(1)).first()
 
     # ---------------------------------------------------------------- traffic and revision
 

@@ -1,9 +1,16 @@
 """Dynamic batching: concurrent predict requests share one forward pass.
 
-Requests wait in one FIFO queue. A collector task takes the oldest request, adds the
-requests behind it that fit in ``max_batch_size`` samples (a request is never split; one
-larger than ``max_batch_size`` runs alone), concatenates them along dim 0, runs ``fn`` in a
-single worker thread and hands each request its own rows of the outputs.
+Requests wait in one queue. A collector task takes the oldest request, adds the requests
+behind it that fit in ``max_batch_size`` samples, concatenates them along dim 0, runs ``fn``
+in a single worker thread and hands each request its own rows of the outputs.
+
+Bounded work per batch: a request of at most ``max_batch_size`` samples always runs whole,
+in one batch. A larger one runs in chunks of at most ``max_batch_size`` samples (its rows
+also fill the room other requests leave in a batch); after each chunk it goes to the back
+of the queue, behind the requests that arrived meanwhile. So large requests take turns
+with everything else (round-robin), and a one-sample request behind a 1,024-sample one
+waits for about one chunk, not for the whole request. Its chunks run in order, and their
+outputs are joined back into one answer.
 
 When does a batch wait for more requests? Only when there is evidence of concurrent load:
 the oldest request arrived while the previous batch was running, or several requests were
@@ -11,6 +18,9 @@ already waiting. Then the batch waits until it is full or ``max_wait_ms`` have p
 its oldest request arrived (a request that already waited that long dispatches at once). A
 lone request that finds the worker idle and the queue empty runs immediately, so batching
 adds no latency at concurrency 1; under load, batches form while the worker is busy.
+
+``max_queue`` counts the samples of requests that have not started; the rest of a request
+already running in chunks was admitted and takes turns, so it does not make newcomers 429.
 
 Example:
     >>> import asyncio, torch
@@ -60,7 +70,8 @@ class BatchObserver(Protocol):
     """Told about every executed batch (the server's metrics implement it)."""
 
     def batch(self, size: int, queue_seconds: list[float]) -> None:
-        """``size`` samples ran together; ``queue_seconds`` is each request's wait in the queue."""
+        """``size`` samples ran together; ``queue_seconds`` is each request's wait in the queue
+        (for a request run in chunks: once, with its first chunk)."""
 
 
 @dataclass
@@ -68,14 +79,38 @@ class _Request:
     x: torch.Tensor
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    done: int = 0  # rows already dispatched (to a batch that ran or is running)
+    parts: list[dict[str, Any]] = field(default_factory=list)  # outputs of its finished chunks, in order
 
     @property
     def n(self) -> int:
         return len(self.x)
 
+    @property
+    def left(self) -> int:
+        """Rows not yet dispatched."""
+        return len(self.x) - self.done
+
     def fits_with(self, other: _Request) -> bool:
         """Whether the two requests can be concatenated along dim 0."""
         return self.x.shape[1:] == other.x.shape[1:] and self.x.dtype == other.x.dtype
+
+
+@dataclass
+class _Part:
+    """Rows ``start:stop`` of one request, in one batch."""
+
+    request: _Request
+    start: int
+    stop: int
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.request.x[self.start:self.stop]
+
+    @property
+    def last(self) -> bool:
+        return self.stop == self.request.n
 
 
 def _slice(value: Any, start: int, stop: int, total: int) -> Any:
@@ -87,12 +122,30 @@ def _slice(value: Any, start: int, stop: int, total: int) -> Any:
     return value  # a scalar describes the whole batch: every request gets it
 
 
+def _join(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One request's outputs from the outputs of its chunks (rows in order)."""
+    if len(parts) == 1:
+        return parts[0]
+    joined = {}
+    for key, first in parts[0].items():
+        values = [p[key] for p in parts]
+        if isinstance(first, torch.Tensor):
+            joined[key] = torch.cat(values)
+        elif isinstance(first, np.ndarray):
+            joined[key] = np.concatenate(values)
+        elif isinstance(first, (list, tuple)):
+            joined[key] = type(first)(item for v in values for item in v)
+        else:
+            joined[key] = first  # a scalar described one chunk's batch: keep the first
+    return joined
+
+
 class DynamicBatcher:
     """Run ``fn`` on batches of concurrently submitted requests, in one worker thread.
 
     ``fn`` maps a model-ready batch (N, ...) to a dict of tensors, arrays or lists whose
     leading length is N (``Artifact.predict``'s dict). ``max_batch_size=1`` turns batching
-    off: every request runs alone, through the same queue and worker.
+    off: every sample runs alone, through the same queue and worker.
 
     Example:
         >>> batcher = DynamicBatcher(lambda x: {"y": x}, max_batch_size=32, max_wait_ms=2.0)
@@ -112,6 +165,7 @@ class DynamicBatcher:
         self.observer = observer
         self._pending: deque[_Request] = deque()
         self._queued = 0  # samples waiting (not yet dispatched)
+        self._unstarted = 0  # of those, samples of requests no chunk of which was dispatched (max_queue counts these)
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -163,11 +217,12 @@ class DynamicBatcher:
         n = len(x)
         if n == 0:
             raise ValueError("a request needs at least one sample")
-        if self._queued > 0 and self._queued + n > self.max_queue:
-            raise QueueFullError(self._retry_after(), self._queued, self.max_queue)
+        if self._unstarted > 0 and self._unstarted + n > self.max_queue:
+            raise QueueFullError(self._retry_after(), self._unstarted, self.max_queue)
         request = _Request(x, asyncio.get_running_loop().create_future())
         self._pending.append(request)
         self._queued += n
+        self._unstarted += n
         self._arrived.set()
         return await request.future
 
@@ -176,27 +231,36 @@ class DynamicBatcher:
         batches = math.ceil(self._queued / self.max_batch_size)
         return max(MIN_RETRY_AFTER, (self._batch_seconds or 0.0) * batches)
 
-    def _pop(self) -> _Request | None:
-        """The oldest waiting request whose client still waits for it, or None."""
-        while self._pending:
-            request = self._pending.popleft()
-            self._queued -= request.n
-            if not request.future.done():  # a cancelled request (client gone) is dropped
-                return request
-        return None
+    def _drop(self, request: _Request) -> None:
+        """Forget the undispatched rows of a request taken off the queue."""
+        self._queued -= request.left
+        if request.done == 0:
+            self._unstarted -= request.n
 
-    def _take_fitting(self, batch: list[_Request], size: int) -> int:
-        """Move waiting requests that fit into ``batch``, in order; returns the new size."""
+    def _take(self, batch: list[_Part], size: int) -> int:
+        """Move rows of waiting requests into ``batch``, in queue order; returns the new size.
+
+        The head request joins whole if it fits; one larger than ``max_batch_size`` gives the
+        rows that fit (the rest waits at the back of the queue, see ``_run``); otherwise the
+        batch is complete (the head waits for the next batch rather than being skipped).
+        """
         while self._pending and size < self.max_batch_size:
             head = self._pending[0]
-            if head.future.done():  # cancelled while waiting: drop it
+            if head.future.done():  # cancelled while waiting (client gone): drop it
                 self._pending.popleft()
-                self._queued -= head.n
+                self._drop(head)
                 continue
-            if size + head.n > self.max_batch_size or not head.fits_with(batch[0]):
-                break  # FIFO: the head waits for the next batch rather than being skipped
-            batch.append(self._pop())
-            size += head.n
+            room = self.max_batch_size - size
+            if batch and not head.fits_with(batch[0].request):
+                break
+            if head.left > room and head.n <= self.max_batch_size:
+                break  # a request that fits in one batch is never split
+            take = min(room, head.left)
+            self._pending.popleft()
+            self._drop(head)  # the rows it keeps come back to the queue after this batch ran
+            batch.append(_Part(head, head.done, head.done + take))
+            head.done += take
+            size += take
         return size
 
     async def _collect(self) -> None:
@@ -204,14 +268,14 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         while True:
             self._arrived.clear()
-            first = self._pop()
-            if first is None:
+            batch: list[_Part] = []
+            size = self._take(batch, 0)
+            if not batch:
                 if self._closing:
                     return
                 await self._arrived.wait()
                 continue
-            batch = [first]
-            size = self._take_fitting(batch, first.n)
+            first = batch[0].request
             under_load = first.enqueued < self._last_done or len(batch) > 1
             deadline = first.enqueued + self.max_wait
             while (under_load and size < self.max_batch_size and not self._closing and
@@ -224,24 +288,32 @@ class DynamicBatcher:
                     except TimeoutError:
                         break
                 before = size
-                size = self._take_fitting(batch, size)
+                size = self._take(batch, size)
                 if size == before and self._pending:
                     break  # the next request does not fit: run what we have
             await self._run(loop, batch, size)
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Request], size: int) -> None:
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Part], size: int) -> None:
         started = time.perf_counter()
-        waits = [started - r.enqueued for r in batch]
+        waits = [started - p.request.enqueued for p in batch if p.start == 0]
         try:
-            outputs = await loop.run_in_executor(self._executor, self._execute, [r.x for r in batch])
+            outputs = await loop.run_in_executor(self._executor, self._execute, [p.x for p in batch])
         except Exception as err:  # fn failed: every request of this batch gets its error
-            for r in batch:
-                if not r.future.done():
-                    r.future.set_exception(err)
+            for p in batch:
+                if not p.request.future.done():
+                    p.request.future.set_exception(err)
         else:
-            for r, out in zip(batch, outputs):
-                if not r.future.done():
-                    r.future.set_result(out)
+            for p, out in zip(batch, outputs):
+                p.request.parts.append(out)
+                if p.last and not p.request.future.done():
+                    p.request.future.set_result(_join(p.request.parts))
+        for p in batch:  # the rest of a large request goes behind the requests that arrived meanwhile
+            request = p.request
+            if request.left and not request.future.done():
+                self._pending.append(request)
+                self._queued += request.left
+            elif request.left:  # failed or cancelled: its other chunks never run
+                request.done = request.n
         self._last_done = time.perf_counter()
         elapsed = self._last_done - started
         self._batch_seconds = elapsed if self._batch_seconds is None else 0.8 * self._batch_seconds + 0.2 * elapsed

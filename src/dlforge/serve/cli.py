@@ -4,22 +4,25 @@ Example::
 
     dlforge serve --registry sqlite:///registry/registry.db --port 8000
     dlforge serve --model iris --max-batch-size 64 --max-wait-ms 5
+    dlforge serve --header-timeout 10 --body-timeout 30 --keep-alive 5 --max-connections 900
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import List, Optional
 
 import typer
 
+from dlforge._console import friendly
 from dlforge.serve.settings import ServeSettings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+_DEFAULT = {name: field.default for name, field in ServeSettings.model_fields.items()}
 
 
+@friendly  # input errors (a bad option, too low an open-files limit): a message, a hint, exit 2
 def serve_command(
     registry: Optional[str] = typer.Option(None, "--registry", help="registry database: a SQLAlchemy URL or a "
                                            "file path (default: $DLFORGE_REGISTRY or registry/registry.db)"),
@@ -37,13 +40,22 @@ def serve_command(
     model: Optional[List[str]] = typer.Option(None, "--model", help="serve only this model (repeat for several)"),
     quantize: str = typer.Option("none", "--quantize", help="none, or int8: dynamic int8 Linear layers "
                                  "applied at load (CPU; faster for wide layers, see lab topic 30)"),
+    max_tokens: int = typer.Option(_DEFAULT["max_tokens"], "--max-tokens", min=1, help="text tokens per predict "
+                                   "request, after truncation (413 above)"),
+    header_timeout: float = typer.Option(_DEFAULT["header_timeout_s"], "--header-timeout", min=0.01, help="seconds "
+                                         "a client has to send a request's line and headers (slow clients: closed)"),
+    body_timeout: float = typer.Option(_DEFAULT["body_timeout_s"], "--body-timeout", min=0.01, help="seconds a "
+                                       "request's whole body has to arrive (408; uploads: between reads)"),
+    keep_alive: float = typer.Option(_DEFAULT["keep_alive_s"], "--keep-alive", min=0.01, help="seconds an idle "
+                                     "keep-alive connection stays open"),
+    max_connections: Optional[int] = typer.Option(None, "--max-connections", min=1, help="open connections at "
+                                                  "most (default: what the open-files limit leaves, see "
+                                                  "docs/production.md); beyond it the longest-idle one is closed"),
     log_level: str = typer.Option("info", "--log-level", help="one of " + ", ".join(LOG_LEVELS)),
 ) -> None:
     """Serve the registry's models over HTTP (FastAPI + uvicorn, one worker)."""
-    import uvicorn
-
     from dlforge.errors import ConfigError
-    from dlforge.serve.main import create_app
+    from dlforge.serve.server import run
 
     if log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"unknown log level {log_level!r}", hint="use one of " + ", ".join(LOG_LEVELS))
@@ -51,7 +63,9 @@ def serve_command(
         raise ConfigError(f"unknown --quantize {quantize!r}", hint="use none or int8")
     settings = ServeSettings(registry=registry, artifacts=artifacts, host=host, port=port, require_keys=not no_auth,
                              max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                             poll_interval=poll_interval, models=list(model) if model else None, quantize=quantize)
+                             poll_interval=poll_interval, models=list(model) if model else None, quantize=quantize,
+                             max_tokens=max_tokens, header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+                             keep_alive_s=keep_alive, max_connections=max_connections)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if no_auth:
         typer.secho("warning: --no-auth: every route, admin ones included, is open to whoever reaches "
@@ -59,24 +73,11 @@ def serve_command(
     if host not in LOOPBACK:
         typer.echo(f"note: binding {host}: the server is reachable from the network"
                    + ("" if no_auth else "; every request needs an API key (dlforge keys create)"), err=True)
-    # One worker: the models, batchers and A/B records live in this process (scale with replicas).
-    uvicorn.run(create_app(settings), host=host, port=port, workers=1, log_level=log_level.lower())
+    run(settings, log_level=log_level.lower())  # one worker; the connection limits are in serve/server.py
 
 
 def main() -> None:
     """``python -m dlforge.serve``: the same options as ``dlforge serve``."""
-    from dlforge.errors import DlforgeError
-
-    @functools.wraps(serve_command)
-    def command(**kwargs) -> None:
-        try:
-            serve_command(**kwargs)
-        except DlforgeError as err:
-            typer.secho(f"error: {err.message}", fg=typer.colors.RED, err=True)
-            if err.hint:
-                typer.echo(f"hint: {err.hint}", err=True)
-            raise typer.Exit(code=2) from None
-
     app = typer.Typer(add_completion=False)
-    app.command()(command)
+    app.command()(serve_command)
     app()

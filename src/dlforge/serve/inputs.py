@@ -20,7 +20,11 @@ forecaster's series scale) through ``Artifact.encode``, exactly as ``dlforge pre
 Python do, so a client sends what it would give ``dlforge predict``, never scaled values.
 Strings are never read as file paths: the server opens no file a client names.
 NaN and infinity are rejected (Python's ``json`` writes and reads them), and so is a
-sample that overflows float32 once scaled and standardised.
+value that overflows float32 once scaled and standardised (the 422 names its cell or
+column). JSON ``true``/``false`` are not numbers, wherever they stand (numpy would read
+them as 1 and 0), and text must be valid Unicode: a lone surrogate (``"\\ud800"``) is refused.
+:func:`check_tokens` caps the text tokens of one request (413) and :func:`check_outputs`
+refuses non-finite model outputs, so no answer carries null probabilities.
 
 Example:
     >>> import tempfile
@@ -53,6 +57,7 @@ from fastapi.exceptions import RequestValidationError
 from dlforge.data import encode_array
 from dlforge.data.image_folder import ImageTooLargeError
 from dlforge.data.preprocess import pixel_layouts
+from dlforge.data.tabular import feature_names
 from dlforge.errors import DlforgeError
 from dlforge.registry.artifact import Artifact
 from dlforge.registry.reference import out_of_range
@@ -61,6 +66,10 @@ from dlforge.serve.security import ApiError
 MAX_ERRORS = 10  # a 422 lists at most this many fields: a huge bad request must not echo back
 MAX_WARNINGS = 20  # a response lists at most this many out-of-range warnings
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+OVERFLOW = ("overflows float32 once scaled and standardised as in training; "
+            "send values in the training data's own range")
+NON_FINITE_OUTPUT = ("the model produced a non-finite output (NaN or infinity) for this input; its values "
+                     "are likely far outside the training range: check their units")
 
 
 class _Invalid(Exception):
@@ -130,10 +139,11 @@ class InputSpec:
 
 def encode_inputs(spec: InputSpec, artifact: Artifact, inputs: list[Any]) -> torch.Tensor:
     """The model-ready tensor ``(N, *spec.shape)`` for ``inputs``; RequestValidationError if any item is bad."""
-    x = _fast_batch(spec, artifact, inputs)
-    if x is None:
-        x = _item_by_item(spec, artifact, inputs)
-    _check_finite(x)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # overflow is refused just below
+        x = _fast_batch(spec, artifact, inputs)
+        if x is None:
+            x = _item_by_item(spec, artifact, inputs)
+    _check_finite(x, artifact, inputs)
     return x
 
 
@@ -150,13 +160,16 @@ def _item_by_item(spec: InputSpec, artifact: Artifact, inputs: list[Any]) -> tor
     errors: list[tuple[tuple[int | str, ...], str]] = []
     rows: list[torch.Tensor | None] = [None] * len(inputs)
     texts, text_at, records, record_at, images_at = [], [], [], [], []
+    encoding = artifact.preprocessing.get("encoding") or {}
+    numeric_columns = set(spec.columns) - set(encoding.get("categories") or {})
     for i, item in enumerate(inputs):
         try:
             if isinstance(item, str) and spec.kind == "text" and spec.has_tokenizer:
+                _check_text(item, (i,))
                 texts.append(item)
                 text_at.append(i)
             elif isinstance(item, dict) and spec.kind == "tabular" and spec.columns:
-                _check_record(item, (i,))
+                _check_record(item, (i,), numeric_columns)
                 records.append(item)
                 record_at.append(i)
             elif spec.kind == "image" and isinstance(item, (list, dict)):
@@ -190,14 +203,28 @@ def _item_by_item(spec: InputSpec, artifact: Artifact, inputs: list[Any]) -> tor
     return torch.stack(rows)  # type: ignore[arg-type]  # every slot is filled when there is no error
 
 
-def _check_finite(x: torch.Tensor) -> None:
+def _check_finite(x: torch.Tensor, artifact: Artifact, inputs: list[Any]) -> None:
     """Refuse samples that overflow once scaled and standardised (e.g. 3e38 divided by a std
     below 1): the model would answer NaN, and JSON would carry null probabilities."""
     if not torch.is_floating_point(x) or bool(torch.isfinite(x).all()):
         return
-    bad = (~torch.isfinite(x)).reshape(len(x), -1).any(dim=1).nonzero().flatten().tolist()
-    raise invalid([((i,), "a value overflows float32 once scaled and standardised as in training; "
-                          "send values in the training data's own range") for i in bad])
+    bad = ~torch.isfinite(x.reshape(len(x), -1))  # (N, values per sample)
+    rows = bad.any(dim=1).nonzero().flatten().tolist()[:MAX_ERRORS]
+    raise invalid([(_value_loc(i, int(bad[i].nonzero()[0]), tuple(x.shape[1:]), artifact, inputs[i]),
+                    f"a value {OVERFLOW}") for i in rows])
+
+
+def _value_loc(i: int, j: int, shape: tuple[int, ...], artifact: Artifact, item: Any) -> tuple[int | str, ...]:
+    """Where encoded value ``j`` of sample ``i`` came from: the cell of a numeric list sent in the
+    model's own layout, the column of a row object, else the sample."""
+    encoding = artifact.preprocessing.get("encoding") or {}
+    if isinstance(item, dict) and encoding.get("kind") == "tabular":
+        names = feature_names(list(encoding["columns"]), encoding.get("categories") or {},
+                              encoding.get("indicators") or ())
+        return (i, names[j]) if j < len(names) and names[j] in item else (i,)
+    if isinstance(item, list) and tuple(_shape_of(item)) == shape:
+        return (i, *(int(k) for k in np.unravel_index(j, shape)))
+    return (i,)
 
 
 def _standardise(x: torch.Tensor, artifact: Artifact) -> torch.Tensor:
@@ -217,7 +244,7 @@ def _numeric_batch(spec: InputSpec, inputs: list[Any]) -> torch.Tensor | None:
         arr = np.asarray(inputs)
     except (ValueError, TypeError, OverflowError):  # ragged or mixed lists
         return None
-    if arr.dtype.kind not in "iuf" or arr.shape[1:] != spec.shape:
+    if arr.dtype.kind not in "iuf" or arr.shape[1:] != spec.shape or _holds_bool(inputs, arr.ndim - 1):
         return None
     if spec.integer:
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr) & (np.mod(arr, 1) == 0)):
@@ -229,6 +256,14 @@ def _numeric_batch(spec: InputSpec, inputs: list[Any]) -> torch.Tensor | None:
     if not np.all(np.isfinite(x)):
         return None
     return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _holds_bool(items: list, depth: int) -> bool:
+    """Whether a rectangular nested list with ``depth`` list levels above its numbers holds a
+    JSON true/false: numpy reads them as 1 and 0, but a boolean is not a number."""
+    if depth == 0:
+        return bool in map(type, items)  # one C-level pass over a row of numbers
+    return any(_holds_bool(sub, depth - 1) for sub in items)
 
 
 def _numeric_item(spec: InputSpec, item: list, loc: tuple[int | str, ...]) -> torch.Tensor:
@@ -289,6 +324,8 @@ def _pixel_batch(artifact: Artifact, inputs: list[Any]) -> torch.Tensor | None:
         return None
     if arr.dtype.kind not in "iuf" or arr.ndim < 3 or not np.all(np.abs(arr) <= FLOAT32_MAX):
         return None  # (also refuses NaN); the item-by-item path names the field
+    if _holds_bool(inputs, arr.ndim - 1):
+        return None
     try:
         return artifact.encode(arr)
     except DlforgeError:
@@ -326,36 +363,62 @@ def _encode_texts(artifact: Artifact, texts: list[str]) -> torch.Tensor:
     return artifact.encode(texts)  # (N, max_len) int64 ids, the stored tokenizer
 
 
-def _check_record(record: dict, loc: tuple[int | str, ...]) -> None:
+def _check_text(text: str, loc: tuple[int | str, ...]) -> None:
+    problem = text_problem(text)
+    if problem:
+        raise _Invalid(loc, problem)
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode text (a lone surrogate, which JSON's ``\\ud800`` escape
+    can carry but UTF-8 cannot), or None. The text itself is never echoed.
+
+    Example:
+        >>> text_problem("a fine film") is None, text_problem("bad \\ud800")[:40]
+        (True, 'not valid Unicode: a lone surrogate U+D8')
+    """
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return (f"not valid Unicode: a lone surrogate U+{ord(text[err.start]):04X} at character {err.start} "
+                "(a \\ud800-\\udfff escape must be half of a pair); send UTF-8 text")
+    return None
+
+
+def _check_record(record: dict, loc: tuple[int | str, ...], numeric_columns: set[str]) -> None:
     for column, value in record.items():
+        if text_problem(column):  # not echoed in the field's path either: JSON could not carry it
+            raise _Invalid(loc, "a column name is not valid Unicode (a lone surrogate); send UTF-8 text")
         if value is not None and not isinstance(value, (str, int, float, bool)):
             raise _Invalid((*loc, column), f"expected a string, a number or null, got {_type_name(value)}")
+        if isinstance(value, bool) and column in numeric_columns:
+            raise _Invalid((*loc, column), "expected a number, got a boolean (the column is numeric)")
         if isinstance(value, float) and not math.isfinite(value):
             raise _Invalid((*loc, column), "not a finite number")
+        if isinstance(value, str):
+            _check_text(value, (*loc, column))
 
 
 def _encode_records(
     artifact: Artifact, records: list[dict], where: list[int]
 ) -> tuple[list[torch.Tensor], list[tuple[tuple[int | str, ...], str]]]:
-    """Raw rows through the stored preprocessing; on failure, row by row to name the bad one."""
+    """Raw rows through the stored preprocessing; on failure, row by row to name the bad one.
+    (Values that overflow once standardised come back as they are: the caller names their column.)"""
     try:
-        x = artifact.encode(records)  # (N, F)
-        if bool(torch.isfinite(x).all()):
-            return list(x), []
+        return list(artifact.encode(records)), []  # (N, F)
     except DlforgeError:
         pass
-    errors = []
+    rows, errors = [], []
     for i, record in zip(where, records):
         try:
-            row = artifact.encode([record])
+            rows.append(artifact.encode([record])[0])
         except DlforgeError as err:
             errors.append(((i,), _without_source(err)))
-        else:
-            if not bool(torch.isfinite(row).all()):
-                errors.append(((i,), "not a finite number in this row"))
         if len(errors) >= MAX_ERRORS:
             break
-    return [], errors
+    return ([], errors) if errors else (rows, [])
 
 
 def _without_source(err: DlforgeError) -> str:
@@ -379,3 +442,49 @@ def range_warnings(artifact: Artifact, x: torch.Tensor) -> list[dict[str, Any]]:
         w["message"] = (f"inputs[{w['input']}]: {w['feature']} reaches {w['value']:.4g} (standardised), far outside "
                         f"the training range [{lo:.4g}, {hi:.4g}]; answered, but check its units")
     return found
+
+
+# ---------------------------------------------------------------------- bounds and outputs
+def check_tokens(artifact: Artifact, x: torch.Tensor, max_tokens: int) -> None:
+    """Refuse (413) a text request whose token ids, padding excluded, exceed ``max_tokens`` in all.
+
+    Tokens are counted after tokenisation and truncation to the model's ``max_len``, over every
+    item (texts and token-id lists alike); other models pass.
+
+    Example:
+        >>> check_tokens(text_art, torch.tensor([[101, 7592, 102, 0]] * 3), max_tokens=8)  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        dlforge.serve.security.ApiError: 413: this request holds 9 text tokens ...
+    """
+    if x.dtype != torch.int64 or x.numel() <= max_tokens:
+        return
+    pad = (artifact.preprocessing.get("encoding") or {}).get("pad_id")
+    per_item = (x != pad).sum(dim=1) if pad is not None else torch.full((len(x),), x.shape[1])
+    total = int(per_item.sum())
+    if total <= max_tokens:
+        return
+    longest = int(per_item.max())
+    fit = max_tokens // longest
+    hint = (f"split the inputs into requests of at most {fit} items (the longest holds {longest} tokens)"
+            if fit else f"one item holds {longest} tokens: ask the operator to raise the server's max_tokens")
+    raise ApiError(413, "payload_too_large", f"this request holds {total} text tokens after tokenisation and "
+                   f"truncation, above this server's cap of {max_tokens} per request", hint=hint)
+
+
+def check_outputs(outputs: dict[str, Any]) -> None:
+    """Refuse (422) the samples whose probabilities or values are NaN or infinite, naming them:
+    an answer must never carry null numbers.
+
+    Example:
+        >>> check_outputs({"values": torch.tensor([[1.0], [float("nan")]])})
+        Traceback (most recent call last):
+        ...
+        fastapi.exceptions.RequestValidationError: 1 validation error:
+          {'loc': ('body', 'inputs', 1), 'msg': 'the model produced a non-finite output ...', 'type': 'value_error'}
+    """
+    out = outputs.get("probabilities", outputs.get("values"))
+    if not isinstance(out, torch.Tensor) or bool(torch.isfinite(out).all()):
+        return
+    bad = (~torch.isfinite(out.reshape(len(out), -1))).any(dim=1).nonzero().flatten().tolist()
+    raise invalid([((i,), NON_FINITE_OUTPUT) for i in bad])

@@ -254,8 +254,8 @@ class DriftMonitor:
                 elif pred.get("kind") == "values" and pred.get("samples"):
                     self._prediction = _Feature(pred["samples"], bins)
             except (KeyError, TypeError, ValueError, AttributeError) as err:  # serve anyway, without drift
-                self._broken = f"the stored reference statistics are malformed ({type(err).__name__}: {err})"
-                logger.warning("model %s: %s", name or "?", self._broken)
+                self._broken = "the stored reference statistics are malformed"
+                logger.warning("model %s: %s (%r)", name or "?", self._broken, err)
 
     def observe(self, x: torch.Tensor, preprocessing: dict, outputs: dict) -> None:
         """Add one request's model-ready inputs ``x`` and its ``outputs`` (Artifact.predict's dict)."""

@@ -10,6 +10,11 @@ queues). A poll loop calls ``refresh`` whenever ``registry.revision()`` changes,
 alias moved by another process (``dlforge registry alias``, another replica) takes
 effect within ``poll_interval`` seconds.
 
+A version that fails to load (a damaged blob, an artifact from a newer dlforge) is marked
+*unhealthy* with the reason and skipped: every other version keeps loading and swapping,
+the server still starts, and a request routed to it answers 503 with the reason. The load
+is retried only once the registry's revision has changed, not on every refresh.
+
 Example:
     >>> pool = ModelPool(registry, settings, metrics)  # doctest: +SKIP
     >>> await pool.refresh(force=True)                  # doctest: +SKIP
@@ -33,7 +38,7 @@ import torch
 from pydantic import ValidationError
 
 from dlforge.compress import quantize_dynamic_int8
-from dlforge.errors import DlforgeError, NotFoundError
+from dlforge.errors import DlforgeError, NotFoundError, UnavailableError
 from dlforge.registry.artifact import Artifact, load_artifact
 from dlforge.registry.store import ModelVersion, Registry
 from dlforge.serve.batching import DynamicBatcher
@@ -86,6 +91,7 @@ class _Table:
     latest: dict[str, int] = field(default_factory=dict)
     traffic: dict[str, TrafficConfig | None] = field(default_factory=dict)
     missing: tuple[str, ...] = ()  # served names with no loadable version (the pool is not ready)
+    unhealthy: dict[str, dict[int, str]] = field(default_factory=dict)  # name -> version -> why it did not load
 
 
 def _predict_fn(artifact: Artifact, drift: DriftMonitor):
@@ -95,6 +101,9 @@ def _predict_fn(artifact: Artifact, drift: DriftMonitor):
     def run(x: torch.Tensor) -> dict[str, Any]:
         with torch.inference_mode():
             outputs = artifact.predict(x)
+        out = outputs.get("probabilities", outputs.get("values"))
+        if isinstance(out, torch.Tensor) and not bool(torch.isfinite(out).all()):
+            return outputs  # refused by the route (422); kept out of the drift window
         try:  # monitoring must never fail a prediction
             drift.observe(x, preprocessing, outputs)
         except Exception:
@@ -117,6 +126,8 @@ class ModelPool:
         self._lock = asyncio.Lock()
         self._rng = random.Random()
         self._loaded_series: set[tuple[str, str, str]] = set()
+        # (name, version, sha256) -> (revision it failed at, reason): not retried until the revision moves
+        self._failed: dict[tuple[str, int, str], tuple[int, str]] = {}
 
     # ------------------------------------------------------------------ refresh
     async def refresh(self, force: bool = False) -> None:
@@ -130,7 +141,7 @@ class ModelPool:
             state = await asyncio.to_thread(self._read_registry)
             old = self._table
             loaded = {name: dict(versions) for name, versions in old.models.items()}
-            missing = []
+            missing, unhealthy, failed = [], {}, {}
             for name, (versions, aliases, _) in state.items():
                 by_number = {mv.version: mv for mv in versions}
                 wanted = sorted({*aliases.values(), versions[-1].version} & by_number.keys())
@@ -141,9 +152,18 @@ class ModelPool:
                     if v in current and current[v].sha256 == mv.sha256:
                         fresh[v] = current[v]
                         continue
-                    model = await self._load(mv)
-                    if model is not None:
-                        fresh[v] = model
+                    key = (name, v, mv.sha256)
+                    failure = self._failed.get(key)
+                    if failure is None or failure[0] != revision:  # retried only once the registry changed
+                        try:
+                            fresh[v] = await self._load(mv)
+                            continue
+                        except Exception as err:  # one bad version must not stop the others
+                            failure = (revision, self._reason(err, mv))
+                            log.error("cannot load %s v%d, marked unhealthy until the registry changes: %s",
+                                      name, v, err)
+                    failed[key] = failure
+                    unhealthy.setdefault(name, {})[v] = failure[1]
                 loaded[name] = fresh
                 if not fresh:
                     missing.append(name)
@@ -156,8 +176,9 @@ class ModelPool:
                 latest={name: versions[-1].version for name, (versions, _, _) in state.items()},
                 traffic={name: traffic for name, (_, _, traffic) in state.items()},
                 missing=tuple(sorted(set(missing))),
+                unhealthy=unhealthy,
             )
-            self._table = table  # the hot swap: one assignment
+            self._table, self._failed = table, failed  # the hot swap: one assignment
             self._revision, self._refreshed = revision, True
             self._update_loaded_gauge(table)
             keep = {id(m) for versions in models.values() for m in versions.values()}
@@ -190,17 +211,13 @@ class ModelPool:
             state[name] = (versions, aliases, traffic)
         return state
 
-    async def _load(self, mv: ModelVersion) -> LoadedModel | None:
-        """Load one version and start its batcher; None (logged) when the artifact cannot be loaded."""
+    async def _load(self, mv: ModelVersion) -> LoadedModel:
+        """Load one version and start its batcher; raises whatever loading the artifact raised."""
         started = time.perf_counter()
-        try:
-            artifact = await asyncio.to_thread(load_artifact, mv.path)
-            if self.settings.quantize == "int8":  # the stored artifact stays fp32
-                artifact.model = await asyncio.to_thread(quantize_dynamic_int8, artifact.model)
-            inputs = InputSpec.of(artifact)
-        except (DlforgeError, OSError, KeyError, ValueError) as err:
-            log.error("cannot load %s v%d: %s", mv.name, mv.version, err)
-            return None
+        artifact = await asyncio.to_thread(load_artifact, mv.path)
+        if self.settings.quantize == "int8":  # the stored artifact stays fp32
+            artifact.model = await asyncio.to_thread(quantize_dynamic_int8, artifact.model)
+        inputs = InputSpec.of(artifact)
         name, version = mv.name, mv.version
         drift = DriftMonitor(
             artifact.meta.get("training", {}).get("reference"),
@@ -220,6 +237,13 @@ class ModelPool:
         return LoadedModel(name=name, version=version, sha256=mv.sha256, created=mv.created,
                            artifact=artifact, batcher=batcher, drift=drift, inputs=inputs)
 
+    def _reason(self, err: Exception, mv: ModelVersion) -> str:
+        """Why ``mv`` did not load, fit for a client: storage paths are replaced by file names."""
+        text = err.message if isinstance(err, DlforgeError) else "its model.json or weights are malformed"
+        for path, shown in ((mv.path, "the artifact"), (self.registry.artifacts, "the artifacts folder")):
+            text = text.replace(f"{path}/", "").replace(str(path), shown)
+        return f"its stored artifact does not load: {text}"
+
     async def _retire(self, model: LoadedModel) -> None:
         """Stop a model once no request holds it; its batcher drains what is queued."""
         deadline = time.monotonic() + RETIRE_TIMEOUT_S
@@ -230,14 +254,18 @@ class ModelPool:
 
     async def poll(self) -> None:
         """Refresh whenever the registry's revision changes (run as a task by the app's lifespan)."""
+        last_error = None
         while True:
             await asyncio.sleep(self.settings.poll_interval)
             try:
                 await self.refresh()
+                last_error = None
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a registry hiccup must not end polling; the next round retries
-                log.exception("registry poll failed")
+            except Exception as err:  # a registry hiccup must not end polling; the next round retries
+                if str(err) != last_error:  # once per distinct failure, not every poll_interval
+                    log.exception("registry poll failed (logged again only when the error changes)")
+                last_error = str(err)
 
     async def close(self) -> None:
         """Stop every batcher (draining queued requests)."""
@@ -254,42 +282,63 @@ class ModelPool:
 
         An explicit version (label ``"version:N"``) or alias (label: the alias) wins; else
         the model's traffic config picks an alias (sticky per ``sticky_id``); else the
-        ``production`` alias; else the latest version (label ``"latest"``).
+        ``production`` alias; else the latest version (label ``"latest"``). A choice that
+        lands on an unhealthy version raises UnavailableError (503) with the reason.
         """
         table = self._table
-        versions = table.models.get(name)
-        if not versions:
+        versions, unhealthy = table.models.get(name), table.unhealthy.get(name, {})
+        if not versions and not unhealthy:
             raise NotFoundError(f"model {name!r} is not served here",
                                 hint="GET /v1/models lists the served models")
+        versions = versions or {}
+
+        def served(v: int, label: str) -> LoadedModel:
+            if v in unhealthy:
+                raise UnavailableError(f"version {v} of {name!r} ({label}) cannot be served: {unhealthy[v]}",
+                                       hint="point the alias at a version that loads, or register the model "
+                                            f"again; GET /v1/models/{name} lists its versions")
+            return versions[v]
+
         aliases = table.aliases.get(name, {})
         if version is not None:
-            if version not in versions:
+            if version not in versions and version not in unhealthy:
                 raise NotFoundError(
                     f"version {version} of {name!r} is not loaded (loaded: {sorted(versions)})",
                     hint="the server loads the latest version and every aliased one: point an alias at it")
-            return versions[version], f"version:{version}", None
+            return served(version, f"version:{version}"), f"version:{version}", None
         if alias is not None:
-            if alias not in aliases or aliases[alias] not in versions:
+            if alias not in aliases or aliases[alias] not in {*versions, *unhealthy}:
                 raise NotFoundError(f"model {name!r} has no alias {alias!r} (aliases: {sorted(aliases)})",
                                     hint="set it with PUT /v1/models/{name}/aliases/{alias}")
-            return versions[aliases[alias]], alias, None
+            return served(aliases[alias], alias), alias, None
         config = table.traffic.get(name)
         if config is not None:
             chosen = choose_variant(config, name, sticky_id, self._rng)
-            if chosen in aliases and aliases[chosen] in versions:
-                shadow = None
+            if chosen in aliases and aliases[chosen] in {*versions, *unhealthy}:
+                model, shadow = served(aliases[chosen], chosen), None
                 if config.shadow and aliases.get(config.shadow) in versions and aliases[config.shadow] != aliases[chosen]:
                     shadow = versions[aliases[config.shadow]]
-                return versions[aliases[chosen]], chosen, shadow
+                return model, chosen, shadow
             log.warning("traffic config of %s names alias %r, which is not set; using the default", name, chosen)
-        if "production" in aliases and aliases["production"] in versions:
-            return versions[aliases["production"]], "production", None
-        latest = table.latest[name] if table.latest.get(name) in versions else max(versions)
-        return versions[latest], "latest", None
+        if "production" in aliases and aliases["production"] in {*versions, *unhealthy}:
+            return served(aliases["production"], "production"), "production", None
+        latest = table.latest.get(name)
+        if latest not in {*versions, *unhealthy}:
+            latest = max(versions or unhealthy)
+        return served(latest, "latest"), "latest", None
 
     def loaded(self, name: str) -> dict[int, LoadedModel]:
         """version -> loaded model for ``name`` (empty if none)."""
         return dict(self._table.models.get(name, {}))
+
+    def unhealthy(self, name: str) -> dict[int, str]:
+        """version -> why it did not load (no paths), for the versions of ``name`` that failed to load.
+
+        Example:
+            >>> pool.unhealthy("iris")  # doctest: +SKIP
+            {3: 'its stored artifact does not load: model.safetensors is not a readable safetensors file: ...'}
+        """
+        return dict(self._table.unhealthy.get(name, {}))
 
     def traffic(self, name: str) -> TrafficConfig | None:
         """The A/B traffic config in force for ``name`` (None: no split)."""
@@ -306,7 +355,8 @@ class ModelPool:
         return self._refreshed and not self._table.missing
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """Per served model: loaded versions (with their aliases and queue), aliases, traffic (no paths)."""
+        """Per served model: loaded versions (with their aliases and queue), aliases, traffic and
+        unhealthy versions with their reasons (no paths)."""
         table = self._table
         out = []
         for name in sorted(table.models):
@@ -317,6 +367,7 @@ class ModelPool:
                 "latest": table.latest.get(name),
                 "aliases": dict(sorted(aliases.items())),
                 "traffic": None if traffic is None else traffic.model_dump(),
+                "unhealthy": [{"version": v, "reason": r} for v, r in sorted(table.unhealthy.get(name, {}).items())],
                 "versions": [
                     {"version": v, "aliases": sorted(a for a, av in aliases.items() if av == v),
                      "latest": v == table.latest.get(name), "task": m.artifact.task,

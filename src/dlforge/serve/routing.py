@@ -23,7 +23,7 @@ import math
 import random
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any
 
@@ -157,6 +157,7 @@ class _Record:
     predictions: list
     indices: list[int] | None
     latency_s: float
+    correlation_id: str | None = None  # the client's own X-Request-Id, kept only to join logs
     feedback: int = 0  # labelled samples
     correct: int = 0
 
@@ -176,6 +177,9 @@ def _is_correct(label: Any, prediction: Any, index: int | None) -> bool:
 class Experiment:
     """Requests, feedback and A/B statistics of one model, over its last ``max_records`` requests.
 
+    Records are keyed by the id the server gave the request (never a client-chosen one:
+    two clients picking the same id would overwrite each other's record).
+
     Example:
         >>> exp = Experiment()
         >>> exp.record("r1", "production", 1, ["cat"], 0.004)
@@ -193,18 +197,33 @@ class Experiment:
         self._lock = threading.Lock()  # the server may record from a worker thread
 
     def record(self, request_id: str, variant: str, version: int, predictions: list, latency_s: float, *,
-               indices: list[int] | None = None) -> None:
+               indices: list[int] | None = None, correlation_id: str | None = None) -> None:
         """Remember a request's variant, predicted labels (one per sample) and latency.
 
-        ``indices`` (the predicted class indices) lets feedback name the class by index.
+        ``request_id`` is the server's id of the request; ``correlation_id`` (the client's
+        ``X-Request-Id``) is stored beside it. ``indices`` (the predicted class indices)
+        lets feedback name the class by index.
         """
         rec = _Record(variant, int(version), list(predictions), None if indices is None else list(indices),
-                      float(latency_s))
+                      float(latency_s), correlation_id)
         with self._lock:
             self._records[request_id] = rec
             self._records.move_to_end(request_id)
             while len(self._records) > self.max_records:
                 self._records.popitem(last=False)  # bounded memory: the oldest request goes
+
+    def record_of(self, request_id: str) -> dict[str, Any] | None:
+        """A copy of the record of request ``request_id`` (None if unknown or evicted).
+
+        Example:
+            >>> exp = Experiment()
+            >>> exp.record("r1", "production", 1, ["cat"], 0.004, correlation_id="client-7")
+            >>> exp.record_of("r1")["correlation_id"], exp.record_of("client-7")
+            ('client-7', None)
+        """
+        with self._lock:
+            rec = self._records.get(request_id)
+            return None if rec is None else asdict(rec)
 
     def feedback(self, request_id: str, label: Any) -> bool:
         """Record the true label(s) of an earlier request; False if the request is unknown (or evicted).

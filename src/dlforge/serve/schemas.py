@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, WithJsonSchema
 
+from dlforge.serve.inputs import text_problem
 from dlforge.serve.routing import TrafficConfig
 from dlforge.serve.security import ErrorBody, error_responses
 
@@ -61,7 +62,9 @@ class PredictRequest(_Strict):
         description="one raw item per sample, in the source's own units (GET /v1/models/{name} describes "
                     "the forms a model takes, with an example body): nested numbers (image pixels, series "
                     "windows, token ids), strings for text models, objects {column: value} for tabular "
-                    "models, {\"b64\": ...} images. At most the server's max_inputs items (1024 by default).")
+                    "models, {\"b64\": ...} images. JSON true/false are not numbers, and text must be valid "
+                    "Unicode (no lone surrogates). At most the server's max_inputs items (1024 by default) and, "
+                    "for text models, max_tokens tokens in all after truncation (32,768 by default; 413 above).")
     version: int | None = Field(None, ge=1, description="ask this version (it must be loaded); wins over alias")
     alias: str | None = Field(None, pattern=NAME_PATTERN, description="ask the version this alias points at")
 
@@ -95,7 +98,15 @@ class PredictResponse(_Strict):
                           "but check their units; counted in dlforge_out_of_range_inputs_total")
 
 
-Label = StrictStr | StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)]
+def _valid_text(text: str) -> str:
+    problem = text_problem(text)
+    if problem:
+        raise ValueError(problem)
+    return text
+
+
+Text = Annotated[StrictStr, AfterValidator(_valid_text)]  # no lone surrogates (JSON's "\\ud800")
+Label = Text | StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)]
 
 
 class FeedbackRequest(_Strict):

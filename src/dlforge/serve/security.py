@@ -2,7 +2,8 @@
 
 ``install_security(app)`` adds one pure ASGI middleware (it never buffers a body, so
 streaming and the tar.gz upload keep working) and the exception handlers. Every error the
-server sends has one shape and never carries a stack trace or a file-system path::
+server sends has one shape and never carries a stack trace, a file-system path, a URL,
+SQL or a Python class name (``scrub``, behind messages written clean at their source)::
 
     {"error": {"code": "not_found", "message": "...", "hint": "...", "fields": [...],
                "request_id": "3f2a..."}}
@@ -18,7 +19,14 @@ What the middleware refuses before the app sees the request:
   ``validate_name``: 400. (Starlette decodes ``%2F`` before routing, so this looks at the
   raw path.)
 
-Every response carries ``X-Request-Id`` (the client's, when it is sane, else a new one).
+and while the body is read: a body that has not fully arrived ``settings.body_timeout_s``
+after the request head (the upload route: no bytes for that long) is answered 408 with
+``Connection: close`` (header and idle timeouts are in ``serve/server.py``).
+
+Every response carries ``X-Request-Id``: an id the server generates (uuid4 hex), the key of
+any record kept about the request (quote it in feedback). A client's own ``X-Request-Id``
+(1-64 of ``A-Za-z0-9._-``) is only a correlation id: echoed as ``X-Correlation-Id``, logged
+with the server's id and stored beside the request's record, never used as a key.
 
 Example:
     >>> from fastapi import FastAPI
@@ -30,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -137,30 +146,87 @@ def scrub_paths(text: str) -> str:
     return _ABS_PATH.sub(short, text)
 
 
+# What a database driver or a stack trace may put in a message, in the order it is cut.
+_TRACEBACK = re.compile(r"Traceback \(most recent call last\):.*", re.DOTALL)
+_FRAME = re.compile(r"^[ \t]*File \".*$\n?", re.MULTILINE)
+_SQL_ECHO = re.compile(r"\[(?:SQL|parameters):.*?\]|\(Background on this error at:[^)]*\)", re.DOTALL)
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"`<>()\[\]{}]*")
+_SQL = re.compile(r"\b(?:SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP)\b"
+                  r"(?=[^\n]*\b(?:FROM|INTO|SET|TABLE|WHERE|VALUES)\b)[^\n]*")
+_MODULE_PATH = re.compile(r"\b(?:[a-z_][a-z0-9_]*\.){2,}[A-Z]\w*"  # package.module.Class
+                          r"|\b(?:[a-z_][a-z0-9_]*\.)+[A-Z]\w*(?:Error|Exception|Warning)\b"  # module.SomeError
+                          r"|\b(?:dlforge|sqlalchemy|sqlite3|psycopg2?)(?:\.\w+)+")
+_EXCEPTION = re.compile(r"\b[A-Z][A-Za-z0-9]*(?:Error|Exception)\b")
+_PY_FILE = re.compile(r"[\w.\\/~-]*[\\/][\w.-]+\.pyc?\b")
+
+
+def scrub(text: str) -> str:
+    """``text`` with everything internal cut out: what a client may see of an error.
+
+    Tracebacks, URLs with a scheme (database URLs and their credentials), SQL echoed by a
+    database driver, Python module paths and exception class names, source files and
+    absolute paths (see :func:`scrub_paths`). The messages are meant to be clean where they
+    are written; this is the second line of defence.
+
+    Example:
+        >>> scrub("(sqlalchemy.exc.OperationalError) the registry at sqlite:////srv/r.db failed "
+        ...       "[SQL: SELECT id FROM models]")
+        '(<internal>) the registry at <url> failed'
+        >>> scrub("not a valid archive (ReadError); see /v1/models")
+        'not a valid archive (error); see /v1/models'
+    """
+    text = _TRACEBACK.sub("", text)
+    text = _FRAME.sub("", text)
+    text = _SQL_ECHO.sub("", text)
+    text = _URL.sub("<url>", text)
+    text = _SQL.sub("<sql>", text)
+    text = _MODULE_PATH.sub("<internal>", text)
+    text = _EXCEPTION.sub("error", text)
+    text = _PY_FILE.sub("<path>", text)
+    return scrub_paths(text).strip()
+
+
 def error_body(code: str, message: str, *, hint: str | None = None, fields: list[dict[str, str]] | None = None,
                request_id: str | None = None) -> dict[str, Any]:
-    """The JSON error body (paths scrubbed; empty keys left out).
+    """The JSON error body (internals cut out with :func:`scrub`; empty keys left out).
 
     Example:
         >>> error_body("conflict", "alias 'production' points at version 2", hint="move it first")["error"]["hint"]
         'move it first'
     """
-    detail: dict[str, Any] = {"code": code, "message": scrub_paths(message)}
+    detail: dict[str, Any] = {"code": code, "message": scrub(message)}
     if hint:
-        detail["hint"] = scrub_paths(hint)
+        detail["hint"] = scrub(hint)
     if fields:
-        detail["fields"] = [{k: scrub_paths(v) for k, v in f.items()} for f in fields[:_MAX_FIELDS]]
+        detail["fields"] = [{k: scrub(v) for k, v in f.items()} for f in fields[:_MAX_FIELDS]]
     if request_id:
         detail["request_id"] = request_id
     return {"error": detail}
 
 
 def request_id(request: Request) -> str:
-    """The id the middleware gave this request (a fresh one where the middleware is absent)."""
+    """The id the server gave this request (a fresh one where the middleware is absent).
+
+    Always a server-generated uuid4 hex, never the client's ``X-Request-Id``: records keyed
+    by it (the A/B experiment's) cannot be overwritten by a client choosing the same id.
+    """
     rid = request.scope.setdefault("state", {}).get("request_id")
     if rid is None:
         rid = request.scope["state"]["request_id"] = uuid.uuid4().hex
     return rid
+
+
+def correlation_id(request: Request) -> str | None:
+    """The client's own ``X-Request-Id`` when it is usable (1-64 of ``A-Za-z0-9._-``), else None.
+
+    It is only echoed (``X-Correlation-Id``), logged and stored beside records; nothing is keyed by it.
+    """
+    return request.scope.get("state", {}).get("correlation_id")
+
+
+def _correlation_of(headers: Headers) -> str | None:
+    given = headers.get("x-request-id", "")
+    return given if _REQUEST_ID.fullmatch(given) else None
 
 
 def error_response(request: Request, status: int, code: str, message: str, *, hint: str | None = None,
@@ -173,18 +239,32 @@ def error_response(request: Request, status: int, code: str, message: str, *, hi
 
 
 # ----------------------------------------------------------------------------- handlers
+_ERROR_STATUS: tuple[tuple[type[DlforgeError], int, str], ...] = (
+    (NotFoundError, 404, "not_found"),
+    (ConflictError, 409, "conflict"),
+    (StorageError, 507, "insufficient_storage"),
+    (UnavailableError, 503, "unavailable"),
+)
+
+
+def status_of(exc: DlforgeError) -> tuple[int, str]:
+    """The HTTP status and error code of a dlforge error (the one mapping; metrics use it too).
+
+    Example:
+        >>> from dlforge.errors import ArtifactError, NotFoundError
+        >>> status_of(NotFoundError("no model 'x'")), status_of(ArtifactError("bad"))
+        ((404, 'not_found'), (400, 'artifact_error'))
+    """
+    for kind, status, code in _ERROR_STATUS:
+        if isinstance(exc, kind):
+            return status, code
+    # e.g. RegistryError -> "registry_error", ArtifactError -> "artifact_error"
+    return 400, re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+
+
 async def _dlforge_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DlforgeError)
-    if isinstance(exc, NotFoundError):
-        status, code = 404, "not_found"
-    elif isinstance(exc, ConflictError):
-        status, code = 409, "conflict"
-    elif isinstance(exc, StorageError):
-        status, code = 507, "insufficient_storage"
-    elif isinstance(exc, UnavailableError):
-        status, code = 503, "unavailable"
-    else:  # e.g. RegistryError -> "registry_error", ArtifactError -> "artifact_error"
-        status, code = 400, re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+    status, code = status_of(exc)
     return error_response(request, status, code, exc.message, hint=exc.hint)
 
 
@@ -216,7 +296,8 @@ async def _queue_full(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.error("unhandled error in request %s", request_id(request), exc_info=exc)
+    logger.error("unhandled error in request %s (correlation id %s)", request_id(request), correlation_id(request),
+                 exc_info=exc)
     return error_response(request, 500, "internal", "internal error")
 
 
@@ -269,16 +350,21 @@ class SecurityMiddleware:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        given = headers.get("x-request-id", "")
-        rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
+        rid, correlation = uuid.uuid4().hex, _correlation_of(headers)
+        scope.setdefault("state", {}).update(request_id=rid, correlation_id=correlation)
+        if correlation is not None:  # the only place the two ids meet: grep the log for either
+            logger.info("request %s has correlation id %s (%s %s)", rid, correlation, scope["method"],
+                        scope.get("path", ""))
         started = False
 
         async def send_with_id(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                MutableHeaders(scope=message)["X-Request-Id"] = rid
+                response_headers = MutableHeaders(scope=message)
+                response_headers["X-Request-Id"] = rid
+                if correlation is not None:
+                    response_headers["X-Correlation-Id"] = correlation
             await send(message)
 
         settings = getattr(getattr(scope.get("app"), "state", None), "settings", None) or ServeSettings()
@@ -292,16 +378,31 @@ class SecurityMiddleware:
             await JSONResponse(body, status_code=status)(scope, receive, send_with_id)
             return
 
-        received = 0
+        received, body_done = 0, False
+        loop = asyncio.get_running_loop()
+        body_deadline = loop.time() + settings.body_timeout_s
 
         async def capped_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done, body_deadline
+            if body_done:  # after the body only http.disconnect comes: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout_at(body_deadline):
+                    message = await receive()
+            except TimeoutError:  # e.g. a Content-Length larger than the bytes sent
+                raise ApiError(408, "request_timeout", "the request body did not arrive within "
+                               f"{settings.body_timeout_s:g} s", hint="send the whole body, as many bytes as "
+                               "Content-Length says", headers={"Connection": "close"}) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:  # chunked bodies have no Content-Length to check up front
                     raise ApiError(413, "payload_too_large", f"the request body is over {limit} bytes",
                                    hint="send a smaller body")
+                body_done = not message.get("more_body", False)
+                if upload:  # an upload may take minutes: its timeout runs between reads, not over the body
+                    body_deadline = loop.time() + settings.body_timeout_s
+            else:
+                body_done = True
             return message
 
         try:
@@ -309,7 +410,7 @@ class SecurityMiddleware:
         except Exception:
             if started:
                 raise
-            logger.exception("unhandled error in request %s", rid)
+            logger.exception("unhandled error in request %s (correlation id %s)", rid, correlation)
             body = error_body("internal", "internal error", request_id=rid)
             await JSONResponse(body, status_code=500)(scope, receive, send_with_id)
 

@@ -162,5 +162,5 @@ def extract_artifact_tar(data: bytes | BinaryIO, dest: Path, *, max_bytes: int,
         raise UploadError(f"archive member {_shown(member_name)} was refused by the tar safety filter",
                           hint=_HINT) from None
     except (tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError) as exc:
-        raise UploadError(f"the upload is not a valid tar.gz archive ({type(exc).__name__})", hint=_HINT) from None
+        raise UploadError("the upload is not a valid tar.gz archive", hint=_HINT) from None
     return _artifact_folder(dest)

@@ -15,8 +15,7 @@ Example:
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,8 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dlforge.errors import DlforgeError
 from dlforge.registry.artifact import load_artifact
+from dlforge.registry.disk import full_disk_as_storage_error
 from dlforge.registry.names import validate_name
 from dlforge.registry.store import ModelVersion, Registry
+from dlforge.registry.validate import check_artifact
 from dlforge.serve.dependencies import NAME_PATTERN, model_name, require_admin_key
 from dlforge.serve.inputs import InputSpec
 from dlforge.serve.routing import TrafficConfig
@@ -37,6 +38,7 @@ from dlforge.serve.security import ApiError, error_responses
 from dlforge.serve.upload import UploadError, extract_artifact_tar
 
 MAX_VERSION = 2**31 - 1  # database integer columns; larger numbers are simply unknown versions
+log = logging.getLogger("dlforge.serve")
 
 router = APIRouter(prefix="/v1/models", tags=["admin"], dependencies=[Depends(require_admin_key)],
                    responses=error_responses(400, 401, 403, 404, 422))
@@ -93,14 +95,21 @@ def _version_out(mv: ModelVersion, aliases: dict[str, int], loaded: bool) -> Adm
 
 
 def _check_loadable(folder: Path) -> None:
-    """Refuse an artifact the server could not serve, before anything is registered."""
+    """Refuse an artifact the server could not serve (check_artifact: sizes, finite weights and
+    statistics, class names, a smoke prediction), before anything is registered."""
     try:
+        check_artifact(folder)
         InputSpec.of(load_artifact(folder))
     except Exception as exc:  # any failure here means "not a usable artifact"
-        reason = exc.message if isinstance(exc, DlforgeError) else f"{type(exc).__name__} while reading it"
-        reason = reason.replace(str(folder) + "/", "").replace(str(folder), "the archive")  # no host paths
-        hint = "upload a folder written by save_artifact or `dlforge train` (its model/ folder)"
-        raise UploadError(f"the uploaded artifact cannot be loaded: {reason}", hint=hint) from None
+        def scrub(text: str) -> str:  # no host paths in the reply
+            return text.replace(str(folder) + "/", "").replace(str(folder), "the archive")
+
+        if not isinstance(exc, DlforgeError):  # the client gets no class name or traceback; the log does
+            log.warning("an uploaded artifact failed to load", exc_info=exc)
+        reason = exc.message if isinstance(exc, DlforgeError) else "its model.json or weights are malformed"
+        hint = exc.hint if isinstance(exc, DlforgeError) and exc.hint else \
+            "upload a folder written by save_artifact or `dlforge train` (its model/ folder)"
+        raise UploadError(f"the uploaded artifact cannot be loaded: {scrub(reason)}", hint=scrub(hint)) from None
 
 
 def _register(registry: Registry, archive: Path, work: Path, name: str, alias: str | None,
@@ -118,7 +127,7 @@ def _register(registry: Registry, archive: Path, work: Path, name: str, alias: s
 @router.post(
     "/{name}/versions", status_code=201, response_model=AdminVersion,
     summary="Upload a model artifact (tar.gz) as a new version",
-    responses=error_responses(413, 415),
+    responses=error_responses(413, 415, 507),
     openapi_extra={"requestBody": {"required": True, "description": (
         "a gzip tar of an artifact folder (model.json + model.safetensors, at the top level or inside one "
         "folder), e.g. `tar -czf model.tar.gz -C runs/iris model`"),
@@ -133,20 +142,24 @@ async def upload_version(
     if alias is not None:
         alias = validate_name(alias, "alias")  # before the upload is read: a bad alias registers nothing
     registry, settings = request.app.state.registry, request.app.state.settings
-    work = Path(tempfile.mkdtemp(prefix="dlforge-upload-"))
-    try:
-        archive, size = work / "upload.tar.gz", 0
-        with archive.open("wb") as f:
-            async for chunk in request.stream():  # the middleware caps the total at max_upload_bytes
-                size += len(chunk)
-                f.write(chunk)
-        if size == 0:
-            raise ApiError(400, "empty_body", "the upload is empty",
-                           hint="send the tar.gz as the request body with Content-Type: application/gzip")
-        mv, aliases = await run_in_threadpool(_register, registry, archive, work / "artifact", name, alias,
-                                              settings.max_upload_bytes)
-    finally:
-        await run_in_threadpool(shutil.rmtree, work, True)
+    # 507 on a full disk; the scratch folder is under the artifacts folder, so a restart after
+    # a crash mid-upload removes it (see dlforge.registry.disk)
+    with full_disk_as_storage_error("receiving the upload", hint="free some space on the server's artifacts disk "
+                                                                 "(or raise its quota) and upload again"):
+        scratch = await run_in_threadpool(registry.upload_folder)
+        try:
+            archive, size = scratch.path / "upload.tar.gz", 0
+            with archive.open("wb") as f:
+                async for chunk in request.stream():  # the middleware caps the total at max_upload_bytes
+                    size += len(chunk)
+                    f.write(chunk)
+            if size == 0:
+                raise ApiError(400, "empty_body", "the upload is empty",
+                               hint="send the tar.gz as the request body with Content-Type: application/gzip")
+            mv, aliases = await run_in_threadpool(_register, registry, archive, scratch.path / "artifact", name,
+                                                  alias, settings.max_upload_bytes)
+        finally:
+            await run_in_threadpool(scratch.remove)
     pool = request.app.state.pool
     await pool.refresh(force=True)
     return _version_out(mv, aliases, loaded=mv.version in pool.loaded(name))
@@ -162,7 +175,8 @@ async def delete_version(request: Request, name: Name,
     return Deleted(name=name, version=version)
 
 
-@router.put("/{name}/aliases/{alias}", response_model=AliasChange, summary="Point an alias at a version")
+@router.put("/{name}/aliases/{alias}", response_model=AliasChange, responses=error_responses(409),
+            summary="Point an alias at a version")
 async def set_alias(request: Request, name: Name, alias: AliasParam, body: AliasRequest) -> AliasChange:
     """Create or move ``alias``; the reply says where it pointed before."""
     alias = validate_name(alias, "alias")
@@ -171,7 +185,8 @@ async def set_alias(request: Request, name: Name, alias: AliasParam, body: Alias
     return AliasChange(name=name, alias=alias, version=body.version, previous=previous)
 
 
-@router.post("/{name}/rollback", response_model=AliasChange, summary="Move an alias back to its previous version")
+@router.post("/{name}/rollback", response_model=AliasChange, responses=error_responses(409),
+             summary="Move an alias back to its previous version")
 async def rollback(request: Request, name: Name, body: RollbackRequest) -> AliasChange:
     """Undo the last move of ``body.alias``."""
     alias, registry = validate_name(body.alias, "alias"), request.app.state.registry

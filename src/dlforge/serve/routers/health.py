@@ -1,7 +1,8 @@
 """Liveness, readiness and Prometheus metrics: open routes for load balancers and monitoring.
 
 ``/healthz`` answers while the process runs; ``/readyz`` only once the models are loaded
-(503 before, so a load balancer sends no traffic to a replica still loading);
+(503 before, so a load balancer sends no traffic to a replica still loading); its body adds
+``unhealthy`` (model, version, reason) when a version failed to load, so it is easy to see why;
 ``/metrics`` is the Prometheus text format of this app's own collector registry.
 """
 
@@ -27,11 +28,16 @@ async def healthz() -> HealthResponse:
 @router.get("/readyz", response_model=ReadyResponse,
             responses={503: {"model": ReadyResponse, "description": "models are still loading (or failed to)"}})
 async def readyz(pool: ModelPool = Depends(get_pool)) -> Response:
-    """200 with the served model names once every served model has a loaded version; 503 before."""
-    names = [m["name"] for m in pool.snapshot()]
-    if not pool.ready():
-        return JSONResponse(ReadyResponse(status="loading", models=names).model_dump(), status_code=503)
-    return JSONResponse(ReadyResponse(status="ready", models=names).model_dump())
+    """200 with the served model names once every served model has a loaded version; 503 before.
+
+    A version that failed to load is listed under ``unhealthy`` with the reason (no paths).
+    """
+    snapshot, ready = pool.snapshot(), pool.ready()
+    body = ReadyResponse(status="ready" if ready else "loading", models=[m["name"] for m in snapshot]).model_dump()
+    unhealthy = [{"model": m["name"], **u} for m in snapshot for u in m["unhealthy"]]
+    if unhealthy:  # only then, so a healthy replica's body stays {"status", "models"}
+        body["unhealthy"] = unhealthy
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics", response_class=Response,

@@ -5,7 +5,8 @@ Storage paths are never shown; a version is named by its number and content hash
 Example::
 
     GET /v1/models       -> [{"name": "iris", "latest_version": 2, "versions": 2,
-                              "aliases": {"production": 1, "candidate": 2}, "loaded_versions": [1, 2], ...}]
+                              "aliases": {"production": 1, "candidate": 2}, "loaded_versions": [1, 2],
+                              "unhealthy": [], ...}]
     GET /v1/models/iris  -> {"name": "iris", "versions": [{"version": 1, "sha256": "...", "metrics": {...},
                               "input_signature": {"shape": [null, 4], "dtype": "float32"},
                               "inputs": {"kind": "table", "columns": [...], "example": {"inputs": [...]}},
@@ -19,6 +20,7 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path
+from pydantic import BaseModel, Field
 
 from dlforge.errors import NotFoundError
 from dlforge.registry.artifact import META_FILE
@@ -32,12 +34,28 @@ from dlforge.serve.schemas import ModelDetail, ModelSummary, VersionInfo, error_
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(require_predict_key)])
 
 
-@router.get("", response_model=list[ModelSummary], responses=error_responses(401))
-def list_models(registry: Registry = Depends(get_registry), pool: ModelPool = Depends(get_pool)) -> list[ModelSummary]:
-    """Every registered model with its latest version, aliases and the versions loaded here."""
+class UnhealthyVersion(BaseModel):
+    """A version this server could not load: requests routed to it answer 503 with ``reason``."""
+
+    version: int
+    reason: str
+
+
+class ServedModel(ModelSummary):
+    """ModelSummary plus the versions that failed to load here."""
+
+    unhealthy: list[UnhealthyVersion] = Field(default_factory=list)
+
+
+@router.get("", response_model=list[ServedModel], responses=error_responses(401))
+def list_models(registry: Registry = Depends(get_registry), pool: ModelPool = Depends(get_pool)) -> list[ServedModel]:
+    """Every registered model with its latest version, aliases, the versions loaded here and
+    those that failed to load (``unhealthy``, with the reason)."""
     return [
-        ModelSummary(name=m["name"], latest_version=m["latest_version"], versions=m["versions"],
-                     aliases=m["aliases"], created=m.get("created"), loaded_versions=sorted(pool.loaded(m["name"])))
+        ServedModel(name=m["name"], latest_version=m["latest_version"], versions=m["versions"],
+                    aliases=m["aliases"], created=m.get("created"), loaded_versions=sorted(pool.loaded(m["name"])),
+                    unhealthy=[UnhealthyVersion(version=v, reason=why)
+                               for v, why in sorted(pool.unhealthy(m["name"]).items())])
         for m in registry.models()
     ]
 

@@ -13,6 +13,10 @@ Example (with ``requests``-like clients)::
     -> {"request_id": "9c1e...", "model": "iris", "version": 2, "variant": "production",
         "outputs": ["setosa"], "probabilities": [[0.97, 0.02, 0.01]], ...}
     POST /v1/models/iris/feedback {"request_id": "9c1e...", "label": "setosa"}
+
+``request_id`` is the server's id of the request (also its ``X-Request-Id`` header); a
+client's own ``X-Request-Id`` only comes back as ``X-Correlation-Id`` and is stored beside
+the record, so feedback quotes the server's id.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from dlforge.errors import ArtifactError, DlforgeError, NotFoundError
 from dlforge.registry.names import validate_name
 from dlforge.serve.batching import BatcherStoppedError, QueueFullError
 from dlforge.serve.dependencies import get_metrics, get_pool, model_name, require_predict_key
-from dlforge.serve.inputs import MAX_WARNINGS, encode_inputs, invalid, range_warnings
+from dlforge.serve.inputs import MAX_WARNINGS, check_outputs, check_tokens, encode_inputs, invalid, range_warnings
 from dlforge.serve.monitor import Metrics
 from dlforge.serve.pool import LoadedModel, ModelPool
 from dlforge.serve.schemas import (
@@ -45,7 +49,7 @@ from dlforge.serve.schemas import (
     PredictResponse,
     error_responses,
 )
-from dlforge.serve.security import ApiError
+from dlforge.serve.security import ApiError, correlation_id, status_of
 from dlforge.serve.security import request_id as request_id_of
 
 log = logging.getLogger("dlforge.serve")
@@ -70,7 +74,7 @@ async def predict(
     if len(body.inputs) > max_inputs:
         raise invalid([((), f"at most {max_inputs} inputs per request, got {len(body.inputs)}")])
     alias = None if body.alias is None else validate_name(body.alias, "alias")
-    request_id = request_id_of(request)  # the X-Request-Id the response carries too
+    request_id = request_id_of(request)  # the server's id (X-Request-Id of the response), never the client's
     # Unknown names are counted under one label: a scanner must not grow the metrics without bound.
     labels = {"model": name if pool.loaded(name) else UNKNOWN, "version": "", "variant": ""}
     metrics.in_flight.labels(labels["model"]).inc()
@@ -89,6 +93,7 @@ async def predict(
                         raise ArtifactError(f"{name} v{model.version} is a masked-LM model: it predicts masked "
                                             "tokens, not labels", hint="serve a model fine-tuned on a labelled task")
                     x = await _encode(model, body.inputs)
+                    check_tokens(model.artifact, x, request.app.state.settings.max_tokens)  # 413 above the cap
                     warnings = range_warnings(model.artifact, x)
                     if shadow is not None:
                         shadow.acquire()  # released by the shadow task
@@ -98,12 +103,14 @@ async def predict(
             except BatcherStoppedError:
                 if attempt == 1:
                     raise
+        check_outputs(outputs)  # a 422 naming the inputs, never a 200 with null numbers
         response = _response(model, outputs, request_id=request_id, variant=variant, started=started)
         if warnings:  # answered, but the client should check the units of these inputs
             response.warnings = [InputWarning(**w) for w in warnings[:MAX_WARNINGS]]
             metrics.out_of_range.labels(labels["model"]).inc(len({w["input"] for w in warnings}))
         pool.experiment(name).record(request_id, variant, model.version, response.outputs,
-                                     time.perf_counter() - started, indices=_indices(outputs))
+                                     time.perf_counter() - started, indices=_indices(outputs),
+                                     correlation_id=correlation_id(request))
         status = 200
         return response
     except Exception as err:
@@ -117,7 +124,7 @@ async def predict(
 @router.post("/{name}/feedback", response_model=FeedbackResponse, responses=error_responses(400, 401, 404, 422))
 async def feedback(body: FeedbackRequest, name: str = Depends(model_name),
                    pool: ModelPool = Depends(get_pool)) -> FeedbackResponse:
-    """Record the true label of an earlier request (by its ``request_id``)."""
+    """Record the true label of an earlier request (by the ``request_id`` its predict response gave)."""
     _served(pool, name)
     experiment = pool.experiment(name)
     if not experiment.feedback(body.request_id, body.label):
@@ -211,6 +218,7 @@ async def _shadow(pool: ModelPool, metrics: Metrics, model: LoadedModel, inputs:
     try:
         x = await _encode(model, inputs)
         outputs = await model.batcher.submit(x)
+        check_outputs(outputs)  # a shadow's non-finite answer is counted (422), not recorded
         answer = _response(model, outputs, request_id=request_id, variant=variant, started=started)
         pool.experiment(model.name).record(_shadow_id(request_id), variant, model.version, answer.outputs,
                                            time.perf_counter() - started, indices=_indices(outputs))
@@ -230,10 +238,8 @@ def _status_of(err: BaseException) -> int:
         return 422
     if isinstance(err, QueueFullError):
         return 429
-    if isinstance(err, NotFoundError):
-        return 404
     if isinstance(err, DlforgeError):
-        return 400
+        return status_of(err)[0]
     return 500
 
 
