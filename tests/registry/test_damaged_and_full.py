@@ -68,6 +68,10 @@ def test_a_damaged_database_is_reported_with_how_to_restore_it(tmp_path: Path, d
         assert result.exit_code == 2, result.output  # before: 1, with a traceback
         assert "is damaged" in result.output and "Traceback" not in result.output
     assert blobs(artifacts) == before and not any((artifacts / INCOMING).glob("*"))  # nothing copied
+    # The server says the same before uvicorn starts (before: "Application startup failed" and a traceback).
+    result = cli("serve", "--registry", db, "--artifacts", artifacts, "--port", "0")
+    assert result.exit_code == 2 and "is damaged" in result.output, result.output
+    assert "Traceback" not in result.output
 
 
 def test_a_full_disk_while_registering_keeps_nothing(tmp_path: Path, monkeypatch) -> None:

@@ -47,6 +47,7 @@ from typing import Any
 import uvicorn
 
 from dlforge.errors import ConfigError
+from dlforge.registry.store import Registry
 from dlforge.serve.main import create_app
 from dlforge.serve.settings import ServeSettings
 
@@ -260,6 +261,8 @@ def run(settings: ServeSettings, *, log_level: str = "info") -> None:
 
         run(ServeSettings(registry="sqlite:///registry/registry.db", port=8000))
     """
+    with Registry(settings.registry, settings.artifacts) as registry:
+        registry.revision()  # a damaged or unreachable registry: exit 2 with the fix, before uvicorn starts
     config = uvicorn_config(create_app(settings), settings, log_level=log_level)
     log.info("at most %d connections; request heads within %g s, bodies within %g s, idle connections "
              "closed after %g s", config.limit_concurrency - 1, settings.header_timeout_s,
