@@ -232,7 +232,7 @@ def python_blocks(text: str) -> list[str]:
 def test_every_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each Python block runs as written, in one namespace (later blocks reuse earlier names),
     in a temporary folder; only ``fit``'s epochs are capped at 3 to keep it short."""
-    import dlforge.pipeline.run as run_module
+    import dlforge.pipeline.fit_options as fit_options_module
     import dlforge.train as train_module
 
     real_fit = train_module.fit
@@ -242,7 +242,7 @@ def test_every_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.Mo
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "fit", short_fit)
-    monkeypatch.setattr(run_module, "fit", short_fit)
+    monkeypatch.setattr(fit_options_module, "fit", short_fit)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     ran = 0

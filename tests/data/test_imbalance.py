@@ -27,7 +27,7 @@ from dlforge.data.imbalance import (
 from dlforge.errors import DataError
 from dlforge.models import build
 from dlforge.train import fit
-from dlforge.train.bagging import balanced_bagging
+from dlforge.pipeline.bagging import balanced_bagging
 from dlforge.train.losses import build_loss
 
 

@@ -19,7 +19,6 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from dlforge.data import timeseries
 from dlforge.data.timeseries import (
     SERIES,
     Series,

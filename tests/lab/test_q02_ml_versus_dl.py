@@ -8,6 +8,7 @@ from sklearn.svm import SVC
 
 from dlforge.data import load_source, prepare
 from dlforge.lab import q02_ml_versus_dl as q02
+from dlforge.lab.threads import single_thread
 
 from .cache import finding_for
 
@@ -54,6 +55,6 @@ def test_every_model_learns_and_improves_with_data(finding):
 
 def test_single_thread_restores_the_thread_count():
     before = torch.get_num_threads()
-    with q02.single_thread():
+    with single_thread():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import doctest
-import io
 import json
 import re
 
@@ -20,7 +19,7 @@ from dlforge.config import RunConfig, validate_config
 from dlforge.errors import ConfigError, DataError
 from dlforge.evaluate import evaluate
 from dlforge.pipeline.learning_curve import (
-    LearningCurve, learning_curve, learning_curve_cli, nested_order, parse_int_list, write_learning_curve,
+    LearningCurve, learning_curve, nested_order, write_learning_curve,
 )
 from dlforge.pipeline.data import load_data
 from dlforge.pipeline.model import build_model
@@ -102,6 +101,8 @@ def test_size_and_metric_errors_name_the_option():
         learning_curve(cfg, [0, 50])
     with pytest.raises(ConfigError, match="metric 'rmse' is not a classification metric"):
         learning_curve(cfg, [50], metric="rmse")
+    from dlforge.cli.experiments import parse_int_list  # the command's parsing of --sizes
+
     with pytest.raises(ConfigError, match=r"--sizes holds 'abc'"):
         parse_int_list("50,abc", "--sizes")
 
@@ -124,16 +125,21 @@ def test_html_and_json_are_written(tmp_path, curve):
     assert "http" not in page.replace("http-equiv", "")  # self-contained: nothing fetched
 
 
-def test_cli_function_reads_yaml_overrides_and_writes(tmp_path):
+def test_the_command_reads_yaml_overrides_and_writes(tmp_path):
+    from typer.testing import CliRunner
+
+    from dlforge.cli import app
+
     config = tmp_path / "iris.yaml"
     config.write_text("name: iris-curve\ndata: {source: iris}\nmodel: {arch: mlp, hidden: [8]}\n"
                       "train: {epochs: 5, device: cpu}\n")
-    stream = io.StringIO()
-    curve = learning_curve_cli(config, "30, 90", ["train.epochs=2"], tmp_path / "lc", seeds="0,1", stream=stream)
-    assert curve.sizes == [30, 90] and curve.seeds == [0, 1] and curve.name == "iris-curve"
-    text = stream.getvalue()
+    done = CliRunner().invoke(app, ["learning-curve", str(config), "--sizes", "30, 90", "--set", "train.epochs=2",
+                                    "--out", str(tmp_path / "lc"), "--seeds", "0,1"])
+    assert done.exit_code == 0, done.output
+    curve = json.loads((tmp_path / "lc" / "learning_curve.json").read_text())
+    assert curve["sizes"] == [30, 90] and curve["seeds"] == [0, 1] and curve["name"] == "iris-curve"
+    text = done.stdout
     assert "size 30: train accuracy" in text and "size 90" in text and "learning_curve.html" in text
-    assert (tmp_path / "lc" / "learning_curve.json").is_file()
 
 
 def test_docstring_examples():

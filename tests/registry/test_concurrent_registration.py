@@ -23,7 +23,7 @@ import torch
 
 from dlforge.models import build
 from dlforge.registry import Registry, save_artifact
-from dlforge.registry.store import content_hash
+from dlforge.registry.blobs import content_hash
 
 PROCESSES, PER_PROCESS = 4, 5
 

@@ -20,7 +20,6 @@ from typer.testing import CliRunner
 
 from dlforge.cli import app
 from dlforge.errors import RegistryError, StorageError
-from dlforge.registry import store
 from dlforge.registry.disk import INCOMING, UPLOADS
 from dlforge.registry.store import Registry
 from dlforge.serve.main import create_app
@@ -83,7 +82,7 @@ def test_a_full_disk_while_registering_keeps_nothing(tmp_path: Path, monkeypatch
         real(src, dst, **kwargs)  # half the work done, then the disk fills up
         raise OSError(errno.ENOSPC, "No space left on device", str(Path(dst) / "model.safetensors"))
 
-    monkeypatch.setattr(store.shutil, "copytree", copy_until_full)
+    monkeypatch.setattr("dlforge.registry.blobs.shutil.copytree", copy_until_full)
     with Registry(url, artifacts) as reg:
         revision = reg.revision()
         with pytest.raises(StorageError, match="disk is full") as caught:
@@ -103,7 +102,7 @@ def test_a_full_disk_during_an_upload_is_507(tmp_path: Path, monkeypatch, where:
             raise FULL
         monkeypatch.setattr("dlforge.serve.routers.admin.extract_artifact_tar", extract)
     else:
-        monkeypatch.setattr(store.shutil, "copytree", lambda *a, **k: (_ for _ in ()).throw(FULL))
+        monkeypatch.setattr("dlforge.registry.blobs.shutil.copytree", lambda *a, **k: (_ for _ in ()).throw(FULL))
     before = (env.registry.versions("iris"), env.registry.revision(), blobs(env.artifacts))
     with TestClient(create_app(env.settings())) as client:
         response = client.post("/v1/models/iris/versions?alias=production", headers={**env.headers(admin=True), **GZIP},

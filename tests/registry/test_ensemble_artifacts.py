@@ -5,7 +5,6 @@ members' mean; it beats its mean member; mismatched members are refused with a c
 from __future__ import annotations
 
 import doctest
-import io
 import json
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from dlforge.models import build
 from dlforge.pipeline import evaluate_path
 from dlforge.pipeline.data import load_data
 from dlforge.registry import load_artifact, save_artifact
-from dlforge.pipeline.ensemble import ensemble_cli
+from dlforge.pipeline.ensemble import build_ensemble
 from dlforge.registry.ensemble import ensemble_artifacts, first_difference
 from dlforge.train import fit, seed_everything
 
@@ -176,9 +175,19 @@ def test_regression_members_are_averaged(tmp_path):
         ensemble_artifacts(paths, tmp_path / "vote", mode="vote")
 
 
-def test_cli_scores_members_and_ensemble_on_the_shared_test_split(tmp_path, runs, digits):
-    stream = io.StringIO()
-    outcome = ensemble_cli([str(r) for r in runs], tmp_path / "ens", "average", stream=stream)
+def _dlforge_ensemble(*args: object) -> str:
+    """``dlforge ensemble ARGS...`` through Typer's runner: its stdout."""
+    from typer.testing import CliRunner
+
+    from dlforge.cli import app
+
+    done = CliRunner().invoke(app, ["ensemble", *map(str, args)])
+    assert done.exit_code == 0, done.output
+    return done.stdout
+
+
+def test_build_scores_members_and_ensemble_on_the_shared_test_split(tmp_path, runs, digits):
+    outcome = build_ensemble([str(r) for r in runs], tmp_path / "ens", "average")
     assert outcome.split == "test" and len(outcome.members) == 3
     art = load_artifact(outcome.path)
     direct = evaluate(art, digits.test).metrics
@@ -186,22 +195,23 @@ def test_cli_scores_members_and_ensemble_on_the_shared_test_split(tmp_path, runs
     assert art.meta["metrics"]["test_accuracy"] == pytest.approx(direct["accuracy"])
     assert outcome.ensemble["accuracy"] > sum(m["accuracy"] for m in outcome.members) / 3
     with pytest.raises(ArtifactError, match="already exists"):
-        ensemble_cli(runs, outcome.path, stream=stream)
-    text = stream.getvalue()
-    assert "mean member" in text and "  ensemble  " in text and str(outcome.path) in text
+        build_ensemble(runs, outcome.path)
+    text = _dlforge_ensemble(*runs, "--out", tmp_path / "ens-cli")  # the command prints the scores
+    assert "mean member" in text and "  ensemble  " in text and str(tmp_path / "ens-cli") in text
+    assert f"{direct['accuracy']:.4f}" in text.splitlines()[-1]
 
 
-def test_cli_scores_only_where_the_runs_are_known(tmp_path, runs):
-    stream = io.StringIO()
-    outcome = ensemble_cli([r / "model" for r in runs[:2]] + [runs[2]], tmp_path / "ens", "vote", stream=stream)
+def test_build_scores_only_where_the_runs_are_known(tmp_path, runs):
+    outcome = build_ensemble([r / "model" for r in runs[:2]] + [runs[2]], tmp_path / "ens", "vote")
     assert outcome.split == "test"  # a model/ folder inside its run directory still finds config.yaml
     bare = [save_artifact(load_artifact(r).model, tmp_path / f"bare{i}", task="classification",
                           class_names=load_artifact(r).class_names, preprocessing=load_artifact(r).preprocessing)
             for i, r in enumerate(runs[:2])]
-    outcome = ensemble_cli(bare, tmp_path / "ens2", stream=stream)
+    outcome = build_ensemble(bare, tmp_path / "ens2")
     assert outcome.split is None and outcome.ensemble == {}
-    assert "dlforge evaluate" in stream.getvalue()
     assert load_artifact(outcome.path).meta["metrics"] == {}
+    text = _dlforge_ensemble(*bare, "--out", tmp_path / "ens3")
+    assert "ensemble of 2 members (average)" in text and "dlforge evaluate" in text
 
 
 def test_first_difference_names_the_key_path():

@@ -76,13 +76,13 @@ def test_register_killed_mid_copy_leaves_nothing_after_the_next_open(tmp_path: P
     model = save_tiny_classifier(tmp_path / "model", seed=1)
     proc, _ = start("""
         import shutil, sys, time
-        from dlforge.registry import store
+        from dlforge.registry import blobs, store
         real = shutil.copytree
         def copy_then_hang(src, dst):  # the copy is done, the rename into place not yet
             real(src, dst)
             print("copied", flush=True)
             time.sleep(120)
-        store.shutil.copytree = copy_then_hang
+        blobs.shutil.copytree = copy_then_hang
         store.Registry(sys.argv[1], sys.argv[2]).register(sys.argv[3], "iris")
     """, url, str(artifacts), str(model))
     proc.kill()  # SIGKILL: no finally block runs

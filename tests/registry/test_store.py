@@ -21,7 +21,8 @@ import torch
 from dlforge.errors import ArtifactError, ConflictError, NotFoundError, RegistryError
 from dlforge.models import build
 from dlforge.registry import ModelVersion, Registry, load_artifact, save_artifact
-from dlforge.registry.store import content_hash, keys_t, meta_t
+from dlforge.registry.blobs import content_hash
+from dlforge.registry.db import keys_t, meta_t
 
 X = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
 
@@ -244,7 +245,7 @@ def test_every_change_bumps_the_revision_and_reads_do_not(reg: Registry, arts: l
     with pytest.raises(ConflictError):
         reg.delete("iris", 1)
     assert reg.revision() == len(changes), "a refused change is rolled back with its bump"
-    other = Registry(reg._engine.url.render_as_string(hide_password=False), reg.artifacts)
+    other = Registry(reg._db.engine.url.render_as_string(hide_password=False), reg.artifacts)
     try:  # a second process's view: the same counter and the same data
         assert other.revision() == len(changes) and other.aliases("iris") == {"production": 1}
     finally:
@@ -259,7 +260,7 @@ def test_keys_are_stored_hashed_and_checked(reg: Registry) -> None:
     assert re.fullmatch(r"dlf_[A-Za-z0-9_-]{32}", admin) and admin != predict
     assert (reg.check_key(admin), reg.check_key(predict)) == ("admin", "predict")
     assert reg.check_key("dlf_" + "x" * 32) is None and reg.check_key("") is None
-    with reg._engine.connect() as conn:
+    with reg._db.engine.connect() as conn:
         rows = conn.execute(sa.select(keys_t).order_by(keys_t.c.id)).all()
     assert [r.key_hash for r in rows] == [hashlib.sha256(k.encode()).hexdigest() for k in (admin, predict)]
     assert not any(admin in str(v) or predict in str(v) for r in rows for v in r), "a plaintext key is stored"
@@ -310,7 +311,7 @@ def test_a_failed_insert_removes_the_new_blob(tmp_path: Path, arts: list[Path],
     def broken(*args: object) -> None:
         raise RuntimeError("simulated database failure")
 
-    monkeypatch.setattr(reg, "_insert_version", broken)
+    monkeypatch.setattr(reg._versions, "_insert_version", broken)
     with pytest.raises(RuntimeError, match="simulated"):
         reg.register(arts[1], "iris")
     with pytest.raises(RuntimeError, match="simulated"):
@@ -325,7 +326,7 @@ def test_a_blob_deleted_during_registration_is_stored_again(tmp_path: Path, arts
     import shutil
 
     reg = Registry(tmp_path / "r.db", artifacts=tmp_path / "store")
-    store = reg._store_blob
+    store = reg._blobs.store
     calls = []
 
     def racing_delete(folder: Path) -> str:  # another process deletes the shared blob right after
@@ -335,7 +336,7 @@ def test_a_blob_deleted_during_registration_is_stored_again(tmp_path: Path, arts
             shutil.rmtree(reg.artifacts / sha[:2] / sha)
         return sha
 
-    monkeypatch.setattr(reg, "_store_blob", racing_delete)
+    monkeypatch.setattr(reg._blobs, "store", racing_delete)
     mv = reg.register(arts[0], "iris")
     assert len(calls) == 2 and mv.path.is_dir() and content_hash(mv.path) == mv.sha256
 
@@ -359,7 +360,7 @@ def test_default_locations_come_from_env_or_cwd(tmp_path: Path, monkeypatch: pyt
 def test_sqlite_uses_wal_foreign_keys_and_a_lock_timeout(tmp_path: Path) -> None:
     reg = Registry(f"sqlite:///{tmp_path}/r.db", artifacts=tmp_path / "a")
     reg.revision()
-    with reg._engine.connect() as conn:
+    with reg._db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
@@ -387,7 +388,7 @@ def test_url_errors_are_friendly() -> None:
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     reg = Registry(tmp_path / "r.db", artifacts=tmp_path / "a")
     reg.revision()
-    with reg._engine.begin() as conn:
+    with reg._db.engine.begin() as conn:
         conn.execute(sa.update(meta_t).values(schema_version=99))
     with pytest.raises(RegistryError, match="has schema 99") as err:
         Registry(tmp_path / "r.db", artifacts=tmp_path / "a").models()
@@ -422,7 +423,7 @@ def test_content_hash_frames_paths_and_bytes(tmp_path: Path) -> None:
 
 def test_a_unique_key_race_is_retried(tmp_path: Path, arts: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     reg = Registry(tmp_path / "r.db", artifacts=tmp_path / "store")
-    insert, calls = reg._insert_version, []
+    insert, calls = reg._versions._insert_version, []
 
     def lose_once(*args: object) -> ModelVersion:  # as if another writer took version 1 first
         calls.append(1)
@@ -430,6 +431,6 @@ def test_a_unique_key_race_is_retried(tmp_path: Path, arts: list[Path], monkeypa
             raise sa.exc.IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
         return insert(*args)
 
-    monkeypatch.setattr(reg, "_insert_version", lose_once)
+    monkeypatch.setattr(reg._versions, "_insert_version", lose_once)
     assert reg.register(arts[0], "iris").version == 1 and len(calls) == 2
     assert reg.revision() == 1, "the failed attempt's revision bump was rolled back"

@@ -256,7 +256,7 @@ def test_a_model_that_cannot_predict_is_refused(tmp_path: Path) -> None:
 def test_cli_register_exits_2_with_the_reason(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from dlforge.registry.cli import registry_app
+    from dlforge.cli.registry import registry_app
 
     folder, reason = bad_artifact("nan weight", tmp_path / "m")
     env = {"DLFORGE_REGISTRY": str(tmp_path / "r.db"), "DLFORGE_ARTIFACTS": str(tmp_path / "store"), "COLUMNS": "300"}

@@ -16,7 +16,8 @@ from torch.testing import assert_close
 
 from dlforge.models import build
 from dlforge.registry.artifact import load_artifact, save_artifact
-from dlforge.serve import cli, inputs, main, schemas, settings
+from dlforge.serve import inputs, main, schemas, settings
+from dlforge.serve import service as service_module
 from dlforge.serve.monitor import psi
 from dlforge.serve.routing import TrafficConfig, choose_variant
 
@@ -43,7 +44,7 @@ def _samples(metrics_text: str, name: str) -> dict[tuple, float]:
 
 
 def test_docstring_examples() -> None:
-    for module in (inputs, schemas, settings, main, cli):
+    for module in (inputs, schemas, settings, main, service_module):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, module.__name__
 

@@ -249,7 +249,7 @@ def test_a_failing_database_is_not_shown(serve_env, make_client, tmp_path: Path,
     assert client.get("/v1/models/iris", headers=headers).status_code == 200  # keys are cached from here
     assert client.put("/v1/models/iris/aliases/candidate", json={"version": 2}, headers=admin).status_code == 200
     gone = sa.create_engine(f"sqlite:///{tmp_path / 'gone' / 'registry.db'}")  # its folder does not exist
-    monkeypatch.setattr(client.app.state.registry, "_engine", gone)
+    monkeypatch.setattr(client.app.state.registry._db, "engine", gone)
     for response in (client.get("/v1/models/iris", headers=headers), client.get("/v1/models", headers=headers),
                      client.put("/v1/models/iris/aliases/staging", json={"version": 1}, headers=admin)):
         assert response.status_code >= 400 and "registry database" in response.json()["error"]["message"]

@@ -204,3 +204,67 @@ def test_fit_trains_with_a_focal_loss_on_an_imbalanced_problem() -> None:
 def test_docstring_examples_run() -> None:
     result = doctest.testmod(losses, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ----------------------------------------------------------------------------- one home
+
+def test_every_loss_and_the_loss_resolution_live_in_losses_py() -> None:
+    from dlforge import train
+
+    for name in ("cross_entropy", "resolve_loss", "build_loss", "FocalLoss", "CrossEntropy"):
+        assert getattr(losses, name).__module__ == "dlforge.train.losses", name
+    assert train.cross_entropy is losses.cross_entropy and train.resolve_loss is losses.resolve_loss
+
+
+def test_one_ignore_index_for_data_and_train() -> None:
+    """Exactly one module assigns IGNORE_INDEX; the masked-LM labels and the losses read it."""
+    import ast
+    from pathlib import Path
+
+    import dlforge
+    from dlforge.data import mlm
+    from dlforge.train import IGNORE_INDEX
+
+    root = Path(dlforge.__file__).parent
+    homes = [str(p.relative_to(root)) for p in root.rglob("*.py")
+             if any(isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "IGNORE_INDEX" for t in node.targets)
+                    for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))))]
+    assert homes == ["targets.py"]
+    assert mlm.IGNORE_INDEX == IGNORE_INDEX == -100  # PyTorch's own default ignore_index
+
+
+def test_build_loss_takes_none_names_mappings_configs_and_callables() -> None:
+    ints, floats = torch.tensor([0, 1]), torch.tensor([[0.5]])
+    assert build_loss(None) is cross_entropy and build_loss(None, targets=ints) is cross_entropy
+    assert isinstance(build_loss(None, targets=floats), torch.nn.MSELoss)
+    custom = torch.nn.SmoothL1Loss()
+    assert build_loss(custom) is custom and losses.resolve_loss(custom, floats) is custom
+    assert isinstance(losses.resolve_loss({"name": "focal", "gamma": 1.0}, ints), FocalLoss)
+    assert isinstance(losses.resolve_loss(LossConfig(name="l1"), floats), torch.nn.L1Loss)
+
+
+def test_fit_takes_a_loss_config_or_mapping_as_the_pipeline_does() -> None:
+    """Before, fit knew only cross_entropy/mse/l1: a focal mapping ended in `unhashable type`."""
+    x, y = torch.randn(64, 4, generator=torch.Generator().manual_seed(1)), torch.arange(64) % 2
+    trained = []
+    for loss in ({"name": "focal", "gamma": 1.0}, LossConfig(name="focal", gamma=1.0), FocalLoss(gamma=1.0)):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 2)
+        fit(model, TensorDataset(x, y), epochs=2, batch_size=16, optim="sgd", loss=loss, device="cpu")
+        trained.append(model.weight.detach().clone())
+    torch.testing.assert_close(trained[0], trained[2], rtol=0, atol=0)
+    torch.testing.assert_close(trained[1], trained[2], rtol=0, atol=0)
+
+
+def test_cross_entropy_matches_torch_per_token_with_ignored_targets_values_and_gradients() -> None:
+    torch.manual_seed(3)
+    logits = torch.randn(2, 5, 7, requires_grad=True)  # (B, T, C)
+    target = torch.randint(0, 7, (2, 5))
+    target[0, 1] = target[1, 4] = -100  # unscored tokens
+    ours = cross_entropy(logits, target)
+    ours.backward()
+    grad, logits.grad = logits.grad.clone(), None
+    reference = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
+    reference.backward()
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(grad, logits.grad)

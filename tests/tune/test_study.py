@@ -28,10 +28,10 @@ import dlforge.tune.study as study_module
 import dlforge.tune.storage as storage_module
 from dlforge.config import load_config, validate_config
 from dlforge.errors import ConfigError
-from dlforge.evaluate import cross_validate
+from dlforge.pipeline.crossval import cross_validate
 from dlforge.pipeline import train_run
-from dlforge.tune import PruningCallback, TuneResult, run_tune, tune_cli
-from dlforge.tune.study import open_storage, result_dict
+from dlforge.tune import PruningCallback, TuneResult, result_dict, run_tune
+from dlforge.tune.study import open_storage
 
 EPOCHS = 5
 N_TRIALS = 6
@@ -185,22 +185,31 @@ def test_resume_adds_trials_to_the_same_study_and_refuses_another(tuned, tmp_pat
         run_tune(config(), runs_dir=tmp_path / "elsewhere", resume=True, n_trials=1)
 
 
-def test_grid_sampler_runs_each_point_once_through_the_cli_entry_point(tmp_path, no_trial_reports, capsys) -> None:
+def test_grid_sampler_runs_each_point_once_through_the_cli_entry_point(tmp_path, no_trial_reports) -> None:
+    from typer.testing import CliRunner
+
+    from dlforge.cli import app
+
     grid = {"metric": "val_loss", "sampler": "grid", "pruner": "none", "n_trials": 2, "space": {
         "optim.lr": {"type": "categorical", "choices": [0.001, 0.05]},
         "model.hidden": {"type": "categorical", "choices": [[8], [16, 16]]}}}
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(config(grid, train={"epochs": 1})))
-    result = tune_cli(path, ["tune.n_trials=10"], runs_dir=tmp_path)  # --set raises the budget past the grid
-    points = [json.dumps(r["params"], sort_keys=True) for r in json.loads((result.out_dir / "trials.json").read_text())]
-    assert result.n_complete == 4 and len(set(points)) == 4
-    printed = capsys.readouterr()
-    assert printed.err.count("trial ") == 4 and "model.hidden=[16, 16]" in printed.err  # one progress line each
-    assert "4 complete, 0 pruned, 0 failed" in printed.out
-    assert f"best_config: {result.out_dir / 'best_config.yaml'}" in printed.out.splitlines()
-    assert json.loads(json.dumps(result_dict(result)))["best_params"] == result.best_params  # the --json form
-    again = tune_cli(path, ["tune.n_trials=10"], runs_dir=tmp_path, resume=True)  # nothing left to run
-    assert again.n_complete == 4 and "exhausted" in capsys.readouterr().err
+    command = ["tune", str(path), "--set", "tune.n_trials=10", "--runs-dir", str(tmp_path)]  # past the grid
+    env = {"COLUMNS": "200"}
+    printed = CliRunner().invoke(app, [*command, "--json"], env=env)
+    assert printed.exit_code == 0, printed.output
+    result = json.loads(printed.stdout.splitlines()[-1])  # the --json form, after the summary
+    out_dir = Path(result["out_dir"])
+    points = [json.dumps(r["params"], sort_keys=True) for r in json.loads((out_dir / "trials.json").read_text())]
+    assert result["n_complete"] == 4 and len(set(points)) == 4
+    assert printed.stderr.count("trial ") == 4 and "model.hidden=[16, 16]" in printed.stderr  # one progress line each
+    assert "4 complete, 0 pruned, 0 failed" in printed.stdout
+    assert f"best_config: {out_dir / 'best_config.yaml'}" in printed.stdout.splitlines()
+    stored = run_tune(config(grid, train={"epochs": 1}), runs_dir=tmp_path, resume=True, n_trials=0)
+    assert json.loads(json.dumps(result_dict(stored))) == result  # the stored study, as --json printed it
+    again = CliRunner().invoke(app, [*command, "--resume"], env=env)  # nothing left to run
+    assert again.exit_code == 0 and "4 complete" in again.stdout and "exhausted" in again.stderr
 
 
 def test_a_diverging_trial_fails_without_stopping_the_study(tmp_path, no_trial_reports) -> None:

@@ -4,8 +4,8 @@ BERT pretraining picks 15% of the tokens of each sequence; the model must predic
 the original token there. Of the picked tokens 80% are replaced by ``[MASK]``, 10%
 by a random token and 10% are left as they are, so the model cannot rely on
 ``[MASK]`` marking the positions it is scored on (Devlin et al., 2019, section 3.1).
-Labels use -100 at unscored positions, the default ``ignore_index`` of
-``torch.nn.functional.cross_entropy``.
+Labels use ``IGNORE_INDEX`` (-100, :mod:`dlforge.targets`) at unscored positions, the
+default ``ignore_index`` of ``torch.nn.functional.cross_entropy``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from dlforge.errors import ConfigError, DataError
+from dlforge.targets import IGNORE_INDEX  # -100, torch's default ignore_index
 
-IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default ignore_index
 MASK_SHARE = 0.8  # of the chosen tokens: replaced by [MASK]
 RANDOM_SHARE = 0.1  # of the chosen tokens: replaced by a random token; the rest stay
 

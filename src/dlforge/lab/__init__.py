@@ -2,9 +2,11 @@
 holds and computing its verdict from the numbers (see ``shared/LAB.md``).
 
 Each experiment is a module ``qNN_<topic>.py`` with ``TOPIC``, ``TITLE`` and ``CLAIM``
-constants and ``run(budget="quick", seed=0) -> Finding``. Call experiments through
-:func:`run_topic`, which times them and runs them on one thread (see
-:mod:`dlforge.lab.threads`); the modules do not repeat that themselves.
+constants, ``BUDGETS`` (``{"quick": {...}, "full": {...}}``, the sizes each budget runs)
+and ``run(cfg, seed) -> Finding``, which takes one budget's dict. Call experiments through
+:func:`run_topic`, which looks the budget up, times the run and keeps it on one thread (see
+:mod:`dlforge.lab.threads`); the modules do not repeat that themselves. Figures are drawn
+with :func:`dlforge.lab.finding.plot`.
 
 Example:
     >>> from dlforge.lab import available_topics, run_topic
@@ -21,7 +23,7 @@ import time
 from types import ModuleType
 
 from dlforge.errors import ConfigError
-from dlforge.lab.finding import Check, Figure, Finding, figure_from_matplotlib, verdict_of
+from dlforge.lab.finding import Check, Figure, Finding, Plot, figure_from_matplotlib, plot, verdict_of
 from dlforge.lab.threads import single_thread
 
 BUDGETS = ("quick", "full")
@@ -50,17 +52,22 @@ def experiment(topic: int) -> ModuleType:
 
 
 def run_topic(topic: int, budget: str = "quick", seed: int = 0) -> Finding:
-    """Run one experiment and time it."""
+    """Run topic ``topic``'s experiment at ``budget`` ("quick" or "full"), on one thread, and time it.
+
+    Example:
+        >>> run_topic(3, budget="quick").numbers["hidden_corners_worst"]  # doctest: +SKIP
+        1.0
+    """
     if budget not in BUDGETS:
         raise ConfigError(f"budget is {budget!r}", hint=f"use one of: {', '.join(BUDGETS)}")
     module = experiment(topic)
     start = time.perf_counter()
     with single_thread():  # tiny models: see dlforge.lab.threads
-        finding = module.run(budget=budget, seed=seed)
+        finding = module.run(module.BUDGETS[budget], seed)
     finding.seconds = time.perf_counter() - start
     finding.budget = budget
     return finding
 
 
-__all__ = ["BUDGETS", "Check", "Figure", "Finding", "available_topics", "experiment",
-           "figure_from_matplotlib", "run_topic", "single_thread", "verdict_of"]
+__all__ = ["BUDGETS", "Check", "Figure", "Finding", "Plot", "available_topics", "experiment",
+           "figure_from_matplotlib", "plot", "run_topic", "single_thread", "verdict_of"]

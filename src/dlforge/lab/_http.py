@@ -1,5 +1,6 @@
-"""An in-process HTTP server and a bounded client load, for lab experiments that measure
-a served model (topic 30): uvicorn in a thread on a free port, keep-alive httpx clients.
+"""An in-process HTTP server, a bounded client load and its latency statistics, for lab
+experiments that measure a served model (topic 30): uvicorn in a thread on a free port,
+keep-alive httpx clients, the server's own request count from ``/metrics``.
 
 Example:
     >>> with serving(app) as url, httpx.Client(base_url=url) as client:  # doctest: +SKIP
@@ -10,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
 import threading
 import time
@@ -17,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 
 @dataclass
@@ -68,6 +72,24 @@ def serving(app, timeout: float = 30.0) -> Iterator[str]:
         sock.close()
 
 
+def bearer(key: str) -> dict[str, str]:
+    """The header that sends API key ``key``.
+
+    Example:
+        >>> bearer("k")
+        {'Authorization': 'Bearer k'}
+    """
+    return {"Authorization": f"Bearer {key}"}
+
+
+@contextlib.contextmanager
+def clients(url: str, key: str, n: int, timeout: float) -> Iterator[list[httpx.Client]]:
+    """``n`` keep-alive clients of ``url`` sending ``key``, closed on exit."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(httpx.Client(base_url=url, headers=bearer(key), timeout=timeout))
+               for _ in range(n)]
+
+
 def send(client: httpx.Client, path: str, body: dict | None, headers: dict | None = None,
           method: str = "POST") -> Reply:
     sent = time.perf_counter()
@@ -101,3 +123,41 @@ def bounded_load(pool: list[httpx.Client], path: str, jobs: list[tuple[dict, dic
     for t in threads:
         t.join()
     return [r for r in replies if r is not None]
+
+
+def served_requests(url: str, model: str, timeout: float) -> float:
+    """Predict requests of ``model`` the server's ``/metrics`` counted, all statuses and versions."""
+    text = httpx.get(url + "/metrics", timeout=timeout).text
+    return sum(s.value for family in text_string_to_metric_families(text) if family.name == "dlforge_requests"
+               for s in family.samples if s.name == "dlforge_requests_total" and s.labels.get("model") == model)
+
+
+def percentiles(ms: list[float]) -> tuple[float, float]:
+    """(p50, p99) of latencies, numpy's linear interpolation.
+
+    Example:
+        >>> percentiles([float(i) for i in range(1, 101)])
+        (50.5, 99.01)
+    """
+    if not ms:  # nothing answered: no latency, and every check on it fails
+        return math.nan, math.nan
+    p50, p99 = np.percentile(ms, [50, 99])
+    return round(float(p50), 4), round(float(p99), 4)
+
+
+def ratio_interval(a: list[float], b: list[float], seed: int = 0, draws: int = 2000) -> tuple[float, float]:
+    """95% bootstrap interval of median(a) / median(b), resampling each list independently.
+
+    Example:
+        >>> lo, hi = ratio_interval([2.0] * 50, [1.0] * 50)
+        >>> (lo, hi)
+        (2.0, 2.0)
+    """
+    if not a or not b:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    x, y = np.asarray(a), np.asarray(b)
+    ratios = (np.median(rng.choice(x, (draws, len(x))), axis=1)
+              / np.median(rng.choice(y, (draws, len(y))), axis=1))
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    return float(lo), float(hi)

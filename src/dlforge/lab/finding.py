@@ -20,6 +20,8 @@ from __future__ import annotations
 import base64
 import io
 import operator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -69,6 +71,41 @@ def figure_from_matplotlib(fig: Any, title: str) -> Figure:
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return Figure(title=title, png_base64=base64.b64encode(buf.getvalue()).decode("ascii"))
+
+
+@dataclass
+class Plot:
+    """A figure being drawn: ``fig`` and ``axes`` inside :func:`plot`'s block, ``figure``
+    (the finding's :class:`Figure`) once the block has ended."""
+
+    fig: Any
+    axes: Any
+    figure: Figure | None = None
+
+
+@contextmanager
+def plot(title: str, nrows: int = 1, ncols: int = 1, **subplots: Any) -> Iterator[Plot]:
+    """``pyplot.subplots(nrows, ncols, **subplots)`` on the Agg backend (no display needed),
+    rendered to a :class:`Figure` titled ``title`` when the block ends, and closed even if
+    drawing fails.
+
+    Example:
+        >>> with plot("A line", figsize=(4, 3)) as drawn:
+        ...     _ = drawn.axes.plot([0, 1], [0, 1])
+        >>> drawn.figure.title
+        'A line'
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(nrows, ncols, **subplots)
+    drawn = Plot(fig, axes)
+    try:
+        yield drawn
+        drawn.figure = figure_from_matplotlib(fig, title)
+    finally:
+        plt.close(fig)
 
 
 def significant(x: float, digits: int = 5) -> float:

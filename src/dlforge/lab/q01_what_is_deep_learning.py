@@ -23,7 +23,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from dlforge.data import load_source, prepare
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models import MLP, build
 from dlforge.train import evaluate_loss, fit, resolve_loss, seed_everything
 
@@ -64,34 +64,27 @@ def probe_accuracies(model: MLP, x_train: torch.Tensor, y_train: torch.Tensor,
 
 def _figure(trained: list[float], at_init: list[float], model: MLP, x: torch.Tensor,
             y: torch.Tensor):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    names = ["input"] + [f"layer {i + 1}" for i in range(len(trained) - 1)]
-    ax1.plot(names, trained, "o-", label="trained MLP")
-    ax1.plot(names, at_init, "s--", label="same MLP at initialisation")
-    ax1.axhline(CHANCE, color="grey", lw=0.8, ls=":", label="chance")
-    ax1.set_ylabel("linear-probe test accuracy")
-    ax1.set_ylim(0.4, 1.02)
-    ax1.legend()
-    # The last hidden layer's two leading principal directions: arms pulled apart.
-    with torch.no_grad():
-        h = model.features(x)[-1].numpy()
-    h = h - h.mean(0)
-    _, _, vt = np.linalg.svd(h, full_matrices=False)
-    proj = h @ vt[:2].T  # (N, 2)
-    ax2.scatter(proj[:, 0], proj[:, 1], c=y.numpy(), cmap="coolwarm", s=6)
-    ax2.set_title("last hidden layer, top-2 principal components")
-    return figure_from_matplotlib(fig, "Linear-probe accuracy per layer")
+    with plot("Linear-probe accuracy per layer", 1, 2, figsize=(10, 4)) as drawn:
+        ax1, ax2 = drawn.axes
+        names = ["input"] + [f"layer {i + 1}" for i in range(len(trained) - 1)]
+        ax1.plot(names, trained, "o-", label="trained MLP")
+        ax1.plot(names, at_init, "s--", label="same MLP at initialisation")
+        ax1.axhline(CHANCE, color="grey", lw=0.8, ls=":", label="chance")
+        ax1.set_ylabel("linear-probe test accuracy")
+        ax1.set_ylim(0.4, 1.02)
+        ax1.legend()
+        # The last hidden layer's two leading principal directions: arms pulled apart.
+        with torch.no_grad():
+            h = model.features(x)[-1].numpy()
+        h = h - h.mean(0)
+        _, _, vt = np.linalg.svd(h, full_matrices=False)
+        proj = h @ vt[:2].T  # (N, 2)
+        ax2.scatter(proj[:, 0], proj[:, 1], c=y.numpy(), cmap="coolwarm", s=6)
+        ax2.set_title("last hidden layer, top-2 principal components")
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    return _run(BUDGETS[budget], seed)  # run_topic runs it on one thread
-
-
-def _run(cfg: dict, seed: int) -> Finding:
+def run(cfg: dict, seed: int) -> Finding:
     seed_everything(seed)
     data = prepare(load_source("spirals", n_samples=cfg["n_samples"], noise=0.05, seed=seed),
                    val=0, test=0.3, seed=seed)

@@ -26,8 +26,7 @@ from sklearn.svm import SVC
 from torch.utils.data import TensorDataset
 
 from dlforge.data import load_source, prepare
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
-from dlforge.lab.threads import single_thread
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models import build
 from dlforge.train import evaluate_loss, fit, resolve_loss, seed_everything
 
@@ -86,32 +85,23 @@ def measure_at(n: int, x_all: torch.Tensor, y_all: torch.Tensor, test: TensorDat
 
 
 def _figure(sizes: list[int], acc: dict[str, list[float]], secs: dict[str, list[float]]):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in (*CLASSICAL, "cnn"):
-        style = "o-" if name == "cnn" else "s--"
-        ax1.plot(sizes, acc[name], style, label=name)
-        ax2.plot(sizes, secs[name], style, label=name)
-    for ax in (ax1, ax2):
-        ax.set_xscale("log")
-        ax.set_xlabel("training samples")
-        ax.legend()
-    ax1.set_ylabel("held-out accuracy")
-    ax2.set_yscale("log")
-    ax2.set_ylabel("training time (s)")
-    return figure_from_matplotlib(fig, "Learning curves on digits")
+    with plot("Learning curves on digits", 1, 2, figsize=(10, 4)) as drawn:
+        ax1, ax2 = drawn.axes
+        for name in (*CLASSICAL, "cnn"):
+            style = "o-" if name == "cnn" else "s--"
+            ax1.plot(sizes, acc[name], style, label=name)
+            ax2.plot(sizes, secs[name], style, label=name)
+        for ax in (ax1, ax2):
+            ax.set_xscale("log")
+            ax.set_xlabel("training samples")
+            ax.legend()
+        ax1.set_ylabel("held-out accuracy")
+        ax2.set_yscale("log")
+        ax2.set_ylabel("training time (s)")
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    cfg = BUDGETS[budget]
-    with single_thread():
-        return _run(cfg, seed)
-
-
-def _run(cfg: dict, seed: int) -> Finding:
+def run(cfg: dict, seed: int) -> Finding:
     seed_everything(seed)
     # The first optimizer a process builds imports torch._dynamo (seconds); pay that
     # before any clock starts so it is not billed to the CNN's smallest size.

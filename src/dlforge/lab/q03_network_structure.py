@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from dlforge.data import load_source, prepare
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models import MLP, build
 from dlforge.train import evaluate_loss, fit, resolve_loss, seed_everything
 
@@ -63,29 +63,22 @@ def score(model: MLP, data: TensorDataset) -> dict[str, float]:
 
 
 def _figure(models: dict[str, MLP], square: TensorDataset):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     grid = torch.linspace(-1.5, 1.5, 121)
     gx, gy = torch.meshgrid(grid, grid, indexing="xy")
     points = torch.stack([gx.flatten(), gy.flatten()], dim=1)  # (121*121, 2)
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4.2))
-    x, y = square.tensors
-    for ax, (name, model) in zip(axes, models.items()):
-        with torch.no_grad():
-            p = torch.softmax(model(points), dim=1)[:, 1].reshape(gx.shape)
-        ax.contourf(gx.numpy(), gy.numpy(), p.numpy(), levels=20, cmap="coolwarm", alpha=0.6)
-        ax.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", s=5, edgecolors="none")
-        ax.set_title(f"{name}: P(signs differ)")
-    return figure_from_matplotlib(fig, "Decision regions on XOR")
+    with plot("Decision regions on XOR", 1, len(models), figsize=(5 * len(models), 4.2)) as drawn:
+        axes = drawn.axes
+        x, y = square.tensors
+        for ax, (name, model) in zip(axes, models.items()):
+            with torch.no_grad():
+                p = torch.softmax(model(points), dim=1)[:, 1].reshape(gx.shape)
+            ax.contourf(gx.numpy(), gy.numpy(), p.numpy(), levels=20, cmap="coolwarm", alpha=0.6)
+            ax.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", s=5, edgecolors="none")
+            ax.set_title(f"{name}: P(signs differ)")
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    return _run(BUDGETS[budget], seed)  # run_topic runs it on one thread
-
-
-def _run(cfg: dict, seed: int) -> Finding:
+def run(cfg: dict, seed: int) -> Finding:
     corners = xor_corners()
     data = prepare(load_source("xor", n_samples=cfg["n_samples"], noise=0.0, seed=seed),
                    val=0, test=0.3, seed=seed, standardize=False)  # keep the axes at 0

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from dlforge.data import load_source, prepare
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models import MLP, build
 from dlforge.train import fit, seed_everything
 
@@ -131,32 +131,25 @@ def train_on_hand_gradients(params: Params, x: torch.Tensor, y: torch.Tensor,
 
 
 def _figure(fit_curve: list[float], hand_curve: list[float], vs_auto: dict, vs_fd: dict):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot(fit_curve, lw=3, alpha=0.5, label="fit (autograd)")
-    ax1.plot(hand_curve, "k--", lw=1, label="hand-written backward")
-    ax1.set_xlabel("gradient-descent step")
-    ax1.set_ylabel("training loss")
-    ax1.legend()
-    names = list(vs_auto)
-    pos = torch.arange(len(names)).numpy()
-    ax2.bar(pos - 0.2, [max(vs_auto[n], 1e-17) for n in names], 0.4, label="vs autograd")
-    ax2.bar(pos + 0.2, [vs_fd[n] for n in names], 0.4, label="vs finite differences")
-    ax2.set_xticks(pos, names, rotation=30, ha="right", fontsize=7)
-    ax2.set_yscale("log")
-    ax2.set_ylabel("max relative error")
-    ax2.legend()
-    return figure_from_matplotlib(fig, "Hand-written backpropagation versus references")
+    with plot("Hand-written backpropagation versus references", 1, 2, figsize=(11, 4)) as drawn:
+        ax1, ax2 = drawn.axes
+        ax1.plot(fit_curve, lw=3, alpha=0.5, label="fit (autograd)")
+        ax1.plot(hand_curve, "k--", lw=1, label="hand-written backward")
+        ax1.set_xlabel("gradient-descent step")
+        ax1.set_ylabel("training loss")
+        ax1.legend()
+        names = list(vs_auto)
+        pos = torch.arange(len(names)).numpy()
+        ax2.bar(pos - 0.2, [max(vs_auto[n], 1e-17) for n in names], 0.4, label="vs autograd")
+        ax2.bar(pos + 0.2, [vs_fd[n] for n in names], 0.4, label="vs finite differences")
+        ax2.set_xticks(pos, names, rotation=30, ha="right", fontsize=7)
+        ax2.set_yscale("log")
+        ax2.set_ylabel("max relative error")
+        ax2.legend()
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    return _run(BUDGETS[budget], seed)  # run_topic runs it on one thread
-
-
-def _run(cfg: dict, seed: int) -> Finding:
+def run(cfg: dict, seed: int) -> Finding:
     seed_everything(seed)
     data = prepare(load_source("wine"), val=0, test=0.3, seed=seed)
     x, y = (t[: cfg["n_train"]] for t in data.train.tensors)

@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
 from dlforge.data import Prepared, load_source, prepare
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models import MLP, build
 from dlforge.nn import ACTIVATIONS
 from dlforge.train import Callback, TrainState, evaluate_loss, fit, resolve_loss, seed_everything
@@ -100,33 +100,26 @@ def train_until(activation: str, data: Prepared, max_epochs: int, seed: int) -> 
 
 
 def _figure(curves: dict[str, list[float]], logreg_loss: float):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, losses in curves.items():
-        ax1.plot(range(1, len(losses) + 1), losses, label=name)
-    ax1.axhline(TARGET_LOSS, color="grey", ls=":", label="target")
-    ax1.axhline(logreg_loss, color="black", ls="--", lw=0.8, label="best linear (logreg)")
-    ax1.set_yscale("log")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("mean training loss")
-    ax1.legend()
-    z = torch.linspace(-5, 5, 401)
-    for name in ("sigmoid", "tanh", "relu"):
-        ax2.plot(z, ACTIVATIONS[name]()(z), label=name)
-    ax2.axhline(0, color="grey", lw=0.5)
-    ax2.legend()
-    ax2.set_title("activation functions")
-    return figure_from_matplotlib(fig, "Training loss per activation")
+    with plot("Training loss per activation", 1, 2, figsize=(11, 4)) as drawn:
+        ax1, ax2 = drawn.axes
+        for name, losses in curves.items():
+            ax1.plot(range(1, len(losses) + 1), losses, label=name)
+        ax1.axhline(TARGET_LOSS, color="grey", ls=":", label="target")
+        ax1.axhline(logreg_loss, color="black", ls="--", lw=0.8, label="best linear (logreg)")
+        ax1.set_yscale("log")
+        ax1.set_xlabel("epoch")
+        ax1.set_ylabel("mean training loss")
+        ax1.legend()
+        z = torch.linspace(-5, 5, 401)
+        for name in ("sigmoid", "tanh", "relu"):
+            ax2.plot(z, ACTIVATIONS[name]()(z), label=name)
+        ax2.axhline(0, color="grey", lw=0.5)
+        ax2.legend()
+        ax2.set_title("activation functions")
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    return _run(BUDGETS[budget], seed)  # run_topic runs it on one thread
-
-
-def _run(cfg: dict, seed: int) -> Finding:
+def run(cfg: dict, seed: int) -> Finding:
     data = prepare(load_source("circles", n_samples=cfg["n_samples"], seed=seed),
                    val=0, test=0.3, seed=seed)
     epochs_to_target: dict[str, list[int]] = {a: [] for a in ("identity", "sigmoid", "tanh", "relu")}

@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from dlforge.data import load_source, prepare
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models import build
 from dlforge.train import GradientMonitor, fit, seed_everything
 
@@ -80,26 +80,22 @@ def _measure(variant: dict, data, cfg: dict, seed: int) -> tuple[list[float], fl
 
 
 def _figure(norms: dict[str, list[float]]):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, per_layer in norms.items():
-        ax.semilogy(range(1, len(per_layer) + 1), per_layer, "o-", ms=3, label=name)
-    ax.set_xlabel("hidden layer (1 = next to the input)")
-    ax.set_ylabel("mean ||dL/dW|| over the first epoch")
-    ax.set_xticks(range(1, len(next(iter(norms.values()))) + 1, 2))
-    ax.legend(fontsize=8)
-    return figure_from_matplotlib(fig, "Per-layer gradient norm, 20-layer MLP (log scale)")
+    with plot("Per-layer gradient norm, 20-layer MLP (log scale)", figsize=(7, 4.5)) as drawn:
+        ax = drawn.axes
+        for name, per_layer in norms.items():
+            ax.semilogy(range(1, len(per_layer) + 1), per_layer, "o-", ms=3, label=name)
+        ax.set_xlabel("hidden layer (1 = next to the input)")
+        ax.set_ylabel("mean ||dL/dW|| over the first epoch")
+        ax.set_xticks(range(1, len(next(iter(norms.values()))) + 1, 2))
+        ax.legend(fontsize=8)
+    return drawn.figure
 
 
 def _sig(x: float) -> float:
     return float(f"{x:.4g}")
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    cfg = BUDGETS[budget]
+def run(cfg: dict, seed: int) -> Finding:
     data = prepare(load_source("digits"), val=0.15, test=0.15, seed=seed)
     norms: dict[str, list[float]] = {}
     ratios: dict[str, float] = {}

@@ -23,7 +23,7 @@ import numpy as np
 from torch import nn
 
 from dlforge.data import load_source, prepare
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models import CNN, MLP, build
 from dlforge.train import evaluate_loss, fit, resolve_loss, seed_everything
 
@@ -75,30 +75,26 @@ def _train_and_test(spec: dict, data, cfg: dict, seed: int) -> tuple[nn.Module, 
 
 
 def _figure(cnn: CNN, mlp: MLP):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     filters = cnn.blocks[0][0].weight.detach()[:, 0].numpy()  # (16, 3, 3)
     templates = mlp.layers[0][0].weight.detach().numpy()[:16].reshape(-1, 8, 8)  # (16, 8, 8)
-    fig, axes = plt.subplots(4, 9, figsize=(10, 4.6))
-    for i in range(16):
-        r, c = divmod(i, 4)
-        for ax, img, col in ((axes[r, c], filters[i], c), (axes[r, 5 + c], templates[i], 5 + c)):
-            lim = np.abs(img).max()
-            ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    for ax in axes[:, 4]:
-        ax.axis("off")
-    axes[0, 1].set_title("CNN layer 1: 16 shared 3x3 filters", loc="left", fontsize=9)
-    axes[0, 6].set_title("MLP layer 1: 16 of its 8x8 templates", loc="left", fontsize=9)
-    return figure_from_matplotlib(fig, "First-layer weights: local filters, whole-image templates")
+    with plot("First-layer weights: local filters, whole-image templates", 4, 9, figsize=(10, 4.6)) as drawn:
+        axes = drawn.axes
+        for i in range(16):
+            r, c = divmod(i, 4)
+            for ax, img, col in ((axes[r, c], filters[i], c), (axes[r, 5 + c], templates[i], 5 + c)):
+                lim = np.abs(img).max()
+                ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        for ax in axes.flat:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        for ax in axes[:, 4]:
+            ax.axis("off")
+        axes[0, 1].set_title("CNN layer 1: 16 shared 3x3 filters", loc="left", fontsize=9)
+        axes[0, 6].set_title("MLP layer 1: 16 of its 8x8 templates", loc="left", fontsize=9)
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    cfg = BUDGETS[budget]
+def run(cfg: dict, seed: int) -> Finding:
     data = prepare(load_source("digits"), val=0.15, test=0.15, seed=seed)
     c, h, w = data.input_shape
     n_inputs, n_classes = c * h * w, data.num_outputs

@@ -22,7 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from dlforge.data import prepare, recall_first
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models import build
 from dlforge.train import fit, seed_everything
 
@@ -72,26 +72,22 @@ def _train(T: int, cfg: dict, seed: int):
 
 
 def _figure(accuracy: dict[int, float], norms: list[float], T: int):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(list(accuracy), list(accuracy.values()), "o-", label="plain RNN")
-    ax1.axhline(1 / N_SYMBOLS, color="grey", ls="--", label="chance")
-    ax1.set_xlabel("sequence length T")
-    ax1.set_ylabel("validation accuracy")
-    ax1.set_ylim(0, 1.05)
-    ax1.legend()
-    ax2.semilogy(range(T - 1), norms[:-1], "o-", ms=3)
-    ax2.set_xlabel("input step t (0 holds the answer)")
-    ax2.set_ylabel("mean ||dL/dx_t||")
-    ax2.set_title(f"trained RNN, T = {T}")
-    return figure_from_matplotlib(fig, "Plain RNN on recall-first: accuracy per T, input gradients")
+    with plot("Plain RNN on recall-first: accuracy per T, input gradients", 1, 2, figsize=(10, 4)) as drawn:
+        ax1, ax2 = drawn.axes
+        ax1.plot(list(accuracy), list(accuracy.values()), "o-", label="plain RNN")
+        ax1.axhline(1 / N_SYMBOLS, color="grey", ls="--", label="chance")
+        ax1.set_xlabel("sequence length T")
+        ax1.set_ylabel("validation accuracy")
+        ax1.set_ylim(0, 1.05)
+        ax1.legend()
+        ax2.semilogy(range(T - 1), norms[:-1], "o-", ms=3)
+        ax2.set_xlabel("input step t (0 holds the answer)")
+        ax2.set_ylabel("mean ||dL/dx_t||")
+        ax2.set_title(f"trained RNN, T = {T}")
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    cfg = BUDGETS[budget]
+def run(cfg: dict, seed: int) -> Finding:
     accuracy: dict[int, float] = {}
     for T in cfg["lengths"]:
         model, data, accuracy[T] = _train(T, cfg, seed)

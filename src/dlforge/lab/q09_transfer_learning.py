@@ -35,7 +35,7 @@ from torch.utils.data import TensorDataset
 
 from dlforge.data import (TextTable, encode_texts, load_builtin, load_text_table, load_tokenizer,
                           special_ids, train_wordpiece)
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models import build
 from dlforge.models.bert import from_pretrained
 from dlforge.registry import save_artifact
@@ -279,38 +279,34 @@ def text_experiment(cfg: dict, seed: int) -> dict:
 # ----------------------------------------------------------------------------- finding
 
 def _figure(cfg: dict, image: dict, text: dict):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    labels = {"scratch": "scratch", "finetune": "pretrained + fine-tuned",
-              "probe": "pretrained, frozen (probe)"}
-    for method, label in labels.items():
-        ax1.plot(cfg["image_k"], image["accuracy"][method], "o-", label=label)
-    ax1.axhline(1 / NEW_CLASSES, color="grey", ls="--", label="chance")
-    ax1.set_xscale("log")
-    ax1.set_xticks(cfg["image_k"], [str(k) for k in cfg["image_k"]])
-    ax1.set_xlabel("labelled images per class (digits 5-9)")
-    ax1.set_ylabel("test accuracy")
-    ax1.set_title("Digits: pretrained on 0-4, transferred to 5-9", fontsize=10)
-    ax1.legend(fontsize=8)
-    width, ks = 0.27, np.arange(len(cfg["text_k"]))
-    bars = {"minilm": "MiniLM fine-tuned", "scratch": "scratch, same epochs",
-            "scratch_long": f"scratch, {LONG_FACTOR}x epochs"}
-    for i, (method, label) in enumerate(bars.items()):
-        ax2.bar(ks + (i - 1) * width, text["accuracy"][method], width, label=label)
-    ax2.axhline(1 / text["classes"], color="grey", ls="--", label="chance")
-    ax2.set_xticks(ks, [str(k) for k in cfg["text_k"]])
-    ax2.set_xlabel("labelled docstrings per class")
-    ax2.set_ylim(0, 1)
-    ax2.set_title("stdlib_docs: which module is this docstring from?", fontsize=10)
-    ax2.legend(fontsize=8)
-    return figure_from_matplotlib(fig, "Accuracy versus labels per class: transfer versus scratch")
+    with plot("Accuracy versus labels per class: transfer versus scratch", 1, 2, figsize=(11, 4)) as drawn:
+        ax1, ax2 = drawn.axes
+        labels = {"scratch": "scratch", "finetune": "pretrained + fine-tuned",
+                  "probe": "pretrained, frozen (probe)"}
+        for method, label in labels.items():
+            ax1.plot(cfg["image_k"], image["accuracy"][method], "o-", label=label)
+        ax1.axhline(1 / NEW_CLASSES, color="grey", ls="--", label="chance")
+        ax1.set_xscale("log")
+        ax1.set_xticks(cfg["image_k"], [str(k) for k in cfg["image_k"]])
+        ax1.set_xlabel("labelled images per class (digits 5-9)")
+        ax1.set_ylabel("test accuracy")
+        ax1.set_title("Digits: pretrained on 0-4, transferred to 5-9", fontsize=10)
+        ax1.legend(fontsize=8)
+        width, ks = 0.27, np.arange(len(cfg["text_k"]))
+        bars = {"minilm": "MiniLM fine-tuned", "scratch": "scratch, same epochs",
+                "scratch_long": f"scratch, {LONG_FACTOR}x epochs"}
+        for i, (method, label) in enumerate(bars.items()):
+            ax2.bar(ks + (i - 1) * width, text["accuracy"][method], width, label=label)
+        ax2.axhline(1 / text["classes"], color="grey", ls="--", label="chance")
+        ax2.set_xticks(ks, [str(k) for k in cfg["text_k"]])
+        ax2.set_xlabel("labelled docstrings per class")
+        ax2.set_ylim(0, 1)
+        ax2.set_title("stdlib_docs: which module is this docstring from?", fontsize=10)
+        ax2.legend(fontsize=8)
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    cfg = BUDGETS[budget]
+def run(cfg: dict, seed: int) -> Finding:
     with tempfile.TemporaryDirectory(prefix="dlforge-q09-") as tmp:
         image = image_experiment(cfg, seed, Path(tmp))
     text = text_experiment(cfg, seed)

@@ -33,7 +33,7 @@ from torch.utils.data import TensorDataset
 
 from dlforge.data import Prepared, load_builtin, prepare
 from dlforge.data.augment import build_augment, resolve_augment
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models import build
 from dlforge.train import evaluate_loss, fit, resolve_loss, seed_everything
 
@@ -136,50 +136,46 @@ def _label_check(data: Prepared, seed: int) -> dict[str, torch.Tensor]:
 
 
 def _figure(numbers: dict, variants: list[str], data: Prepared, per_digit: dict, seed: int):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    with plot("Augmentation on a small digits set; which transforms keep labels", 1, 3, figsize=(14, 4)) as drawn:
+        ax1, middle, ax3 = drawn.axes
+        drawn.fig.delaxes(middle)  # the middle third holds a grid of sample images
+        pos = np.arange(len(variants))
+        ax1.bar(pos - 0.2, [numbers[f"{v}_train_accuracy"] for v in variants], 0.4, label="train")
+        ax1.bar(pos + 0.2, [numbers[f"{v}_test_accuracy"] for v in variants], 0.4, label="test")
+        ax1.set_xticks(pos, [f"{v.replace('_', ' + ')}\ngap {numbers[f'{v}_gap']:.3f}" for v in variants], fontsize=8)
+        ax1.set_ylim(0.8, 1.06)
+        ax1.set_ylabel("accuracy")
+        ax1.set_title(f"{numbers['train_size']} training images, {numbers['seeds']} draw(s)", fontsize=10)
+        ax1.legend(fontsize=8, loc="upper center", ncol=2)
 
-    fig = plt.figure(figsize=(14, 4))
-    ax1, ax3 = fig.add_subplot(1, 3, 1), fig.add_subplot(1, 3, 3)
-    pos = np.arange(len(variants))
-    ax1.bar(pos - 0.2, [numbers[f"{v}_train_accuracy"] for v in variants], 0.4, label="train")
-    ax1.bar(pos + 0.2, [numbers[f"{v}_test_accuracy"] for v in variants], 0.4, label="test")
-    ax1.set_xticks(pos, [f"{v.replace('_', ' + ')}\ngap {numbers[f'{v}_gap']:.3f}" for v in variants], fontsize=8)
-    ax1.set_ylim(0.8, 1.06)
-    ax1.set_ylabel("accuracy")
-    ax1.set_title(f"{numbers['train_size']} training images, {numbers['seeds']} draw(s)", fontsize=10)
-    ax1.legend(fontsize=8, loc="upper center", ncol=2)
+        x, y = data.test.tensors
+        idx = torch.tensor([int(torch.nonzero(y == d)[0]) for d in range(10)])
+        augment = _augment("preset", data).train()
+        seed_everything(seed)
+        rows = [x[idx], augment(x[idx], y[idx])[0], augment(x[idx], y[idx])[0], x[idx].flip(-1)]
+        grid = drawn.fig.add_gridspec(4, 10, left=0.37, right=0.63, wspace=0.05, hspace=0.05)
+        for r, (row, name) in enumerate(zip(rows, ["original", "preset", "preset", "mirrored"])):
+            for d in range(10):
+                ax = drawn.fig.add_subplot(grid[r, d])
+                ax.imshow(row[d, 0].numpy(), cmap="gray_r")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if d == 0:
+                    ax.set_ylabel(name, fontsize=7)
+        drawn.fig.text(0.5, 0.92, "the preset keeps the digit; a mirror often does not", ha="center", fontsize=10)
 
-    x, y = data.test.tensors
-    idx = torch.tensor([int(torch.nonzero(y == d)[0]) for d in range(10)])
-    augment = _augment("preset", data).train()
-    seed_everything(seed)
-    rows = [x[idx], augment(x[idx], y[idx])[0], augment(x[idx], y[idx])[0], x[idx].flip(-1)]
-    grid = fig.add_gridspec(4, 10, left=0.37, right=0.63, wspace=0.05, hspace=0.05)
-    for r, (row, name) in enumerate(zip(rows, ["original", "preset", "preset", "mirrored"])):
-        for d in range(10):
-            ax = fig.add_subplot(grid[r, d])
-            ax.imshow(row[d, 0].numpy(), cmap="gray_r")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if d == 0:
-                ax.set_ylabel(name, fontsize=7)
-    fig.text(0.5, 0.92, "the preset keeps the digit; a mirror often does not", ha="center", fontsize=10)
-
-    for offset, name in ((-0.3, "clean"), (-0.1, "preset"), (0.1, "hflip"), (0.3, "vflip")):
-        ax3.bar(np.arange(10) + offset, per_digit[name].numpy(), 0.2, label=name)
-    ax3.set_xticks(range(10))
-    ax3.set_xlabel("digit")
-    ax3.set_ylabel("reader accuracy")
-    ax3.set_title("Does the label survive the transform?", fontsize=10)
-    ax3.set_ylim(0, 1.15)
-    ax3.legend(fontsize=7, ncol=4, loc="upper center")
-    return figure_from_matplotlib(fig, "Augmentation on a small digits set; which transforms keep labels")
+        for offset, name in ((-0.3, "clean"), (-0.1, "preset"), (0.1, "hflip"), (0.3, "vflip")):
+            ax3.bar(np.arange(10) + offset, per_digit[name].numpy(), 0.2, label=name)
+        ax3.set_xticks(range(10))
+        ax3.set_xlabel("digit")
+        ax3.set_ylabel("reader accuracy")
+        ax3.set_title("Does the label survive the transform?", fontsize=10)
+        ax3.set_ylim(0, 1.15)
+        ax3.legend(fontsize=7, ncol=4, loc="upper center")
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    cfg = BUDGETS[budget]
+def run(cfg: dict, seed: int) -> Finding:
     variants = cfg["variants"]
     data = prepare(load_builtin("digits"), val=0, test=TEST_FRACTION, seed=seed)
     scores = {v: {"train": [], "test": []} for v in variants}

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from dlforge.data import load_source, prepare
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models import MLP, build
 from dlforge.train import NanGuard, fit, seed_everything
 
@@ -131,25 +131,21 @@ def _max_trainable(lrs: list[float], accs: list[float]) -> float:
 
 
 def _figure(lrs, sweep, scales, by_scale):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, accs in sweep.items():
-        ax1.semilogx(lrs, accs, "o-", label=name)
-    ax2.semilogx(scales, by_scale["plain"], "o-", label="plain")
-    ax2.semilogx(scales, by_scale["bn"], "o-", label="bn")
-    for ax, xlabel in ((ax1, "SGD learning rate"), (ax2, "init scale of hidden weights")):
-        ax.axhline(TRAINS_AT, color="grey", ls=":", lw=0.8)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("validation accuracy")
-        ax.legend()
-    return figure_from_matplotlib(fig, "Batch norm: learning-rate range and init-scale sensitivity")
+    with plot("Batch norm: learning-rate range and init-scale sensitivity", 1, 2, figsize=(11, 4)) as drawn:
+        ax1, ax2 = drawn.axes
+        for name, accs in sweep.items():
+            ax1.semilogx(lrs, accs, "o-", label=name)
+        ax2.semilogx(scales, by_scale["plain"], "o-", label="plain")
+        ax2.semilogx(scales, by_scale["bn"], "o-", label="bn")
+        for ax, xlabel in ((ax1, "SGD learning rate"), (ax2, "init scale of hidden weights")):
+            ax.axhline(TRAINS_AT, color="grey", ls=":", lw=0.8)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("validation accuracy")
+            ax.legend()
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    cfg = BUDGETS[budget]
+def run(cfg: dict, seed: int) -> Finding:
     data = prepare(load_source("digits"), val=0.15, test=0.15, seed=seed)
     seed_everything(seed)
     stats = normalized_stats(make_net(data, batch_norm=True), data.train.tensors[0][:256])

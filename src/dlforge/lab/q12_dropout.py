@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from dlforge.data import Prepared, load_source, prepare
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models import MLP, build
 from dlforge.train import evaluate_loss, fit, resolve_loss, seed_everything
 
@@ -110,39 +110,35 @@ def _mc_vs_eval(model: MLP, x: torch.Tensor, masks: int) -> tuple[float, float]:
 
 
 def _figure(models: dict[str, MLP], data, scores, h: torch.Tensor, dropout: nn.Dropout):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    x, y = data.train.tensors
-    lo, hi = float(x.min()) - 0.3, float(x.max()) + 0.3
-    ticks = torch.linspace(lo, hi, 120)
-    grid = torch.stack(torch.meshgrid(ticks, ticks, indexing="xy"), dim=-1)  # (G, G, 2)
-    grid = grid.reshape(-1, 2)  # (G*G, 2)
-    for ax, name in zip(axes, ("plain", "dropout")):
-        models[name].eval()
+    with plot("Decision regions without/with dropout; its expectation", 1, 3, figsize=(13, 4)) as drawn:
+        axes = drawn.axes
+        x, y = data.train.tensors
+        lo, hi = float(x.min()) - 0.3, float(x.max()) + 0.3
+        ticks = torch.linspace(lo, hi, 120)
+        grid = torch.stack(torch.meshgrid(ticks, ticks, indexing="xy"), dim=-1)  # (G, G, 2)
+        grid = grid.reshape(-1, 2)  # (G*G, 2)
+        for ax, name in zip(axes, ("plain", "dropout")):
+            models[name].eval()
+            with torch.no_grad():
+                prob = models[name](grid).softmax(1)[:, 1].reshape(120, 120)
+            ax.contourf(ticks.numpy(), ticks.numpy(), prob.numpy(), levels=20, cmap="coolwarm",
+                        alpha=0.6)
+            ax.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", s=8, edgecolors="k", linewidths=0.3)
+            s = scores[name]
+            ax.set_title(f"{name}: train {s['train']:.2f}, test {s['test']:.2f}")
+        dropout.train()
         with torch.no_grad():
-            prob = models[name](grid).softmax(1)[:, 1].reshape(120, 120)
-        ax.contourf(ticks.numpy(), ticks.numpy(), prob.numpy(), levels=20, cmap="coolwarm",
-                    alpha=0.6)
-        ax.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", s=8, edgecolors="k", linewidths=0.3)
-        s = scores[name]
-        ax.set_title(f"{name}: train {s['train']:.2f}, test {s['test']:.2f}")
-    dropout.train()
-    with torch.no_grad():
-        mean = torch.stack([dropout(h) for _ in range(200)]).mean(0)  # (N, F)
-    axes[2].scatter(h.flatten(), mean.flatten(), s=3, alpha=0.4)
-    lim = float(h.max())
-    axes[2].plot([0, lim], [0, lim], "k--", lw=0.8)
-    axes[2].set_xlabel("eval-mode output (= input)")
-    axes[2].set_ylabel("mean of 200 train-mode outputs")
-    axes[2].set_title(f"inverted dropout, p={dropout.p}")
-    return figure_from_matplotlib(fig, "Decision regions without/with dropout; its expectation")
+            mean = torch.stack([dropout(h) for _ in range(200)]).mean(0)  # (N, F)
+        axes[2].scatter(h.flatten(), mean.flatten(), s=3, alpha=0.4)
+        lim = float(h.max())
+        axes[2].plot([0, lim], [0, lim], "k--", lw=0.8)
+        axes[2].set_xlabel("eval-mode output (= input)")
+        axes[2].set_ylabel("mean of 200 train-mode outputs")
+        axes[2].set_title(f"inverted dropout, p={dropout.p}")
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    cfg = BUDGETS[budget]
+def run(cfg: dict, seed: int) -> Finding:
     runs = [_train_pair(seed + k, cfg["epochs"]) for k in range(cfg["seeds"])]
     models, _, data = runs[0]
     mean = lambda name, split: float(np.mean([r[1][name][split] for r in runs]))  # noqa: E731

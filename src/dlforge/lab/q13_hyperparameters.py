@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from dlforge.data import load_source, prepare
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models import build
 from dlforge.train import NanGuard, evaluate_loss, fit, resolve_loss, seed_everything
 from dlforge.tune import PruningCallback
@@ -114,41 +114,37 @@ def _search(data, trials: int, epochs: int, seed: int) -> list[dict]:
 
 def _figure(lrs, sweep_losses, initial, curves, batch_sizes, seconds, act_bytes, trials,
             default_val):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ((a1, a2), (a3, a4)) = plt.subplots(2, 2, figsize=(11, 8))
-    finite = [(lr, v) for lr, v in zip(lrs, sweep_losses) if v is not None]
-    a1.semilogx(*zip(*finite), "o-", label="final train loss")
-    for i, lr in enumerate(lr for lr, v in zip(lrs, sweep_losses) if v is None):
-        a1.axvline(lr, color="red", ls=":", label=None if i else "diverged")
-    a1.axhline(initial, color="grey", ls="--", lw=0.8, label="initial loss")
-    a1.set(xlabel="SGD learning rate", ylabel="loss", title="learning-rate sweep")
-    a1.legend()
-    for name, losses in curves.items():
-        a2.plot(range(1, len(losses) + 1), losses, "o-", label=name)
-    a2.set(xlabel="epoch", ylabel="train loss", title=f"SGD lr {MOMENTUM_LR}: momentum")
-    a2.legend()
-    a3.loglog(batch_sizes, seconds, "o-", color="C0")
-    a3.set(xlabel="batch size", title="time per epoch and saved activations")
-    a3.set_ylabel("seconds per epoch", color="C0")
-    twin = a3.twinx()
-    twin.loglog(batch_sizes, [b / 1024 for b in act_bytes], "s--", color="C1")
-    twin.set_ylabel("saved activations (KiB)", color="C1")
-    sc = a4.scatter([t["lr"] for t in trials], [t["val_accuracy"] for t in trials],
-                    c=np.log10([t["weight_decay"] for t in trials]), cmap="viridis")
-    a4.axhline(default_val, color="red", ls="--", label="default config")
-    a4.set_xscale("log")
-    a4.set(xlabel="Adam lr", ylabel="val accuracy (last epoch run)", title="Optuna trials (TPE, median pruning)")
-    fig.colorbar(sc, ax=a4, label="log10 weight decay")
-    a4.legend()
-    fig.tight_layout()
-    return figure_from_matplotlib(fig, "Learning rate, momentum, batch size and an Optuna search")
+    with plot("Learning rate, momentum, batch size and an Optuna search", 2, 2, figsize=(11, 8)) as drawn:
+        ((a1, a2), (a3, a4)) = drawn.axes
+        finite = [(lr, v) for lr, v in zip(lrs, sweep_losses) if v is not None]
+        a1.semilogx(*zip(*finite), "o-", label="final train loss")
+        for i, lr in enumerate(lr for lr, v in zip(lrs, sweep_losses) if v is None):
+            a1.axvline(lr, color="red", ls=":", label=None if i else "diverged")
+        a1.axhline(initial, color="grey", ls="--", lw=0.8, label="initial loss")
+        a1.set(xlabel="SGD learning rate", ylabel="loss", title="learning-rate sweep")
+        a1.legend()
+        for name, losses in curves.items():
+            a2.plot(range(1, len(losses) + 1), losses, "o-", label=name)
+        a2.set(xlabel="epoch", ylabel="train loss", title=f"SGD lr {MOMENTUM_LR}: momentum")
+        a2.legend()
+        a3.loglog(batch_sizes, seconds, "o-", color="C0")
+        a3.set(xlabel="batch size", title="time per epoch and saved activations")
+        a3.set_ylabel("seconds per epoch", color="C0")
+        twin = a3.twinx()
+        twin.loglog(batch_sizes, [b / 1024 for b in act_bytes], "s--", color="C1")
+        twin.set_ylabel("saved activations (KiB)", color="C1")
+        sc = a4.scatter([t["lr"] for t in trials], [t["val_accuracy"] for t in trials],
+                        c=np.log10([t["weight_decay"] for t in trials]), cmap="viridis")
+        a4.axhline(default_val, color="red", ls="--", label="default config")
+        a4.set_xscale("log")
+        a4.set(xlabel="Adam lr", ylabel="val accuracy (last epoch run)", title="Optuna trials (TPE, median pruning)")
+        drawn.fig.colorbar(sc, ax=a4, label="log10 weight decay")
+        a4.legend()
+        drawn.fig.tight_layout()
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    cfg = BUDGETS[budget]
+def run(cfg: dict, seed: int) -> Finding:
     epochs = cfg["epochs"]
     data = prepare(load_source("digits"), val=0.15, test=0.15, seed=seed)
     x, y = data.train.tensors

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from dlforge.data import load_source, prepare
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.lab.finding import significant as _r
 from dlforge.models import build
 from dlforge.train import Callback, fit, seed_everything
@@ -105,39 +105,26 @@ def _train_one(data, name: str, lr: float, steps: int, target: float, seed: int)
 
 
 def _figure(best: dict, grid: dict, lrs: list[float], target: float):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for name, (lr, r) in best.items():
-        passes = np.arange(1, len(r["losses"])) / r["steps_per_epoch"]  # after each step; log axis skips 0
-        a.plot(passes, r["losses"][1:], label=f"{name} (lr {lr:g})")
-    a.axhline(target, color="grey", ls="--", lw=0.8)
-    a.set(xscale="log", yscale="log", xlabel="passes over the training set (epochs)",
-          ylabel="full training loss", title="At each optimizer's best learning rate")
-    a.legend(fontsize=8)
-    for name in OPTIMIZERS:
-        finals = [np.nan if r["diverged"] else r["final"] for r in grid[name]]
-        b.plot(lrs, finals, marker="o", label=name)
-    b.axhline(target, color="grey", ls="--", lw=0.8)
-    b.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final training loss",
-          title="Same number of steps, learning-rate grid")
-    b.legend(fontsize=8)
-    return fig
+    with plot("Loss paths and learning-rate sensitivity", 1, 2, figsize=(10, 3.8)) as drawn:
+        a, b = drawn.axes
+        for name, (lr, r) in best.items():
+            passes = np.arange(1, len(r["losses"])) / r["steps_per_epoch"]  # after each step; log axis skips 0
+            a.plot(passes, r["losses"][1:], label=f"{name} (lr {lr:g})")
+        a.axhline(target, color="grey", ls="--", lw=0.8)
+        a.set(xscale="log", yscale="log", xlabel="passes over the training set (epochs)",
+              ylabel="full training loss", title="At each optimizer's best learning rate")
+        a.legend(fontsize=8)
+        for name in OPTIMIZERS:
+            finals = [np.nan if r["diverged"] else r["final"] for r in grid[name]]
+            b.plot(lrs, finals, marker="o", label=name)
+        b.axhline(target, color="grey", ls="--", lw=0.8)
+        b.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final training loss",
+              title="Same number of steps, learning-rate grid")
+        b.legend(fontsize=8)
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    """Run the experiment at ``budget`` ("quick" or "full") and return its finding.
-
-    Example:
-        >>> run("quick").verdict  # doctest: +SKIP
-        'supported'
-    """
-    return _run(BUDGETS[budget], seed)  # run_topic runs it on one thread
-
-
-def _run(cfg: dict, seed: int) -> Finding:
+def run(cfg: dict, seed: int) -> Finding:
     steps, lrs, target = cfg["steps"], cfg["lrs"], cfg["target"]
     data = prepare(load_source("digits"), val=0.0, test=TEST_FRACTION, seed=seed)
     grid = {name: [_train_one(data, name, lr, steps, target, seed) for lr in lrs] for name in OPTIMIZERS}
@@ -198,7 +185,6 @@ def _run(cfg: dict, seed: int) -> Finding:
                 f"loss after every step; target loss {target}; a rate that never reaches it "
                 f"counts as {steps + 1} steps."),
         numbers=numbers, checks=checks,
-        figures=[figure_from_matplotlib(_figure(best, grid, lrs, target),
-                                        "Loss paths and learning-rate sensitivity")],
+        figures=[_figure(best, grid, lrs, target)],
         notes=notes,
     )

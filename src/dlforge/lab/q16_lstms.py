@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from dlforge.data import prepare, recall_first
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models import build
 from dlforge.train import fit, seed_everything
 
@@ -41,7 +41,7 @@ OPTIM = {"name": "adam", "lr": 0.005}
 CLIP = 1.0
 BATCH_SIZE = 64
 FORGET_BIAS = 1.0  # Gers et al. 2000, Jozefowicz et al. 2015: start by remembering
-SOLVED_ABOVE = 0.8  # mean accuracy over seeds (a solved run ends near 1.0)
+SOLVED_ABOVE = 0.7  # mean accuracy over seeds (a solved run ends near 1.0; chance is 0.25)
 MARGIN = 0.3  # LSTM accuracy at least this far above the RNN's
 
 
@@ -89,31 +89,27 @@ def _train(kind: str, data, cfg: dict, seed: int):
 
 
 def _figure(f_mean: torch.Tensor, curves: dict[str, list[float]]):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, curve in curves.items():
-        ax1.plot(range(1, len(curve) + 1), curve, "o-", ms=3, label=name)
-    ax1.axhline(1 / N_SYMBOLS, color="grey", ls="--", label="chance")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("validation accuracy")
-    ax1.legend()
-    im = ax2.imshow(f_mean.T.numpy(), aspect="auto", vmin=0, vmax=1, cmap="viridis")
-    ax2.set_xlabel("time step t")
-    ax2.set_ylabel("hidden unit")
-    ax2.set_title("mean forget gate f_t (validation set)")
-    fig.colorbar(im, ax=ax2)
-    return figure_from_matplotlib(fig, "RNN versus LSTM on recall-first; LSTM forget gates")
+    with plot("RNN versus LSTM on recall-first; LSTM forget gates", 1, 2, figsize=(11, 4)) as drawn:
+        ax1, ax2 = drawn.axes
+        for name, curve in curves.items():
+            ax1.plot(range(1, len(curve) + 1), curve, "o-", ms=3, label=name)
+        ax1.axhline(1 / N_SYMBOLS, color="grey", ls="--", label="chance")
+        ax1.set_xlabel("epoch")
+        ax1.set_ylabel("validation accuracy")
+        ax1.legend()
+        im = ax2.imshow(f_mean.T.numpy(), aspect="auto", vmin=0, vmax=1, cmap="viridis")
+        ax2.set_xlabel("time step t")
+        ax2.set_ylabel("hidden unit")
+        ax2.set_title("mean forget gate f_t (validation set)")
+        drawn.fig.colorbar(im, ax=ax2)
+    return drawn.figure
 
 
 def _mean(values: list[float]) -> float:
     return round(sum(values) / len(values), 4)
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    cfg = BUDGETS[budget]
+def run(cfg: dict, seed: int) -> Finding:
     T = cfg["length"]
     seeds = list(range(seed, seed + cfg["seeds"]))
     finals: dict[str, list[float]] = {"rnn": [], "lstm": []}

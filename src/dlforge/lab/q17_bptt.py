@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dlforge.data import prepare, recall_first
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models.rnn import Recurrent, rnn_cell
 from dlforge.train import seed_everything
 
@@ -166,21 +166,17 @@ def _gradient_check(seed: int) -> float:
 
 
 def _figure(lengths, full, trunc, k):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.plot(lengths, [b / 1024 for b in full], "o-", label="full BPTT")
-    ax.plot(lengths, [b / 1024 for b in trunc], "s-", label=f"truncated, k = {k}")
-    ax.set_xlabel("sequence length T")
-    ax.set_ylabel("activation memory per backward (KiB)")
-    ax.legend()
-    return figure_from_matplotlib(fig, "Autograd activation memory: full versus truncated BPTT")
+    with plot("Autograd activation memory: full versus truncated BPTT", figsize=(6.5, 4)) as drawn:
+        ax = drawn.axes
+        ax.plot(lengths, [b / 1024 for b in full], "o-", label="full BPTT")
+        ax.plot(lengths, [b / 1024 for b in trunc], "s-", label=f"truncated, k = {k}")
+        ax.set_xlabel("sequence length T")
+        ax.set_ylabel("activation memory per backward (KiB)")
+        ax.legend()
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    cfg = BUDGETS[budget]
+def run(cfg: dict, seed: int) -> Finding:
     rel_error = _gradient_check(seed)
     lengths, k = cfg["lengths"], cfg["k"]
     full = [saved_bytes(T, None) for T in lengths]

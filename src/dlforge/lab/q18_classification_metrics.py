@@ -12,7 +12,7 @@ a held-out split with ``dlforge.evaluate.classification_metrics``; every metric 
 scikit-learn and the largest absolute difference reported. (2) The majority-class trap:
 breast cancer cut down to 1 malignant case per 19 benign ones; a predictor that always
 says "benign" against an MLP trained on the same data. (3) 5-fold stratified
-cross-validation of the breast-cancer run with ``dlforge.evaluate.cross_validate``: mean
+cross-validation of the breast-cancer run with ``dlforge.pipeline.cross_validate``: mean
 and spread of the fold scores, and where the single split of (1) falls in that spread.
 """
 
@@ -25,8 +25,9 @@ from torch import nn
 
 from dlforge.config import validate_config
 from dlforge.data import load_source, prepare
-from dlforge.evaluate import classification_metrics, cross_validate, evaluate, predict_outputs
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.evaluate import classification_metrics, evaluate, predict_outputs
+from dlforge.pipeline.crossval import cross_validate
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.lab.finding import significant as _r
 from dlforge.models import build
 from dlforge.train import fit, seed_everything
@@ -122,23 +123,20 @@ def _imbalanced(seed: int):
 
 
 def _figure(trap, trained, folds: list[dict]):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-    keys = ["accuracy", "balanced_accuracy", "minority_recall", "minority_f1", "roc_auc"]
-    xs = np.arange(len(keys))
-    for offset, (label, vals) in ((-0.2, ("always benign", trap)), (0.2, ("trained MLP", trained))):
-        a.bar(xs + offset, [vals[k] for k in keys], width=0.4, label=label)
-    a.set_xticks(xs, [k.replace("_", "\n") for k in keys], fontsize=8)
-    a.set(ylim=(0, 1.05), title="5% malignant: the majority-class trap")
-    a.legend(fontsize=8)
-    for key in ("accuracy", "f1_macro", "roc_auc"):
-        b.plot(range(1, len(folds) + 1), [f[key] for f in folds], marker="o", label=key)
-    b.set(xlabel="fold", ylabel="held-out score", title="Cross-validation: one score per fold")
-    b.legend(fontsize=8)
-    return fig
+    with plot("The majority-class trap and CV folds", 1, 2, figsize=(10, 3.8)) as drawn:
+        a, b = drawn.axes
+        keys = ["accuracy", "balanced_accuracy", "minority_recall", "minority_f1", "roc_auc"]
+        xs = np.arange(len(keys))
+        for offset, (label, vals) in ((-0.2, ("always benign", trap)), (0.2, ("trained MLP", trained))):
+            a.bar(xs + offset, [vals[k] for k in keys], width=0.4, label=label)
+        a.set_xticks(xs, [k.replace("_", "\n") for k in keys], fontsize=8)
+        a.set(ylim=(0, 1.05), title="5% malignant: the majority-class trap")
+        a.legend(fontsize=8)
+        for key in ("accuracy", "f1_macro", "roc_auc"):
+            b.plot(range(1, len(folds) + 1), [f[key] for f in folds], marker="o", label=key)
+        b.set(xlabel="fold", ylabel="held-out score", title="Cross-validation: one score per fold")
+        b.legend(fontsize=8)
+    return drawn.figure
 
 
 def _trap_numbers(ev) -> dict:
@@ -147,17 +145,7 @@ def _trap_numbers(ev) -> dict:
             "minority_recall": minority["recall"], "minority_f1": minority["f1"], "roc_auc": ev.metrics["roc_auc"]}
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    """Run the experiment at ``budget`` ("quick" or "full") and return its finding.
-
-    Example:
-        >>> run("quick").verdict  # doctest: +SKIP
-        'supported'
-    """
-    return _run(BUDGETS[budget], seed)  # run_topic runs it on one thread
-
-
-def _run(cfg: dict, seed: int) -> Finding:
+def run(cfg: dict, seed: int) -> Finding:
     binary, (diff_b, conf_b) = _scored("breast_cancer", cfg["epochs"], seed)
     multi, (diff_m, conf_m) = _scored("wine", cfg["epochs"], seed)
 
@@ -222,6 +210,6 @@ def _run(cfg: dict, seed: int) -> Finding:
                 "breast cancer cut to 5% malignant, always-benign predictor versus a trained MLP; "
                 f"{cfg['folds']}-fold stratified cross_validate of the breast-cancer run."),
         numbers=numbers, checks=checks,
-        figures=[figure_from_matplotlib(_figure(trap, trained, cv.folds), "The majority-class trap and CV folds")],
+        figures=[_figure(trap, trained, cv.folds)],
         notes=notes,
     )

@@ -40,7 +40,7 @@ from torch.utils.data import TensorDataset
 from dlforge.data import Prepared, load_builtin, prepare
 from dlforge.data.augment import build_augment, resolve_augment
 from dlforge.pipeline.learning_curve import nested_order
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.lab.q09_transfer_learning import transfer_body
 from dlforge.models import build
 from dlforge.registry import save_artifact
@@ -201,44 +201,40 @@ LABELS = {"baseline": "baseline", "augmentation": "augment", "regularisation": "
 
 
 def _figure(numbers: dict):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
-    names = list(LABELS)
-    pos = np.arange(len(names))
-    ax1.bar(pos - 0.2, [numbers[f"{n}_train_accuracy"] for n in names], 0.4, label="train (the labelled images)")
-    ax1.bar(pos + 0.2, [numbers[f"{n}_test_accuracy"] for n in names], 0.4, label="test")
-    ax1.axhline(numbers["baseline_test_accuracy"], color="grey", ls="--", lw=0.8)
-    for p, n in zip(pos, names):
-        ax1.text(p + 0.2, numbers[f"{n}_test_accuracy"] + 0.003, f"{numbers[f'{n}_test_accuracy']:.3f}",
-                 ha="center", fontsize=7)
-    ax1.set_xticks(pos, [LABELS[n] for n in names], fontsize=8)
-    ax1.set_ylim(0.7, 1.02)
-    ax1.set_title(f"n = {numbers['n']} labelled digits: each remedy alone", fontsize=10)
-    ax1.legend(fontsize=8, loc="lower right")
-    sizes = numbers["curve_sizes"]
-    ax2.plot(sizes, numbers["curve_train_accuracy"], "o-", label="train accuracy")
-    ax2.plot(sizes, numbers["curve_test_accuracy"], "o--", label="test accuracy")
-    ax2.set_xscale("log")
-    ax2.set_xticks(sizes, [str(s) for s in sizes])
-    ax2.minorticks_off()
-    ax2.set_xlabel("labelled training images")
-    ax2.set_ylabel("accuracy")
-    gap_ax = ax2.twinx()
-    gap_ax.plot(sizes, numbers["curve_gap"], "s-", color="tab:red", label="gap (right axis)")
-    gap_ax.set_ylim(0, max(numbers["curve_gap"]) * 1.3 + 1e-3)
-    gap_ax.set_ylabel("train - test", color="tab:red")
-    ax2.set_title("Learning curve of the baseline (same updates at every size)", fontsize=10)
-    lines = ax2.get_lines() + gap_ax.get_lines()
-    ax2.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="center right")
-    ax2.grid(alpha=0.3)
-    return figure_from_matplotlib(fig, "Remedies at n = 100 and the train-test gap against n")
+    with plot("Remedies at n = 100 and the train-test gap against n", 1, 2, figsize=(12, 4)) as drawn:
+        ax1, ax2 = drawn.axes
+        names = list(LABELS)
+        pos = np.arange(len(names))
+        ax1.bar(pos - 0.2, [numbers[f"{n}_train_accuracy"] for n in names], 0.4, label="train (the labelled images)")
+        ax1.bar(pos + 0.2, [numbers[f"{n}_test_accuracy"] for n in names], 0.4, label="test")
+        ax1.axhline(numbers["baseline_test_accuracy"], color="grey", ls="--", lw=0.8)
+        for p, n in zip(pos, names):
+            ax1.text(p + 0.2, numbers[f"{n}_test_accuracy"] + 0.003, f"{numbers[f'{n}_test_accuracy']:.3f}",
+                     ha="center", fontsize=7)
+        ax1.set_xticks(pos, [LABELS[n] for n in names], fontsize=8)
+        ax1.set_ylim(0.7, 1.02)
+        ax1.set_title(f"n = {numbers['n']} labelled digits: each remedy alone", fontsize=10)
+        ax1.legend(fontsize=8, loc="lower right")
+        sizes = numbers["curve_sizes"]
+        ax2.plot(sizes, numbers["curve_train_accuracy"], "o-", label="train accuracy")
+        ax2.plot(sizes, numbers["curve_test_accuracy"], "o--", label="test accuracy")
+        ax2.set_xscale("log")
+        ax2.set_xticks(sizes, [str(s) for s in sizes])
+        ax2.minorticks_off()
+        ax2.set_xlabel("labelled training images")
+        ax2.set_ylabel("accuracy")
+        gap_ax = ax2.twinx()
+        gap_ax.plot(sizes, numbers["curve_gap"], "s-", color="tab:red", label="gap (right axis)")
+        gap_ax.set_ylim(0, max(numbers["curve_gap"]) * 1.3 + 1e-3)
+        gap_ax.set_ylabel("train - test", color="tab:red")
+        ax2.set_title("Learning curve of the baseline (same updates at every size)", fontsize=10)
+        lines = ax2.get_lines() + gap_ax.get_lines()
+        ax2.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="center right")
+        ax2.grid(alpha=0.3)
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    cfg = BUDGETS[budget]
+def run(cfg: dict, seed: int) -> Finding:
     with tempfile.TemporaryDirectory(prefix="dlforge-q19-") as tmp:
         runs = [_one_seed(cfg, seed + k, Path(tmp)) for k in range(cfg["seeds"])]
     mean = lambda values: round(float(np.mean(values)), 4)  # noqa: E731

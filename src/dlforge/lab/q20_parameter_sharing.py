@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from dlforge.data import load_source, prepare
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.lab.finding import significant as _r
 from dlforge.models import build
 from dlforge.train import fit, seed_everything
@@ -144,40 +144,27 @@ def _shift_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[
 
 
 def _figure(counts: list[dict], acc: dict):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, label in (("dense", "dense layer, same in/out"), ("conv", "3x3 conv layer"),
-                       ("mlp", "MLP [128]"), ("cnn", "CNN [16, 32], global pool")):
-        a.plot(SIZES, [c[key] for c in counts], marker="o", label=label)
-    a.set(xscale="log", yscale="log", xlabel="image side (pixels)", ylabel="weights",
-          title="Weight count versus image size")
-    a.set_xticks(SIZES, [str(s) for s in SIZES])
-    a.set_xticks([], minor=True)  # log-axis minor labels would overprint the sizes
-    a.legend(fontsize=8)
-    shifts = list(range(-MAX_SHIFT, MAX_SHIFT + 1))
-    for name in ("cnn", "mlp"):
-        mean_per_shift = [np.mean([seed_acc[(0, dx)] for seed_acc in acc[name]]) for dx in shifts]
-        b.plot(shifts, mean_per_shift, marker="o", label=name.upper())
-    b.set(xlabel="horizontal shift (pixels)", ylabel="test accuracy", ylim=(0, 1.02),
-          title="Trained on centred digits, tested shifted")
-    b.legend(fontsize=8)
-    return fig
+    with plot("Weight counts and shifted-digit accuracy", 1, 2, figsize=(10, 3.8)) as drawn:
+        a, b = drawn.axes
+        for key, label in (("dense", "dense layer, same in/out"), ("conv", "3x3 conv layer"),
+                           ("mlp", "MLP [128]"), ("cnn", "CNN [16, 32], global pool")):
+            a.plot(SIZES, [c[key] for c in counts], marker="o", label=label)
+        a.set(xscale="log", yscale="log", xlabel="image side (pixels)", ylabel="weights",
+              title="Weight count versus image size")
+        a.set_xticks(SIZES, [str(s) for s in SIZES])
+        a.set_xticks([], minor=True)  # log-axis minor labels would overprint the sizes
+        a.legend(fontsize=8)
+        shifts = list(range(-MAX_SHIFT, MAX_SHIFT + 1))
+        for name in ("cnn", "mlp"):
+            mean_per_shift = [np.mean([seed_acc[(0, dx)] for seed_acc in acc[name]]) for dx in shifts]
+            b.plot(shifts, mean_per_shift, marker="o", label=name.upper())
+        b.set(xlabel="horizontal shift (pixels)", ylabel="test accuracy", ylim=(0, 1.02),
+              title="Trained on centred digits, tested shifted")
+        b.legend(fontsize=8)
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    """Run the experiment at ``budget`` ("quick" or "full") and return its finding.
-
-    Example:
-        >>> run("quick").verdict  # doctest: +SKIP
-        'supported'
-    """
-    return _run(BUDGETS[budget], seed)  # run_topic runs it on one thread
-
-
-def _run(cfg: dict, seed: int) -> Finding:
+def run(cfg: dict, seed: int) -> Finding:
     counts = [weight_counts(s) for s in SIZES]
     acc: dict[str, list] = {"cnn": [], "mlp": []}
     for i in range(cfg["seeds"]):
@@ -238,6 +225,6 @@ def _run(cfg: dict, seed: int) -> Finding:
                 f"trained {cfg['epochs']} epochs (Adam lr {OPTIM['lr']}) on centred 12x12 digits, tested on "
                 f"all shifts up to {MAX_SHIFT} pixels; {cfg['seeds']} seed(s)."),
         numbers=numbers, checks=checks,
-        figures=[figure_from_matplotlib(_figure(counts, acc), "Weight counts and shifted-digit accuracy")],
+        figures=[_figure(counts, acc)],
         notes=notes,
     )

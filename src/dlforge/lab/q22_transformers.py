@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from dlforge.data import prepare, recall_first
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models import build
 from dlforge.train import fit, seed_everything
 
@@ -97,34 +97,30 @@ def _train(train, val, T: int, positional: str, heads: int, cfg: dict, seed: int
 
 
 def _figure(curves: dict[str, list[float]], cls_map: torch.Tensor, head_maps: torch.Tensor):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4))
-    for name, curve in curves.items():
-        ax1.plot(range(1, len(curve) + 1), curve, "o-", ms=3, label=name)
-    ax1.axhline(1 / N_SYMBOLS, color="grey", ls="--", label="chance")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("validation accuracy")
-    ax1.legend(fontsize=8)
-    T = cls_map.shape[-1] - 1
-    for h in range(head_maps.shape[0]):
-        ax2.plot(range(T + 1), head_maps[h].numpy(), "o-", ms=3, label=f"head {h}")
-    ax2.set_xticks(range(T + 1), ["CLS"] + [str(t) for t in range(T)], fontsize=7)
-    ax2.set_xlabel("attended position")
-    ax2.set_ylabel("mean attention from [CLS]")
-    ax2.legend(fontsize=8)
-    im = ax3.imshow(cls_map.numpy(), vmin=0, vmax=1, cmap="viridis")
-    ax3.set_title("attention, one validation sequence (mean over heads)")
-    ax3.set_xlabel("key (0 = CLS)")
-    ax3.set_ylabel("query (0 = CLS)")
-    fig.colorbar(im, ax=ax3)
-    return figure_from_matplotlib(fig, "Positions versus none; [CLS] attention of the positional model")
+    with plot("Positions versus none; [CLS] attention of the positional model", 1, 3, figsize=(15, 4)) as drawn:
+        ax1, ax2, ax3 = drawn.axes
+        for name, curve in curves.items():
+            ax1.plot(range(1, len(curve) + 1), curve, "o-", ms=3, label=name)
+        ax1.axhline(1 / N_SYMBOLS, color="grey", ls="--", label="chance")
+        ax1.set_xlabel("epoch")
+        ax1.set_ylabel("validation accuracy")
+        ax1.legend(fontsize=8)
+        T = cls_map.shape[-1] - 1
+        for h in range(head_maps.shape[0]):
+            ax2.plot(range(T + 1), head_maps[h].numpy(), "o-", ms=3, label=f"head {h}")
+        ax2.set_xticks(range(T + 1), ["CLS"] + [str(t) for t in range(T)], fontsize=7)
+        ax2.set_xlabel("attended position")
+        ax2.set_ylabel("mean attention from [CLS]")
+        ax2.legend(fontsize=8)
+        im = ax3.imshow(cls_map.numpy(), vmin=0, vmax=1, cmap="viridis")
+        ax3.set_title("attention, one validation sequence (mean over heads)")
+        ax3.set_xlabel("key (0 = CLS)")
+        ax3.set_ylabel("query (0 = CLS)")
+        drawn.fig.colorbar(im, ax=ax3)
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    cfg = BUDGETS[budget]
+def run(cfg: dict, seed: int) -> Finding:
     T = cfg["length"]
     data = prepare(recall_first(cfg["n"], T, N_SYMBOLS, seed=seed), val=0.25, test=0.0,
                    standardize=False, seed=seed)

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models import build
 from dlforge.nn.attention import local_attention, scaled_dot_product_attention
 from dlforge.train import fit, seed_everything
@@ -207,40 +207,35 @@ def reflection_change(model: torch.nn.Module, x: Tensor) -> float:
 
 def _figures(lengths: list[int], cost: dict, exps: dict, T: int, lengths_eval: list[int],
              scores: dict):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    with plot("Attention cost versus length (log-log)", 1, 2, figsize=(11, 4)) as cost_plot:
+        ax1, ax2 = cost_plot.axes
+        for name, c in cost.items():
+            ax1.loglog(lengths, c["seconds"], "o-", label=f"{name} (slope {exps[name][0]:.2f})")
+            ax2.loglog(lengths, c["bytes"], "s-", label=f"{name} (slope {exps[name][1]:.2f})")
+        for ax, what in ((ax1, "median forward seconds"), (ax2, "bytes saved for backward")):
+            ax.set_xticks(lengths, [str(t) for t in lengths], minor=False)
+            ax.minorticks_off()
+            ax.set_xlabel("sequence length T")
+            ax.set_ylabel(what)
+            ax.legend(fontsize=8)
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, c in cost.items():
-        ax1.loglog(lengths, c["seconds"], "o-", label=f"{name} (slope {exps[name][0]:.2f})")
-        ax2.loglog(lengths, c["bytes"], "s-", label=f"{name} (slope {exps[name][1]:.2f})")
-    for ax, what in ((ax1, "median forward seconds"), (ax2, "bytes saved for backward")):
-        ax.set_xticks(lengths, [str(t) for t in lengths], minor=False)
-        ax.minorticks_off()
-        ax.set_xlabel("sequence length T")
-        ax.set_ylabel(what)
-        ax.legend(fontsize=8)
-    cost_fig = figure_from_matplotlib(fig, "Attention cost versus length (log-log)")
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, s in scores.items():
-        ax1.plot(lengths_eval, s["curve"], "o-", label=name)
-        ax2.plot(range(1, 2 * T), s["per_step_2x"], ".-", ms=3, label=name)
-    for ax in (ax1, ax2):
-        ax.axvline(T, color="grey", ls=":", label="trained length")
-        ax.axhline(1 / VOCAB, color="grey", ls="--", label="chance")
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(0, 1.05)
-    ax1.set_xlabel("evaluation length")
-    ax2.set_xlabel(f"step, sequences of length {2 * T}")
-    ax1.legend(fontsize=8)
-    acc_fig = figure_from_matplotlib(fig, "Previous-token accuracy beyond the trained length")
-    return [cost_fig, acc_fig]
+    with plot("Previous-token accuracy beyond the trained length", 1, 2, figsize=(11, 4)) as acc_plot:
+        ax1, ax2 = acc_plot.axes
+        for name, s in scores.items():
+            ax1.plot(lengths_eval, s["curve"], "o-", label=name)
+            ax2.plot(range(1, 2 * T), s["per_step_2x"], ".-", ms=3, label=name)
+        for ax in (ax1, ax2):
+            ax.axvline(T, color="grey", ls=":", label="trained length")
+            ax.axhline(1 / VOCAB, color="grey", ls="--", label="chance")
+            ax.set_ylabel("accuracy")
+            ax.set_ylim(0, 1.05)
+        ax1.set_xlabel("evaluation length")
+        ax2.set_xlabel(f"step, sequences of length {2 * T}")
+        ax1.legend(fontsize=8)
+    return [cost_plot.figure, acc_plot.figure]
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    cfg = BUDGETS[budget]
+def run(cfg: dict, seed: int) -> Finding:
     lengths, T = list(cfg["lengths"]), cfg["train_length"]
     cost = measure_cost(lengths, cfg["repeats"], seed)
     exps = {name: (fit_exponent(lengths, c["seconds"]), fit_exponent(lengths, c["bytes"]))

@@ -48,7 +48,7 @@ from dlforge.lab._mlm import (
     tiny_bert,
     unigram_accuracy,
 )
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models.bert import from_pretrained
 from dlforge.train import (
     evaluate_loss,
@@ -58,7 +58,7 @@ from dlforge.train import (
     seed_everything,
     trainable_summary,
 )
-from dlforge.train.engine import cross_entropy
+from dlforge.train.losses import cross_entropy
 
 TOPIC = 24
 TITLE = "BERT"
@@ -176,34 +176,31 @@ def finetune_minilm(per_class: int, epochs: int, n_test: int, seed: int = 0) -> 
 
 
 def _figure(curves: dict[str, list[float]], unigram: float, ft: dict):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, curve in curves.items():
-        ax1.plot(range(1, len(curve) + 1), curve, "o-", ms=3, label=name)
-    ax1.axhline(unigram, color="grey", ls="--", label="most frequent token")
-    ax1.set_xlabel("MLM epoch")
-    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax1.set_ylabel("held-out masked-token accuracy")
-    ax1.legend(fontsize=8)
-    names = ["chance", "constant guess", "MiniLM fine-tuned"]
-    values = [ft["chance"], ft["majority"], ft["accuracy"]]
-    ax2.bar(names, values, color=["#bbb", "#999", "tab:blue"])
-    for i, v in enumerate(values):
-        ax2.text(i, v + 0.01, f"{v:.2f}", ha="center")
-    ax2.set_ylim(0, 1.05)
-    ax2.set_ylabel("test accuracy (stdlib_docs, 6 classes)")
-    ax2.set_title(f"{ft['train']} labels, {ft['trainable'] / ft['total']:.0%} of weights trained",
-                  fontsize=9)
-    fig.tight_layout()
-    return figure_from_matplotlib(fig, "Bidirectional versus causal MLM; MiniLM with few labels")
+    with plot("Bidirectional versus causal MLM; MiniLM with few labels", 1, 2, figsize=(11, 4)) as drawn:
+        ax1, ax2 = drawn.axes
+        for name, curve in curves.items():
+            ax1.plot(range(1, len(curve) + 1), curve, "o-", ms=3, label=name)
+        ax1.axhline(unigram, color="grey", ls="--", label="most frequent token")
+        ax1.set_xlabel("MLM epoch")
+        ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax1.set_ylabel("held-out masked-token accuracy")
+        ax1.legend(fontsize=8)
+        names = ["chance", "constant guess", "MiniLM fine-tuned"]
+        values = [ft["chance"], ft["majority"], ft["accuracy"]]
+        ax2.bar(names, values, color=["#bbb", "#999", "tab:blue"])
+        for i, v in enumerate(values):
+            ax2.text(i, v + 0.01, f"{v:.2f}", ha="center")
+        ax2.set_ylim(0, 1.05)
+        ax2.set_ylabel("test accuracy (stdlib_docs, 6 classes)")
+        ax2.set_title(f"{ft['train']} labels, {ft['trainable'] / ft['total']:.0%} of weights trained",
+                      fontsize=9)
+        drawn.fig.tight_layout()
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    cfg = BUDGETS[budget]
+def run(cfg: dict, seed: int) -> Finding:
     corpus, heldout, runs = _pretrain_pair(cfg, seed)
     bi, causal = runs["bidirectional"], runs["causal"]
     probe = corpus.heldout_ids[:16]  # (16, T)

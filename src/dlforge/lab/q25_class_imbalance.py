@@ -34,11 +34,11 @@ import numpy as np
 from dlforge.data import load_builtin, prepare
 from dlforge.data.imbalance import ImbalanceConfig, balanced_order, class_counts, make_imbalanced, resample_dataset
 from dlforge.evaluate import evaluate, fold_indices, predict_outputs
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.lab.finding import significant as _r
 from dlforge.models import build
 from dlforge.train import fit, seed_everything
-from dlforge.train.bagging import balanced_bagging
+from dlforge.pipeline.bagging import balanced_bagging
 from dlforge.train.losses import LossConfig, build_loss
 
 TOPIC = 25
@@ -151,26 +151,23 @@ def _one_seed(seed: int, cfg: dict) -> dict:
 
 
 def _figure(numbers: dict, names: list[str]):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2.2, 1]})
-    xs = np.arange(len(names))
-    for offset, key in ((-0.27, "minority_f1"), (0.0, "minority_recall"), (0.27, "pr_auc")):
-        a.bar(xs + offset, [numbers[f"{n}_{key}"] for n in names], width=0.27, label=key.replace("_", " "))
-    a.axhline(numbers["plain_minority_f1"], color="grey", ls="--", lw=1, label="plain minority F1")
-    a.set_xticks(xs, [n.replace("_", " ") for n in names], fontsize=7, rotation=35, ha="right")
-    a.set(ylim=(0, 1.25), yticks=np.linspace(0, 1, 6),
-          title=f"Digits '8' vs rest at 1:20, {numbers['steps']} steps each")
-    a.legend(fontsize=7, loc="upper center", ncol=4)
-    folds = np.arange(1, FOLDS + 1)
-    b.plot(folds, numbers["stratified_minority_share_per_fold"], marker="o", label="stratified")
-    b.plot(folds, numbers["plain_kfold_minority_share_per_fold"], marker="s", label="plain k-fold")
-    b.axhline(numbers["overall_minority_share"], color="grey", ls=":", label="whole set")
-    b.set(xlabel="held-out fold", ylabel="minority share", title="Minority share per fold")
-    b.legend(fontsize=8)
-    return fig
+    with plot("Minority F1, recall and PR-AUC per remedy", 1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2.2, 1]}) as drawn:
+        a, b = drawn.axes
+        xs = np.arange(len(names))
+        for offset, key in ((-0.27, "minority_f1"), (0.0, "minority_recall"), (0.27, "pr_auc")):
+            a.bar(xs + offset, [numbers[f"{n}_{key}"] for n in names], width=0.27, label=key.replace("_", " "))
+        a.axhline(numbers["plain_minority_f1"], color="grey", ls="--", lw=1, label="plain minority F1")
+        a.set_xticks(xs, [n.replace("_", " ") for n in names], fontsize=7, rotation=35, ha="right")
+        a.set(ylim=(0, 1.25), yticks=np.linspace(0, 1, 6),
+              title=f"Digits '8' vs rest at 1:20, {numbers['steps']} steps each")
+        a.legend(fontsize=7, loc="upper center", ncol=4)
+        folds = np.arange(1, FOLDS + 1)
+        b.plot(folds, numbers["stratified_minority_share_per_fold"], marker="o", label="stratified")
+        b.plot(folds, numbers["plain_kfold_minority_share_per_fold"], marker="s", label="plain k-fold")
+        b.axhline(numbers["overall_minority_share"], color="grey", ls=":", label="whole set")
+        b.set(xlabel="held-out fold", ylabel="minority share", title="Minority share per fold")
+        b.legend(fontsize=8)
+    return drawn.figure
 
 
 def _long_note(n: dict, best: str) -> str:
@@ -184,17 +181,7 @@ def _long_note(n: dict, best: str) -> str:
                "steps." if caught_up else "."))
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    """Run the experiment at ``budget`` ("quick" or "full") and return its finding.
-
-    Example:
-        >>> run("quick").verdict  # doctest: +SKIP
-        'supported'
-    """
-    return _run(BUDGETS[budget], seed)  # run_topic runs it on one thread
-
-
-def _run(cfg: dict, seed: int) -> Finding:
+def run(cfg: dict, seed: int) -> Finding:
     per_seed = [_one_seed(seed + i, cfg) for i in range(cfg["seeds"])]
     first = per_seed[0]
     mean = lambda f: _r(np.mean([f(s) for s in per_seed]))  # noqa: E731
@@ -262,6 +249,6 @@ def _run(cfg: dict, seed: int) -> Finding:
                 + f"minority-share spread of {FOLDS} stratified vs plain folds (fold_indices); "
                 f"mean over {cfg['seeds']} seed(s)."),
         numbers=numbers, checks=checks,
-        figures=[figure_from_matplotlib(_figure(numbers, names), "Minority F1, recall and PR-AUC per remedy")],
+        figures=[_figure(numbers, names)],
         notes=notes,
     )

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from dlforge.data import prepare, recall_first
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models import build
 from dlforge.nn.attention import scaled_dot_product_attention
 from dlforge.train import fit, seed_everything
@@ -115,23 +115,19 @@ def _train(kind: str, data, T: int, cfg: dict, seed: int) -> list[float]:
 
 
 def _figure(lengths, tf_acc, rnn_acc):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(lengths, tf_acc, "o-", label="Transformer (1 layer)")
-    ax.plot(lengths, rnn_acc, "s-", label="plain RNN")
-    ax.axhline(1 / N_SYMBOLS, color="grey", ls="--", label="chance")
-    ax.set_xlabel("distance from the symbol to the query (sequence length T)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_ylim(0, 1.05)
-    ax.legend()
-    return figure_from_matplotlib(fig, "Recall-first accuracy versus distance")
+    with plot("Recall-first accuracy versus distance", figsize=(6, 4)) as drawn:
+        ax = drawn.axes
+        ax.plot(lengths, tf_acc, "o-", label="Transformer (1 layer)")
+        ax.plot(lengths, rnn_acc, "s-", label="plain RNN")
+        ax.axhline(1 / N_SYMBOLS, color="grey", ls="--", label="chance")
+        ax.set_xlabel("distance from the symbol to the query (sequence length T)")
+        ax.set_ylabel("validation accuracy")
+        ax.set_ylim(0, 1.05)
+        ax.legend()
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    cfg = BUDGETS[budget]
+def run(cfg: dict, seed: int) -> Finding:
     lengths = list(cfg["lengths"])
     tf_acc, rnn_acc, tf_epochs = [], [], []
     for T in lengths:

@@ -45,7 +45,7 @@ from dlforge.lab._mlm import (
     tiny_bert,
     unigram_accuracy,
 )
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.train import fit, seed_everything
 
 TOPIC = 28
@@ -117,31 +117,28 @@ def _finetune(model: torch.nn.Module, train, val, test, epochs: int, seed: int):
 
 
 def _figure(curves: dict[str, list[float]], target: float, mlm_curve: list[float], unigram: float):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
-    for name, curve in curves.items():
-        ax1.plot(range(1, len(curve) + 1), curve, "o-", ms=3, label=name)
-    ax1.axhline(target, color="grey", ls="--", label="target: scratch's best")
-    ax1.set_xlabel("fine-tuning epoch")
-    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax1.set_ylabel("validation accuracy (stdlib_docs)")
-    ax1.legend(fontsize=8)
-    ax2.plot(range(1, len(mlm_curve) + 1), mlm_curve, "o-", ms=3, color="tab:green")
-    ax2.axhline(unigram, color="grey", ls="--", label="most frequent token")
-    ax2.set_xlabel("MLM epoch")
-    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax2.set_ylabel("held-out masked-token accuracy")
-    ax2.legend(fontsize=8)
-    fig.tight_layout()
-    return figure_from_matplotlib(fig, "Pretrained versus scratch fine-tuning; the pretraining")
+    with plot("Pretrained versus scratch fine-tuning; the pretraining", 1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]}) as drawn:
+        ax1, ax2 = drawn.axes
+        for name, curve in curves.items():
+            ax1.plot(range(1, len(curve) + 1), curve, "o-", ms=3, label=name)
+        ax1.axhline(target, color="grey", ls="--", label="target: scratch's best")
+        ax1.set_xlabel("fine-tuning epoch")
+        ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax1.set_ylabel("validation accuracy (stdlib_docs)")
+        ax1.legend(fontsize=8)
+        ax2.plot(range(1, len(mlm_curve) + 1), mlm_curve, "o-", ms=3, color="tab:green")
+        ax2.axhline(unigram, color="grey", ls="--", label="most frequent token")
+        ax2.set_xlabel("MLM epoch")
+        ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax2.set_ylabel("held-out masked-token accuracy")
+        ax2.legend(fontsize=8)
+        drawn.fig.tight_layout()
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    cfg = BUDGETS[budget]
+def run(cfg: dict, seed: int) -> Finding:
     corpus = mlm_corpus(MAX_LEN, VOCAB_SIZE, seed, cfg["n_passages"])
     heldout = fixed_masks(corpus.heldout_ids, corpus.special, corpus.vocab_size, seed)
     seed_everything(seed)

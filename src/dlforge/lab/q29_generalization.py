@@ -16,7 +16,7 @@ split, 20% of whose labels are replaced by a different, random class (label nois
 the 80% test split keeps the true labels. The baseline is an MLP [128] trained with
 AdamW for a fixed number of epochs. k baselines with different seeds (3 at the quick
 budget, 5 at the full) are scored alone and as an averaging ensemble
-(``dlforge.models.ensemble.from_models``): accuracy, log loss and ECE on the test split.
+(``dlforge.models.from_models``): accuracy, log loss and ECE on the test split.
 Then, from the same seed: early stopping on validation loss (restoring the best
 weights), weight decay, dropout, the digits augmentation preset (small rotations,
 shifts, zooms) and a right-sized MLP [32], each alone; and the combination of the four
@@ -36,10 +36,10 @@ from torch.utils.data import TensorDataset
 from dlforge.data import load_builtin, prepare
 from dlforge.data.augment import build_augment, resolve_augment
 from dlforge.evaluate import evaluate, predict_outputs
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.lab.finding import significant as _r
 from dlforge.models import build
-from dlforge.models.ensemble import from_models
+from dlforge.models import from_models
 from dlforge.train import EarlyStopping, fit, seed_everything
 
 TOPIC = 29
@@ -148,40 +148,27 @@ def _settings(cfg: dict) -> list[str]:
 
 
 def _figure(numbers: dict, names: list[str]):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
-    xs = np.arange(len(names))
-    colors = ["tab:grey", "tab:grey", "tab:purple"] + ["tab:blue"] * len(SINGLES)
-    colors += ["tab:green"] * (len(names) - len(colors))
-    a.bar(xs, [numbers[f"{n}_accuracy"] for n in names], color=colors)
-    a.set_xticks(xs, [n.replace("_", " ") for n in names], fontsize=7, rotation=35, ha="right")
-    low = min(numbers[f"{n}_accuracy"] for n in names)
-    a.set(ylim=(max(0.0, low - 0.1), 1.0), ylabel="test accuracy",
-          title=f"Digits, {numbers['train_size']} training images, {LABEL_NOISE:.0%} noisy labels")
-    a.axhline(numbers["baseline_accuracy"], color="grey", ls="--", lw=1)
-    pair = ["member_mean", "ensemble"]
-    for offset, key in ((-0.2, "log_loss"), (0.2, "ece")):
-        b.bar(np.arange(2) + offset, [numbers[f"{n}_{key}"] for n in pair], width=0.4, label=key.replace("_", " "))
-    b.set_xticks(np.arange(2), ["mean member", f"ensemble of {numbers['members']}"])
-    b.set(title="Ensemble vs its members")
-    b.legend(fontsize=8)
-    return fig
+    with plot("Test accuracy per setting", 1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]}) as drawn:
+        a, b = drawn.axes
+        xs = np.arange(len(names))
+        colors = ["tab:grey", "tab:grey", "tab:purple"] + ["tab:blue"] * len(SINGLES)
+        colors += ["tab:green"] * (len(names) - len(colors))
+        a.bar(xs, [numbers[f"{n}_accuracy"] for n in names], color=colors)
+        a.set_xticks(xs, [n.replace("_", " ") for n in names], fontsize=7, rotation=35, ha="right")
+        low = min(numbers[f"{n}_accuracy"] for n in names)
+        a.set(ylim=(max(0.0, low - 0.1), 1.0), ylabel="test accuracy",
+              title=f"Digits, {numbers['train_size']} training images, {LABEL_NOISE:.0%} noisy labels")
+        a.axhline(numbers["baseline_accuracy"], color="grey", ls="--", lw=1)
+        pair = ["member_mean", "ensemble"]
+        for offset, key in ((-0.2, "log_loss"), (0.2, "ece")):
+            b.bar(np.arange(2) + offset, [numbers[f"{n}_{key}"] for n in pair], width=0.4, label=key.replace("_", " "))
+        b.set_xticks(np.arange(2), ["mean member", f"ensemble of {numbers['members']}"])
+        b.set(title="Ensemble vs its members")
+        b.legend(fontsize=8)
+    return drawn.figure
 
 
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    """Run the experiment at ``budget`` ("quick" or "full") and return its finding.
-
-    Example:
-        >>> run("quick").verdict  # doctest: +SKIP
-        'supported'
-    """
-    return _run(BUDGETS[budget], seed)  # run_topic runs it on one thread
-
-
-def _run(cfg: dict, seed: int) -> Finding:
+def run(cfg: dict, seed: int) -> Finding:
     per_seed = [_one_seed(seed + i, cfg) for i in range(cfg["seeds"])]
     first = per_seed[0]
     mean = lambda f: _r(np.mean([f(s) for s in per_seed]))  # noqa: E731
@@ -237,6 +224,6 @@ def _run(cfg: dict, seed: int) -> Finding:
                 f"{RIGHT_SIZED}, each alone, and combined; test accuracy, log loss, ECE; mean over "
                 f"{cfg['seeds']} seed(s)."),
         numbers=numbers, checks=checks,
-        figures=[figure_from_matplotlib(_figure(numbers, names), "Test accuracy per setting")],
+        figures=[_figure(numbers, names)],
         notes=notes,
     )

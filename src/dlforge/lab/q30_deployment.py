@@ -35,19 +35,18 @@ import math
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import torch
-from prometheus_client.parser import text_string_to_metric_families
 from torch.utils.data import Subset
 
 from dlforge.compress.quantize import quantize_dynamic_int8, weight_bytes
 from dlforge.data import load_builtin, prepare, split_indices
-from dlforge.lab._http import Reply, bounded_load, send, serving
-from dlforge.lab.finding import Check, Finding, figure_from_matplotlib
+from dlforge.lab._http import (Reply, bearer, bounded_load, clients, percentiles, ratio_interval, send,
+                               served_requests, serving)
+from dlforge.lab.finding import Check, Finding, plot
 from dlforge.lab.finding import significant as _r
 from dlforge.models import build
 from dlforge.registry.artifact import load_artifact, save_artifact
@@ -81,49 +80,6 @@ PREDICT = f"/v1/models/{NAME}/predict"
 # The verdict's bounds, fixed before the first run (the issue's numbers).
 # "int8 lowers latency" holds when the bootstrap interval of the served p50 speedup lies above 1.
 SPEEDUP_ABOVE, DROP_AT_MOST, BYTES_RATIO_AT_MOST, Z_AT_MOST = 1.0, 0.02, 0.3, 3.0
-
-
-@contextlib.contextmanager
-def clients(url: str, key: str) -> Iterator[list[httpx.Client]]:
-    """``CONCURRENCY`` keep-alive clients of ``url`` sending ``key``, closed on exit."""
-    with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(httpx.Client(base_url=url, headers=_auth(key), timeout=TIMEOUT_S))
-               for _ in range(CONCURRENCY)]
-
-
-def _auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def percentiles(ms: list[float]) -> tuple[float, float]:
-    """(p50, p99) of latencies, numpy's linear interpolation.
-
-    Example:
-        >>> percentiles([float(i) for i in range(1, 101)])
-        (50.5, 99.01)
-    """
-    if not ms:  # nothing answered: no latency, and every check on it fails
-        return math.nan, math.nan
-    p50, p99 = np.percentile(ms, [50, 99])
-    return round(float(p50), 4), round(float(p99), 4)
-
-
-def ratio_interval(a: list[float], b: list[float], seed: int = 0, draws: int = 2000) -> tuple[float, float]:
-    """95% bootstrap interval of median(a) / median(b), resampling each list independently.
-
-    Example:
-        >>> lo, hi = ratio_interval([2.0] * 50, [1.0] * 50)
-        >>> (lo, hi)
-        (2.0, 2.0)
-    """
-    if not a or not b:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    x, y = np.asarray(a), np.asarray(b)
-    ratios = (np.median(rng.choice(x, (draws, len(x))), axis=1)
-              / np.median(rng.choice(y, (draws, len(y))), axis=1))
-    lo, hi = np.percentile(ratios, [2.5, 97.5])
-    return float(lo), float(hi)
 
 
 def share_z(count: int, n: int, p: float) -> float:
@@ -168,7 +124,7 @@ def _accuracy(url: str, key: str, raw: np.ndarray, labels: list[str], deadline: 
     One request at a time: the queue holds ``max_queue`` samples, and four requests of 128
     at once would overflow it (429), which is the server protecting itself, not an error."""
     predicted: list[str] = []
-    with httpx.Client(base_url=url, headers=_auth(key), timeout=TIMEOUT_S) as client:
+    with httpx.Client(base_url=url, headers=bearer(key), timeout=TIMEOUT_S) as client:
         for i in range(0, len(raw), EVAL_BATCH):
             reply = send(client, PREDICT, {"inputs": raw[i:i + EVAL_BATCH].tolist()})
             if reply.status != 200 or time.monotonic() > deadline:
@@ -182,7 +138,7 @@ def _latency(urls: dict[str, str], key: str, raw: np.ndarray, n: int, deadline: 
     one = lambda i: ({"inputs": [raw[i % len(raw)].tolist()]}, {})  # noqa: E731
     out: dict[str, list[Reply]] = {name: [] for name in urls}
     with contextlib.ExitStack() as stack:
-        pools = {name: stack.enter_context(clients(url, key)) for name, url in urls.items()}
+        pools = {name: stack.enter_context(clients(url, key, CONCURRENCY, TIMEOUT_S)) for name, url in urls.items()}
         for pool in pools.values():  # opens the keep-alive connections; not timed
             bounded_load(pool, PREDICT, [one(i) for i in range(WARMUP)], deadline)
         per_round = n // ROUNDS
@@ -197,8 +153,8 @@ def _ab(url: str, keys: dict[str, str], sample: list, n_users: int, deadline: fl
     config = {"variants": [{"alias": a, "weight": w} for a, w in AB.items()], "sticky_header": "X-User-Id"}
     users = [f"user-{i}" for i in range(n_users)]
     jobs = [({"inputs": [sample]}, {"X-User-Id": u}) for u in users]
-    with httpx.Client(base_url=url, headers=_auth(keys["admin"]), timeout=TIMEOUT_S) as admin, \
-            clients(url, keys["predict"]) as pool:
+    with httpx.Client(base_url=url, headers=bearer(keys["admin"]), timeout=TIMEOUT_S) as admin, \
+            clients(url, keys["predict"], CONCURRENCY, TIMEOUT_S) as pool:
         admin.put(f"/v1/models/{NAME}/traffic", json=config).raise_for_status()
         first = bounded_load(pool, PREDICT, jobs, deadline)
         again = bounded_load(pool, PREDICT, jobs[:STICKY_REPEAT], deadline)
@@ -212,18 +168,11 @@ def _ab(url: str, keys: dict[str, str], sample: list, n_users: int, deadline: fl
             "repeats": len(again), "failed": sum(r.status != 200 for r in first + again)}
 
 
-def _served_requests(url: str) -> float:
-    """Predict requests the server's ``/metrics`` counted, all statuses and versions."""
-    text = httpx.get(url + "/metrics", timeout=TIMEOUT_S).text
-    return sum(s.value for family in text_string_to_metric_families(text) if family.name == "dlforge_requests"
-               for s in family.samples if s.name == "dlforge_requests_total" and s.labels.get("model") == NAME)
-
-
 def _rollback(url: str, keys: dict[str, str], sample: list, stage: int, deadline: float) -> dict:
     """production -> 2, then rollback, while ``CONCURRENCY`` threads keep predicting."""
     replies: list[Reply] = []
     lock, stop = threading.Lock(), threading.Event()
-    counted_before = _served_requests(url)
+    counted_before = served_requests(url, NAME, TIMEOUT_S)
 
     def worker(client: httpx.Client) -> None:
         while not stop.is_set() and len(replies) < 10 * stage and time.monotonic() < deadline:  # a safety cap
@@ -236,8 +185,8 @@ def _rollback(url: str, keys: dict[str, str], sample: list, stage: int, deadline
             time.sleep(0.005)
 
     stack = contextlib.ExitStack()
-    pool = stack.enter_context(clients(url, keys["predict"]))
-    admin = stack.enter_context(httpx.Client(base_url=url, headers=_auth(keys["admin"]), timeout=TIMEOUT_S))
+    pool = stack.enter_context(clients(url, keys["predict"], CONCURRENCY, TIMEOUT_S))
+    admin = stack.enter_context(httpx.Client(base_url=url, headers=bearer(keys["admin"]), timeout=TIMEOUT_S))
     workers = [threading.Thread(target=worker, args=(client,)) for client in pool]
     t0 = time.perf_counter()
     for w in workers:
@@ -256,7 +205,7 @@ def _rollback(url: str, keys: dict[str, str], sample: list, stage: int, deadline
     versions = lambda lo, hi: [r.body["version"] for r in replies  # noqa: E731
                                if r.status == 200 and r.sent > lo and r.done < hi]
     after_swap, after_back = versions(swap.done, back.sent), versions(back.done, math.inf)
-    counted = _served_requests(url) - counted_before
+    counted = served_requests(url, NAME, TIMEOUT_S) - counted_before
     return {"requests": len(replies), "failed": sum(r.status != 200 for r in replies),
             "admin_ok": int(swap.status == 200 and back.status == 200),
             "after_swap": len(after_swap), "after_back": len(after_back),
@@ -270,10 +219,10 @@ def _rollback(url: str, keys: dict[str, str], sample: list, stage: int, deadline
 
 def _access(url: str, keys: dict[str, str], sample: list) -> dict[str, int]:
     """Status of each call that must be refused: 401 without a valid key, 403 for a predict key on admin routes."""
-    p, a = _auth(keys["predict"]), f"/v1/models/{NAME}"
+    p, a = bearer(keys["predict"]), f"/v1/models/{NAME}"
     cases = {
         "predict_no_key": ("POST", PREDICT, {"inputs": [sample]}, {}),
-        "predict_wrong_key": ("POST", PREDICT, {"inputs": [sample]}, _auth("not-a-key")),
+        "predict_wrong_key": ("POST", PREDICT, {"inputs": [sample]}, bearer("not-a-key")),
         "predict_basic_auth": ("POST", PREDICT, {"inputs": [sample]}, {"Authorization": "Basic dXNlcjpwdw=="}),
         "alias_no_key": ("PUT", f"{a}/aliases/production", {"version": 2}, {}),
         "alias_predict_key": ("PUT", f"{a}/aliases/production", {"version": 2}, p),
@@ -290,18 +239,12 @@ EXPECTED = {"predict_no_key": 401, "predict_wrong_key": 401, "predict_basic_auth
 
 
 # ---------------------------------------------------------------------------- the experiment
-def run(budget: str = "quick", seed: int = 0) -> Finding:
-    """Run the experiment at ``budget`` ("quick" or "full") and return its finding.
-
-    Example:
-        >>> run("quick").numbers["unauthenticated_refused"]  # doctest: +SKIP
-        1.0
-    """
+def run(cfg: dict, seed: int) -> Finding:
     with tempfile.TemporaryDirectory(prefix="dlforge-q30-") as tmp:  # registry, artifacts: all removed after
-        return _run(BUDGETS[budget], seed, Path(tmp))
+        return _finding(cfg, _measure(cfg, seed, Path(tmp)))
 
 
-def _run(cfg: dict, seed: int, tmp: Path) -> Finding:
+def _measure(cfg: dict, seed: int, tmp: Path) -> dict:
     bundle = load_builtin(SOURCE)
     data = prepare(bundle, val=0, test=TEST, seed=seed)
     test_idx = split_indices(bundle, val=0, test=TEST, seed=seed)[2]  # the samples of data.test
@@ -342,7 +285,7 @@ def _run(cfg: dict, seed: int, tmp: Path) -> Finding:
         m["aliases_after"] = registry.aliases(NAME)
     finally:
         registry.close()
-    return _finding(cfg, m)
+    return m
 
 
 def _fraction(flags: list[bool]) -> float:
@@ -420,43 +363,40 @@ def _finding(cfg: dict, m: dict) -> Finding:
               f"{cfg['stage']} answers per stage; /metrics request counter before and after. Access: "
               f"{len(EXPECTED)} calls that must be refused.")
     return Finding(topic=TOPIC, title=TITLE, claim=CLAIM, method=method, numbers=n, checks=checks,
-                   figures=[figure_from_matplotlib(_figure(n, ms, rb), "Serving latency, A/B split and rollback")],
+                   figures=[_figure(n, ms, rb)],
                    notes=_notes(n))
 
 
 def _figure(n: dict, ms: dict[str, list[float]], rb: dict):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 4), gridspec_kw={"width_ratios": [1.4, 1, 1.4]})
-    for name, color in (("fp32", "C0"), ("int8", "C1")):
-        xs = np.sort(ms[name])
-        a.plot(xs, np.arange(1, len(xs) + 1) / len(xs), color=color,
-               label=f"{name} served (p50 {n[f'{name}_served_p50_ms']:.2f} ms)")
-        a.axvline(n[f"offline_{name}_ms"], color=color, ls=":", label=f"{name} model alone, batch 1")
-    a.set(xscale="log", xlabel="client-side latency (ms, log)", ylabel="fraction of requests",
-          title=f"MLP {n['hidden']}, {n['concurrency']} client threads")
-    a.legend(fontsize=7, loc="lower right")
-    arms = list(AB)
-    observed = [1 - n["ab_candidate_share"], n["ab_candidate_share"]]
-    half_width = 1.96 * math.sqrt(AB["candidate"] * AB["production"] / max(n["ab_answered"], 1))
-    xs = np.arange(len(arms))
-    b.bar(xs - 0.2, [AB[arm] for arm in arms], width=0.4, label="configured")
-    b.bar(xs + 0.2, observed, width=0.4, yerr=half_width, capsize=4,
-          label="observed (95% band at the configured share)")
-    b.set_xticks(xs, arms)
-    b.set(ylim=(0, 1.2), yticks=np.linspace(0, 1, 6), ylabel="share of users",
-          title=f"A/B split, {n['ab_users']} sticky users (z {n['ab_z']:.2f})")
-    b.legend(fontsize=7, loc="upper right")
-    times, versions = zip(*rb["timeline"]) if rb["timeline"] else ((), ())
-    c.plot(times, versions, "|", ms=12, alpha=0.4)
-    for t, label in zip(rb["marks"], ("production -> 2 returned", "rollback returned")):
-        c.axvline(t, color="grey", ls="--")
-        c.annotate(label, (t, 1.5), rotation=90, fontsize=7, ha="right", va="center")
-    c.set(yticks=[1, 2], ylim=(0.5, 2.5), xlabel="seconds into the phase", ylabel="version that answered",
-          title=f"Rollback under load: {n['rollback_failed_requests']} of {n['rollback_requests']} failed")
-    return fig
+    with plot("Serving latency, A/B split and rollback", 1, 3, figsize=(14, 4), gridspec_kw={"width_ratios": [1.4, 1, 1.4]}) as drawn:
+        a, b, c = drawn.axes
+        for name, color in (("fp32", "C0"), ("int8", "C1")):
+            xs = np.sort(ms[name])
+            a.plot(xs, np.arange(1, len(xs) + 1) / len(xs), color=color,
+                   label=f"{name} served (p50 {n[f'{name}_served_p50_ms']:.2f} ms)")
+            a.axvline(n[f"offline_{name}_ms"], color=color, ls=":", label=f"{name} model alone, batch 1")
+        a.set(xscale="log", xlabel="client-side latency (ms, log)", ylabel="fraction of requests",
+              title=f"MLP {n['hidden']}, {n['concurrency']} client threads")
+        a.legend(fontsize=7, loc="lower right")
+        arms = list(AB)
+        observed = [1 - n["ab_candidate_share"], n["ab_candidate_share"]]
+        half_width = 1.96 * math.sqrt(AB["candidate"] * AB["production"] / max(n["ab_answered"], 1))
+        xs = np.arange(len(arms))
+        b.bar(xs - 0.2, [AB[arm] for arm in arms], width=0.4, label="configured")
+        b.bar(xs + 0.2, observed, width=0.4, yerr=half_width, capsize=4,
+              label="observed (95% band at the configured share)")
+        b.set_xticks(xs, arms)
+        b.set(ylim=(0, 1.2), yticks=np.linspace(0, 1, 6), ylabel="share of users",
+              title=f"A/B split, {n['ab_users']} sticky users (z {n['ab_z']:.2f})")
+        b.legend(fontsize=7, loc="upper right")
+        times, versions = zip(*rb["timeline"]) if rb["timeline"] else ((), ())
+        c.plot(times, versions, "|", ms=12, alpha=0.4)
+        for t, label in zip(rb["marks"], ("production -> 2 returned", "rollback returned")):
+            c.axvline(t, color="grey", ls="--")
+            c.annotate(label, (t, 1.5), rotation=90, fontsize=7, ha="right", va="center")
+        c.set(yticks=[1, 2], ylim=(0.5, 2.5), xlabel="seconds into the phase", ylabel="version that answered",
+              title=f"Rollback under load: {n['rollback_failed_requests']} of {n['rollback_requests']} failed")
+    return drawn.figure
 
 
 def _notes(n: dict) -> str:

@@ -18,13 +18,14 @@ import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from dlforge.errors import ConfigError
 from dlforge.models._config import make_config
 from dlforge.models.bert import BertClassifier, BertConfig, build_bert
 from dlforge.models.cnn import CNN, CNNConfig, build_cnn
-from dlforge.models.ensemble import Ensemble, EnsembleConfig, build_ensemble, from_models
+from dlforge.models.ensemble import Ensemble, EnsembleConfig
 from dlforge.models.mlp import MLP, MLPConfig, build_mlp
 from dlforge.models.rnn import RNNClassifier, RNNConfig, build_rnn
 from dlforge.models.transformer import (
@@ -107,6 +108,10 @@ def build(
         ('CNN', 2)
     """
     config = config_from_spec(spec, input_shape=input_shape, num_outputs=num_outputs)
+    if isinstance(config, EnsembleConfig):  # members are models too: built here, so ensemble.py needs no build
+        members = [build(m, input_shape=config.input_shape, num_outputs=config.num_outputs) for m in config.members]
+        # Store complete member specs, so spec_of(ensemble) rebuilds exactly these members.
+        return Ensemble(dataclasses.replace(config, members=tuple(spec_of(m) for m in members)), members)
     _, model_cls = ARCHS[spec["arch"]]
     return model_cls(config)
 
@@ -128,6 +133,48 @@ def spec_of(model: nn.Module) -> dict[str, Any]:
         )
     fields = {f.name: _jsonable(getattr(config, f.name)) for f in dataclasses.fields(config)}
     return {"arch": arch, **fields}
+
+
+def build_ensemble(input_shape: Sequence[int], num_outputs: int, members: Sequence[dict], **options: Any) -> Ensemble:
+    """Build an Ensemble from explicit arguments; ``options`` are ``mode`` and ``task``.
+
+    Example:
+        >>> ens = build_ensemble((4,), 2, [{"arch": "mlp", "hidden": [8]}] * 3, mode="vote")
+        >>> len(ens.members), ens.config.mode
+        (3, 'vote')
+    """
+    spec = {"arch": Ensemble.ARCH, "members": list(members), **options}
+    return build(spec, input_shape=input_shape, num_outputs=num_outputs)  # type: ignore[return-value]
+
+
+def from_models(models: Sequence[nn.Module], mode: str = "average", task: str = "classification") -> Ensemble:
+    """An Ensemble holding copies of trained dlforge ``models`` (weights included).
+
+    The members must be dlforge models (built with :func:`build`) with the same input shape
+    and outputs; the ensemble sits on the first model's device.
+
+    Example:
+        >>> models = [build({"arch": "mlp", "hidden": [8]}, input_shape=(4,), num_outputs=2)
+        ...           for _ in range(3)]
+        >>> ens = from_models(models)
+        >>> torch.equal(ens.members[2].head.weight, models[2].head.weight)
+        True
+    """
+    models = list(models)
+    if not models:
+        raise ConfigError("an ensemble needs at least one model", hint="pass a non-empty list of trained models")
+    specs = [spec_of(m) for m in models]  # a ConfigError for anything that is not a dlforge model
+    first = specs[0]
+    for i, spec in enumerate(specs[1:], start=1):
+        if (spec["input_shape"], spec["num_outputs"]) != (first["input_shape"], first["num_outputs"]):
+            raise ConfigError(f"model {i} takes {spec['input_shape']} -> {spec['num_outputs']} outputs, model 0 "
+                              f"{first['input_shape']} -> {first['num_outputs']}",
+                              hint="ensemble models trained on the same data and task")
+    ensemble = build_ensemble(first["input_shape"], first["num_outputs"], specs, mode=mode, task=task)
+    for member, model in zip(ensemble.members, models):
+        member.load_state_dict(model.state_dict())
+    device = next(models[0].parameters(), torch.empty(0)).device
+    return ensemble.to(device).train(models[0].training)
 
 
 def _show(value: Any) -> str:

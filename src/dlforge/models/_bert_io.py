@@ -6,8 +6,9 @@ names may carry a ``bert.`` prefix (task models such as ``BertForMaskedLM``) or 
 (``BertModel``); the masked-LM head lives under ``cls.predictions``. Pickled
 ``pytorch_model.bin`` files are refused: loading never unpickles.
 
-:func:`from_pretrained` (re-exported by :mod:`dlforge.models.bert`) builds a
-BertClassifier from such a folder.
+This module knows folders, not the model: :func:`dlforge.models.bert.from_pretrained`
+builds a BertClassifier from :func:`pretrained_config` and :func:`load_weights` (bert.py
+imports this module, never the other way round).
 
 Example:
     >>> from dlforge.models._bert_io import hf_name
@@ -21,17 +22,13 @@ import importlib.util
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from dlforge.errors import ArtifactError, ConfigError
-from dlforge.models._config import make_config
-
-if TYPE_CHECKING:  # bert.py imports this module, so the classes are imported when called
-    from dlforge.models.bert import BertClassifier
 
 # Hugging Face config.json key -> BertConfig field.
 CONFIG_KEYS = {
@@ -224,25 +221,19 @@ def minilm_path() -> Path:
     return folder
 
 
-def from_pretrained(path: str | Path, *, num_outputs: int | None = None,
-                    task_head: str = "sequence", max_len: int | None = None,
-                    pool: str = "cls", dropout: float | None = None) -> BertClassifier:
-    """Build a BertClassifier from a Hugging Face BERT folder (config.json + safetensors).
+def pretrained_config(path: str | Path, *, num_outputs: int | None, task_head: str,
+                      max_len: int | None, pool: str, dropout: float | None) -> tuple[Path, dict[str, Any]]:
+    """The folder and the BertConfig values :func:`dlforge.models.bert.from_pretrained` builds.
 
-    ``path`` may be ``"minilm"`` for :func:`minilm_path`. The encoder (and pooler, and for
-    ``task_head="mlm"`` the MLM head) take the folder's weights; a head the folder lacks
-    keeps BERT's random init. ``num_outputs`` is required except for the MLM head;
-    ``max_len`` (default: all positions) sets ``input_shape``; ``dropout`` overrides both
-    dropouts of the folder's config.
+    ``path`` may be ``"minilm"`` for :func:`minilm_path`; the other arguments are
+    from_pretrained's (``max_len`` None: all positions; ``dropout`` overrides both dropouts).
 
     Example:
-        >>> import torch
-        >>> model = from_pretrained("minilm", num_outputs=2, pool="mean").eval()
-        >>> model(torch.tensor([[101, 7592, 2088, 102]])).shape
-        torch.Size([1, 2])
+        >>> folder, values = pretrained_config("minilm", num_outputs=2, task_head="sequence",
+        ...                                    max_len=None, pool="mean", dropout=None)
+        >>> values["dim"], values["input_shape"], values["pool"]
+        (384, (512,), 'mean')
     """
-    from dlforge.models.bert import BertClassifier, BertConfig
-
     folder = minilm_path() if str(path) == "minilm" else Path(path)
     values = read_config(folder)
     if dropout is not None:
@@ -254,6 +245,4 @@ def from_pretrained(path: str | Path, *, num_outputs: int | None = None,
         num_outputs = values["vocab_size"]
     values.update(input_shape=(max_len or values["max_position"],), num_outputs=num_outputs,
                   task_head=task_head, pool=pool)
-    model = BertClassifier(make_config(BertConfig, BertClassifier.ARCH, values))
-    load_weights(model, folder)
-    return model
+    return folder, values

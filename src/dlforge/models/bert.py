@@ -27,13 +27,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from dlforge.errors import ConfigError, DataError
-from dlforge.models._bert_io import from_pretrained, minilm_path  # Hugging Face folders
+from dlforge.models._bert_io import load_weights, minilm_path, pretrained_config  # HF folders
 from dlforge.models._config import (
     check_choice,
     check_dropout,
@@ -460,6 +461,28 @@ def build_bert(input_shape: Sequence[int], num_outputs: int, **options: Any) -> 
     """
     values = {"input_shape": tuple(input_shape), "num_outputs": num_outputs, **options}
     return BertClassifier(make_config(BertConfig, BertClassifier.ARCH, values))
+
+
+def from_pretrained(path: str | Path, *, num_outputs: int | None = None, task_head: str = "sequence",
+                    max_len: int | None = None, pool: str = "cls", dropout: float | None = None) -> BertClassifier:
+    """Build a BertClassifier from a Hugging Face BERT folder (config.json + safetensors).
+
+    ``path`` may be ``"minilm"`` for :func:`minilm_path`. The encoder (and pooler, and for
+    ``task_head="mlm"`` the MLM head) take the folder's weights; a head the folder lacks
+    keeps BERT's random init. ``num_outputs`` is required except for the MLM head;
+    ``max_len`` (default: all positions) sets ``input_shape``; ``dropout`` overrides both
+    dropouts of the folder's config.
+
+    Example:
+        >>> model = from_pretrained("minilm", num_outputs=2, pool="mean").eval()
+        >>> model(torch.tensor([[101, 7592, 2088, 102]])).shape
+        torch.Size([1, 2])
+    """
+    folder, values = pretrained_config(path, num_outputs=num_outputs, task_head=task_head,
+                                       max_len=max_len, pool=pool, dropout=dropout)
+    model = BertClassifier(make_config(BertConfig, BertClassifier.ARCH, values))
+    load_weights(model, folder)
+    return model
 
 
 __all__ = [

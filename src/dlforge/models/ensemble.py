@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from dlforge.errors import ConfigError
-from dlforge.models._config import check_choice, check_positive, check_sizes, check_types, make_config
+from dlforge.models._config import check_choice, check_positive, check_sizes, check_types
 
 MODES = ("average", "vote")
 TASKS = ("classification", "regression")
@@ -65,15 +64,15 @@ class Ensemble(nn.Module):
 
     ARCH = "ensemble"
 
-    def __init__(self, config: EnsembleConfig) -> None:
+    def __init__(self, config: EnsembleConfig, members: Sequence[nn.Module]) -> None:
+        """``members`` are built by :func:`dlforge.models.build` from ``config.members`` (the
+        complete specs), so ``spec_of(ensemble)`` rebuilds exactly these members."""
         super().__init__()
-        from dlforge.models import build, spec_of  # the package imports this module: build lazily
-
-        self.members = nn.ModuleList(
-            build(spec, input_shape=config.input_shape, num_outputs=config.num_outputs) for spec in config.members
-        )
-        # Store complete member specs, so spec_of(ensemble) rebuilds exactly these members.
-        self.config = replace(config, members=tuple(spec_of(m) for m in self.members))
+        if len(members) != len(config.members):
+            raise ConfigError(f"the ensemble has {len(config.members)} member specs but {len(members)} models",
+                              hint="build ensembles with dlforge.models.build or build_ensemble")
+        self.members = nn.ModuleList(members)
+        self.config = config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = torch.stack([member(x) for member in self.members])  # (K, B, C)
@@ -93,6 +92,7 @@ class Ensemble(nn.Module):
         """Each member's own output, stacked: (K, B, C). Useful to score the members.
 
         Example:
+            >>> from dlforge.models import build_ensemble
             >>> ens = build_ensemble((4,), 3, [{"arch": "mlp", "hidden": [8]}] * 2)
             >>> ens.member_outputs(torch.zeros(5, 4)).shape
             torch.Size([2, 5, 3])
@@ -100,49 +100,4 @@ class Ensemble(nn.Module):
         return torch.stack([member(x) for member in self.members])
 
 
-def build_ensemble(input_shape: Sequence[int], num_outputs: int, members: Sequence[dict], **options: Any) -> Ensemble:
-    """Build an Ensemble from explicit arguments; ``options`` are ``mode`` and ``task``.
-
-    Example:
-        >>> ens = build_ensemble((4,), 2, [{"arch": "mlp", "hidden": [8]}] * 3, mode="vote")
-        >>> len(ens.members), ens.config.mode
-        (3, 'vote')
-    """
-    values = {"input_shape": tuple(input_shape), "num_outputs": num_outputs, "members": tuple(members), **options}
-    return Ensemble(make_config(EnsembleConfig, Ensemble.ARCH, values))
-
-
-def from_models(models: Sequence[nn.Module], mode: str = "average", task: str = "classification") -> Ensemble:
-    """An Ensemble holding copies of trained dlforge ``models`` (weights included).
-
-    The members must be dlforge models (built with :func:`dlforge.models.build`) with the
-    same input shape and outputs; the ensemble sits on the first model's device.
-
-    Example:
-        >>> from dlforge.models import build
-        >>> models = [build({"arch": "mlp", "hidden": [8]}, input_shape=(4,), num_outputs=2)
-        ...           for _ in range(3)]
-        >>> ens = from_models(models)
-        >>> torch.equal(ens.members[2].head.weight, models[2].head.weight)
-        True
-    """
-    from dlforge.models import spec_of
-
-    models = list(models)
-    if not models:
-        raise ConfigError("an ensemble needs at least one model", hint="pass a non-empty list of trained models")
-    specs = [spec_of(m) for m in models]  # a ConfigError for anything that is not a dlforge model
-    first = specs[0]
-    for i, spec in enumerate(specs[1:], start=1):
-        if (spec["input_shape"], spec["num_outputs"]) != (first["input_shape"], first["num_outputs"]):
-            raise ConfigError(f"model {i} takes {spec['input_shape']} -> {spec['num_outputs']} outputs, model 0 "
-                              f"{first['input_shape']} -> {first['num_outputs']}",
-                              hint="ensemble models trained on the same data and task")
-    ensemble = build_ensemble(first["input_shape"], first["num_outputs"], specs, mode=mode, task=task)
-    for member, model in zip(ensemble.members, models):
-        member.load_state_dict(model.state_dict())
-    device = next(models[0].parameters(), torch.empty(0)).device
-    return ensemble.to(device).train(models[0].training)
-
-
-__all__ = ["Ensemble", "EnsembleConfig", "build_ensemble", "from_models"]
+__all__ = ["MODES", "Ensemble", "EnsembleConfig"]

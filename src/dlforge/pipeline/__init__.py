@@ -4,7 +4,10 @@
 re-evaluates a saved model on its test split or on other data; :mod:`~dlforge.pipeline.data`
 turns the ``data`` section into model-ready splits (tables, images, text, time series);
 :mod:`~dlforge.pipeline.model` builds the ``model`` section, from scratch or from
-pretrained weights, and applies ``train.freeze``.
+pretrained weights; :mod:`~dlforge.pipeline.fit_options` is the one translation of a config
+into ``fit`` arguments and callbacks (``train.freeze`` included), which training,
+cross-validation (:mod:`~dlforge.pipeline.crossval`), learning curves, tuning and balanced
+bagging (:mod:`~dlforge.pipeline.bagging`) all use.
 
 Example:
     >>> from dlforge.config import load_config
@@ -15,8 +18,11 @@ Example:
 
 from dlforge.pipeline.data import load_data
 from dlforge.pipeline.model import build_model
+from dlforge.pipeline.crossval import cross_validate
 from dlforge.pipeline.evaluation import evaluate_path
+from dlforge.pipeline.fit_options import fit_config
 from dlforge.pipeline.predict import Predictions, predict_files
 from dlforge.pipeline.run import RunOutcome, train_run
 
-__all__ = ["Predictions", "RunOutcome", "build_model", "evaluate_path", "load_data", "predict_files", "train_run"]
+__all__ = ["Predictions", "RunOutcome", "build_model", "cross_validate", "evaluate_path", "fit_config", "load_data",
+           "predict_files", "train_run"]

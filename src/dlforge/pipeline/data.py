@@ -101,16 +101,31 @@ def _load_family(cfg: RunConfig, tokenizer: Tokenizer | None, frame: Any = None)
         _reject(d, SERIES_KEYS + ("categorical", "image_size", "color", "n_samples", "noise", "standardize",
                                   "standardize_target", *OWN_TABLE_KEYS), "text")
         return load_text(cfg, tokenizer)
+    bundle = load_bundle(cfg, frame)
+    return prepare(bundle, val=d.split.val, test=d.split.test, stratify=d.split.stratify,
+                   seed=cfg.data_seed, standardize=d.standardize, standardize_target=d.standardize_target)
+
+
+def load_bundle(cfg: RunConfig, frame: Any = None, *, fill_from_split: bool = True) -> DataBundle:
+    """The table, image folder or generated set ``data`` names, before any split.
+
+    Fill values for gaps in a table come from the train rows of the run's split
+    (``fill_from_split``), or from every row (cross-validation, which has no one split).
+
+    Example:
+        >>> from dlforge.config import validate_config
+        >>> load_bundle(validate_config({"data": {"source": "iris"}, "model": {"arch": "mlp"}})).x.shape
+        (150, 4)
+    """
+    d = cfg.data
     _reject(d, TEXT_KEYS + SERIES_KEYS, "table or image")
-    bundle = load_source(
+    split = {"val": d.split.val, "test": d.split.test, "stratify": d.split.stratify, "seed": cfg.data_seed}
+    return load_source(
         d.source if frame is None else frame, target=d.target, task=d.task, categorical=d.categorical, image_size=d.image_size,
         color=d.color, n_samples=d.n_samples, noise=d.noise, seed=cfg.data_seed,
         drop=d.drop, keep=d.keep, id_column=d.id_column, missing=d.missing, unknown_category=d.unknown_category,
-        # Fill values for gaps come from the train rows of the split prepare() makes below.
-        fit_split={"val": d.split.val, "test": d.split.test, "stratify": d.split.stratify, "seed": cfg.data_seed},
+        fit_split=split if fill_from_split else None,
     )
-    return prepare(bundle, val=d.split.val, test=d.split.test, stratify=d.split.stratify,
-                   seed=cfg.data_seed, standardize=d.standardize, standardize_target=d.standardize_target)
 
 
 # ----------------------------------------------------------------------------- time series

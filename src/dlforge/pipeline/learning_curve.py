@@ -1,8 +1,9 @@
 """Learning curves: train and test score of one run config against the training-set size.
 
-For every size ``n`` in ``sizes`` (and every seed) a fresh model is trained, with the
-config's model, optimizer and train settings, on ``n`` samples of the config's train split,
-and scored on those ``n`` samples and on the held-out split with
+For every size ``n`` in ``sizes`` (and every seed) a fresh model is trained on ``n`` samples
+of the config's train split as ``dlforge train`` trains (:func:`dlforge.pipeline.fit_options.fit_config`:
+the model and its freezing, optimizer, loss, augmentation, imbalance remedies on those
+``n`` samples, callbacks), and scored on those ``n`` samples and on the held-out split with
 :func:`dlforge.evaluate.evaluate`. Rules that keep the points comparable:
 
 * one split for everything: :func:`dlforge.pipeline.data.load_data` with the config's own
@@ -34,9 +35,8 @@ from __future__ import annotations
 import html
 import json
 import math
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
@@ -45,16 +45,15 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.data import TensorDataset
 
-from dlforge.config import RunConfig, load_config
+from dlforge.config import RunConfig
 from dlforge.data.preprocess import in_target_units
 from dlforge.errors import ConfigError, DataError
 from dlforge.evaluate.metrics import classification_metrics, evaluate, regression_metrics
 from dlforge.evaluate.plots import to_png
 from dlforge.pipeline.data import load_data
-from dlforge.pipeline.model import build_model
-from dlforge.train import EarlyStopping, NanGuard, build_optimizer, fit
+from dlforge.pipeline.fit_options import fit_config
+from dlforge.train import build_optimizer
 from dlforge.train.state_io import atomic_write
-from dlforge.train.transfer import freeze
 
 DEFAULT_METRIC = {"classification": "accuracy", "regression": "r2"}
 JSON_FILE, HTML_FILE = "learning_curve.json", "learning_curve.html"
@@ -138,27 +137,10 @@ def _known_metrics(task: str) -> list[str]:
     return [k for k in ev.metrics if k != "n"]
 
 
-def _callbacks(cfg: RunConfig, has_val: bool) -> list:
-    t = cfg.train
-    callbacks: list = [NanGuard()] if t.nan_guard else []
-    es = t.stopping(has_val)
-    if es is not None and (has_val or not es.monitor.startswith("val_")):
-        callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta, es.restore_best_weights))
-    return callbacks
-
-
 def _train_on(cfg: RunConfig, prepared: Any, subset: TensorDataset, seed: int) -> torch.nn.Module:
-    """A fresh model trained on ``subset`` as ``dlforge train`` would, with seed ``seed``."""
-
-    seeded = cfg.model_copy(update={"seed": seed})
-    model, _ = build_model(seeded, prepared)  # seeds the initial weights with ``seed``
-    if cfg.train.freeze:
-        freeze(model, cfg.train.freeze)
-    t = cfg.train
-    fit(model, subset, prepared.val, epochs=t.epochs, batch_size=t.batch_size, optim=cfg.optim, loss=t.loss,
-        clip_grad_norm=t.clip_grad_norm, clip_grad_value=t.clip_grad_value, accumulate=t.accumulate,
-        precision=t.precision, device=t.device, seed=seed, callbacks=_callbacks(cfg, prepared.val is not None),
-        log_every_n_steps=t.log_every_n_steps, tbptt=t.tbptt)
+    """A fresh model trained on ``subset`` as ``dlforge train`` would (every ``train`` and
+    ``data.imbalance`` / ``data.augment`` setting), its weights and batch order seeded ``seed``."""
+    model, _ = fit_config(cfg, replace(prepared, train=subset), seed=seed)
     return model
 
 
@@ -327,47 +309,3 @@ def write_learning_curve(curve: LearningCurve, out_dir: str | Path) -> dict[str,
     atomic_write(paths["json"], json.dumps(curve.to_dict(), indent=2).encode())
     atomic_write(paths["html"], learning_curve_html(curve).encode())
     return paths
-
-
-# ----------------------------------------------------------------------------- CLI-facing
-
-def parse_int_list(text: str | Sequence[int], option: str) -> list[int]:
-    """``"50,100,200"`` -> ``[50, 100, 200]``; a bad entry is a ConfigError naming ``option``.
-
-    Example:
-        >>> parse_int_list("50, 100,200", "--sizes")
-        [50, 100, 200]
-    """
-    if not isinstance(text, str):
-        return [int(v) for v in text]
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    try:
-        return [int(p) for p in parts]
-    except ValueError:
-        bad = next(p for p in parts if not p.lstrip("-").isdigit())
-        raise ConfigError(f"{option} holds {bad!r}, not a whole number",
-                          hint=f"write {option} as comma-separated integers, e.g. {option} 50,100,200") from None
-
-
-def learning_curve_cli(
-    config_path: str | Path, sizes: str, overrides: Sequence[str] | None = None, out_dir: str | Path | None = None,
-    seeds: str | Sequence[int] = "0", metric: str | None = None, stream: TextIO | None = None,
-) -> LearningCurve:
-    """``dlforge learning-curve CONFIG --sizes 50,100,200 [--seeds 0,1,2] [--set k=v] [--out DIR]``.
-
-    Prints one line per size and the written paths; ``out_dir`` defaults to
-    ``runs/<name>-learning-curve``.
-
-    Example:
-        >>> curve = learning_curve_cli("examples/digits_cnn.yaml", "100,400,1000")  # doctest: +SKIP
-        size 100: train accuracy 1.0000, test accuracy 0.8185 (1.2 s per run)
-        ...
-    """
-    stream = stream or sys.stdout
-    cfg = load_config(config_path, list(overrides or []))
-    curve = learning_curve(cfg, parse_int_list(sizes, "--sizes"), seeds=parse_int_list(seeds, "--seeds"),
-                           metric=metric, progress=stream)
-    paths = write_learning_curve(curve, out_dir or Path("runs") / f"{cfg.name}-learning-curve")
-    stream.write(f"learning curve written to {paths['html']} and {paths['json']}\n")
-    stream.flush()
-    return curve

@@ -1,7 +1,8 @@
 """``dlforge predict``: raw input files in, one output row per input out.
 
-The artifact encodes the inputs (:meth:`dlforge.registry.artifact.Artifact.encode`); this
-module reads the files, keeps what lets a user join answers back to their rows (the
+The artifact encodes the inputs and refuses what the model cannot take
+(:meth:`dlforge.registry.artifact.Artifact.encode`, the one encoder the server uses too);
+this module reads text files, keeps what lets a user join answers back to their rows (the
 model's ``data.id_column``, else the row number; the path or text of other inputs) and
 names the outputs (the target's name for regression; prediction, confidence and
 ``p_<class>`` for classification). The CLI only prints or writes the rows.
@@ -37,15 +38,13 @@ class Predictions:
 
 
 def predict_files(model_dir: str | Path, inputs: Sequence[Path]) -> Predictions:
-    """Predict with the artifact in ``model_dir`` on a CSV file, image files or text files."""
+    """Predict with the artifact in ``model_dir`` on a CSV file, image files, text files or
+    series files (one window each: the file's last steps)."""
     art = load_artifact(model_dir)
     for p in inputs:
         if not p.exists():
             raise DataError(f"input {p} does not exist", hint="pass a CSV file or image files")
     kind = art.preprocessing.get("encoding", {}).get("kind")
-    if art.task == "mlm":
-        raise DataError("a masked-LM model predicts masked tokens, not labels",
-                        hint="fine-tune it on a labelled task (model.pretrained) and predict with that model")
     if kind == "text":
         texts = read_texts(inputs)
         x, key, ids = art.encode(texts), "input", texts

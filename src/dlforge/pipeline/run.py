@@ -33,7 +33,7 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Sequence, TextIO
 
 import torch
 from torch import nn
@@ -41,29 +41,22 @@ from torch.utils.data import TensorDataset
 
 from dlforge.config import RunConfig, to_yaml
 from dlforge.data import Prepared
-from dlforge.data.augment import BatchAugment, build_augment, resolve_augment
 from dlforge.data.preprocess import in_target_units
-from dlforge.data.imbalance import ResampleReport, balanced_order, class_counts, imbalance_note, resample_dataset
 from dlforge.data.timeseries import forecast_evaluation
-from dlforge.errors import ConfigError, DlforgeError
+from dlforge.errors import DlforgeError
 from dlforge.evaluate import Evaluation, evaluate
 from dlforge.evaluate.baselines import BaselineReport, fit_baselines
 from dlforge.evaluate.report import write_report
 from dlforge.pipeline.data import load_data, load_forecast, source_family
-from dlforge.models import build, spec_of
-from dlforge.pipeline.model import build_model
+from dlforge.models import spec_of
+from dlforge.pipeline.fit_options import Remedies, check_fit, class_remedies, configured_model, fit_config, fit_options
 from dlforge.registry import save_artifact
 from dlforge.registry.artifact import Artifact
 from dlforge.registry.reference import build_reference
-from dlforge.train import (
-    Callback, Checkpoint, EarlyStopping, FitResult, GradientMonitor, HistoryWriter, NanGuard, ProgressBar,
-    batch_notes, evaluate_loss, fit, resolve_loss, select_device,
-)
+from dlforge.train import Callback, FitResult, batch_notes, evaluate_loss, resolve_loss, select_device
 from dlforge.train.health import Diagnosis, HeldOutScores, dead_relu_fraction, diagnose, weight_layer_names
 from dlforge.train.state_io import atomic_write
-from dlforge.train.bagging import balanced_bagging
-from dlforge.train.losses import LossConfig, build_loss
-from dlforge.train.transfer import GradualUnfreezing, TransferReport, freeze, trainable_summary
+from dlforge.train.transfer import TransferReport, trainable_summary
 
 
 @dataclass
@@ -84,35 +77,6 @@ class RunOutcome:
         return self.run_dir / "model"
 
 
-def _check_monitors(cfg: RunConfig, prepared: Prepared) -> None:
-    """Fail now, not after the first epoch, when a monitored metric will never exist."""
-    available = {"train_loss", "lr"}
-    if prepared.task == "classification":
-        available.add("train_accuracy")
-    if prepared.val is not None:
-        available |= {m.replace("train_", "val_") for m in available if m.startswith("train_")}
-    watched: dict[str, str | None] = {}
-    if "monitor" in cfg.train.checkpoint.model_fields_set or prepared.val is not None:
-        watched["train.checkpoint.monitor"] = cfg.train.checkpoint.monitor
-    stopping = cfg.train.stopping(prepared.val is not None)
-    if stopping:
-        watched["train.early_stopping.monitor"] = stopping.monitor
-    if cfg.optim.schedule.name == "plateau":
-        watched["optim.schedule.monitor"] = cfg.optim.schedule.monitor
-    for key, metric in watched.items():
-        if metric is not None and metric not in available:
-            hint = "set data.split.val above 0 for val_* metrics; " if metric.startswith("val_") else ""
-            raise ConfigError(f"{key} is {metric!r}, which this run will not log",
-                              hint=f"{hint}available: {', '.join(sorted(available - {'lr'}))}")
-
-
-def batch_augment(cfg: RunConfig, prepared: Prepared) -> BatchAugment | None:
-    """The training-batch augmentation ``data.augment`` asks for (None: none)."""
-    resolved = resolve_augment(cfg.data.augment, prepared.name, kind=prepared.kind)
-    classes = prepared.num_outputs if prepared.task == "classification" else None
-    return build_augment(resolved, prepared.input_shape, classes, stats=prepared.preprocessing.get("standardize"))
-
-
 def new_run_dir(runs_dir: Path, name: str) -> Path:
     """A new, empty ``runs_dir/<name>-<time>`` folder (``-2``, ``-3``... when taken)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -125,26 +89,6 @@ def new_run_dir(runs_dir: Path, name: str) -> Path:
         except FileExistsError:
             continue
     raise RuntimeError(f"could not create a run directory in {runs_dir}")
-
-
-def _callbacks(cfg: RunConfig, run_dir: Path, stream: TextIO | None, has_val: bool) -> list:
-    t = cfg.train
-    callbacks: list = [ProgressBar(stream=stream)] if stream is not None else []
-    if t.unfreeze_stages:
-        callbacks.append(GradualUnfreezing(t.unfreeze_stages, every_n_epochs=t.unfreeze_every))
-    if t.nan_guard:
-        callbacks.append(NanGuard())
-    if t.gradient_monitor:
-        callbacks.append(GradientMonitor())
-    es = t.stopping(has_val)
-    if es is not None:
-        callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta, es.restore_best_weights))
-    c = t.checkpoint
-    # Without a validation split the default val_loss monitor does not exist: keep no "best".
-    monitor = c.monitor if (cfg.data.split.val > 0 or "monitor" in c.model_fields_set) else None
-    callbacks.append(Checkpoint(run_dir / "checkpoints", c.every_n_epochs, c.every_n_steps, c.keep_last, monitor))
-    callbacks.append(HistoryWriter(run_dir / "history.jsonl"))
-    return callbacks
 
 
 def train_run(
@@ -161,18 +105,13 @@ def train_run(
     "price"}, "model": {"arch": "mlp"}}), data=df)``.
     """
     prepared = load_data(cfg, frame=data)
-    model, transfer = build_model(cfg, prepared)
-    augment = batch_augment(cfg, prepared)  # config errors surface here, before a run directory exists
+    model, transfer = configured_model(cfg, prepared)
     remedies = class_remedies(cfg, prepared)
-    if cfg.train.freeze:
-        freeze(model, cfg.train.freeze)
-    _check_monitors(cfg, prepared)
+    fit_options(cfg, prepared, remedies)  # config errors (augment, loss) surface here, before a run directory exists
+    check_fit(cfg, prepared, checkpoints=True, resume=resume is not None, callbacks=callbacks)
     # An unavailable device, or batch norm on one sample, fails now: before a run directory exists.
     select_device(cfg.train.device)
     batching = batch_notes(model, len(remedies.train), cfg.train.batch_size, cfg.optim)
-    if cfg.data.imbalance.bagging and (resume is not None or transfer is not None):
-        raise ConfigError("data.imbalance.bagging trains fresh members: it cannot resume or start from model.pretrained",
-                          hint="remove data.imbalance.bagging, or model.pretrained / the resume")
     if progress is not None:
         for note in [*prepared.notes, *([remedies.note] if remedies.note else []), *batching]:
             progress.write(f"note: {note}\n")
@@ -180,70 +119,15 @@ def train_run(
     run_dir = resume_dir or new_run_dir(Path(runs_dir), cfg.name)
     try:
         atomic_write(run_dir / "config.yaml", to_yaml(cfg).encode())
-        t = cfg.train
-        options = dict(epochs=t.epochs, batch_size=t.batch_size, optim=cfg.optim, loss=remedies.loss,
-                       clip_grad_norm=t.clip_grad_norm, clip_grad_value=t.clip_grad_value, accumulate=t.accumulate,
-                       precision=t.precision, device=t.device, augment=augment)
+        model, result = fit_config(cfg, prepared, model=model, remedies=remedies, callbacks=callbacks,
+                                   run_dir=run_dir, progress=progress, resume=resume_dir)
         if cfg.data.imbalance.bagging:
-            model, result = _balanced_bagging(cfg, prepared, remedies, options)
             atomic_write(run_dir / "history.jsonl", b"")  # the members keep no history of their own
-        else:
-            result = fit(
-                model, remedies.train, prepared.val, seed=cfg.seed, order=remedies.order,
-                callbacks=[*_callbacks(cfg, run_dir, progress, prepared.val is not None), *callbacks], log_every_n_steps=t.log_every_n_steps,
-                resume=resume_dir, tbptt=t.tbptt, **options,
-            )
     except DlforgeError:
         if resume_dir is None:
             shutil.rmtree(run_dir, ignore_errors=True)  # an input error: leave nothing behind
         raise
     return _finish_run(cfg, run_dir, model, prepared, result, transfer, remedies)
-
-
-@dataclass
-class Remedies:
-    """How class imbalance is handled in a run: the (resampled) training set, the epoch
-    order, the loss, what resampling did, and a note when nothing handles a skew."""
-
-    train: Any
-    order: Callable[[int, int, int], torch.Tensor] | None = None
-    loss: Any = None
-    report: ResampleReport | None = None
-    counts: list[int] | None = None  # class counts of the train split, before resampling
-    note: str | None = None
-
-
-def class_remedies(cfg: RunConfig, prepared: Prepared) -> Remedies:
-    """Apply ``data.imbalance`` to the train split only and build ``train.loss``."""
-    imbalance, loss = cfg.data.imbalance, cfg.train.loss
-    if prepared.task != "classification":
-        if imbalance.active:
-            raise ConfigError(f"data.imbalance applies to classification, not {prepared.task}",
-                              hint="remove data.imbalance")
-        if isinstance(loss, LossConfig) or loss == "focal":
-            return Remedies(prepared.train, loss=build_loss(loss))
-        return Remedies(prepared.train, loss=loss)
-    K = prepared.num_outputs
-    train = prepared.train
-    counts = class_counts(train.tensors[1], K)
-    report = None
-    if imbalance.method != "none":
-        train, report = resample_dataset(train, imbalance, cfg.data_seed, n_classes=K)
-    order = balanced_order(train.tensors[1]) if imbalance.sampler == "balanced" else None
-    # Weights come from the data fit() sees, so resampling and weighting do not correct twice.
-    loss_fn = build_loss(loss or "cross_entropy", class_counts(train.tensors[1], K))
-    reweighted = loss == "focal" or (isinstance(loss, LossConfig) and (loss.name == "focal" or loss.class_weights != "none"))
-    note = None if (imbalance.active or reweighted) else imbalance_note(counts, prepared.class_names)
-    return Remedies(train, order, loss_fn, report, counts, note)
-
-
-def _balanced_bagging(cfg: RunConfig, prepared: Prepared, remedies: Remedies, options: dict) -> tuple[nn.Module, FitResult]:
-    """``data.imbalance.bagging``: k members on balanced under-samples, saved as their ensemble."""
-    spec = {k: v for k, v in cfg.model.items() if k != "pretrained"}
-    sizes = {"input_shape": prepared.input_shape, "num_outputs": prepared.num_outputs}
-    ensemble = balanced_bagging(lambda: build(spec, **sizes), remedies.train, prepared.val,
-                                k=cfg.data.imbalance.bagging, fit_kwargs=options, seed=cfg.seed)
-    return ensemble, FitResult(history=[], epochs_run=cfg.train.epochs, steps=0, stop_reason=None, nan_report=None)
 
 
 def _first_samples(data: Any, n: int = 512) -> tuple[torch.Tensor, torch.Tensor]:

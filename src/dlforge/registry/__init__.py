@@ -17,7 +17,7 @@ _EXPORTS = {
     "check_artifact": "dlforge.registry.validate",
     "load_artifact": "dlforge.registry.artifact",
     "save_artifact": "dlforge.registry.artifact",
-    "ModelVersion": "dlforge.registry.store",
+    "ModelVersion": "dlforge.registry.versions",
     "Registry": "dlforge.registry.store",
 }
 

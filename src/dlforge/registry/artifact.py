@@ -40,6 +40,7 @@ from torch import nn
 import dlforge
 from dlforge.errors import ArtifactError, DlforgeError
 from dlforge.models import build, spec_of
+from dlforge.registry.encoding import check_predictable, encode_raw, refuse_non_finite
 from dlforge.user_files import read_text_file
 
 FORMAT = "dlforge-artifact"
@@ -141,15 +142,11 @@ class Artifact:
         return tuple(self.meta["input_signature"]["shape"][1:])
 
     def encode(self, inputs: Any) -> torch.Tensor:
-        """Turn RAW inputs into model inputs with the stored preprocessing, as the CLI, the
-        pipeline and the server do:
-
-        * tabular: a CSV path, rows ``{column: value}``, a pandas DataFrame, or a numeric
-          array of the encoded width (raw, unstandardised feature values);
-        * image: image paths, encoded image bytes (PNG/JPEG), or a raw pixel array in the
-          source's own units (0..16 for the built-in digits, 0..255 for image folders) of
-          layout (N, C, H, W), (N, H, W, C) or (N, H, W) (see ``encode_pixels``);
-        * text: strings (or token ids); series: windows in the series' own units.
+        """Turn RAW inputs into model inputs with the stored preprocessing, exactly as
+        ``dlforge predict`` and the server do (one encoder: :mod:`dlforge.registry.encoding`
+        lists the forms). CSV rows or a CSV path, ``{column: value}`` rows, image files,
+        bytes or raw pixels in the source's own units, texts, series windows or files.
+        Refuses a masked-LM model, and values that overflow float32 once standardised.
 
         Arrays already scaled to [0, 1] (a bundle's ``x``) go to ``dlforge.data.encode_array``.
 
@@ -157,22 +154,10 @@ class Artifact:
             >>> art.encode(["seven.png"]).shape  # doctest: +SKIP
             torch.Size([1, 1, 8, 8])
         """
-        from dlforge.data import encode_array, encode_images, encode_rows
-        from dlforge.data.preprocess import encode_pixels
-        from dlforge.data.text import encode_text_inputs
-
-        kind = self.preprocessing.get("encoding", {}).get("kind")
-        if kind == "image":
-            if isinstance(inputs, (str, Path, bytes)):
-                return encode_images([inputs], self.preprocessing)
-            if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(i, (str, Path, bytes)) for i in inputs):
-                return encode_images(list(inputs), self.preprocessing)
-            return encode_pixels(inputs, self.preprocessing)  # arrays or nested lists of raw pixels
-        if isinstance(inputs, (np.ndarray, torch.Tensor)) or (kind == "sequence" and isinstance(inputs, list)):
-            return encode_array(np.asarray(inputs) if isinstance(inputs, list) else inputs, self.preprocessing)
-        if kind == "text":
-            return encode_text_inputs(inputs, self.preprocessing)
-        return encode_rows(inputs, self.preprocessing)
+        check_predictable(self.meta)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # overflow is refused just below
+            x = encode_raw(inputs, self.preprocessing)
+        return refuse_non_finite(x, self.preprocessing)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch_size: int = 512) -> dict[str, Any]:

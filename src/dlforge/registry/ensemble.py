@@ -160,7 +160,7 @@ def ensemble_artifacts(
 
     ``mode`` is ``"average"`` (mean probability / mean output) or ``"vote"`` (majority of
     the members' predicted classes). ``metrics`` are stored as the ensemble's own (e.g.
-    its test scores, see :func:`dlforge.pipeline.ensemble.ensemble_cli`).
+    its test scores, see :func:`dlforge.pipeline.ensemble.build_ensemble`).
 
     Example:
         >>> ensemble_artifacts(["run-a", "run-b"], "ens", mode="median")

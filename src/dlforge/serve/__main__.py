@@ -1,5 +1,9 @@
-"""``python -m dlforge.serve --port 8000 ...``: the same server as ``dlforge serve``."""
+"""``python -m dlforge.serve --port 8000 ...``: the same server as ``dlforge serve``.
 
-from dlforge.serve.cli import main
+An entry shim: the command's options live in the CLI layer (:mod:`dlforge.cli.serve`);
+nothing imports this module, so the server package itself never depends on the CLI.
+"""
+
+from dlforge.cli.serve import main
 
 main()

@@ -1,4 +1,4 @@
-"""Shared FastAPI dependencies: the app's registry, pool and metrics, and the API-key checks.
+"""Shared FastAPI dependencies: the app's registry, pool, metrics and prediction service, and the API-key checks.
 
 Keys travel as ``Authorization: Bearer dlf_...``. ``HTTPBearer`` makes the OpenAPI document
 declare the scheme; ``auto_error=False`` lets us answer in the server's own error shape.
@@ -23,6 +23,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from dlforge.registry.names import validate_name
 from dlforge.serve.security import ApiError
+from dlforge.serve.service import PredictionService
 
 if TYPE_CHECKING:  # imported for annotations only: the app wires the real objects in its lifespan
     from dlforge.registry.store import Registry
@@ -49,6 +50,15 @@ async def get_pool(request: Request) -> ModelPool:
 async def get_metrics(request: Request) -> Metrics:
     """The app's Metrics (``app.state.metrics``)."""
     return request.app.state.metrics
+
+
+async def get_service(request: Request) -> PredictionService:
+    """The app's PredictionService over its pool (made on first use, and again for a new pool)."""
+    state = request.app.state
+    service = getattr(state, "service", None)
+    if service is None or service.pool is not state.pool:  # each lifespan makes a new pool
+        service = state.service = PredictionService(state.pool)
+    return service
 
 
 async def model_name(name: Annotated[str, Path(description="A model name: letters, digits, '.', '_', '-'.",

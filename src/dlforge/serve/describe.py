@@ -2,8 +2,8 @@
 
 Read from the artifact's ``model.json`` alone: columns and their types for tables, size,
 colour mode and pixel range for images, strings for text, windows for series, and an
-example request body that the server accepts as it is. The rules themselves live in
-:mod:`dlforge.serve.inputs`.
+example request body that the server accepts as it is. The encoding itself lives in
+:mod:`dlforge.registry.encoding`, the JSON forms in :mod:`dlforge.serve.inputs`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import io
 from typing import Any
 
 from PIL import Image
+
+from dlforge.registry.encoding import pixel_max
 
 MAX_CATEGORIES_SHOWN = 20  # a column with thousands of categories must not flood the model page
 MAX_EXAMPLE_PIXELS = 256  # larger images get a base64 PNG example rather than nested numbers
@@ -89,7 +91,7 @@ def _describe_table(encoding: dict[str, Any], preprocessing: dict[str, Any]) -> 
 
 def _describe_image(encoding: dict[str, Any], shape: list[int]) -> dict[str, Any]:
     channels, (height, width) = (shape[0] if shape else 1), encoding["size"]
-    top = round(1 / encoding.get("scale", 1 / 255))
+    top = pixel_max(encoding)
     forms = [[height, width, channels], [channels, height, width]]
     if channels == 1:
         forms.insert(0, [height, width])

@@ -1,28 +1,17 @@
 """JSON inputs of a predict request -> the model-ready tensor, or a 422 naming the field.
 
-What a model accepts follows from its artifact (``model.json``):
+Only what is HTTP's lives here: reading a JSON body into the raw forms of
+:mod:`dlforge.registry.encoding` (the one encoder, which ``dlforge predict`` and
+``Artifact.encode`` use too, so the same raw input gets the same answer everywhere) and
+naming the bad field of a refused item. JSON adds two forms: nested lists for raw pixels
+(``[H, W]``, ``[H, W, C]`` or ``[C, H, W]``; channels-first wins when two read alike) and
+``{"b64": "<base64 PNG/JPEG/BMP bytes>"}`` for image files.
 
-* text models (int64 token ids): strings, encoded with the stored tokenizer, or lists of
-  exactly ``max_len`` integer ids in ``[0, vocab_size)``;
-* tabular models: rows as objects ``{column: value}`` (raw columns, encoded and
-  standardised with the stored preprocessing, like ``dlforge predict``), or numeric lists
-  of the encoded width;
-* image models: raw pixels in the source's own units (0..16 for the built-in digits,
-  0..255 for image folders) as nested lists of shape ``[H, W]`` (grayscale), ``[H, W, C]``
-  or ``[C, H, W]`` at the stored size (channels-first wins when two read alike), or an
-  object ``{"b64": "<base64 PNG/JPEG/BMP bytes>"}`` (KServe's and TF-Serving's form),
-  decoded in memory and converted to the stored colour mode and size as a file would be;
-* every other model (sequences): nested numeric lists of exactly the per-sample shape of
-  ``input_signature``.
-
-Numbers are raw values: the server applies the stored pixel scale, standardisation (and a
-forecaster's series scale) through ``Artifact.encode``, exactly as ``dlforge predict`` and
-Python do, so a client sends what it would give ``dlforge predict``, never scaled values.
-Strings are never read as file paths: the server opens no file a client names.
-NaN and infinity are rejected (Python's ``json`` writes and reads them), and so is a
-value that overflows float32 once scaled and standardised (the 422 names its cell or
-column). JSON ``true``/``false`` are not numbers, wherever they stand (numpy would read
-them as 1 and 0), and text must be valid Unicode: a lone surrogate (``"\\ud800"``) is refused.
+Strings are never read as file paths: the server opens no file a client names. NaN and
+infinity are rejected (Python's ``json`` writes and reads them), and so is a value that
+overflows float32 once scaled and standardised (the 422 names its cell or column). JSON
+``true``/``false`` are not numbers, wherever they stand (numpy would read them as 1 and 0),
+and text must be valid Unicode: a lone surrogate (``"\\ud800"``) is refused.
 :func:`check_tokens` caps the text tokens of one request (413) and :func:`check_outputs`
 refuses non-finite model outputs, so no answer carries null probabilities.
 
@@ -47,27 +36,24 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from fastapi.exceptions import RequestValidationError
 
-from dlforge.data import encode_array
 from dlforge.data.image_folder import ImageTooLargeError
 from dlforge.data.preprocess import pixel_layouts
-from dlforge.data.tabular import feature_names
 from dlforge.errors import DlforgeError
 from dlforge.registry.artifact import Artifact
+from dlforge.registry.encoding import OVERFLOW, InputSpec, check_predictable, encode_raw, feature_of, non_finite
 from dlforge.registry.reference import out_of_range
+from dlforge.serve.schemas import text_problem
 from dlforge.serve.security import ApiError
 
 MAX_ERRORS = 10  # a 422 lists at most this many fields: a huge bad request must not echo back
 MAX_WARNINGS = 20  # a response lists at most this many out-of-range warnings
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-OVERFLOW = ("overflows float32 once scaled and standardised as in training; "
-            "send values in the training data's own range")
 NON_FINITE_OUTPUT = ("the model produced a non-finite output (NaN or infinity) for this input; its values "
                      "are likely far outside the training range: check their units")
 
@@ -92,53 +78,10 @@ def invalid(errors: list[tuple[tuple[int | str, ...], str]]) -> RequestValidatio
     )
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """What one model accepts, read once from its artifact when the model loads."""
-
-    kind: str  # "text", "tabular", "image" or "array"
-    shape: tuple[int, ...]  # per-sample shape of the model-ready tensor
-    integer: bool  # int64 token ids rather than float32 values
-    vocab_size: int | None  # token ids must lie in [0, vocab_size)
-    has_tokenizer: bool  # strings can be encoded
-    columns: tuple[str, ...]  # raw columns of a tabular model (empty: rows as objects are not accepted)
-    pixel_max: int | None = None  # image models: raw pixels span 0..pixel_max (16 for digits, 255 for files)
-
-    @classmethod
-    def of(cls, artifact: Artifact) -> InputSpec:
-        """Read the input rules of ``artifact``."""
-        encoding = artifact.preprocessing.get("encoding") or {}
-        integer = artifact.meta["input_signature"].get("dtype") == "int64"
-        vocab = encoding.get("vocab_size") or artifact.meta.get("spec", {}).get("vocab_size")
-        if integer and vocab is None and "tokenizer" in encoding:
-            from tokenizers import Tokenizer  # only for encodings saved without vocab_size
-
-            vocab = Tokenizer.from_str(encoding["tokenizer"]).get_vocab_size()
-        kind = "text" if integer else encoding.get("kind") if encoding.get("kind") in ("tabular", "image") else "array"
-        return cls(kind=kind, shape=tuple(artifact.input_shape), integer=integer,
-                   vocab_size=None if vocab is None else int(vocab), has_tokenizer="tokenizer" in encoding,
-                   columns=tuple(encoding.get("columns", ())) if kind == "tabular" else (),
-                   pixel_max=round(1 / encoding.get("scale", 1 / 255)) if kind == "image" else None)
-
-    def describe(self) -> str:
-        """One line saying what an item of ``inputs`` must be (used in error messages)."""
-        shape = list(self.shape)
-        if self.kind == "text":
-            ids = f"a list of {shape[0]} integer token ids"
-            return f"a string or {ids}" if self.has_tokenizer else ids
-        if self.kind == "tabular" and self.columns:
-            return f"an object with the columns {list(self.columns)} or a list of {shape[0]} numbers"
-        if self.kind == "image":
-            c, h, w = shape
-            forms = ([[h, w]] if c == 1 else []) + [[h, w, c], [c, h, w]]
-            return (f"raw pixels (0..{self.pixel_max}) as a nested list of shape {' or '.join(map(str, forms))}, "
-                    'or an object {"b64": "<base64 PNG or JPEG>"}')
-        one = "a number or " if shape == [1] else ""
-        return f"{one}a nested list of numbers of shape {shape}"
-
-
 def encode_inputs(spec: InputSpec, artifact: Artifact, inputs: list[Any]) -> torch.Tensor:
-    """The model-ready tensor ``(N, *spec.shape)`` for ``inputs``; RequestValidationError if any item is bad."""
+    """The model-ready tensor ``(N, *spec.shape)`` for ``inputs``; RequestValidationError if any item is
+    bad, and the artifact's refusal (an ArtifactError) for a model that does not answer raw inputs."""
+    check_predictable(artifact.meta)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # overflow is refused just below
         x = _fast_batch(spec, artifact, inputs)
         if x is None:
@@ -152,7 +95,7 @@ def _fast_batch(spec: InputSpec, artifact: Artifact, inputs: list[Any]) -> torch
     if spec.kind == "image":
         return _pixel_batch(artifact, inputs)
     fast = _numeric_batch(spec, inputs)
-    return None if fast is None else _standardise(fast, artifact)
+    return None if fast is None else encode_raw(fast, artifact.preprocessing)
 
 
 def _item_by_item(spec: InputSpec, artifact: Artifact, inputs: list[Any]) -> torch.Tensor:
@@ -187,7 +130,7 @@ def _item_by_item(spec: InputSpec, artifact: Artifact, inputs: list[Any]) -> tor
         if len(errors) >= MAX_ERRORS:
             break
     if not errors and texts:
-        for i, row in zip(text_at, _encode_texts(artifact, texts)):
+        for i, row in zip(text_at, encode_raw(texts, artifact.preprocessing)):  # (N, max_len) int64 ids
             rows[i] = row
     if not errors and records:
         encoded, errors = _encode_records(artifact, records, record_at)
@@ -197,8 +140,8 @@ def _item_by_item(spec: InputSpec, artifact: Artifact, inputs: list[Any]) -> tor
         raise invalid(errors)
     encoded = {*text_at, *record_at, *images_at}
     numeric = [i for i in range(len(rows)) if i not in encoded]
-    if numeric:  # texts, records and images come back from Artifact.encode already standardised
-        for i, row in zip(numeric, _standardise(torch.stack([rows[i] for i in numeric]), artifact)):
+    if numeric:  # texts, records and images come back from the encoder already standardised
+        for i, row in zip(numeric, encode_raw(torch.stack([rows[i] for i in numeric]), artifact.preprocessing)):
             rows[i] = row
     return torch.stack(rows)  # type: ignore[arg-type]  # every slot is filled when there is no error
 
@@ -206,34 +149,21 @@ def _item_by_item(spec: InputSpec, artifact: Artifact, inputs: list[Any]) -> tor
 def _check_finite(x: torch.Tensor, artifact: Artifact, inputs: list[Any]) -> None:
     """Refuse samples that overflow once scaled and standardised (e.g. 3e38 divided by a std
     below 1): the model would answer NaN, and JSON would carry null probabilities."""
-    if not torch.is_floating_point(x) or bool(torch.isfinite(x).all()):
-        return
-    bad = ~torch.isfinite(x.reshape(len(x), -1))  # (N, values per sample)
-    rows = bad.any(dim=1).nonzero().flatten().tolist()[:MAX_ERRORS]
-    raise invalid([(_value_loc(i, int(bad[i].nonzero()[0]), tuple(x.shape[1:]), artifact, inputs[i]),
-                    f"a value {OVERFLOW}") for i in rows])
+    found = non_finite(x)[:MAX_ERRORS]
+    if found:
+        raise invalid([(_value_loc(i, j, tuple(x.shape[1:]), artifact, inputs[i]), f"a value {OVERFLOW}")
+                       for i, j in found])
 
 
 def _value_loc(i: int, j: int, shape: tuple[int, ...], artifact: Artifact, item: Any) -> tuple[int | str, ...]:
-    """Where encoded value ``j`` of sample ``i`` came from: the cell of a numeric list sent in the
-    model's own layout, the column of a row object, else the sample."""
-    encoding = artifact.preprocessing.get("encoding") or {}
-    if isinstance(item, dict) and encoding.get("kind") == "tabular":
-        names = feature_names(list(encoding["columns"]), encoding.get("categories") or {},
-                              encoding.get("indicators") or ())
-        return (i, names[j]) if j < len(names) and names[j] in item else (i,)
+    """Where encoded value ``j`` of sample ``i`` came from: the column of a row object, the cell of
+    a numeric list sent in the model's own layout, else the sample."""
+    if isinstance(item, dict):
+        column = feature_of(artifact.preprocessing, j)
+        return (i, column) if column in item else (i,)
     if isinstance(item, list) and tuple(_shape_of(item)) == shape:
         return (i, *(int(k) for k in np.unravel_index(j, shape)))
     return (i,)
-
-
-def _standardise(x: torch.Tensor, artifact: Artifact) -> torch.Tensor:
-    """Apply the artifact's stored standardisation to numeric samples (token ids and
-    models saved without preprocessing pass through unchanged)."""
-    prep = artifact.preprocessing
-    if x.dtype == torch.int64 or not prep.get("encoding") or not (prep.get("standardize") or prep.get("target_scale")):
-        return x
-    return encode_array(x, prep)
 
 
 # ------------------------------------------------------------------------------ numbers
@@ -317,7 +247,7 @@ def _type_name(value: Any) -> str:
 
 # ------------------------------------------------------------------------------ images
 def _pixel_batch(artifact: Artifact, inputs: list[Any]) -> torch.Tensor | None:
-    """All items as one raw pixel array through ``Artifact.encode``; None when they are not one."""
+    """All items as one raw pixel array through the encoder; None when they are not one."""
     try:
         arr = np.asarray(inputs)
     except (ValueError, TypeError, OverflowError):  # ragged or mixed lists
@@ -327,7 +257,7 @@ def _pixel_batch(artifact: Artifact, inputs: list[Any]) -> torch.Tensor | None:
     if _holds_bool(inputs, arr.ndim - 1):
         return None
     try:
-        return artifact.encode(arr)
+        return encode_raw(arr, artifact.preprocessing)
     except DlforgeError:
         return None
 
@@ -340,7 +270,7 @@ def _image_item(spec: InputSpec, artifact: Artifact, item: list | dict, loc: tup
     if shape not in pixel_layouts(artifact.preprocessing["encoding"]):
         raise _Invalid(loc, f"expected {spec.describe()}, got a list of shape {list(shape)}")
     _check_nested(item, shape, loc, spec)
-    return artifact.encode(np.asarray(item, dtype=np.float64))[0]
+    return encode_raw(np.asarray(item, dtype=np.float64), artifact.preprocessing)[0]
 
 
 def _image_bytes(artifact: Artifact, item: dict, loc: tuple[int | str, ...]) -> torch.Tensor:
@@ -351,7 +281,7 @@ def _image_bytes(artifact: Artifact, item: dict, loc: tuple[int | str, ...]) -> 
     except (binascii.Error, ValueError):
         raise _Invalid((*loc, "b64"), "not valid base64 (standard alphabet, with padding)") from None
     try:
-        return artifact.encode(data)[0]
+        return encode_raw(data, artifact.preprocessing)[0]
     except ImageTooLargeError as err:
         raise ApiError(413, "payload_too_large", f"inputs[{loc[0]}]: {err.message}", hint=err.hint) from None
     except DlforgeError as err:
@@ -359,32 +289,10 @@ def _image_bytes(artifact: Artifact, item: dict, loc: tuple[int | str, ...]) -> 
 
 
 # ------------------------------------------------------------------------ text and rows
-def _encode_texts(artifact: Artifact, texts: list[str]) -> torch.Tensor:
-    return artifact.encode(texts)  # (N, max_len) int64 ids, the stored tokenizer
-
-
 def _check_text(text: str, loc: tuple[int | str, ...]) -> None:
     problem = text_problem(text)
     if problem:
         raise _Invalid(loc, problem)
-
-
-def text_problem(text: str) -> str | None:
-    """Why ``text`` is not valid Unicode text (a lone surrogate, which JSON's ``\\ud800`` escape
-    can carry but UTF-8 cannot), or None. The text itself is never echoed.
-
-    Example:
-        >>> text_problem("a fine film") is None, text_problem("bad \\ud800")[:40]
-        (True, 'not valid Unicode: a lone surrogate U+D8')
-    """
-    if text.isascii():
-        return None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        return (f"not valid Unicode: a lone surrogate U+{ord(text[err.start]):04X} at character {err.start} "
-                "(a \\ud800-\\udfff escape must be half of a pair); send UTF-8 text")
-    return None
 
 
 def _check_record(record: dict, loc: tuple[int | str, ...], numeric_columns: set[str]) -> None:
@@ -407,13 +315,13 @@ def _encode_records(
     """Raw rows through the stored preprocessing; on failure, row by row to name the bad one.
     (Values that overflow once standardised come back as they are: the caller names their column.)"""
     try:
-        return list(artifact.encode(records)), []  # (N, F)
+        return list(encode_raw(records, artifact.preprocessing)), []  # (N, F)
     except DlforgeError:
         pass
     rows, errors = [], []
     for i, record in zip(where, records):
         try:
-            rows.append(artifact.encode([record])[0])
+            rows.append(encode_raw([record], artifact.preprocessing)[0])
         except DlforgeError as err:
             errors.append(((i,), _without_source(err)))
         if len(errors) >= MAX_ERRORS:

@@ -1,7 +1,8 @@
 """Serving metrics (Prometheus) and drift detection against the training reference.
 
 :class:`Metrics` holds the server's counters and histograms in its own registry, so
-several apps in one process (tests) never collide. :class:`DriftMonitor` keeps a sliding
+several apps in one process (tests) never collide; :meth:`Metrics.request` counts one
+request (status, errors, latency, in flight), the one way requests are counted. :class:`DriftMonitor` keeps a sliding
 window of live inputs (as :func:`~dlforge.registry.reference.reference_features`) and
 predictions, and compares each feature with the training reference by the population
 stability index (:func:`psi`) and the two-sample Kolmogorov-Smirnov statistic
@@ -17,11 +18,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +33,7 @@ import torch
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from dlforge.registry.reference import prediction_summary, reference_features
+from dlforge.serve.security import error_status
 
 logger = logging.getLogger("dlforge.serve")
 
@@ -37,6 +42,16 @@ BATCH_BUCKETS = tuple(float(2**i) for i in range(9))  # 1, 2, 4, ..., 256
 QUEUE_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 EPS = 1e-4  # floor for bin proportions: an empty bin would make PSI infinite
 KS_NOISE_C = 1.949  # c(alpha) of the KS critical value at alpha = 0.001: below it, KS is sampling noise
+
+
+@dataclass
+class RequestCount:
+    """The labels and status of one request being counted; set them as they become known."""
+
+    model: str
+    version: str = ""
+    variant: str = ""
+    status: int = 200
 
 
 class Metrics:
@@ -70,6 +85,44 @@ class Metrics:
                                     ["model"], registry=r)
         self.drift = Gauge("dlforge_drift", "Drift of a feature (or 'prediction') from the training reference.",
                            ["model", "version", "feature", "statistic"], registry=r)
+
+    @contextlib.contextmanager
+    def request(self, model: str, *, version: int | str = "", variant: str = "",
+                in_flight: bool = False) -> Iterator[RequestCount]:
+        """Count one predict request, once: ``dlforge_requests`` by status, ``dlforge_errors`` when
+        the status is 400 or more, else its latency.
+
+        The block sets ``version``, ``variant`` and ``status`` (200 unless set) on the yielded
+        :class:`RequestCount`; an exception leaving the block sets the status with
+        :func:`~dlforge.serve.security.error_status` and goes on. ``in_flight``: also held in
+        ``dlforge_requests_in_flight`` while the block runs.
+
+        Example:
+            >>> m = Metrics()
+            >>> with m.request("iris", in_flight=True) as count:
+            ...     count.version, count.variant = "1", "production"
+            >>> m.requests.labels("iris", "1", "production", "200")._value.get()
+            1.0
+        """
+        count = RequestCount(model, str(version), variant)
+        gauge = self.in_flight.labels(model) if in_flight else None
+        if gauge is not None:
+            gauge.inc()
+        started = time.perf_counter()
+        try:
+            yield count
+        except BaseException as err:
+            count.status = error_status(err)
+            raise
+        finally:
+            if gauge is not None:
+                gauge.dec()
+            labels, status = (count.model, count.version, count.variant), str(count.status)
+            self.requests.labels(*labels, status).inc()
+            if count.status >= 400:
+                self.errors.labels(*labels, status).inc()
+            else:
+                self.latency.labels(*labels).observe(time.perf_counter() - started)
 
     def observer(self, model: str, version: int) -> _BatchMetrics:
         """A batch observer (for ``DynamicBatcher``) recording batch sizes and queue times."""

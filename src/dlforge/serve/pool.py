@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from dlforge.compress import quantize_dynamic_int8
+from dlforge.compress.quantize import quantize_dynamic_int8  # torch only: serve never loads train
 from dlforge.errors import DlforgeError, NotFoundError, UnavailableError
 from dlforge.registry.artifact import Artifact, load_artifact
 from dlforge.registry.store import ModelVersion, Registry

@@ -15,7 +15,6 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, WithJsonSchema
 
-from dlforge.serve.inputs import text_problem
 from dlforge.serve.routing import TrafficConfig
 from dlforge.serve.security import ErrorBody, error_responses
 
@@ -96,6 +95,24 @@ class PredictResponse(_Strict):
     warnings: list[InputWarning] | None = Field(
         None, description="inputs far outside the training range (more than 3 range widths beyond it): answered, "
                           "but check their units; counted in dlforge_out_of_range_inputs_total")
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode text (a lone surrogate, which JSON's ``\\ud800`` escape
+    can carry but UTF-8 cannot), or None. The text itself is never echoed.
+
+    Example:
+        >>> text_problem("a fine film") is None, text_problem("bad \\ud800")[:40]
+        (True, 'not valid Unicode: a lone surrogate U+D8')
+    """
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return (f"not valid Unicode: a lone surrogate U+{ord(text[err.start]):04X} at character {err.start} "
+                "(a \\ud800-\\udfff escape must be half of a pair); send UTF-8 text")
+    return None
 
 
 def _valid_text(text: str) -> str:

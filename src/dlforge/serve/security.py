@@ -262,6 +262,28 @@ def status_of(exc: DlforgeError) -> tuple[int, str]:
     return 400, re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
 
 
+def error_status(err: BaseException) -> int:
+    """The HTTP status a request that raised ``err`` is answered with, and counted under.
+
+    It follows this module's exception handlers: dlforge errors through :func:`status_of`
+    (the one mapping), anything unexpected is a 500. Request metrics count under it.
+
+    Example:
+        >>> from dlforge.errors import NotFoundError
+        >>> error_status(NotFoundError("no model 'x'")), error_status(RuntimeError("boom"))
+        (404, 500)
+    """
+    if isinstance(err, ApiError):
+        return err.status_code
+    if isinstance(err, RequestValidationError):
+        return 422
+    if isinstance(err, QueueFullError):
+        return 429
+    if isinstance(err, DlforgeError):
+        return status_of(err)[0]
+    return 500
+
+
 async def _dlforge_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DlforgeError)
     status, code = status_of(exc)

@@ -161,6 +161,6 @@ def extract_artifact_tar(data: bytes | BinaryIO, dest: Path, *, max_bytes: int,
         member_name = getattr(getattr(exc, "tarinfo", None), "name", "?")
         raise UploadError(f"archive member {_shown(member_name)} was refused by the tar safety filter",
                           hint=_HINT) from None
-    except (tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError) as exc:
+    except (tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError):
         raise UploadError("the upload is not a valid tar.gz archive", hint=_HINT) from None
     return _artifact_folder(dest)

@@ -35,17 +35,18 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from dlforge.errors import ConfigError, DataError
+from dlforge.targets import IGNORE_INDEX
 from dlforge.train import transfer
 from dlforge.train.batches import epoch_batch_size, epoch_permutation, fold_single_batch, iterate_batches
 from dlforge.train.callbacks import Callback, find_last_checkpoint
 from dlforge.train.devices import select_device
+from dlforge.train.losses import LossConfig, LossFn, build_loss
 from dlforge.train.optim import OptimConfig, Scheduler, as_optim_config, build_optimizer
 from dlforge.train.state import FitResult, TrainState
 from dlforge.train.state_io import load_state
 from dlforge.train.tbptt import as_window, check_tbptt, per_step_targets, tbptt_windows, updates_per_sequence
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 # ----------------------------------------------------------------------------- setup
@@ -55,31 +56,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-IGNORE_INDEX = -100  # targets with this class index carry no loss (padding, unmasked MLM tokens)
-
-
-def cross_entropy(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for (B, C) outputs or per-token (B, T, C) outputs with (B, T) targets.
-
-    Targets equal to ``IGNORE_INDEX`` (-100) are skipped, as in masked-LM training.
-    """
-    if out.ndim > 2:
-        out, target = out.flatten(0, -2), target.flatten()  # (B*T, C), (B*T,)
-    return nn.functional.cross_entropy(out, target, ignore_index=IGNORE_INDEX)
-
-
-def resolve_loss(loss: str | LossFn | None, targets: torch.Tensor) -> LossFn:
-    """``None`` picks cross-entropy for integer targets and MSE for float targets."""
-    if callable(loss):
-        return loss
-    if loss is None:
-        loss = "cross_entropy" if not torch.is_floating_point(targets) else "mse"
-    losses = {"cross_entropy": cross_entropy, "mse": nn.MSELoss(), "l1": nn.L1Loss()}
-    if loss not in losses:
-        raise ConfigError(f"train.loss is {loss!r}", hint=f"use one of: {', '.join(losses)}")
-    return losses[loss]
 
 
 def count_correct(out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int | torch.Tensor]:
@@ -198,7 +174,7 @@ def fit(
     epochs: int = 10,
     batch_size: int = 32,
     optim: str | dict | OptimConfig = "adam",
-    loss: str | LossFn | None = None,
+    loss: str | dict | LossConfig | LossFn | None = None,
     clip_grad_norm: float | None = None,
     clip_grad_value: float | None = None,
     accumulate: int = 1,
@@ -220,6 +196,9 @@ def fit(
     batch. ``accumulate`` averages gradients over that many batches per optimizer step
     (over the batches left, for an epoch's last step). With batch norm, a last batch of
     one sample joins the batch before it (see :func:`fold_single_batch`).
+    ``loss`` is anything :func:`~dlforge.train.losses.build_loss` takes: a name, a mapping
+    or ``LossConfig`` (focal, class weights, label smoothing), a callable, or ``None``
+    (cross-entropy for integer targets, MSE for float targets).
     ``precision`` is ``fp32``, ``bf16`` (autocast) or ``fp16`` (CUDA, with a grad scaler).
     ``resume`` continues from the last checkpoint in a run or checkpoint directory.
     ``param_groups`` (torch-style ``{"params": [...], "lr": ...}`` dicts covering the
@@ -268,7 +247,7 @@ def fit(
         check_tbptt(model, x0, accumulate)
         steps_per_epoch = batches_per_epoch * updates_per_sequence(x0.shape[1], window[0], per_step_targets(x0, y0))
     targets = train[0][1] if not isinstance(train, TensorDataset) else train.tensors[1]
-    loss_fn = resolve_loss(loss, torch.as_tensor(targets))
+    loss_fn = build_loss(loss, targets=torch.as_tensor(targets))
     classify = not torch.is_floating_point(torch.as_tensor(targets))
     if param_groups is None and cfg.param_groups:
         param_groups = transfer.param_groups(model, cfg.lr, cfg.param_groups)

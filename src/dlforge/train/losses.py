@@ -1,13 +1,16 @@
-"""Losses for imbalanced classification: class-weighted cross-entropy and focal loss.
+"""Every loss, and the one function that turns a ``train.loss`` setting into a loss.
 
 ``train.loss`` names a loss, or configures one as :class:`LossConfig`::
 
     train:
       loss: {name: focal, gamma: 2.0, class_weights: effective, beta: 0.999}
 
-:func:`class_weights` turns training-split class counts into per-class weights,
-:class:`FocalLoss` is the loss of Lin et al. 2017, and :func:`build_loss` makes the
-``loss(out, target)`` callable that :func:`dlforge.train.fit` takes.
+:func:`cross_entropy` is the default classification loss (per-token outputs and
+``IGNORE_INDEX`` targets included), :class:`CrossEntropy` adds class weights and label
+smoothing, :class:`FocalLoss` is the loss of Lin et al. 2017, :func:`class_weights` turns
+training-split class counts into per-class weights, and :func:`build_loss` makes the
+``loss(out, target)`` callable from a name, mapping, :class:`LossConfig`, callable or
+nothing: :func:`dlforge.train.fit` and the pipeline both call it.
 
 Example:
     >>> import torch
@@ -18,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -27,9 +30,26 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from dlforge.errors import ConfigError, DataError
-from dlforge.train.engine import IGNORE_INDEX, LossFn, cross_entropy
+from dlforge.targets import IGNORE_INDEX
 
 WEIGHT_METHODS = ("none", "inverse", "effective")
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for (B, C) outputs or per-token (B, T, C) outputs with (B, T) targets.
+
+    Exactly ``torch.nn.functional.cross_entropy``; targets equal to ``IGNORE_INDEX``
+    (-100) are skipped, as in masked-LM training, and soft targets (B, C) work as in PyTorch.
+
+    Example:
+        >>> import torch
+        >>> round(cross_entropy(torch.zeros(1, 3, 2), torch.tensor([[0, -100, 1]])).item(), 4)
+        0.6931
+    """
+    if out.ndim > 2:
+        out, target = out.flatten(0, -2), target.flatten()  # (B*T, C), (B*T,)
+    return F.cross_entropy(out, target, ignore_index=IGNORE_INDEX)
 
 
 class LossConfig(BaseModel):
@@ -228,9 +248,13 @@ def _modulator(log_p: torch.Tensor, gamma: float) -> torch.Tensor:
     return (-torch.expm1(log_p)).clamp_min(1e-12) ** gamma
 
 
-def build_loss(cfg: LossConfig | str | Mapping, train_counts: Sequence[int] | None = None) -> LossFn:
-    """The ``loss(out, target)`` callable :func:`dlforge.train.fit` takes.
+def build_loss(loss: LossConfig | str | Mapping | LossFn | None = None, train_counts: Sequence[int] | None = None,
+               *, targets: torch.Tensor | None = None) -> LossFn:
+    """The ``loss(out, target)`` callable :func:`dlforge.train.fit` trains with.
 
+    ``loss`` is a name (``cross_entropy``, ``focal``, ``mse``, ``l1``), a mapping of
+    :class:`LossConfig` keys, a :class:`LossConfig`, a callable (returned unchanged), or
+    ``None``: cross-entropy for integer ``targets`` (or none given), MSE for float ones.
     ``train_counts`` are the training split's class counts (see
     :func:`dlforge.data.imbalance.class_counts`); they are needed for class weights and
     give the number of classes a per-class ``alpha`` is checked against.
@@ -240,8 +264,14 @@ def build_loss(cfg: LossConfig | str | Mapping, train_counts: Sequence[int] | No
         >>> loss = build_loss({"name": "cross_entropy", "class_weights": "inverse"}, [30, 10])
         >>> loss.weight
         tensor([0.6667, 2.0000])
+        >>> build_loss(None, targets=torch.tensor([[0.5]]))
+        MSELoss()
     """
-    cfg = as_loss_config(cfg)
+    if callable(loss) and not isinstance(loss, (str, Mapping, LossConfig)):
+        return loss
+    if loss is None:
+        loss = "mse" if targets is not None and torch.is_floating_point(torch.as_tensor(targets)) else "cross_entropy"
+    cfg = as_loss_config(loss)
     if cfg.name != "focal" and {"gamma", "alpha"} & cfg.model_fields_set:
         raise ConfigError(f"train.loss.gamma and alpha belong to the focal loss, not {cfg.name}",
                           hint="set train.loss.name: focal, or remove them")
@@ -262,8 +292,20 @@ def build_loss(cfg: LossConfig | str | Mapping, train_counts: Sequence[int] | No
     if cfg.name == "focal":
         return FocalLoss(cfg.gamma, cfg.alpha, weight=weight, label_smoothing=cfg.label_smoothing)
     if weight is None and not cfg.label_smoothing:
-        return cross_entropy  # the engine's default, so a plain config trains exactly as before
+        return cross_entropy  # the default, so a plain config trains exactly as with no loss set
     return CrossEntropy(weight=weight, label_smoothing=cfg.label_smoothing)
 
 
-__all__ = ["CrossEntropy", "FocalLoss", "LossConfig", "as_loss_config", "build_loss", "class_weights"]
+def resolve_loss(loss: LossConfig | str | Mapping | LossFn | None, targets: torch.Tensor) -> LossFn:
+    """:func:`build_loss` with the training targets, the call shape ``fit`` always had.
+
+    Example:
+        >>> import torch
+        >>> resolve_loss(None, torch.tensor([0, 1])) is cross_entropy
+        True
+    """
+    return build_loss(loss, targets=targets)
+
+
+__all__ = ["CrossEntropy", "FocalLoss", "LossConfig", "LossFn", "as_loss_config", "build_loss",
+           "class_weights", "cross_entropy", "resolve_loss"]

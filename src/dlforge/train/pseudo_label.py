@@ -38,7 +38,8 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from dlforge.errors import ConfigError, DataError
-from dlforge.train.engine import cross_entropy, evaluate_loss, fit, seed_everything
+from dlforge.train.engine import evaluate_loss, fit, seed_everything
+from dlforge.train.losses import cross_entropy
 
 RESERVED_FIT_KEYS = ("seed", "val")  # set by pseudo_label_fit itself
 

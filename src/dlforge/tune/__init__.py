@@ -14,6 +14,6 @@ Example:
 """
 
 from dlforge.tune.space import TuneConfig, parse_tune, suggest
-from dlforge.tune.study import PruningCallback, TuneResult, run_tune, tune_cli
+from dlforge.tune.study import PruningCallback, TuneResult, result_dict, run_tune
 
-__all__ = ["PruningCallback", "TuneConfig", "TuneResult", "parse_tune", "run_tune", "suggest", "tune_cli"]
+__all__ = ["PruningCallback", "TuneConfig", "TuneResult", "parse_tune", "result_dict", "run_tune", "suggest"]

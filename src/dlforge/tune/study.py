@@ -40,7 +40,6 @@ import json
 import math
 import os
 import socket
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,10 +50,11 @@ import yaml
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from dlforge.config import RunConfig, apply_overrides, read_yaml, validate_config
+from dlforge.config import validate_config
 from dlforge.errors import ConfigError
 from dlforge.train import Callback
 from dlforge.train.state_io import atomic_write
+from dlforge.tune.checks import check_before_trials
 from dlforge.tune.storage import default_storage, display_url, open_storage  # noqa: F401 (re-exported)
 from dlforge.tune.space import TuneConfig, check_space, decode_params, grid_space, parse_tune, suggest, trial_raw
 
@@ -246,40 +246,6 @@ def _pruner(tune: TuneConfig, epochs: int) -> optuna.pruners.BasePruner:
                                           reduction_factor=p.reduction_factor)
 
 
-def _check_model_values(cfg: RunConfig, base: dict[str, Any], tune: TuneConfig) -> None:
-    """``model.*`` values checked against the model family, with the data's shapes."""
-    keys = [k for k in tune.space if k.startswith("model.")]
-    if not keys or "pretrained" in cfg.model:
-        return  # pretrained specs are completed from the weights' folder; train_run checks them
-    from dlforge.models import config_from_spec
-    from dlforge.pipeline import load_data
-    from dlforge.tune.space import candidate_values
-
-    prepared = load_data(cfg)
-    sizes = {"input_shape": prepared.input_shape, "num_outputs": prepared.num_outputs}
-    try:
-        config_from_spec(cfg.model, **sizes)
-    except ConfigError:
-        return  # the base spec needs more than shapes (e.g. a vocabulary); the first trial will say
-    for key in keys:
-        for value in candidate_values(tune.space[key]):
-            try:
-                config_from_spec(trial_raw(base, {key: value})["model"], **sizes)
-            except ConfigError as err:
-                raise ConfigError(f"tune.space.{key}: the value {value!r} makes an invalid model: {err.message}",
-                                  hint=err.hint or "fix the choices of this key") from None
-
-
-def _check_metric_split(cfg: RunConfig, tune: TuneConfig) -> None:
-    """A val_* or test_* objective needs that split: say so before the first trial."""
-    split = tune.metric.split("_", 1)[0]
-    if split not in ("val", "test") or any(k.startswith("data.split") or k == "data" for k in tune.space):
-        return
-    if getattr(cfg.data.split, split) == 0:
-        raise ConfigError(f"tune.metric is {tune.metric!r}, but data.split.{split} is 0, so no run has a {split} split",
-                          hint=f"set data.split.{split} above 0, or tune a metric of another split")
-
-
 # ----------------------------------------------------------------------------- the objective
 
 def _finite_or_none(value: Any) -> Any:
@@ -296,7 +262,7 @@ def _objective(tune: TuneConfig, base: dict[str, Any], trials_dir: Path) -> Call
         trial.set_user_attr("config", raw)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         if tune.k_folds is not None:
-            from dlforge.evaluate import cross_validate
+            from dlforge.pipeline.crossval import cross_validate
 
             cv = cross_validate(cfg, k=tune.k_folds)
             trial.set_user_attr("cv_mean", {k: _finite_or_none(v) for k, v in cv.mean.items()})
@@ -312,7 +278,8 @@ def _objective(tune: TuneConfig, base: dict[str, Any], trials_dir: Path) -> Call
         pruning = PruningCallback(trial, tune.metric, direction)
         # The run directory says which trial it is; the stored config keeps the user's name.
         run_cfg = cfg.model_copy(update={"name": f"{cfg.name}-trial{trial.number}"})
-        outcome = train_run(run_cfg, runs_dir=trials_dir, callbacks=[pruning])
+        # Bagging trains k members one after another: no single curve to prune (see _check_pruning).
+        outcome = train_run(run_cfg, runs_dir=trials_dir, callbacks=[] if cfg.data.imbalance.bagging else [pruning])
         trial.set_user_attr("run_dir", str(outcome.run_dir))
         trial.set_user_attr("epochs_run", outcome.result.epochs_run)
         trial.set_user_attr("stop_reason", outcome.result.stop_reason)
@@ -343,14 +310,20 @@ def _progress_line(stream: TextIO, tune: TuneConfig, space_keys: list[str]) -> C
             outcome = trial.state.name.lower() + (f" ({trial.user_attrs['failure']})"
                                                   if "failure" in trial.user_attrs else "")
         params = decode_params(tune.space, trial.params)
-        shown = "  ".join(f"{k}={_short(params[k])}" for k in space_keys if k in params)
+        shown = "  ".join(f"{k}={short_value(params[k])}" for k in space_keys if k in params)
         stream.write(f"trial {trial.number}: {outcome} ({seconds:.1f} s)  {shown}\n")
         stream.flush()
 
     return report
 
 
-def _short(value: Any) -> str:
+def short_value(value: Any) -> str:
+    """A sampled value as progress lines and summaries show it.
+
+    Example:
+        >>> short_value(0.0312345), short_value([16, 16]), short_value("adam")
+        ('0.03123', '[16, 16]', '"adam"')
+    """
     return f"{value:.4g}" if isinstance(value, float) else json.dumps(value)
 
 
@@ -439,8 +412,7 @@ def run_tune(
     check_space(base, tune.space)
     if tune.sampler.name == "grid":
         grid_space(tune.space)  # fail on a non-grid space before touching the storage
-    _check_model_values(cfg, base, tune)
-    _check_metric_split(cfg, tune)
+    check_before_trials(cfg, base, tune)
 
     runs_dir = Path(runs_dir)
     name = tune.study_name or cfg.name
@@ -476,44 +448,6 @@ def run_tune(
         n_complete=states.count(TrialState.COMPLETE), n_pruned=states.count(TrialState.PRUNED),
         n_failed=states.count(TrialState.FAIL), out_dir=out, best_trial=best.number if best else None, files=files,
     )
-
-
-def tune_cli(
-    config_path: str | Path, overrides: list[str] | None = None, runs_dir: str | Path = "runs",
-    storage: str | None = None, resume: bool = False, n_trials: int | None = None, timeout: float | None = None,
-) -> TuneResult:
-    """``dlforge tune CONFIG.yaml``: run the study, print a summary table, return the result.
-
-    ``overrides`` are ``--set key=value`` texts (``tune.n_trials=50`` works too).
-
-    Example:
-        >>> tune_cli("circles_tune.yaml", ["tune.n_trials=10"], runs_dir="runs")  # doctest: +SKIP
-    """
-    from rich.console import Console
-    from rich.table import Table
-
-    raw = apply_overrides(read_yaml(config_path), list(overrides or []))
-    started = time.time()
-    result = run_tune(raw, runs_dir=runs_dir, storage=storage, resume=resume, n_trials=n_trials, timeout=timeout,
-                      progress=sys.stderr)
-    console = Console(highlight=False)
-    counts = f"{result.n_complete} complete, {result.n_pruned} pruned, {result.n_failed} failed"
-    console.print(f"study {result.study_name}: {counts} ({time.time() - started:.0f} s)", soft_wrap=True, markup=False)
-    table = Table()
-    table.add_column("best trial")
-    if result.best_trial is not None:
-        metric = (raw.get("tune") or {}).get("metric", "val_loss")
-        table.add_column(metric, justify="right")
-        for key in result.best_params:
-            table.add_column(key, justify="right")
-        table.add_row(str(result.best_trial), f"{result.best_value:.6g}", *map(_short, result.best_params.values()))
-    else:
-        table.add_row("none complete")
-    console.print(table)
-    # Paths and URLs as plain lines: a table cell would wrap or cut them
-    for label, value in (("storage", result.storage), *((k, str(v)) for k, v in result.files.items())):
-        console.print(f"{label}: {value}", soft_wrap=True, markup=False)
-    return result
 
 
 def result_dict(result: TuneResult) -> dict[str, Any]:

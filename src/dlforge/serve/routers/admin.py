@@ -124,6 +124,19 @@ def _register(registry: Registry, archive: Path, work: Path, name: str, alias: s
     return mv, registry.aliases(name)
 
 
+async def _receive(request: Request, archive: Path) -> Path:
+    """Write the request body to ``archive``; 400 when it is empty."""
+    size = 0
+    with archive.open("wb") as f:
+        async for chunk in request.stream():  # the middleware caps the total at max_upload_bytes
+            size += len(chunk)
+            f.write(chunk)
+    if size == 0:
+        raise ApiError(400, "empty_body", "the upload is empty",
+                       hint="send the tar.gz as the request body with Content-Type: application/gzip")
+    return archive
+
+
 @router.post(
     "/{name}/versions", status_code=201, response_model=AdminVersion,
     summary="Upload a model artifact (tar.gz) as a new version",
@@ -148,14 +161,7 @@ async def upload_version(
                                                                  "(or raise its quota) and upload again"):
         scratch = await run_in_threadpool(registry.upload_folder)
         try:
-            archive, size = scratch.path / "upload.tar.gz", 0
-            with archive.open("wb") as f:
-                async for chunk in request.stream():  # the middleware caps the total at max_upload_bytes
-                    size += len(chunk)
-                    f.write(chunk)
-            if size == 0:
-                raise ApiError(400, "empty_body", "the upload is empty",
-                               hint="send the tar.gz as the request body with Content-Type: application/gzip")
+            archive = await _receive(request, scratch.path / "upload.tar.gz")
             mv, aliases = await run_in_threadpool(_register, registry, archive, scratch.path / "artifact", name,
                                                   alias, settings.max_upload_bytes)
         finally:
@@ -200,27 +206,27 @@ async def rollback(request: Request, name: Name, body: RollbackRequest) -> Alias
     return AliasChange(name=name, alias=alias, version=version, previous=before)
 
 
+def _store_traffic(registry: Registry, name: str, config: TrafficConfig) -> None:
+    """Store ``config`` once every alias in it (the shadow too) exists (runs in a worker thread)."""
+    registry.versions(name)  # NotFoundError (404) for an unknown model
+    aliases = registry.aliases(name)
+    named = [(f"body.variants.{i}.alias", v.alias) for i, v in enumerate(config.variants)]
+    named += [("body.shadow", config.shadow)] if config.shadow else []
+    missing = [(path, alias) for path, alias in named if alias not in aliases]
+    if missing:
+        raise ApiError(422, "validation_error",
+                       f"model {name!r} has no alias " + ", ".join(repr(a) for _, a in missing),
+                       hint=f"set it first with PUT /v1/models/{name}/aliases/<alias>; "
+                            f"existing aliases: {', '.join(sorted(aliases)) or 'none'}",
+                       fields=[{"path": path, "message": f"unknown alias {alias!r}", "type": "unknown_alias"}
+                               for path, alias in missing])
+    registry.set_traffic(name, config.model_dump(mode="json"))
+
+
 @router.put("/{name}/traffic", response_model=TrafficState, summary="Split traffic between aliases (A/B test)")
 async def set_traffic(request: Request, name: Name, config: TrafficConfig) -> TrafficState:
     """Store the traffic split; every alias in it (the shadow too) must exist (422 otherwise)."""
-    registry = request.app.state.registry
-
-    def apply() -> None:
-        registry.versions(name)  # NotFoundError (404) for an unknown model
-        aliases = registry.aliases(name)
-        named = [(f"body.variants.{i}.alias", v.alias) for i, v in enumerate(config.variants)]
-        named += [("body.shadow", config.shadow)] if config.shadow else []
-        missing = [(path, alias) for path, alias in named if alias not in aliases]
-        if missing:
-            raise ApiError(422, "validation_error",
-                           f"model {name!r} has no alias " + ", ".join(repr(a) for _, a in missing),
-                           hint=f"set it first with PUT /v1/models/{name}/aliases/<alias>; "
-                                f"existing aliases: {', '.join(sorted(aliases)) or 'none'}",
-                           fields=[{"path": path, "message": f"unknown alias {alias!r}", "type": "unknown_alias"}
-                                   for path, alias in missing])
-        registry.set_traffic(name, config.model_dump(mode="json"))
-
-    await run_in_threadpool(apply)
+    await run_in_threadpool(_store_traffic, request.app.state.registry, name, config)
     await request.app.state.pool.refresh(force=True)
     return TrafficState(name=name, traffic=config)
 

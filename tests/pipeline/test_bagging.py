@@ -15,7 +15,8 @@ from dlforge.data.imbalance import make_imbalanced
 from dlforge.errors import ConfigError, DataError
 from dlforge.models import Ensemble, build, build_mlp
 from dlforge.train import bagging
-from dlforge.train.bagging import balanced_bagging, balanced_indices
+from dlforge.pipeline.bagging import bagging_fit, balanced_bagging
+from dlforge.train.bagging import balanced_indices
 
 FAST = {"epochs": 1, "batch_size": 16, "device": "cpu"}
 
@@ -67,6 +68,15 @@ def test_bagging_is_reproducible_and_members_differ() -> None:
     for a, b in zip(first.state_dict().values(), second.state_dict().values()):
         torch.testing.assert_close(a, b)
     assert not torch.equal(first.members[0].head.weight, first.members[1].head.weight)
+
+
+def test_bagging_fit_sums_up_the_members_fit_results() -> None:
+    ens, result = bagging_fit(lambda: build_mlp((4,), 2, hidden=(8,)), _imbalanced(), k=2,
+                              fit_kwargs={**FAST, "epochs": 2}, seed=0)
+    n_minority = int(_imbalanced().tensors[1].sum())
+    per_member = 2 * -(-2 * n_minority // FAST["batch_size"])  # epochs x batches of a balanced resample
+    assert isinstance(ens, Ensemble) and len(ens.members) == 2
+    assert (result.history, result.epochs_run, result.steps, result.stop_reason) == ([], 2, 2 * per_member, None)
 
 
 def test_bagging_errors() -> None:

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from dlforge.models import build
 from dlforge.registry import Registry, save_artifact
-from dlforge.registry.cli import keys_app, registry_app
+from dlforge.cli.registry import keys_app, registry_app
 
 app = typer.Typer()
 app.add_typer(registry_app, name="registry")

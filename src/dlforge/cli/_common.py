@@ -1,6 +1,9 @@
 """What every ``dlforge`` command shares: its consoles, literal printing, and the wrapper
 that turns input errors into a message, a hint and exit status 2 (no traceback).
 
+Only the CLI layer prints: library functions return results (and write progress to a
+stream they are passed), and the command modules here turn them into tables and lines.
+
 Example:
     >>> @friendly
     ... def command() -> None:

@@ -15,8 +15,9 @@ from sklearn.model_selection import StratifiedKFold
 from dlforge.config import RunConfig, validate_config
 from dlforge.data import DataBundle, Standardizer, load_source
 from dlforge.errors import ConfigError, DataError
-from dlforge.evaluate import CVResult, classification_metrics, cross_validate, evaluate, fold_indices
+from dlforge.evaluate import CVResult, classification_metrics, evaluate, fold_indices
 from dlforge.models import build
+from dlforge.pipeline.crossval import cross_validate
 from dlforge.train import fit, seed_everything
 
 
@@ -200,7 +201,7 @@ def test_evaluate_is_what_scores_a_fold() -> None:
 
 
 def test_docstring_examples_run() -> None:
-    import dlforge.evaluate.crossval as module
+    import dlforge.pipeline.crossval as module
 
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
@@ -214,3 +215,24 @@ def test_regression_trains_on_a_standardised_target_and_scores_in_its_units() ->
     for fold in on.folds:
         assert 40 < fold["rmse"] < 80  # the target's units (its std is 77), not standard deviations
         assert fold["rmse"] == pytest.approx(fold["mse"] ** 0.5)
+
+
+def test_the_data_section_means_what_it_means_for_train(tmp_path) -> None:
+    """cv reads a table with the same data keys train does (here id_column; cv once ignored
+    drop, keep, id_column, missing and unknown_category and refused this table)."""
+    rng = np.random.default_rng(0)
+    rows = ["customer_id,a,b,label"] + [f"C{i:04d},{rng.normal():.3f},{rng.normal():.3f},{'yes' if i % 3 else 'no'}"
+                                        for i in range(60)]
+    (tmp_path / "ids.csv").write_text("\n".join(rows) + "\n")
+    cfg = make_config(str(tmp_path / "ids.csv"), data={"target": "label", "id_column": "customer_id"},
+                      train={"epochs": 1})
+    result = cross_validate(cfg, k=2)
+    assert [f["n"] for f in result.folds] == [30, 30]
+
+
+@pytest.mark.parametrize("source, why", [("sunspots", "train a forecaster on windows after"),
+                                         ("stdlib_docs", "its own vocabulary")])
+def test_series_and_text_are_refused_with_the_reason(source: str, why: str) -> None:
+    raw = {"data": {"source": source}, "model": {"arch": "rnn"}}
+    with pytest.raises(ConfigError, match=why):
+        cross_validate(validate_config(raw), k=3)

@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import typer
 
-from dlforge._console import friendly
+from dlforge.cli._common import friendly
 from dlforge.serve.settings import ServeSettings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -74,6 +74,10 @@ def serve_command(
         typer.echo(f"note: binding {host}: the server is reachable from the network"
                    + ("" if no_auth else "; every request needs an API key (dlforge keys create)"), err=True)
     run(settings, log_level=log_level.lower())  # one worker; the connection limits are in serve/server.py
+
+
+app = typer.Typer()  # mounted by dlforge.cli as the `serve` command
+app.command("serve")(serve_command)
 
 
 def main() -> None:

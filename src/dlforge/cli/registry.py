@@ -1,6 +1,6 @@
 """``dlforge registry ...`` and ``dlforge keys ...``: the registry and API keys from the shell.
 
-Two Typer apps that the main CLI mounts (``app.add_typer(registry_app, name="registry")``,
+Two Typer apps that :mod:`dlforge.cli` mounts (``app.add_typer(registry_app, name="registry")``,
 ``app.add_typer(keys_app, name="keys")``). Every command reads ``--registry`` (or
 ``$DLFORGE_REGISTRY``) and ``--artifacts`` (or ``$DLFORGE_ARTIFACTS``); commands whose output
 is data take ``--json``. Input errors print a message and a hint and exit with status 2.
@@ -23,8 +23,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from dlforge._console import err_console, friendly, out_console
-from dlforge._console import say as _say
+from dlforge.cli._common import err_console, friendly, out_console
+from dlforge.cli._common import say as _say
 from dlforge.errors import RegistryError
 
 registry_app = typer.Typer(add_completion=False, no_args_is_help=True,

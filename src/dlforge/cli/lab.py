@@ -1,0 +1,92 @@
+"""``dlforge lab list | run | report``: the lab's thirty experiments from the shell.
+
+Example:
+    $ dlforge lab run 12 --budget quick
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List
+
+import typer
+from rich.table import Table
+
+from dlforge.cli._common import err_console, out_console
+from dlforge.cli._common import friendly as _friendly
+from dlforge.cli._common import say as _say
+
+lab_app = typer.Typer(no_args_is_help=True, help="The lab: thirty claims of the guide, each tested by a measured experiment.")
+
+
+@lab_app.command("list")
+@_friendly
+def lab_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the lab's experiments by level."""
+    from dlforge.lab import available_topics, experiment
+    from dlforge.lab.finding import level_of
+
+    rows = [{"topic": t, "level": level_of(t), "title": experiment(t).TITLE, "claim": experiment(t).CLAIM}
+            for t in available_topics()]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(title="the lab")
+    for col in ("topic", "level", "title", "claim"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["topic"]), r["level"], r["title"], r["claim"])
+    out_console.print(table)
+
+
+def _run_findings(topics: list[int], budget: str, quiet: bool) -> list:
+    from dlforge.lab import available_topics, run_topic
+
+    findings = []
+    for t in topics or available_topics():
+        if not quiet:
+            _say(err_console, f"running topic {t} ({budget})...")
+        findings.append(run_topic(t, budget=budget))
+    return findings
+
+
+@lab_app.command("run")
+@_friendly
+def lab_run(
+    topics: List[int] = typer.Argument(None, help="topic numbers (default: all)"),
+    budget: str = typer.Option("quick", help="quick (seconds each) or full (minutes)"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON list of findings"),
+) -> None:
+    """Run experiments and print their findings and verdicts."""
+    findings = _run_findings(topics or [], budget, as_json)
+    if as_json:
+        print(json.dumps([f.to_dict() for f in findings]))
+        return
+    table = Table(title=f"lab findings ({budget})")
+    for col in ("topic", "level", "title", "verdict", "checks held", "seconds"):
+        table.add_column(col)
+    for f in findings:
+        results = f.check_results()
+        held = sum(c["holds"] for c in results)
+        table.add_row(str(f.topic), f.level, f.title, f.verdict, f"{held}/{len(results)}", f"{f.seconds:.1f}")
+    out_console.print(table)
+    for f in findings:  # what did not hold is the interesting part
+        for c in f.check_results():
+            if not c["holds"]:
+                _say(out_console, f"topic {f.topic}: {c['check']} did not hold (measured {c['value']:.4g})")
+    _say(out_console, "numbers, rules and figures: dlforge lab run --json, or dlforge lab report")
+
+
+@lab_app.command("report")
+@_friendly
+def lab_report(
+    topics: List[int] = typer.Argument(None, help="topic numbers (default: all)"),
+    budget: str = typer.Option("quick", help="quick or full"),
+    output: Path = typer.Option(Path("lab_report.html"), "--output", "-o"),
+) -> None:
+    """Run experiments and write one HTML page with every finding."""
+    from dlforge.lab.report import write_lab_report
+
+    path = write_lab_report(_run_findings(topics or [], budget, False), output)
+    _say(out_console, f"wrote {path}")
