@@ -95,7 +95,9 @@ class TrainConfig(_Strict):
     # (benchmarks/tabular.py) 10 epochs under-fit and 30-50 without stopping over-fit.
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=1)
-    loss: Literal["cross_entropy", "focal", "mse", "l1"] | LossConfig | None = None  # or {name, class_weights, gamma, ...}
+    # a loss name, or a LossConfig mapping {name, class_weights, gamma, include_background, ...}
+    loss: Literal["cross_entropy", "focal", "mse", "l1", "dice", "dice_ce", "dice_focal",
+                  "tversky"] | LossConfig | None = None
     clip_grad_norm: float | None = Field(None, gt=0)
     clip_grad_value: float | None = Field(None, gt=0)
     accumulate: int = Field(1, ge=1)

@@ -26,10 +26,11 @@ def test_archs_map_names_to_config_and_model() -> None:
     from dlforge.models.bert import BertClassifier, BertConfig
     from dlforge.models.transformer import TransformerClassifier, TransformerConfig
     from dlforge.models.ensemble import Ensemble, EnsembleConfig
+    from dlforge.models.unet import UNet, UNetConfig
 
     assert ARCHS == {"mlp": (MLPConfig, MLP), "cnn": (CNNConfig, CNN), "rnn": (RNNConfig, RNNClassifier),
                      "transformer": (TransformerConfig, TransformerClassifier), "bert": (BertConfig, BertClassifier),
-                     "ensemble": (EnsembleConfig, Ensemble)}
+                     "ensemble": (EnsembleConfig, Ensemble), "unet": (UNetConfig, UNet)}
     assert MLP.ARCH == "mlp" and CNN.ARCH == "cnn" and RNNClassifier.ARCH == "rnn"
 
 

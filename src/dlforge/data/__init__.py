@@ -40,6 +40,8 @@ from dlforge.data.sequences import (
     adding_problem, copy_memory_sequences, key_value_retrieval, key_value_tokens, recall_first,
     sequence_reversal, sequence_sorting,
 )
+from dlforge.data.segmentation import SegmentationBundle, load_segmentation_folder
+from dlforge.data.segmentation_synthetic import synthetic_nuclei
 from dlforge.data.sources import load_source
 from dlforge.data.splits import Splits, split, split_indices
 from dlforge.data.timeseries import (
@@ -93,6 +95,8 @@ __all__ = [
     "make_windows",
     "prepare_series",
     "seasonal_naive",
+    # segmentation: image + mask folders, synthetic nuclei (segmentation, segmentation_synthetic)
+    "SegmentationBundle", "load_segmentation_folder", "synthetic_nuclei",
     "MaskedLMDataset",
     "SPECIAL_TOKENS",
     "TEXT_BUILTINS",

@@ -33,6 +33,7 @@ from dlforge.models.transformer import (
     TransformerConfig,
     build_transformer,
 )
+from dlforge.models.unet import UNet, UNetConfig, build_unet
 
 # arch name -> (config dataclass, model class); a new family adds one line here.
 ARCHS: dict[str, tuple[type, type]] = {
@@ -42,6 +43,7 @@ ARCHS: dict[str, tuple[type, type]] = {
     "transformer": (TransformerConfig, TransformerClassifier),
     "bert": (BertConfig, BertClassifier),
     "ensemble": (EnsembleConfig, Ensemble),
+    "unet": (UNetConfig, UNet),
 }
 
 
@@ -199,6 +201,8 @@ __all__ = [
     "RNNConfig",
     "TransformerClassifier",
     "TransformerConfig",
+    "UNet",
+    "UNetConfig",
     "build",
     "build_bert",
     "build_cnn",
@@ -206,6 +210,7 @@ __all__ = [
     "build_mlp",
     "build_rnn",
     "build_transformer",
+    "build_unet",
     "config_from_spec",
     "from_models",
     "spec_of",

@@ -41,6 +41,7 @@ from dlforge.train.batches import epoch_batch_size, epoch_permutation, fold_sing
 from dlforge.train.callbacks import Callback, find_last_checkpoint
 from dlforge.train.devices import select_device
 from dlforge.train.losses import LossConfig, LossFn, build_loss
+from dlforge.train.seg_losses import supervised_loss
 from dlforge.train.optim import OptimConfig, Scheduler, as_optim_config, build_optimizer
 from dlforge.train.state import FitResult, TrainState
 from dlforge.train.state_io import load_state
@@ -59,16 +60,21 @@ def seed_everything(seed: int) -> None:
 
 
 def count_correct(out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int | torch.Tensor]:
-    """(correct predictions, counted targets) for (B, C) or per-token (B, T, C) outputs.
+    """(correct predictions, counted targets) for (B, C), per-token (B, T, C) outputs,
+    or per-pixel segmentation outputs (B, C, H, W[, D]) with (B, H, W[, D]) targets.
 
-    Per-token targets equal to ``IGNORE_INDEX`` are not counted; soft targets (B, C)
-    (mixup, label smoothing) count their most likely class.
+    Per-token and per-pixel targets equal to ``IGNORE_INDEX`` are not counted; soft
+    targets (mixup, label smoothing) count their most likely class.
     """
+    if out.ndim >= 4:  # segmentation: classes on dim 1, so accuracy is per pixel
+        out = out.movedim(1, -1)  # (B, H, W[, D], C)
+        if torch.is_floating_point(target) and target.ndim == out.ndim:
+            target = target.movedim(1, -1)
     if torch.is_floating_point(target) and target.shape == out.shape:
         target = target.argmax(dim=-1)
     if out.ndim == 2:
         return (out.argmax(dim=1) == target).sum(), len(target)  # count stays a Python int: no sync
-    valid = target != IGNORE_INDEX  # (B, T)
+    valid = target != IGNORE_INDEX  # (B, T) or (B, H, W[, D])
     return ((out.argmax(dim=-1) == target) & valid).sum(), valid.sum()
 
 
@@ -287,7 +293,9 @@ def fit(
                         log_step = state.step % log_every_n_steps == 0
                         state.step_record = {"type": "step", "step": state.step, "epoch": state.epoch} if log_step else None
                     with _autocast(device, precision):
-                        loss_value = loss_fn(out, target)
+                        loss_value = supervised_loss(loss_fn, out, target)
+                    if isinstance(out, tuple):  # deep supervision: metrics read the main output
+                        out = out[0]
                     total = loss_value + cfg.l1 * _l1_penalty(model) if cfg.l1 else loss_value
                     if accumulate > 1:  # the mean over the batches this step sums (fewer at the epoch's end)
                         total = total / _group_size(state.batch_in_epoch, accumulate, batches_per_epoch)

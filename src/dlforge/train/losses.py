@@ -10,7 +10,10 @@
 smoothing, :class:`FocalLoss` is the loss of Lin et al. 2017, :func:`class_weights` turns
 training-split class counts into per-class weights, and :func:`build_loss` makes the
 ``loss(out, target)`` callable from a name, mapping, :class:`LossConfig`, callable or
-nothing: :func:`dlforge.train.fit` and the pipeline both call it.
+nothing: :func:`dlforge.train.fit` and the pipeline both call it. The segmentation losses
+(``dice``, ``dice_ce``, ``dice_focal``, ``tversky``, and their empty-mask convention) live in
+:mod:`dlforge.train.seg_losses`; ``build_loss`` makes them too. Cross-entropy and focal loss
+also take segmentation logits (B, C, H, W[, D]) with class-index masks (B, H, W[, D]).
 
 Example:
     >>> import torch
@@ -31,8 +34,14 @@ from torch import nn
 
 from dlforge.errors import ConfigError, DataError
 from dlforge.targets import IGNORE_INDEX
+from dlforge.train.seg_losses import DiceCELoss, DiceFocalLoss, DiceLoss, TverskyLoss
 
 WEIGHT_METHODS = ("none", "inverse", "effective")
+SEG_LOSSES = ("dice", "dice_ce", "dice_focal", "tversky")
+# which losses each segmentation option belongs to; setting it for another loss is an error
+SEG_OPTIONS = {"include_background": SEG_LOSSES, "batch": SEG_LOSSES, "lambda_dice": ("dice_ce", "dice_focal"),
+               "lambda_ce": ("dice_ce",), "lambda_focal": ("dice_focal",), "tversky_alpha": ("tversky",),
+               "tversky_beta": ("tversky",)}
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -48,7 +57,7 @@ def cross_entropy(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         0.6931
     """
     if out.ndim > 2:
-        out, target = out.flatten(0, -2), target.flatten()  # (B*T, C), (B*T,)
+        out, target = _flatten(out, target)  # (N, C), (N,)
     return F.cross_entropy(out, target, ignore_index=IGNORE_INDEX)
 
 
@@ -59,6 +68,10 @@ class LossConfig(BaseModel):
     the ``effective`` number of samples of Cui et al. 2019 with ``beta``. ``gamma`` and
     ``alpha`` are the focal loss's; ``alpha`` is a float for binary tasks (the weight of
     class 1, class 0 gets 1 - alpha, as Lin et al.) or one weight per class.
+    Segmentation losses (``dice``, ``dice_ce``, ``dice_focal``, ``tversky``): Dice with or
+    without class 0 (``include_background``), per image or pooled over the ``batch``;
+    ``lambda_dice`` / ``lambda_ce`` / ``lambda_focal`` weigh the terms of the sums, and
+    ``tversky_alpha`` / ``tversky_beta`` weigh false positives / false negatives.
 
     Example:
         >>> LossConfig(name="cross_entropy", class_weights="inverse").beta
@@ -67,12 +80,19 @@ class LossConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal["cross_entropy", "focal", "mse", "l1"] = "cross_entropy"
+    name: Literal["cross_entropy", "focal", "mse", "l1", "dice", "dice_ce", "dice_focal", "tversky"] = "cross_entropy"
     class_weights: Literal["none", "inverse", "effective"] = "none"
     beta: float = Field(0.999, ge=0, lt=1)
     gamma: float = Field(2.0, ge=0)
     alpha: float | list[float] | None = None
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    include_background: bool = True
+    batch: bool = False
+    lambda_dice: float = Field(1.0, ge=0)
+    lambda_ce: float = Field(1.0, ge=0)
+    lambda_focal: float = Field(1.0, ge=0)
+    tversky_alpha: float = Field(0.5, ge=0)
+    tversky_beta: float = Field(0.5, ge=0)
 
 
 def as_loss_config(loss: str | Mapping | LossConfig) -> LossConfig:
@@ -88,7 +108,8 @@ def as_loss_config(loss: str | Mapping | LossConfig) -> LossConfig:
         return LossConfig(name=loss) if isinstance(loss, str) else LossConfig.model_validate(dict(loss))
     except (ValidationError, TypeError, ValueError) as err:
         raise ConfigError(f"train.loss {loss!r} is not a valid loss",
-                          hint="use a name (cross_entropy, focal, mse, l1) or a mapping of "
+                          hint="use a name (cross_entropy, focal, mse, l1, dice, dice_ce, dice_focal, "
+                          "tversky) or a mapping of "
                           f"LossConfig keys: {', '.join(LossConfig.model_fields)}") from err
 
 
@@ -129,7 +150,10 @@ def class_weights(counts: Sequence[int], method: str = "inverse", beta: float = 
 
 
 def _flatten(out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token outputs (B, T, C) with targets (B, T) become (B*T, C) and (B*T,)."""
+    """Per-token outputs (B, T, C) with targets (B, T) become (B*T, C) and (B*T,);
+    segmentation logits (B, C, H, W[, D]) with masks (B, H, W[, D]) become (B*H*W[*D], C)."""
+    if out.ndim >= 4 and target.ndim == out.ndim - 1:
+        return out.movedim(1, -1).flatten(0, -2), target.flatten()  # channels last, then (N, C), (N,)
     if out.ndim > 2:
         soft = torch.is_floating_point(target) and target.shape == out.shape
         return out.flatten(0, -2), (target.flatten(0, -2) if soft else target.flatten())
@@ -252,7 +276,8 @@ def build_loss(loss: LossConfig | str | Mapping | LossFn | None = None, train_co
                *, targets: torch.Tensor | None = None) -> LossFn:
     """The ``loss(out, target)`` callable :func:`dlforge.train.fit` trains with.
 
-    ``loss`` is a name (``cross_entropy``, ``focal``, ``mse``, ``l1``), a mapping of
+    ``loss`` is a name (``cross_entropy``, ``focal``, ``mse``, ``l1``, or a segmentation
+    loss of :data:`SEG_LOSSES`), a mapping of
     :class:`LossConfig` keys, a :class:`LossConfig`, a callable (returned unchanged), or
     ``None``: cross-entropy for integer ``targets`` (or none given), MSE for float ones.
     ``train_counts`` are the training split's class counts (see
@@ -272,9 +297,13 @@ def build_loss(loss: LossConfig | str | Mapping | LossFn | None = None, train_co
     if loss is None:
         loss = "mse" if targets is not None and torch.is_floating_point(torch.as_tensor(targets)) else "cross_entropy"
     cfg = as_loss_config(loss)
-    if cfg.name != "focal" and {"gamma", "alpha"} & cfg.model_fields_set:
-        raise ConfigError(f"train.loss.gamma and alpha belong to the focal loss, not {cfg.name}",
+    if cfg.name not in ("focal", "dice_focal") and {"gamma", "alpha"} & cfg.model_fields_set:
+        raise ConfigError(f"train.loss.gamma and alpha belong to the focal loss (focal, dice_focal), not {cfg.name}",
                           hint="set train.loss.name: focal, or remove them")
+    for option in sorted(cfg.model_fields_set & set(SEG_OPTIONS)):
+        if cfg.name not in SEG_OPTIONS[option]:
+            raise ConfigError(f"train.loss.{option} belongs to {', '.join(SEG_OPTIONS[option])}, not {cfg.name}",
+                              hint=f"set train.loss.name to one of them, or remove {option}")
     if cfg.name in ("mse", "l1"):
         if cfg.class_weights != "none" or cfg.label_smoothing:
             raise ConfigError(f"train.loss {cfg.name} is a regression loss: class_weights and "
@@ -289,11 +318,32 @@ def build_loss(loss: LossConfig | str | Mapping | LossFn | None = None, train_co
     if isinstance(cfg.alpha, list) and train_counts is not None and len(cfg.alpha) != len(train_counts):
         raise ConfigError(f"train.loss.alpha has {len(cfg.alpha)} entries for {len(train_counts)} classes",
                           hint="give one weight per class")
+    if cfg.name in SEG_LOSSES:
+        return _seg_loss(cfg, weight)
     if cfg.name == "focal":
         return FocalLoss(cfg.gamma, cfg.alpha, weight=weight, label_smoothing=cfg.label_smoothing)
     if weight is None and not cfg.label_smoothing:
         return cross_entropy  # the default, so a plain config trains exactly as with no loss set
     return CrossEntropy(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+def _seg_loss(cfg: LossConfig, weight: torch.Tensor | None) -> nn.Module:
+    """The segmentation loss ``cfg`` names, with class weights ``weight`` (C,) or None."""
+    if cfg.label_smoothing:
+        raise ConfigError(f"train.loss.label_smoothing does not apply to {cfg.name}",
+                          hint="remove it, or use cross_entropy / focal")
+    common = {"include_background": cfg.include_background, "batch": cfg.batch}
+    if cfg.name == "tversky":
+        if weight is not None:
+            raise ConfigError("train.loss.class_weights does not apply to tversky",
+                              hint="remove class_weights, or raise tversky_beta to favour recall")
+        return TverskyLoss(cfg.tversky_alpha, cfg.tversky_beta, **common)
+    if cfg.name == "dice":
+        return DiceLoss(weight=weight, **common)
+    if cfg.name == "dice_ce":
+        return DiceCELoss(weight=weight, lambda_dice=cfg.lambda_dice, lambda_ce=cfg.lambda_ce, **common)
+    return DiceFocalLoss(weight=weight, gamma=cfg.gamma, alpha=cfg.alpha, lambda_dice=cfg.lambda_dice,
+                         lambda_focal=cfg.lambda_focal, **common)
 
 
 def resolve_loss(loss: LossConfig | str | Mapping | LossFn | None, targets: torch.Tensor) -> LossFn:
@@ -307,5 +357,5 @@ def resolve_loss(loss: LossConfig | str | Mapping | LossFn | None, targets: torc
     return build_loss(loss, targets=targets)
 
 
-__all__ = ["CrossEntropy", "FocalLoss", "LossConfig", "LossFn", "as_loss_config", "build_loss",
+__all__ = ["SEG_LOSSES", "CrossEntropy", "FocalLoss", "LossConfig", "LossFn", "as_loss_config", "build_loss",
            "class_weights", "cross_entropy", "resolve_loss"]
