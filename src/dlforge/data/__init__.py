@@ -40,6 +40,7 @@ from dlforge.data.sequences import (
     adding_problem, copy_memory_sequences, key_value_retrieval, key_value_tokens, recall_first,
     sequence_reversal, sequence_sorting,
 )
+from dlforge.data.seg_patches import SegAugmentConfig, augment_pair, sample_patches
 from dlforge.data.segmentation import SegmentationBundle, load_segmentation_folder
 from dlforge.data.segmentation_synthetic import synthetic_nuclei
 from dlforge.data.sources import load_source
@@ -97,6 +98,8 @@ __all__ = [
     "seasonal_naive",
     # segmentation: image + mask folders, synthetic nuclei (segmentation, segmentation_synthetic)
     "SegmentationBundle", "load_segmentation_folder", "synthetic_nuclei",
+    # segmentation training: patches with foreground oversampling, joint image/mask augmentation (seg_patches)
+    "SegAugmentConfig", "augment_pair", "sample_patches",
     "MaskedLMDataset",
     "SPECIAL_TOKENS",
     "TEXT_BUILTINS",
