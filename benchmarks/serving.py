@@ -7,7 +7,7 @@ Closed-loop load on loopback (``benchmarks/_loadgen.py`` in its own process: N k
 connections each sending one request and waiting for its answer), at each concurrency
 level, against these servers, each one uvicorn process with one worker:
 
-* ``dlforge_off``: ``python -m dlforge.serve`` with ``--max-batch-size 1`` (batching off);
+* ``dlforge_off``: ``python -m dlforge.cli serve`` with ``--max-batch-size 1`` (batching off);
 * ``dlforge_on``: the same with ``--max-batch-size 32 --max-wait-ms 3`` (batching on);
   both require an API key (a predict key created in the benchmark's registry);
 * ``plain``: the FastAPI app most users write, one model call per request
@@ -372,7 +372,7 @@ def start_servers(model: str, systems: list[str], art_dir: Path | None, registry
             log = logs / f"{model}-{system}.log"
             if system.startswith("dlforge"):
                 batch = BATCH_ON if system == "dlforge_on" else {"max_batch_size": 1, "max_wait_ms": 0.0}
-                argv = [py, "-m", "dlforge.serve", "--registry", registry["url"], "--artifacts", registry["artifacts"],
+                argv = [py, "-m", "dlforge.cli", "serve", "--registry", registry["url"], "--artifacts", registry["artifacts"],
                         "--host", "127.0.0.1", "--port", "{port}", "--model", model, "--log-level", "warning",
                         "--max-batch-size", str(batch["max_batch_size"]), "--max-wait-ms", str(batch["max_wait_ms"])]
                 servers[system] = Server(system, argv, env, f"/v1/models/{model}/predict", ready="/readyz",

@@ -9,7 +9,7 @@
                builds ``create_app`` on ``serve_env``'s registry URL and enters the client
                (so the lifespan runs and the models load); every client is closed at teardown.
 ``module_env`` ``serve_env``'s registry shared by one test module (module scope).
-``server``     a real ``python -m dlforge.serve`` process on ``module_env`` (module scope);
+``server``     a real ``python -m dlforge.cli serve`` process on ``module_env`` (module scope);
                ``server.url`` is its base URL. ``start_server``/``stop_server`` start others.
 
 Example:
@@ -138,7 +138,7 @@ def free_port() -> int:
 
 @dataclass
 class Server:
-    """A ``python -m dlforge.serve`` subprocess; ``url`` is its base URL."""
+    """A ``python -m dlforge.cli serve`` subprocess; ``url`` is its base URL."""
 
     process: subprocess.Popen
     url: str
@@ -152,7 +152,7 @@ def start_server(env: ServeEnv, tmp_path: Path, *extra: str, timeout: float = 30
     """Start the server on a free port and wait until /readyz answers 200."""
     port = free_port()
     log = tmp_path / f"server-{port}.log"
-    cmd = [sys.executable, "-m", "dlforge.serve", "--registry", env.url, "--artifacts", str(env.artifacts),
+    cmd = [sys.executable, "-m", "dlforge.cli", "serve", "--registry", env.url, "--artifacts", str(env.artifacts),
            "--port", str(port), "--log-level", "warning", *extra]
     with log.open("wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)

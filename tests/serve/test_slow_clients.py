@@ -1,4 +1,4 @@
-"""Slow, idle and oversized clients against a real server (``python -m dlforge.serve``) whose
+"""Slow, idle and oversized clients against a real server (``python -m dlforge.cli serve``) whose
 open-files limit is 1,024: normal clients keep being answered, slow sockets are closed.
 
 The server inherits the limit: this process lowers its own soft limit to 1,024 while it

@@ -1,4 +1,4 @@
-"""A real server process (``python -m dlforge.serve``) over HTTP: predictions, a hot swap and a
+"""A real server process (``python -m dlforge.cli serve``) over HTTP: predictions, a hot swap and a
 rollback under concurrent load with zero failed requests, and the sticky A/B split."""
 
 from __future__ import annotations

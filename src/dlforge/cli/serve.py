@@ -1,4 +1,4 @@
-"""``dlforge serve``: run the model server with uvicorn (also ``python -m dlforge.serve``).
+"""``dlforge serve``: run the model server with uvicorn (also ``python -m dlforge.cli serve``).
 
 Example::
 
@@ -78,10 +78,3 @@ def serve_command(
 
 app = typer.Typer()  # mounted by dlforge.cli as the `serve` command
 app.command("serve")(serve_command)
-
-
-def main() -> None:
-    """``python -m dlforge.serve``: the same options as ``dlforge serve``."""
-    app = typer.Typer(add_completion=False)
-    app.command()(serve_command)
-    app()

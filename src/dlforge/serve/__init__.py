@@ -9,5 +9,5 @@ Example:
     >>> from dlforge.serve.main import create_app                    # doctest: +SKIP
     >>> from dlforge.serve.settings import ServeSettings             # doctest: +SKIP
     >>> app = create_app(ServeSettings(registry="sqlite:///registry/registry.db"))  # doctest: +SKIP
-    >>> # or from a shell: dlforge serve --port 8000 (python -m dlforge.serve)
+    >>> # or from a shell: dlforge serve --port 8000 (or python -m dlforge.cli serve)
 """
