@@ -23,13 +23,15 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import dlforge.serve.dependencies as dependencies
+import dlforge.serve.errors as error_bodies
 import dlforge.serve.security as security
 from dlforge.errors import ConflictError, DataError, NotFoundError
+from dlforge.registry.store import Registry
 from dlforge.serve.batching import QueueFullError
 from dlforge.serve.dependencies import KeyCache
+from dlforge.serve.errors import scrub_paths
 from dlforge.serve.main import create_app
-from dlforge.registry.store import Registry
-from dlforge.serve.security import install_security, scrub_paths
+from dlforge.serve.security import install_security
 from tests.serve.conftest import ServeEnv, save_tiny_classifier
 
 PREDICT = "/v1/models/iris/predict"
@@ -100,6 +102,7 @@ def client(env: ServeEnv) -> Iterator[TestClient]:
 
 def test_doctests() -> None:
     assert doctest.testmod(security).failed == 0
+    assert doctest.testmod(error_bodies).attempted > 0 and doctest.testmod(error_bodies).failed == 0
     assert doctest.testmod(dependencies).failed == 0
 
 

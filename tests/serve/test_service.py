@@ -22,11 +22,10 @@ from dlforge.serve import monitor as monitor_module
 from dlforge.serve import pool as pool_module
 from dlforge.serve import service as service_module
 from dlforge.serve.batching import BatcherStoppedError, QueueFullError
+from dlforge.serve.errors import ApiError, error_status
 from dlforge.serve.monitor import Metrics
-from dlforge.serve.security import error_status
 from dlforge.serve.pool import ModelPool
 from dlforge.serve.routing import TrafficConfig, choose_variant
-from dlforge.serve.security import ApiError
 from dlforge.serve.service import UNKNOWN, PredictionService, shadow_id
 
 X = [[0.1, 0.2, 0.3, 0.4]]

@@ -22,7 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from dlforge.registry.names import validate_name
-from dlforge.serve.security import ApiError
+from dlforge.serve.errors import ApiError
 from dlforge.serve.service import PredictionService
 
 if TYPE_CHECKING:  # imported for annotations only: the app wires the real objects in its lifespan

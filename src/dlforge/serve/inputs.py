@@ -49,7 +49,7 @@ from dlforge.registry.artifact import Artifact
 from dlforge.registry.encoding import OVERFLOW, InputSpec, check_predictable, encode_raw, feature_of, non_finite
 from dlforge.registry.reference import out_of_range
 from dlforge.serve.schemas import text_problem
-from dlforge.serve.security import ApiError
+from dlforge.serve.errors import ApiError
 
 MAX_ERRORS = 10  # a 422 lists at most this many fields: a huge bad request must not echo back
 MAX_WARNINGS = 20  # a response lists at most this many out-of-range warnings
@@ -363,7 +363,7 @@ def check_tokens(artifact: Artifact, x: torch.Tensor, max_tokens: int) -> None:
         >>> check_tokens(text_art, torch.tensor([[101, 7592, 102, 0]] * 3), max_tokens=8)  # doctest: +SKIP
         Traceback (most recent call last):
         ...
-        dlforge.serve.security.ApiError: 413: this request holds 9 text tokens ...
+        dlforge.serve.errors.ApiError: 413: this request holds 9 text tokens ...
     """
     if x.dtype != torch.int64 or x.numel() <= max_tokens:
         return

@@ -30,10 +30,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from dlforge.registry.reference import prediction_summary, reference_features
-from dlforge.serve.security import error_status
+from dlforge.serve.errors import error_status
 
 logger = logging.getLogger("dlforge.serve")
 

@@ -13,10 +13,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+)
 
+from dlforge.serve.errors import ErrorBody, error_responses
 from dlforge.serve.routing import TrafficConfig
-from dlforge.serve.security import ErrorBody, error_responses
 
 __all__ = [
     "DriftReport", "DriftResponse", "DriftStat", "ErrorResponse", "ExperimentResponse", "FeedbackRequest",

@@ -37,9 +37,16 @@ import torch
 from dlforge.errors import DlforgeError, NotFoundError
 from dlforge.registry.names import validate_name
 from dlforge.serve.batching import BatcherStoppedError
-from dlforge.serve.inputs import MAX_WARNINGS, check_outputs, check_tokens, encode_inputs, invalid, range_warnings
+from dlforge.serve.errors import error_status
+from dlforge.serve.inputs import (
+    MAX_WARNINGS,
+    check_outputs,
+    check_tokens,
+    encode_inputs,
+    invalid,
+    range_warnings,
+)
 from dlforge.serve.monitor import RequestCount
-from dlforge.serve.security import error_status
 from dlforge.serve.pool import LoadedModel, ModelPool
 from dlforge.serve.schemas import InputWarning, PredictResponse
 

@@ -31,10 +31,10 @@ from dlforge.registry.names import validate_name
 from dlforge.registry.store import ModelVersion, Registry
 from dlforge.registry.validate import check_artifact
 from dlforge.serve.dependencies import NAME_PATTERN, model_name, require_admin_key
+from dlforge.serve.errors import ApiError, error_responses
 from dlforge.serve.inputs import InputSpec
 from dlforge.serve.routing import TrafficConfig
 from dlforge.serve.schemas import VersionInfo
-from dlforge.serve.security import ApiError, error_responses
 from dlforge.serve.upload import UploadError, extract_artifact_tar
 
 MAX_VERSION = 2**31 - 1  # database integer columns; larger numbers are simply unknown versions
