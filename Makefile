@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev,text]"
+	$(PY) -m dlforge.data.assets nuclei
 	touch $(STAMP)
 
 quickstart: $(STAMP)

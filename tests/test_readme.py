@@ -10,7 +10,7 @@ server (a subprocess) and every ``curl`` is sent to it with its headers and JSON
 Two things are shortened, not changed: every config is validated with ``train.epochs``
 capped at 1 and ``tune.n_trials`` at 2, and the input files the README assumes the user
 has (``some_digit.png``, ``new_rows.csv``, ``my_digits/``, ``texts.txt``) are made from
-scikit-learn's digits and breast-cancer sets. ``SKIPPED`` lists the few commands that cannot
+scikit-learn's digits and breast-cancer sets (``cells.tif``: a synthetic nuclei image). ``SKIPPED`` lists the few commands that cannot
 run inside a test, each with the reason and where that behaviour is tested instead.
 """
 
@@ -34,6 +34,7 @@ from typer.testing import CliRunner
 
 import dlforge.config as config_module
 from dlforge.cli import app
+from dlforge.data import load_source
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -102,6 +103,8 @@ def _user_files(folder: Path) -> None:
         Image.fromarray(pixels[i]).save(label_dir / f"{i}.png")
     load_breast_cancer(as_frame=True).data.head(5).to_csv(folder / "new_rows.csv", index=False)
     (folder / "texts.txt").write_text("Return the absolute value.\nOpen a file.\n", encoding="utf-8")
+    cells = load_source("synthetic_nuclei", n_samples=2, seed=0).x[0, 0]  # (128, 128) in [0, 1]
+    Image.fromarray((cells * 65535).astype(np.uint16)).save(folder / "cells.tif")
     shutil.copytree(ROOT / "examples", folder / "examples")
 
 

@@ -45,7 +45,7 @@ class DataConfig(_Strict):
     seed: int | None = None  # generated sets and the split; default: the run's seed, so runs that vary only
                              # `seed` also split differently: set data.seed to share one split (an ensemble)
     target: str | None = None
-    task: Literal["auto", "classification", "regression", "mlm"] = "auto"  # mlm: masked-LM pretraining
+    task: Literal["auto", "classification", "regression", "mlm", "segmentation"] = "auto"  # mlm: masked-LM pretraining
     categorical: Literal["onehot", "reject"] = "onehot"
     image_size: tuple[int, int] | None = None
     color: Literal["grayscale", "rgb"] | None = None  # image folders; None: rgb when any image holds colour
@@ -70,6 +70,13 @@ class DataConfig(_Strict):
     tokenizer: str | None = None  # tokenizer.json or a Hugging Face folder; default: the pretrained model's, else trained
     vocab_size: int | None = Field(None, ge=50, description="size of a WordPiece vocabulary trained on the train split")
     mask_prob: float | None = Field(None, gt=0, lt=1, description="mlm: share of tokens masked (0.15)")
+    # segmentation (a folder with images/ and masks/, nuclei, synthetic_nuclei); see dlforge.pipeline.seg_data
+    masks: Literal["classes", "instances"] = "classes"  # mask files hold class indices, or per-object ids
+    patch: list[int] | None = None  # training window per spatial axis; default: about 4 median objects across
+    patches_per_epoch: int | None = Field(None, ge=1, description="random patches drawn per epoch (default 8 batches)")
+    foreground: float = Field(0.33, ge=0, le=1)  # share of patches centred on a foreground pixel (nnU-Net's third)
+    gap: int = Field(16, ge=0)  # pixels between held-out regions and any training patch
+    unlabelled: str | None = None  # a folder of images without masks, for train.ssl (self-supervised pretraining)
     # time series (a built-in series such as sunspots or co2)
     window: int | None = Field(None, ge=1, description="past steps the model reads per forecast")
     horizon: int | None = Field(None, ge=1, description="steps ahead to forecast (1)")
@@ -88,6 +95,16 @@ class CheckpointConfig(_Strict):
     every_n_steps: int | None = Field(None, ge=1)
     keep_last: int = Field(1, ge=1)
     monitor: str | None = "val_loss"
+
+
+class SSLConfig(_Strict):
+    """Self-supervised pretraining of a segmentation U-Net before it sees a mask: it learns to
+    restore ``inpaint``-ed (blanked blocks) or ``denoise``-d patches of the training region
+    and of ``data.unlabelled``; every tensor but the output head then starts the real training."""
+
+    method: Literal["inpaint", "denoise"] = "inpaint"
+    epochs: int = Field(10, ge=1)
+    mask_ratio: float = Field(0.5, gt=0, le=1)  # inpaint: share of the patch's blocks blanked
 
 
 class TrainConfig(_Strict):
@@ -114,6 +131,7 @@ class TrainConfig(_Strict):
     freeze: list[str] = Field(default_factory=list)  # parameter-name patterns to freeze, e.g. "bert.embeddings.*"
     unfreeze_stages: list[list[str]] = Field(default_factory=list)  # gradual unfreezing, top layers first
     unfreeze_every: int = Field(1, ge=1)  # epochs between unfreezing stages
+    ssl: SSLConfig | None = None  # segmentation: self-supervised pretraining first (dlforge.pipeline.seg_limited)
 
     def stopping(self, has_val: bool) -> EarlyStoppingConfig | None:
         """The early stopping a run does: ``early_stopping`` resolved (None: none).

@@ -53,3 +53,17 @@ def test_recurrent_quick_reports_finite_ratios() -> None:
     for key in ("fused_over_torch_lstm_time", "explicit_over_fused_time"):
         assert key in figures
         assert math.isfinite(figures[key]) and figures[key] > 0, key
+
+
+def test_segmentation_quick_reports_the_issue_keys() -> None:
+    figures = run_quick("segmentation.py")
+    for key in ("cv_dice", "cv_dice_minus_monai", "cv_dice_minus_otsu", "ap50_minus_otsu", "swi_time_ratio_vs_monai"):
+        assert key in figures
+        assert isinstance(figures[key], float) and math.isfinite(figures[key]), key
+    # null when MONAI's peak grew by under 1 MiB (the quick image is small)
+    assert "swi_peak_memory_ratio_vs_monai_4096" in figures
+    assert 0.0 <= figures["cv_dice"] <= 1.0
+    assert figures["swi_time_ratio_vs_monai"] > 0
+    for arm in ("dlforge", "monai"):
+        assert figures["arms"][arm]["sec_per_epoch"] > 0, arm
+        assert 0.0 <= figures["arms"][arm]["dice"] <= 1.0, arm

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from sklearn import datasets
 
-from dlforge.data import list_builtin, load_builtin
+from dlforge.data import SegmentationBundle, list_builtin, load_builtin
+from dlforge.data.assets import NUCLEI_FILES, asset_dir
 from dlforge.errors import DataError
 
 CATALOG = {d["name"]: d for d in list_builtin()}
@@ -14,12 +15,25 @@ GENERATED = ["xor", "circles", "spirals"]
 
 
 def test_catalog_lists_every_set_with_all_keys():
-    assert list(CATALOG) == ["digits", "breast_cancer", "wine", "iris", "diabetes", *GENERATED]
+    assert list(CATALOG) == ["digits", "breast_cancer", "wine", "iris", "diabetes", *GENERATED,
+                             "nuclei", "synthetic_nuclei"]
     keys = {"name", "task", "kind", "shape", "n_samples", "n_classes", "description"}
     assert all(set(d) == keys and d["description"] for d in CATALOG.values())
 
 
-@pytest.mark.parametrize("name", list(CATALOG))
+@pytest.mark.parametrize("name", [n for n, d in CATALOG.items() if d["task"] == "segmentation"])
+def test_segmentation_builtin_matches_its_catalog_entry(name):
+    if name == "nuclei" and not all((asset_dir() / "nuclei" / f).is_file() for f in NUCLEI_FILES):
+        pytest.skip("the nuclei set is not installed; run `python -m dlforge.data.assets nuclei`")
+    entry, bundle = CATALOG[name], load_builtin(name)
+    assert isinstance(bundle, SegmentationBundle) and bundle.name == name
+    assert bundle.task == entry["task"] and bundle.encoding["kind"] == entry["kind"]
+    assert bundle.x.shape == (entry["n_samples"], *entry["shape"]) and bundle.x.dtype == np.float32
+    assert bundle.y.shape == (entry["n_samples"], *entry["shape"][1:]) and bundle.y.dtype == np.int64
+    assert bundle.num_outputs == entry["n_classes"] and set(np.unique(bundle.y)) == {0, 1}
+
+
+@pytest.mark.parametrize("name", [n for n, d in CATALOG.items() if d["task"] != "segmentation"])
 def test_builtin_matches_its_catalog_entry(name):
     entry, bundle = CATALOG[name], load_builtin(name)
     assert bundle.name == name and bundle.task == entry["task"] and bundle.kind == entry["kind"]

@@ -143,3 +143,46 @@ def test_augmentation_is_deterministic_per_seed_and_leaves_the_global_generator_
 def test_docstring_examples_run():
     result = doctest.testmod(dlforge.data.seg_patches)
     assert result.attempted >= 6 and result.failed == 0
+
+
+def _encoded_3d(n: int = 8, depth: int = 6, height: int = 12, width: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """3D masks with 4 classes, and volumes whose channel 0 is the mask and channel 1 the voxel's index + 1."""
+    y = torch.randint(0, 4, (n, depth, height, width), generator=torch.Generator().manual_seed(0))
+    index = torch.arange(1, depth * height * width + 1, dtype=torch.float32).view(1, depth, height, width)
+    return torch.stack([y.float(), index.expand(n, -1, -1, -1)], 1), y  # (n, 2, D, H, W), (n, D, H, W)
+
+
+@pytest.mark.parametrize("depth,height,width", [(6, 12, 12), (5, 10, 14)])
+def test_the_mask_follows_the_volume_exactly_in_3d(depth, height, width):
+    x, y = _encoded_3d(depth=depth, height=height, width=width)
+    config = {"hflip": 0.5, "vflip": 0.5, "dflip": 0.5, "rot90": 0.5}
+    xa, ya = augment_pair(x, y, config, seed=1)
+    assert ya.dtype == torch.int64 and ya.shape == y.shape and xa.shape == x.shape
+    assert torch.equal(xa[:, 0].round().long(), ya)  # the volume's copy of the mask is the mask
+    source = xa[:, 1].round().long()  # (n, D, H, W): where each voxel came from
+    assert torch.equal(source.flatten(1).sort(1).values, x[:, 1].long().flatten(1))  # a permutation: nothing invented
+    assert torch.equal(y.flatten(1).gather(1, source.flatten(1) - 1).view_as(ya), ya)
+    moved = (source != x[:, 1].long()).flatten(1).any(1)  # (n,)
+    assert 0 < int(moved.sum()) < len(x)  # p=0.5: some samples moved, some did not
+
+
+def test_3d_flips_and_turns_are_the_exact_array_operations():
+    x, y = _encoded_3d(n=2, depth=4, height=6, width=8)
+    for key, dims in (("dflip", (1,)), ("vflip", (2,)), ("hflip", (3,))):
+        xa, ya = augment_pair(x, y, {key: 1.0}, seed=0)
+        assert torch.equal(ya, y.flip(dims)) and torch.equal(xa, x.flip(tuple(d + 1 for d in dims)))
+    xa, ya = augment_pair(x, y, {"rot90": 1.0}, seed=0)  # H != W: only half turns in the H-W plane
+    assert torch.equal(ya, y.rot90(2, (2, 3))) and torch.equal(xa, x.rot90(2, (3, 4)))
+    xa, ya = augment_pair(x, y, {"brightness": 0.3, "noise": 0.1}, seed=0)
+    assert torch.equal(ya, y) and not torch.allclose(xa, x)
+
+
+def test_3d_warps_and_2d_depth_flips_are_refused():
+    x, y = _encoded_3d(n=1)
+    for warp in ({"rotation": 10}, {"elastic": 0.5}, {"scale": (0.9, 1.1)}, {"translate": 0.1}, {"shear": 5}):
+        with pytest.raises(ConfigError, match="2D only"):
+            augment_pair(x, y, warp)
+    with pytest.raises(ConfigError, match="dflip"):
+        augment_pair(x[:, :, 0], y[:, 0], {"dflip": 0.5})
+    with pytest.raises(DataError, match=r"\(B, D, H, W\)"):
+        augment_pair(x, y[:, 0], {"hflip": 0.5})

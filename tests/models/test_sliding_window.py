@@ -14,7 +14,8 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from dlforge.errors import ConfigError, DataError
-from dlforge.models import sliding_window_predict
+from dlforge.models import sliding_window, sliding_window_predict
+from dlforge.models.sliding_window import sliding_window_segment
 
 
 def _conv_net(dims: int, c_in: int = 2, c_out: int = 3, layers: int = 2, seed: int = 0) -> nn.Module:
@@ -134,3 +135,82 @@ def test_large_image_predicts_within_stated_peak_memory():
     assert shape == "(2, 4096, 4096)"
     # Output (2, 4096, 4096) float32 = 128 MiB, weight map 64 MiB; allow 64 MiB for windows.
     assert float(extra_mib) < 128 + 64 + 64, extra_mib
+
+
+# ----------------------------------------------------------------------------- sliding_window_segment
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
+@pytest.mark.parametrize(
+    "shape, window, blend",
+    [
+        ((2, 67, 45), (16, 20), "gaussian"),  # odd sizes, many bands
+        ((2, 10, 7), (16, 16), "gaussian"),  # image smaller than the window
+        ((2, 9, 21, 13), (6, 8, 8), "gaussian"),  # 3D, odd sizes
+        ((2, 5, 12, 31), (8, 8, 7), "constant"),  # 3D, depth smaller than the window
+    ],
+)
+def test_segment_equals_the_argmax_of_predict(shape, window, blend, overlap):
+    torch.manual_seed(2)
+    image = torch.randn(shape)
+    model = _conv_net(len(window))
+    kwargs = {"overlap": overlap, "batch_size": 3, "blend": blend}
+    labels = sliding_window_segment(model, image, window, **kwargs)
+    expected = sliding_window_predict(model, image, window, **kwargs).argmax(0)  # (*spatial)
+    assert labels.shape == shape[1:] and labels.dtype == torch.uint8
+    assert torch.equal(labels.long(), expected)
+    assert len(expected.unique()) == 3  # every class appears: the comparison is not trivial
+
+
+def test_segment_holds_one_band_of_rows(monkeypatch):
+    seen = []
+
+    class Recording(sliding_window._Band):
+        def _finalize(self, end):
+            seen.append((tuple(self.acc.shape), tuple(self.weight.shape), end))
+            super()._finalize(end)
+
+    monkeypatch.setattr(sliding_window, "_Band", Recording)
+    sliding_window_segment(_conv_net(2, c_in=1), torch.randn(1, 400, 64), (16, 16), overlap=0.5)
+    assert {s[:2] for s in seen} == {((3, 16, 64), (1, 16, 64))}  # never more than a window's rows
+    assert [s[2] for s in seen] == list(range(8, 392, 8)) + [400]  # rows finish as the sweep passes them
+
+
+def test_segment_probabilities_and_one_channel_models():
+    image = torch.randn(1, 50, 37)
+    two = _conv_net(2, c_in=1, c_out=2)
+    labels, foreground = sliding_window_segment(two, image, (16, 16), probabilities=True)
+    scores = sliding_window_predict(two, image, (16, 16))  # (2, 50, 37)
+    assert foreground.dtype == torch.float16 and foreground.shape == (50, 37)
+    torch.testing.assert_close(foreground.float(), scores.softmax(0)[1], atol=1e-3, rtol=0)
+    assert torch.equal(labels.long(), scores.argmax(0))
+    one = _conv_net(2, c_in=1, c_out=1)
+    labels, foreground = sliding_window_segment(one, image, (16, 16), overlap=0.25, probabilities=True)
+    logit = sliding_window_predict(one, image, (16, 16), overlap=0.25)[0]  # (50, 37)
+    assert torch.equal(labels, (logit > 0).to(torch.uint8)) and 0 < labels.float().mean() < 1
+    torch.testing.assert_close(foreground.float(), logit.sigmoid(), atol=1e-3, rtol=0)
+
+
+def test_segment_tiled_equals_untiled_away_from_window_seams():
+    model, radius = _conv_net(2, c_in=1, layers=3), 3  # three 3x3 convs: a receptive radius of 3
+    image = torch.randn(1, 1, 96, 96)
+    with torch.no_grad():
+        whole = model(image)[0].argmax(0)  # (96, 96)
+    tiled = sliding_window_segment(model, image[0], (32, 32), overlap=0.5, blend="constant")
+    offset = torch.arange(96) % 16  # window edges fall on multiples of 16
+    away = (offset >= radius) & (offset < 16 - radius)  # (96,)
+    mask = away[:, None] & away[None, :]  # (96, 96)
+    assert torch.equal(tiled.long()[mask], whole[mask])
+    assert not torch.equal(tiled.long(), whole)  # on the seams the windows' zero padding shows
+
+
+def test_segment_clear_errors():
+    model = _conv_net(2, c_in=1)
+    with pytest.raises(DataError, match="one image"):
+        sliding_window_segment(model, torch.randn(2, 1, 20, 20), (8, 8))
+    with pytest.raises(ConfigError, match="1 or 2 output channels"):
+        sliding_window_segment(model, torch.randn(1, 20, 20), (8, 8), probabilities=True)
+    with pytest.raises(ConfigError, match="outputs of size"):
+        sliding_window_segment(nn.Conv2d(1, 2, 3), torch.randn(1, 20, 20), (8, 8))
+    with pytest.raises(ConfigError, match="overlap"):
+        sliding_window_segment(model, torch.randn(1, 20, 20), (8, 8), overlap=1.0)

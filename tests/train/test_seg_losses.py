@@ -209,3 +209,39 @@ def test_build_loss_rejects_options_of_other_losses(loss, match) -> None:
 def test_docstring_examples_run() -> None:
     result = doctest.testmod(seg_losses)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("make", [
+    lambda: DiceLoss(), lambda: DiceLoss(include_background=False), lambda: TverskyLoss(0.3, 0.7),
+    lambda: DiceCELoss(weight=[1.0, 2.0, 0.5]), lambda: DiceFocalLoss(gamma=2.0, alpha=0.25),
+    lambda: DiceFocalLoss(include_background=False),
+])
+def test_ignored_pixels_carry_no_loss(make):
+    """A mask with IGNORE_INDEX pixels scores exactly as the same image cut down to its
+    labelled pixels (one image, so Dice's per-image counts see the same pixels)."""
+    from dlforge.targets import IGNORE_INDEX
+
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(1, 3, 6, 7, generator=g)
+    target = torch.randint(0, 3, (1, 6, 7), generator=g)
+    ignored = torch.rand(1, 6, 7, generator=g) < 0.4
+    masked = target.masked_fill(ignored, IGNORE_INDEX)
+    keep = ~ignored[0]
+    cut_out, cut_target = out[0][:, keep][None], target[0][keep][None]  # (1, 3, N), (1, N)
+    loss = make()
+    torch.testing.assert_close(loss(out, masked), loss(cut_out, cut_target))
+
+
+def test_ignored_pixels_in_binary_and_pixel_weighted_losses():
+    from dlforge.targets import IGNORE_INDEX
+
+    g = torch.Generator().manual_seed(1)
+    out = torch.randn(1, 1, 5, 5, generator=g)
+    target = torch.randint(0, 2, (1, 5, 5), generator=g)
+    target[0, 0] = IGNORE_INDEX
+    keep = target[0] != IGNORE_INDEX
+    torch.testing.assert_close(DiceCELoss()(out, target), DiceCELoss()(out[0][:, keep][None], target[0][keep][None]))
+    out2 = torch.randn(1, 2, 5, 5, generator=g)
+    torch.testing.assert_close(pixel_weighted_cross_entropy(out2, target, class_weight=torch.tensor([1.0, 3.0])),
+                               pixel_weighted_cross_entropy(out2[0][:, keep][None], target[0][keep][None],
+                                                            class_weight=torch.tensor([1.0, 3.0])))

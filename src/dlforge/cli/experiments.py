@@ -36,20 +36,36 @@ def cv(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key (repeatable)"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="also write the result as JSON"),
     as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    report: Optional[Path] = typer.Option(None, "--report", help="segmentation: write an HTML report with overlays"),
 ) -> None:
-    """k-fold cross-validation of a config: per-fold metrics, mean and spread."""
+    """k-fold cross-validation of a config: per-fold metrics, mean and spread.
+
+    Segmentation data get spatial folds (quadrants of one image for k=4) and ``--report``."""
     from dlforge.config import load_config
     from dlforge.pipeline.crossval import cross_validate
 
-    result = cross_validate(load_config(config, set_ or []), k=folds, stratified=stratified,
-                            progress=None if as_json else sys.stderr)
+    cfg = load_config(config, set_ or [])
+    if report is not None and not report.parent.is_dir():
+        raise ConfigError(f"folder {report.parent} for --report does not exist", hint="create it, or pick another path")
+    result = cross_validate(cfg, k=folds, stratified=stratified, progress=None if as_json else sys.stderr)
+    if report is not None:
+        if result.segmentation is None:
+            raise ConfigError("--report is for segmentation cross-validation", hint="use dlforge train for a run report")
+        from dlforge.evaluate.report import render_report
+        from dlforge.train.state_io import atomic_write
+
+        atomic_write(report, render_report(config=cfg.model_dump(mode="json"), history=[],
+                                           evaluation=result.segmentation, title=f"{cfg.name}: {folds}-fold CV").encode())
     payload = result.to_dict()
+    if payload.get("segmentation"):  # the overlays are in the --report page, not the JSON
+        payload["segmentation"] = {k: v for k, v in payload["segmentation"].items() if k != "overlays"}
     if output is not None:
         output.write_text(json.dumps(payload, indent=2))
     if as_json:
         print(json.dumps(payload))
         return
-    keys = [k for k in ("accuracy", "f1_macro", "roc_auc", "log_loss", "mse", "mae", "r2") if k in result.mean]
+    keys = [k for k in ("accuracy", "f1_macro", "roc_auc", "log_loss", "mse", "mae", "r2",
+                        "dice", "iou", "hd95", "ap50", "dsb", "otsu_dice") if k in result.mean]
     table = Table(title=f"{folds}-fold cross-validation ({'stratified' if stratified else 'plain'})")
     table.add_column("fold")
     for k in keys:

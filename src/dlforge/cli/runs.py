@@ -30,7 +30,9 @@ app = typer.Typer()  # merged into dlforge.cli's app: these are top-level comman
 
 HEADLINE = ("loss", "accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "pr_auc", "ece", "mse", "rmse", "mae", "r2",
             # forecasts, in the series' own units (the plain regression metrics are in scaled units)
-            "forecast_mae", "forecast_seasonal_naive_mae", "forecast_mae_ratio_vs_seasonal_naive")
+            "forecast_mae", "forecast_seasonal_naive_mae", "forecast_mae_ratio_vs_seasonal_naive",
+            # segmentation: the held-out regions, and the Otsu threshold on the same regions
+            "dice", "iou", "hd95", "ap50", "dsb", "otsu_dice")
 
 
 def _print_metrics(title: str, metrics: dict[str, float], as_json: bool) -> None:
@@ -153,14 +155,21 @@ def quickstart(
 def predict(
     model_dir: Path = typer.Argument(..., help="an artifact folder (or a run directory)"),
     inputs: List[Path] = typer.Argument(..., help="a CSV file, image files, or text files (.txt: one text per line; .jsonl/.csv: a 'text' field)"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="write predictions to this CSV"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="write predictions to this CSV (segmentation: the mask image, or a folder)"),
     as_json: bool = typer.Option(False, "--json", help="print predictions as JSON lines"),
 ) -> None:
-    """Predict with a saved model on a CSV file, image files or texts."""
-    from dlforge.pipeline.predict import predict_files
+    """Predict with a saved model on a CSV file, image files or texts.
+
+    A segmentation model takes images of any size and writes masks: `dlforge predict RUN cells.tif -o mask.png`."""
+    from dlforge.pipeline.predict import predict_files, write_masks
 
     result = predict_files(model_dir, inputs)
     rows = result.rows
+    if result.masks is not None and output is not None:
+        for path in write_masks(result, output):
+            _say(err_console, f"wrote {path}")
+        output = None  # the areas still print below
     if output is not None:
         with output.open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -42,6 +42,8 @@ def serve_command(
                                  "applied at load (CPU; faster for wide layers, see lab topic 30)"),
     max_tokens: int = typer.Option(_DEFAULT["max_tokens"], "--max-tokens", min=1, help="text tokens per predict "
                                    "request, after truncation (413 above)"),
+    max_image_pixels: int = typer.Option(_DEFAULT["max_image_pixels"], "--max-image-pixels", min=1,
+                                         help="pixels (voxels) per segmentation image (413 above)"),
     header_timeout: float = typer.Option(_DEFAULT["header_timeout_s"], "--header-timeout", min=0.01, help="seconds "
                                          "a client has to send a request's line and headers (slow clients: closed)"),
     body_timeout: float = typer.Option(_DEFAULT["body_timeout_s"], "--body-timeout", min=0.01, help="seconds a "
@@ -64,7 +66,7 @@ def serve_command(
     settings = ServeSettings(registry=registry, artifacts=artifacts, host=host, port=port, require_keys=not no_auth,
                              max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                              poll_interval=poll_interval, models=list(model) if model else None, quantize=quantize,
-                             max_tokens=max_tokens, header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+                             max_tokens=max_tokens, max_image_pixels=max_image_pixels, header_timeout_s=header_timeout, body_timeout_s=body_timeout,
                              keep_alive_s=keep_alive, max_connections=max_connections)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if no_auth:

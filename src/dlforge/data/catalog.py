@@ -1,7 +1,8 @@
 """Built-in data sets: small real sets bundled with scikit-learn and seeded toy tasks.
 
-Nothing here downloads: the real sets ship inside scikit-learn, the toy sets
-(``xor``, ``circles``, ``spirals``) are generated from a seed.
+Nothing here downloads: the real sets ship inside scikit-learn, except ``nuclei``, which
+``make setup`` installs once (see :mod:`dlforge.data.assets`); the toy sets (``xor``,
+``circles``, ``spirals``, ``synthetic_nuclei``) are generated from a seed.
 
 Example:
     >>> [d["name"] for d in list_builtin()][:3]
@@ -19,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from dlforge.data.bundle import DataBundle
+from dlforge.data.segmentation import SegmentationBundle, read_image, read_mask
+from dlforge.data.segmentation_synthetic import synthetic_nuclei
 from dlforge.errors import DataError
 
 DEFAULT_GENERATED_SAMPLES = 1000
@@ -98,6 +101,31 @@ def _digits() -> DataBundle:
     )
 
 
+def _nuclei() -> SegmentationBundle:
+    # Imported here: when dlforge.data imports it, `python -m dlforge.data.assets` warns that
+    # the module it runs was imported first.
+    from dlforge.data.assets import nuclei_dir
+
+    folder = nuclei_dir()  # a DataError saying how to install the set when it is absent
+    image, depth = read_image(folder / "img2d.tif", "L")  # (1, 512, 512) 16-bit counts
+    ids = read_mask(folder / "mask2d.tif")  # (512, 512): 0 background, one id per nucleus
+    assert depth == 16, depth  # the installed file is hash-checked
+    return SegmentationBundle(
+        name="nuclei",
+        # The scale a 16-bit TIFF gets in load_segmentation_folder, so the same file in a
+        # folder gives the same x (the counts only reach ~235: normalise, do not assume [0, 1]).
+        x=image[None].astype(np.float32) / np.float32(65535),  # (1, 1, 512, 512)
+        y=(ids[None] > 0).astype(np.int64),  # (1, 512, 512)
+        class_names=["background", "nucleus"],
+        encoding={"kind": "segmentation", "mode": "L", "scale": 1 / 65535, "size": list(ids.shape)},
+        notes=[("real: 2018 Data Science Bowl (BBBC038, CC0) fluorescence nuclei with human per-nucleus "
+                "annotation, as shipped in the stardist 0.9.2 wheel (BSD-3); Caicedo et al., Nature "
+                f"Methods 16, 2019; installed in {folder}")],
+        ids=["img2d"],
+        instances=ids[None].astype(np.int32),  # (1, 512, 512)
+    )
+
+
 def _xor(n: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     points = rng.uniform(-1.0, 1.0, size=(n, 2))  # (N, 2)
     y = (points[:, 0] > 0) != (points[:, 1] > 0)
@@ -163,14 +191,21 @@ _CATALOG: dict[str, _Builtin] = {
                         "two concentric circles (inner radius 0.5)", 0.05),
     "spirals": _Builtin("classification", "tabular", (2,), _N, 2,
                         "two interleaved spirals", 0.05),
+    "nuclei": _Builtin("segmentation", "segmentation", (1, 512, 512), 1, 2,
+                       "fluorescence nuclei, human per-nucleus masks (2018 Data Science Bowl, BBBC038, CC0; "
+                       "from the stardist 0.9.2 wheel, BSD-3; installed by make setup)", None),
+    "synthetic_nuclei": _Builtin("segmentation", "segmentation", (1, 128, 128), 16, 2,
+                                 "synthetic fluorescence-like nuclei with exact masks (not real microscopy)",
+                                 0.05),
 }
 
-_REAL_LOADERS: dict[str, Callable[[], DataBundle]] = {
+_REAL_LOADERS: dict[str, Callable[[], DataBundle | SegmentationBundle]] = {
     "digits": _digits,
     "breast_cancer": lambda: _sklearn_tabular("breast_cancer", "load_breast_cancer", "classification"),
     "wine": lambda: _sklearn_tabular("wine", "load_wine", "classification"),
     "iris": lambda: _sklearn_tabular("iris", "load_iris", "classification"),
     "diabetes": lambda: _sklearn_tabular("diabetes", "load_diabetes", "regression"),
+    "nuclei": _nuclei,
 }
 
 
@@ -210,11 +245,12 @@ def list_builtin() -> list[dict]:
 
 def load_builtin(
     name: str, *, n_samples: int | None = None, noise: float | None = None, seed: int = 0
-) -> DataBundle:
+) -> DataBundle | SegmentationBundle:
     """Load a built-in set; ``n_samples``, ``noise`` and ``seed`` shape the generated ones.
 
     The same seed gives identical arrays. The real sets are fixed, so giving them
-    ``n_samples`` or ``noise`` is an error rather than silently ignored.
+    ``n_samples`` or ``noise`` is an error rather than silently ignored. The
+    segmentation sets (``nuclei``, ``synthetic_nuclei``) load as :class:`SegmentationBundle` objects.
 
     Example:
         >>> load_builtin("spirals", n_samples=200, noise=0.1, seed=1).x.shape
@@ -245,4 +281,6 @@ def load_builtin(
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
         raise DataError(f"noise must be a number of at least 0, got {noise!r}",
                         hint=f"set data.noise, e.g. {spec.default_noise}")
+    if name == "synthetic_nuclei":
+        return synthetic_nuclei(int(n), size=spec.shape[1:], noise=float(noise), seed=seed)
     return _generated(name, int(n), float(noise), seed)

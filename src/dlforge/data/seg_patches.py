@@ -3,9 +3,9 @@
 :func:`sample_patches` cuts random patches from images and their masks, a share of them
 centred on a foreground pixel (nnU-Net's oversampling: with 1% foreground, purely random
 patches would almost never show the model an object). :func:`augment_pair` moves an
-image and its mask together: flips, 90-degree rotations, affine and elastic warps use
-the same random parameters for both, the mask with nearest-neighbour sampling (so it
-keeps its class ids), and intensity changes touch the image only.
+image and its mask together, 2D or 3D: flips, 90-degree rotations, affine and elastic
+warps use the same random parameters for both, the mask with nearest-neighbour sampling
+(so it keeps its class ids), and intensity changes touch the image only.
 
 Choices worth knowing:
 
@@ -15,6 +15,9 @@ Choices worth knowing:
   every patch is random.
 * Intensity changes are in the image's own units (a factor for brightness and contrast,
   a std for noise) and never clip, because medical images are rarely [0, 1] pixels.
+* 3D volumes get flips on each axis, 90-degree turns in the H-W plane and intensity
+  changes, all exact; affine and elastic warps are refused for them, because kornia
+  (0.9) cannot carry a 3D mask through its warps with its image.
 * Randomness: ``seed`` makes a call repeatable; without it torch's global generator
   (which :func:`dlforge.train.fit` seeds) is used.
 
@@ -120,14 +123,15 @@ def sample_patches(
 class SegAugmentConfig(BaseModel):
     """Joint image/mask augmentation; everything is off unless set.
 
-    ``hflip``, ``vflip``, ``rot90`` and ``elastic`` are probabilities (``rot90`` turns
-    by 90, 180 or 270 degrees; non-square images only by 180). ``rotation`` (degrees),
+    ``hflip``, ``vflip``, ``dflip``, ``rot90`` and ``elastic`` are probabilities (flips
+    of the W, H and, for 3D volumes only, D axis; ``rot90`` turns the H-W plane by 90,
+    180 or 270 degrees, non-square ones only by 180). ``rotation`` (degrees),
     ``translate`` (share of the size), ``scale`` (zoom range) and ``shear`` (degrees)
     make one random affine. ``elastic_alpha``/``elastic_sigma`` are kornia's
     displacement strength and smoothness. ``brightness`` and ``contrast`` scale the
     image by 1 ± x (contrast around each image's mean) and ``noise`` is a Gaussian std;
     these three touch the image only. ``image_resample`` is how the image is sampled
-    under affine and elastic warps; the mask is always nearest.
+    under affine and elastic warps (2D only); the mask is always nearest.
 
     Example:
         >>> SegAugmentConfig(hflip=0.5, elastic=0.2).elastic
@@ -138,6 +142,7 @@ class SegAugmentConfig(BaseModel):
 
     hflip: float = Field(0.0, ge=0, le=1)
     vflip: float = Field(0.0, ge=0, le=1)
+    dflip: float = Field(0.0, ge=0, le=1)
     rot90: float = Field(0.0, ge=0, le=1)
     rotation: float = Field(0.0, ge=0, le=180)
     translate: float = Field(0.0, ge=0, le=1)
@@ -194,6 +199,20 @@ def _seeded(seed: int | None) -> Iterator[None]:
         yield
 
 
+def _has_warp(cfg: SegAugmentConfig) -> bool:
+    return bool(cfg.rotation or cfg.translate or cfg.shear or (cfg.scale and cfg.scale != (1.0, 1.0)) or cfg.elastic)
+
+
+def _flip(x: torch.Tensor, y: torch.Tensor, p: float, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip each sample along spatial axis ``dim`` (negative: -1 is W) with probability ``p``."""
+    chosen = torch.rand(len(x)) < p  # (B,)
+    if not chosen.any():
+        return x, y
+    x, y = x.clone(), y.clone()
+    x[chosen], y[chosen] = x[chosen].flip(dim), y[chosen].flip(dim)  # same negative dim: masks lack only C
+    return x, y
+
+
 def _warps(cfg: SegAugmentConfig, height: int, width: int) -> list[torch.nn.Module]:
     import kornia.augmentation as K  # imported here: kornia takes seconds to import, configs need none of it
     ops: list[torch.nn.Module] = []
@@ -242,7 +261,10 @@ def augment_pair(
     x: torch.Tensor, y: torch.Tensor, config: SegAugmentConfig | Mapping[str, Any] | None = None,
     *, seed: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment images ``x`` (B, C, H, W) and masks ``y`` (B, H, W) int64 together.
+    """Augment images ``x`` (B, C, H, W) and masks ``y`` (B, H, W) int64 together, or 3D ones.
+
+    3D batches are ``x`` (B, C, D, H, W) with ``y`` (B, D, H, W); they take flips, rot90
+    and intensity changes, and refuse affine and elastic warps (a ConfigError).
 
     Geometric transforms use the same random draw for image and mask; the mask is
     sampled nearest-neighbour, so it stays int64 and holds only its own classes (plus
@@ -255,18 +277,34 @@ def augment_pair(
         >>> xa, ya = augment_pair(y[:, None].float(), y, {"hflip": 1.0}, seed=0)
         >>> bool((ya == y.flip(-1)).all()), ya.dtype
         (True, torch.int64)
+        >>> v = torch.randint(0, 3, (1, 4, 8, 8))  # one (D, H, W) volume
+        >>> torch.equal(augment_pair(v[:, None].float(), v, {"dflip": 1.0}, seed=0)[1], v.flip(1))
+        True
     """
     cfg = as_seg_augment_config(config)
-    if x.ndim != 4 or y.ndim != 3 or x.shape[0] != y.shape[0] or x.shape[2:] != y.shape[1:]:
-        raise DataError(f"augment_pair needs images (B, C, H, W) and masks (B, H, W), got {tuple(x.shape)} and "
-                        f"{tuple(y.shape)}", hint="2D batches only; give each image a mask of its size")
+    if x.ndim not in (4, 5) or y.ndim != x.ndim - 1 or x.shape[0] != y.shape[0] or x.shape[2:] != y.shape[1:]:
+        raise DataError(f"augment_pair needs images (B, C, H, W) with masks (B, H, W), or (B, C, D, H, W) with "
+                        f"(B, D, H, W), got {tuple(x.shape)} and {tuple(y.shape)}",
+                        hint="give each image a mask of its size, without a channel axis")
+    volume = x.ndim == 5
+    if volume and _has_warp(cfg):
+        raise ConfigError("affine and elastic augmentation (rotation, translate, scale, shear, elastic) are 2D only: "
+                          "kornia cannot move a 3D mask with its volume exactly",
+                          hint="for 3D use hflip, vflip, dflip, rot90 and intensity changes; set the warps to 0")
+    if cfg.dflip and not volume:
+        raise ConfigError("dflip flips the depth axis of 3D volumes, but these images are 2D",
+                          hint="use hflip and vflip for 2D images")
     if not torch.is_floating_point(x) or torch.is_floating_point(y):
         raise DataError(f"augment_pair needs float images and integer masks, got {x.dtype} and {y.dtype}",
                         hint="pass x.float() and y.long()")
     with torch.no_grad(), _seeded(seed):
+        if volume:  # exact flips in torch: kornia's flips take 2D masks only
+            for p, dim in ((cfg.hflip, -1), (cfg.vflip, -2), (cfg.dflip, -3)):
+                if p:
+                    x, y = _flip(x, y, p, dim)
         if cfg.rot90:
             x, y = _rot90(x, y, cfg.rot90)
-        ops = _warps(cfg, x.shape[-2], x.shape[-1])
+        ops = [] if volume else _warps(cfg, x.shape[-2], x.shape[-1])
         if ops:
             import kornia.augmentation as K
             from kornia.constants import DataKey, Resample

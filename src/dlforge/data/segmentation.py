@@ -125,8 +125,16 @@ def _pages(path: Path, what: str) -> list[Image.Image]:
     return pages
 
 
-def _read_image(path: Path, mode: str) -> tuple[np.ndarray, int]:
-    """An image file as ``(C, H, W)`` or ``(C, D, H, W)`` integers, and its bit depth (8 or 16)."""
+def read_image(path: Path, mode: str) -> tuple[np.ndarray, int]:
+    """An image file as ``(C, H, W)`` or ``(C, D, H, W)`` integers, and its bit depth (8 or 16).
+
+    ``mode`` is ``"L"`` (grayscale; 16-bit pages stay 16-bit) or ``"RGB"``.
+
+    Example:
+        >>> image, depth = read_image(Path("cells/images/a.tif"), "L")  # doctest: +SKIP
+        >>> image.shape, depth  # doctest: +SKIP
+        ((1, 512, 512), 16)
+    """
     pages = _pages(path, "image")
     sixteen = mode == "L" and all(p.mode in _SIXTEEN_BIT for p in pages)
     arrays = [np.asarray(p, dtype=np.int64) if sixteen else np.asarray(p.convert(mode)) for p in pages]
@@ -138,8 +146,13 @@ def _read_image(path: Path, mode: str) -> tuple[np.ndarray, int]:
     return (stack[:, 0] if len(pages) == 1 else stack), (16 if sixteen else 8)
 
 
-def _read_mask(path: Path) -> np.ndarray:
-    """A mask file as int64 ``(H, W)`` or ``(D, H, W)``; colour or fractional masks are refused."""
+def read_mask(path: Path) -> np.ndarray:
+    """A mask file as int64 ``(H, W)`` or ``(D, H, W)``; colour or fractional masks are refused.
+
+    Example:
+        >>> read_mask(Path("cells/masks/a.tif")).dtype  # doctest: +SKIP
+        dtype('int64')
+    """
     arrays = []
     for page in _pages(path, "mask"):
         if page.mode in ("RGB", "RGBA"):
@@ -237,8 +250,8 @@ def load_segmentation_folder(path: str | Path, *, color: str | None = None,
         notes.append(note)
     images, labels, depths = [], [], set()
     for image_file, mask_file in pairs:
-        image, depth = _read_image(image_file, COLOR_MODES[color])  # (C, H, W) or (C, D, H, W)
-        mask = _read_mask(mask_file)  # (H, W) or (D, H, W)
+        image, depth = read_image(image_file, COLOR_MODES[color])  # (C, H, W) or (C, D, H, W)
+        mask = read_mask(mask_file)  # (H, W) or (D, H, W)
         if mask.shape != image.shape[1:]:
             raise DataError(f"mask {mask_file} is {_size(mask.shape)} but its image {image_file} is "
                             f"{_size(image.shape[1:])}", hint="each mask must match its image pixel for pixel")

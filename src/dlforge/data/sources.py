@@ -14,11 +14,12 @@ from dlforge.data.csv_file import (
 )
 from dlforge.data.idx import find_idx_images, is_idx_images_file, load_idx
 from dlforge.data.image_folder import COLOR_MODES, load_image_folder
+from dlforge.data.segmentation import SegmentationBundle, load_segmentation_folder
 from dlforge.data.tabular import is_dataframe
 from dlforge.errors import DataError
 
 _SOURCE_KINDS = ("a .csv file, a folder with one sub-folder of images per class, "
-                 "an MNIST-style IDX folder or images file")
+                 "a folder with images/ and masks/ (segmentation), an MNIST-style IDX folder or images file")
 
 
 def _not_found(source: str) -> DataError:
@@ -56,8 +57,11 @@ def load_source(
     unknown_category: str = "error",
     fit_split: Mapping[str, Any] | None = None,
     keep: Sequence[str] = (),
-) -> DataBundle:
+) -> DataBundle | SegmentationBundle:
     """Load a built-in set name, a CSV file, a pandas DataFrame, an image folder or MNIST IDX files.
+
+    A folder holding ``images/`` and ``masks/`` is a segmentation set
+    (:func:`dlforge.data.load_segmentation_folder`, class-index masks).
 
     ``drop``, ``keep``, ``id_column``, ``missing``, ``unknown_category`` and ``fit_split`` apply to
     tables (CSV files and DataFrames, see :func:`dlforge.data.load_csv`).
@@ -105,6 +109,12 @@ def load_source(
     if path.is_file() and path.suffix.lower() == ".csv":
         _reject_unused(name, image_size=image_size, color=unset_color)
         return load_csv(path, target=target, task=task, categorical=categorical, **table_options)
+    if path.is_dir() and (path / "images").is_dir() and (path / "masks").is_dir():
+        _reject_unused(name, target=target, image_size=image_size, **table_only)
+        if task != "auto":
+            raise DataError(f"'{name}' holds images/ and masks/, a segmentation set, so the task cannot be {task}",
+                            hint="set data.task: auto, or remove it")
+        return load_segmentation_folder(path, color=color)
 
     # Everything below is image classification.
     _reject_unused(name, target=target, **table_only)

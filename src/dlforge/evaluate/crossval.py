@@ -39,6 +39,7 @@ class CVResult:
     std: dict[str, float]
     class_ratios: list[list[float]] = field(default_factory=list)
     overall_ratio: list[float] = field(default_factory=list)
+    segmentation: dict | None = None  # a segmentation CV's report view (dlforge.pipeline.seg_cv)
 
     @classmethod
     def from_folds(cls, k: int, stratified: bool, folds: Sequence[dict[str, float]],

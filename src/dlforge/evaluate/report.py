@@ -31,8 +31,10 @@ from typing import Any
 
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
 
 from dlforge.errors import ConfigError
+from dlforge.evaluate.seg_report import segmentation_section
 from dlforge.train.state_io import atomic_write
 from dlforge.user_files import read_text_file, read_yaml
 
@@ -331,6 +333,7 @@ def render_report(
         True
     """
     info = _run_info(config, history, evaluation, run_info)
+    segmentation = evaluation is not None and evaluation.get("task") == "segmentation"
     if info.get("task") is None and forecast is not None:
         info["task"] = "regression"  # a forecast run may have no evaluation.json to say so
     best_epoch = info.get("best_epoch")
@@ -344,7 +347,8 @@ def render_report(
         "config_yaml": yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=False),
         "training_figures": _training_figures(history, best_epoch, standardized),
         "gradient_figures": _gradient_figures(history),
-        "evaluation": _evaluation_section(evaluation),
+        "evaluation": None if segmentation else _evaluation_section(evaluation),
+        "segmentation": Markup(segmentation_section(evaluation)) if segmentation else None,
         "baselines": _baselines_section(baselines),
         "forecast": _forecast_section(forecast),
         "balance": _balance_section(info),

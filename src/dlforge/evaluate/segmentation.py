@@ -252,14 +252,16 @@ def _mean(x: np.ndarray) -> float:
     return float(x.mean()) if x.size else float("nan")
 
 
-def segmentation_scores(pred, truth, num_classes: int) -> dict:
+def segmentation_scores(pred, truth, num_classes: int, true_instances=None) -> dict:
     """Summary of a batch: Dice, IoU and HD95 per class and over foreground, AP@0.5, DSB.
 
     ``dice``, ``iou`` and ``hd95`` average classes 1..C-1 over images (NaN HD95s, where
     a class is in neither mask, are skipped; an ``inf`` one makes the mean ``inf``);
     ``*_per_class`` lists hold every class, background first. ``ap50`` and ``dsb`` are
     per-image instance scores on the connected components of the foreground (all
-    non-zero classes together), averaged over images.
+    non-zero classes together), averaged over images; ``true_instances`` (B, *S), when
+    the truth has per-object ids (touching nuclei are separate objects there), replaces
+    the truth's connected components.
 
     Example:
         >>> truth = torch.zeros(1, 8, 8, dtype=torch.long); truth[0, 1:4, 1:4] = 1
@@ -276,7 +278,8 @@ def segmentation_scores(pred, truth, num_classes: int) -> dict:
     for name, per_image in scores.items():  # (B, C)
         out[name] = _mean(per_image[:, 1:].ravel()) if num_classes > 1 else float("nan")
         out[f"{name}_per_class"] = [_mean(per_image[:, c]) for c in range(num_classes)]
-    ious = [instance_iou(label_instances(p), label_instances(t)) for p, t in zip(pred, truth, strict=True)]
+    truths = [label_instances(t) for t in truth] if true_instances is None else list(_as_numpy(true_instances))
+    ious = [instance_iou(label_instances(p), t) for p, t in zip(pred, truths, strict=True)]
     out["ap50"] = float(np.mean([_ap(iou, 0.5) for iou in ious]))
     out["dsb"] = float(np.mean([np.mean([_ap(iou, t) for t in DSB_THRESHOLDS]) for iou in ious]))
     return out

@@ -28,7 +28,7 @@ from dlforge.models.cnn import CNN, CNNConfig, build_cnn
 from dlforge.models.ensemble import Ensemble, EnsembleConfig
 from dlforge.models.mlp import MLP, MLPConfig, build_mlp
 from dlforge.models.rnn import RNNClassifier, RNNConfig, build_rnn
-from dlforge.models.sliding_window import sliding_window_predict
+from dlforge.models.sliding_window import sliding_window_predict, sliding_window_segment
 from dlforge.models.transformer import (
     TransformerClassifier,
     TransformerConfig,
@@ -215,5 +215,6 @@ __all__ = [
     "config_from_spec",
     "from_models",
     "sliding_window_predict",
+    "sliding_window_segment",
     "spec_of",
 ]

@@ -9,6 +9,7 @@ training part only, so no held-out sample leaks into preprocessing; with
 the fold's training statistics and is scored in the target's units.
 ``data.split.test`` is ignored (the held-out fold is the test set);
 ``data.split.val`` carves a validation part out of the training folds for early stopping.
+Segmentation data are cross-validated over spatial folds (:mod:`dlforge.pipeline.seg_cv`).
 Nothing is written to disk: no run directory, no checkpoints.
 
 Example:
@@ -35,6 +36,7 @@ from dlforge.evaluate.crossval import CVResult, class_ratios, fold_indices
 from dlforge.evaluate.metrics import evaluate
 from dlforge.pipeline.data import load_bundle, source_family
 from dlforge.pipeline.fit_options import fit_config
+from dlforge.pipeline.seg_cv import cross_validate_segmentation
 
 WHY_NOT = {  # sources k shuffled folds cannot serve
     "series": "shuffled folds would train a forecaster on windows after the ones it is scored on",
@@ -76,6 +78,8 @@ def cross_validate(
         (0.96, 0.025)
     """
     family = source_family(config.data)
+    if family == "segmentation":  # spatial folds: quadrants or bands when there are few images
+        return cross_validate_segmentation(config, k=k, progress=progress)
     if family != "table":
         raise ConfigError(f"cross-validation takes tables, images and generated sets, not {family} data "
                           f"({config.data.source!r}): {WHY_NOT[family]}",

@@ -9,7 +9,9 @@ Three families of source, told apart by ``data.source``:
   vocabulary trained on the train split only; ``data.task: mlm`` makes masked-LM
   pretraining data (fresh masks every epoch for train, fixed seeded masks for val/test);
 * time series (``sunspots``, ``co2``): windows split in time order, scaled with
-  statistics of the train span only (:func:`dlforge.data.timeseries.prepare_series`).
+  statistics of the train span only (:func:`dlforge.data.timeseries.prepare_series`);
+* segmentation (a folder with ``images/`` and ``masks/``, ``nuclei``, ``synthetic_nuclei``):
+  random patches and held-out regions (:func:`dlforge.pipeline.seg_data.load_segmentation`).
 
 A key that does not apply to the chosen source is an error, not silently ignored.
 
@@ -40,6 +42,7 @@ from dlforge.data.mlm import MaskedLMDataset, mask_tokens
 from dlforge.data.splits import split_indices
 from dlforge.data.text import load_text_table, text_builtin_names, text_bundle, text_encoding
 from dlforge.data.timeseries import SERIES, ForecastContext, Series, load_series, prepare_series
+from dlforge.pipeline.seg_data import SEG_KEYS, is_segmentation, load_segmentation
 from dlforge.data.tokenizer import MINILM, encode_texts, load_tokenizer, special_ids, train_wordpiece
 from dlforge.errors import ConfigError
 
@@ -54,7 +57,9 @@ TABLE_KEYS = ("target", "categorical", "image_size", "color", "n_samples", "nois
 
 
 def source_family(d: DataConfig) -> str:
-    """``"series"``, ``"text"`` or ``"table"`` (tables, images and generated sets)."""
+    """``"series"``, ``"text"``, ``"segmentation"`` or ``"table"`` (tables, images and generated sets)."""
+    if is_segmentation(d):
+        return "segmentation"
     if d.source in SERIES:
         return "series"
     suffix = Path(d.source).suffix.lower()
@@ -94,6 +99,14 @@ def _load_family(cfg: RunConfig, tokenizer: Tokenizer | None, frame: Any = None)
     if frame is not None and family != "table":
         raise ConfigError(f"a DataFrame is a table, but data.source {d.source!r} names {family} data",
                           hint="set data.source to a name for the table, e.g. dataframe")
+    if family != "segmentation":
+        _reject(d, SEG_KEYS, family)
+    if family == "segmentation":
+        _reject(d, TEXT_KEYS + SERIES_KEYS + ("target", "categorical", "image_size", "standardize_target",
+                                              *OWN_TABLE_KEYS), "segmentation")
+        if d.task not in ("auto", "segmentation"):
+            raise ConfigError(f"{d.source} is segmentation data, not {d.task}", hint="set data.task: auto")
+        return load_segmentation(cfg)
     if family == "series":
         _reject(d, TEXT_KEYS + TABLE_KEYS, "time-series")
         return load_forecast(cfg)[0]

@@ -42,6 +42,8 @@ from dlforge.evaluate import Evaluation, evaluate
 from dlforge.evaluate.report import render_report, write_report
 from dlforge.pipeline.data import load_data
 from dlforge.pipeline.run import new_run_dir, write_json
+from dlforge.pipeline.seg_data import SegPrepared
+from dlforge.pipeline.seg_eval import rescore_run, score_folder
 from dlforge.registry import load_artifact
 from dlforge.registry.artifact import Artifact
 from dlforge.train.state_io import atomic_write
@@ -77,7 +79,12 @@ def evaluate_path(
             raise ConfigError("--out applies to evaluations on other data (--data)",
                               hint="pass --data too, or drop --out to re-evaluate the run's own test split")
         return _evaluate_own_split(path, run_dir, art)
-    evaluation = evaluate(art, held_out_data(art, data, target=target))
+    if art.task == "segmentation":  # a folder of images/ and masks/, whole images in sliding windows
+        if target is not None:
+            raise ConfigError("--target names a CSV column; a segmentation model reads masks/", hint="remove --target")
+        evaluation = score_folder(art, data)
+    else:
+        evaluation = evaluate(art, held_out_data(art, data, target=target))
     folder = Path(out) if out is not None else (run_dir / "evaluations" if run_dir is not None else None)
     if folder is None:
         return evaluation, None
@@ -102,6 +109,10 @@ def _evaluate_own_split(path: str | Path, run_dir: Path | None, art: Artifact) -
     # Text is re-tokenized with the model's own tokenizer, not a freshly trained one.
     tokenizer = Tokenizer.from_str(encoding["tokenizer"]) if encoding.get("kind") == "text" else None
     prepared = load_data(load_config(run_dir / "config.yaml"), tokenizer=tokenizer)
+    if isinstance(prepared, SegPrepared):  # the held-out regions again, whole, in sliding windows
+        scored = rescore_run(art.model, prepared)
+        write_json(run_dir / "evaluation.json", scored.record)
+        return scored, write_report(run_dir)
     split = "test" if prepared.test is not None else "val"
     held_out = prepared.test if prepared.test is not None else prepared.val
     if held_out is None:

@@ -45,10 +45,13 @@ from torch.utils.data import Dataset, TensorDataset
 from dlforge.config import RunConfig
 from dlforge.data import Prepared
 from dlforge.data.augment import BatchAugment, build_augment, resolve_augment
+from dlforge.data.seg_dataset import SegBatchAugment, seg_augment
 from dlforge.data.imbalance import ResampleReport, balanced_order, class_counts, imbalance_note, resample_dataset
 from dlforge.errors import ConfigError
 from dlforge.pipeline.bagging import bagging_fit
 from dlforge.pipeline.model import build_model
+from dlforge.pipeline.seg_data import DEFAULT_SEG_LOSS, seg_pixel_counts
+from dlforge.pipeline.seg_limited import ssl_initialise
 from dlforge.train import (
     Callback, Checkpoint, EarlyStopping, FitResult, GradientMonitor, HistoryWriter, NanGuard, ProgressBar, fit,
 )
@@ -59,8 +62,14 @@ from dlforge.train.transfer import GradualUnfreezing, TransferReport, freeze
 def configured_model(cfg: RunConfig, prepared: Prepared, *, seed: int | None = None
                      ) -> tuple[nn.Module, TransferReport | None]:
     """The ``model`` section built for ``prepared`` (initial weights seeded with ``seed``,
-    default ``cfg.seed``), with ``train.freeze`` applied, and what pretrained weights loaded."""
+    default ``cfg.seed``), self-supervised first when ``train.ssl`` asks (segmentation), with
+    ``train.freeze`` applied, and what pretrained weights loaded."""
     model, transfer = build_model(cfg if seed is None else cfg.model_copy(update={"seed": seed}), prepared)
+    if cfg.train.ssl is not None:
+        if prepared.task != "segmentation":
+            raise ConfigError(f"train.ssl pretrains segmentation U-Nets, not {prepared.task} models",
+                              hint="remove train.ssl; for text, pretrain with data.task: mlm")
+        transfer = ssl_initialise(cfg, model, prepared)
     if cfg.train.freeze:
         freeze(model, cfg.train.freeze)
     return model, transfer
@@ -68,6 +77,9 @@ def configured_model(cfg: RunConfig, prepared: Prepared, *, seed: int | None = N
 
 def batch_augment(cfg: RunConfig, prepared: Prepared) -> BatchAugment | None:
     """The training-batch augmentation ``data.augment`` asks for (None: none)."""
+    if prepared.task == "segmentation":  # image and mask move together
+        config = seg_augment(cfg.data.augment)
+        return SegBatchAugment(config) if any(v for k, v in config if k != "image_resample") else None
     resolved = resolve_augment(cfg.data.augment, prepared.name, kind=prepared.kind)
     classes = prepared.num_outputs if prepared.task == "classification" else None
     return build_augment(resolved, prepared.input_shape, classes, stats=prepared.preprocessing.get("standardize"))
@@ -90,6 +102,12 @@ def class_remedies(cfg: RunConfig, prepared: Prepared) -> Remedies:
     """Apply ``data.imbalance`` to ``prepared.train`` only and build ``train.loss`` for it."""
     imbalance, loss = cfg.data.imbalance, cfg.train.loss
     train = prepared.train
+    if prepared.task == "segmentation":
+        if imbalance.active:
+            raise ConfigError("data.imbalance resamples whole samples; segmentation balances pixels",
+                              hint="remove data.imbalance; use data.foreground (patch oversampling) or a Dice loss")
+        counts = seg_pixel_counts(prepared)
+        return Remedies(train, loss=build_loss(loss or DEFAULT_SEG_LOSS, counts), counts=counts)
     if prepared.task != "classification":
         if imbalance.active:
             raise ConfigError(f"data.imbalance applies to classification, not {prepared.task}",
@@ -163,7 +181,7 @@ def config_callbacks(cfg: RunConfig, *, has_val: bool, run_dir: Path | None = No
 def _check_monitors(cfg: RunConfig, prepared: Prepared, checkpoints: bool) -> None:
     """Fail now, not after the first epoch, when a monitored metric will never exist."""
     available = {"train_loss", "lr"}
-    if prepared.task == "classification":
+    if prepared.task in ("classification", "segmentation"):  # segmentation: per-pixel accuracy
         available.add("train_accuracy")
     if prepared.val is not None:
         available |= {m.replace("train_", "val_") for m in available if m.startswith("train_")}

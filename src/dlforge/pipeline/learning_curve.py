@@ -167,6 +167,10 @@ def learning_curve(
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be distinct and at least one, got {seeds}", hint="e.g. seeds=(0, 1, 2)")
     prepared = load_data(cfg)
+    if prepared.task == "segmentation":
+        raise ConfigError("learning curves draw training samples; a segmentation set is a few images cut into "
+                          "random patches, so there is no sample count to vary",
+                          hint="compare data.patches_per_epoch or train.epochs with dlforge cv (spatial folds) instead")
     if not isinstance(prepared.train, TensorDataset):
         raise ConfigError(f"{prepared.name} is not held in memory as tensors", hint="use a table, image or text source")
     sizes = _check_sizes(sizes, len(prepared.train))

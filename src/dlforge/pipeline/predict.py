@@ -24,6 +24,8 @@ from dlforge.data.text import load_text_table
 from dlforge.errors import DataError
 from dlforge.registry import load_artifact
 from dlforge.registry.artifact import Artifact
+from dlforge.registry.segment import class_areas, mask_bytes
+from dlforge.train.state_io import atomic_write
 from dlforge.user_files import read_text_file
 
 
@@ -34,7 +36,8 @@ class Predictions:
     key: str
     rows: list[dict[str, Any]]
     task: str
-    kind: str | None  # the encoding kind: tabular, image, text, sequence
+    kind: str | None  # the encoding kind: tabular, image, text, sequence, segmentation
+    masks: list[Any] | None = None  # segmentation: one label map per input
 
 
 def predict_files(model_dir: str | Path, inputs: Sequence[Path]) -> Predictions:
@@ -45,6 +48,11 @@ def predict_files(model_dir: str | Path, inputs: Sequence[Path]) -> Predictions:
         if not p.exists():
             raise DataError(f"input {p} does not exist", hint="pass a CSV file or image files")
     kind = art.preprocessing.get("encoding", {}).get("kind")
+    if kind == "segmentation":  # any image size: sliding windows, then the run's post-processing
+        masks = art.segment([str(p) for p in inputs])
+        rows = [{"input": str(p), "size": "x".join(map(str, m.shape)),
+                 **{f"area_{n}": a for n, a in class_areas(m, art.class_names).items()}} for p, m in zip(inputs, masks)]
+        return Predictions("input", rows, art.task, kind, masks)
     if kind == "text":
         texts = read_texts(inputs)
         x, key, ids = art.encode(texts), "input", texts
@@ -57,6 +65,29 @@ def predict_files(model_dir: str | Path, inputs: Sequence[Path]) -> Predictions:
     else:
         x, key, ids = art.encode(inputs), "input", [str(p) for p in inputs]
     return Predictions(key, prediction_rows(art, art.predict(x), key, ids), art.task, kind)
+
+
+def write_masks(result: Predictions, output: Path) -> list[Path]:
+    """Write a segmentation's masks: to ``output`` itself for one input (``.png``; ``.tif``
+    for 3D), or as ``output/<input stem>.png`` for several. Returns the files written."""
+    assert result.masks is not None
+    if len(result.masks) == 1 and output.suffix:
+        targets = [output]
+    else:
+        if output.suffix:
+            raise DataError(f"{len(result.masks)} inputs give {len(result.masks)} masks, but {output} is one file",
+                            hint="give a folder for --output, e.g. masks/")
+        output.mkdir(parents=True, exist_ok=True)
+        targets = [output / Path(str(r["input"])).stem for r in result.rows]
+    written = []
+    for target, mask in zip(targets, result.masks):
+        data, media = mask_bytes(mask)
+        suffix = ".png" if media == "image/png" else ".tif"
+        path = target if target.suffix.lower() in ((".png",) if suffix == ".png" else (".tif", ".tiff")) else \
+            target.with_suffix(suffix)
+        atomic_write(path, data)
+        written.append(path)
+    return written
 
 
 def read_texts(paths: Sequence[Path]) -> list[str]:

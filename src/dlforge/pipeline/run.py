@@ -49,6 +49,8 @@ from dlforge.evaluate.baselines import BaselineReport, fit_baselines
 from dlforge.evaluate.report import write_report
 from dlforge.pipeline.data import load_data, load_forecast, source_family
 from dlforge.models import spec_of
+from dlforge.pipeline.seg_data import SegPrepared
+from dlforge.pipeline.seg_eval import SCORE_KEYS, evaluate_segmentation
 from dlforge.pipeline.fit_options import Remedies, check_fit, class_remedies, configured_model, fit_config, fit_options
 from dlforge.registry import save_artifact
 from dlforge.registry.artifact import Artifact
@@ -141,6 +143,8 @@ def _first_samples(data: Any, n: int = 512) -> tuple[torch.Tensor, torch.Tensor]
 def _finish_run(cfg: RunConfig, run_dir: Path, model: nn.Module, prepared: Prepared, result: FitResult,
                 transfer: TransferReport | None = None, remedies: Remedies | None = None) -> RunOutcome:
     """Evaluate, diagnose, save the artifact and write the report of a trained run."""
+    if isinstance(prepared, SegPrepared):
+        return _finish_segmentation(cfg, run_dir, model, prepared, result, transfer, remedies)
     t = cfg.train
     x_sample, y_sample = _first_samples(prepared.train)
     loss_fn = resolve_loss(remedies.loss if remedies else t.loss, y_sample)
@@ -196,6 +200,50 @@ def _finish_run(cfg: RunConfig, run_dir: Path, model: nn.Module, prepared: Prepa
     write_report(run_dir)
     return RunOutcome(run_dir=run_dir, result=result, metrics=metrics, prepared=prepared, model=model,
                       evaluation=evaluation, diagnoses=diagnoses, baselines=baselines)
+
+
+def _finish_segmentation(cfg: RunConfig, run_dir: Path, model: nn.Module, prepared: SegPrepared, result: FitResult,
+                         transfer: TransferReport | None, remedies: Remedies | None) -> RunOutcome:
+    """A segmentation run's ending: held-out regions scored whole with sliding windows,
+    post-processing kept when validation says it helps, the Otsu baseline beside it."""
+    metrics = _val_metrics(cfg, result, prepared.val is not None)
+    write_json(run_dir / "split.json", {"by": prepared.regions.by, "patch": list(prepared.patch),
+                                        **{k: [b.to_dict() for b in getattr(prepared.regions, k)] for k in ("val", "test")}})
+    evaluation: dict[str, Any] = {}
+    split = "test" if prepared.regions.test else "val" if prepared.regions.val else None
+    if split is not None and result.stop_reason != "non_finite":
+        held_out = prepared.test if split == "test" else prepared.val
+        if held_out is not None:  # loss and per-pixel accuracy on the (trimmed) crops
+            loss_fn = remedies.loss if remedies is not None else None
+            metrics.update({f"{split}_{k}": v for k, v in evaluate_loss(model, held_out, loss_fn,
+                                                                         precision=cfg.train.precision).items()})
+        evaluation = evaluate_segmentation(model, prepared, split=split)
+        metrics.update({f"{split}_{k}": evaluation["metrics"][k] for k in SCORE_KEYS})
+        metrics[f"{split}_otsu_dice"] = evaluation["baselines"]["otsu"]["dice"]
+        write_json(run_dir / "evaluation.json", evaluation)
+    if result.nan_report:
+        write_json(run_dir / "nan_report.json", result.nan_report)
+    diagnoses = diagnose(result.history, nan_report=result.nan_report, weight_names=weight_layer_names(model))
+    write_json(run_dir / "diagnosis.json", [d.to_dict() for d in diagnoses])
+    training: dict[str, Any] = {
+        "config": cfg.model_dump(mode="json"), "epochs_run": result.epochs_run, "steps": result.steps,
+        "stop_reason": result.stop_reason, "best_epoch": result.best_epoch, "data": prepared.name,
+        "parameters": trainable_summary(model), "regions": prepared.regions.describe(),
+    }
+    if remedies is not None and remedies.counts is not None:
+        training["class_counts"] = {"train": remedies.counts, "class_names": prepared.class_names,
+                                    "unit": "pixels"}
+    if transfer is not None:
+        source = f"self-supervised ({cfg.train.ssl.method})" if cfg.train.ssl else str(cfg.model.get("pretrained"))
+        training["pretrained"] = {"source": source, "loaded": len(transfer.loaded), "skipped": transfer.skipped}
+    chosen = evaluation.get("postprocessing", {}).get("spec")
+    preprocessing = {**prepared.preprocessing, **({"postprocess": chosen} if chosen else {})}
+    save_artifact(model, run_dir / "model", task=prepared.task, class_names=prepared.class_names,
+                  preprocessing=preprocessing, metrics=metrics, training=training, overwrite=True)
+    write_json(run_dir / "metrics.json", metrics)
+    write_report(run_dir)
+    return RunOutcome(run_dir=run_dir, result=result, metrics=metrics, prepared=prepared, model=model,
+                      diagnoses=diagnoses)
 
 
 def _val_metrics(cfg: RunConfig, result: FitResult, has_val: bool) -> dict[str, Any]:

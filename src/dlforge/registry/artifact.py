@@ -38,9 +38,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import dlforge
-from dlforge.errors import ArtifactError, DlforgeError
+from dlforge.errors import ArtifactError, DataError, DlforgeError
 from dlforge.models import build, spec_of
 from dlforge.registry.encoding import check_predictable, encode_raw, refuse_non_finite
+from dlforge.registry.segment import class_areas, encode_seg_images, predict_label_maps, segment_images
 from dlforge.user_files import read_text_file
 
 FORMAT = "dlforge-artifact"
@@ -155,6 +156,12 @@ class Artifact:
             torch.Size([1, 1, 8, 8])
         """
         check_predictable(self.meta)
+        if self.task == "segmentation":  # images of any size: one (C, *S) tensor each, stacked when sizes agree
+            images = encode_seg_images(inputs, self.preprocessing)
+            if len({tuple(i.shape) for i in images}) > 1:
+                raise DataError("these images differ in size, so they cannot form one batch",
+                                hint="use Artifact.segment(inputs), which takes images of any sizes")
+            return torch.stack(images)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # overflow is refused just below
             x = encode_raw(inputs, self.preprocessing)
         return refuse_non_finite(x, self.preprocessing)
@@ -169,6 +176,8 @@ class Artifact:
         (``preprocessing["target_standardize"]``) answers ``mean + std * output``, a
         forecaster answers in the series' units (``encode`` scales its input the same way).
         """
+        if self.task == "segmentation":
+            return self._predict_masks(x)
         if tuple(x.shape[1:]) != self.input_shape:
             raise ArtifactError(
                 f"inputs have per-sample shape {list(x.shape[1:])}, the model expects {list(self.input_shape)}",
@@ -191,6 +200,31 @@ class Artifact:
         idx = probs.argmax(dim=1)
         names = self.class_names or [str(i) for i in range(out.shape[1])]
         return {"labels": [names[i] for i in idx.tolist()], "indices": idx, "probabilities": probs}
+
+
+    def segment(self, inputs: Any, **options: Any) -> list[np.ndarray]:
+        """A segmentation model's post-processed label maps for raw images of any sizes
+        (files, image bytes or pixel arrays; :mod:`dlforge.registry.segment`).
+
+        Example:
+            >>> [m.shape for m in art.segment(["a.tif", "big.png"])]  # doctest: +SKIP
+            [(512, 512), (4096, 3000)]
+        """
+        check_predictable(self.meta)
+        if self.task != "segmentation":
+            raise ArtifactError(f"this is a {self.task} model, not a segmentation model", hint="use predict()")
+        return segment_images(self, inputs, **options)
+
+    def _predict_masks(self, x: torch.Tensor) -> dict[str, Any]:
+        """Label maps (N, *S) of model-ready images (N, C, *S) of any spatial size."""
+        channels, dims = self.input_shape[0], len(self.input_shape) - 1
+        if x.ndim != dims + 2 or x.shape[1] != channels:
+            raise ArtifactError(f"inputs have shape {list(x.shape)}, the model reads (N, {channels}, "
+                                f"{', '.join('DHW'[3 - dims:])}) images of any size",
+                                hint="encode raw images with Artifact.encode, or use Artifact.segment")
+        maps = predict_label_maps(self.model, list(x.float()), self.preprocessing)
+        masks = torch.from_numpy(np.stack(maps)).long() if maps else torch.empty(0, *x.shape[2:], dtype=torch.long)
+        return {"masks": masks, "areas": [class_areas(m, self.class_names) for m in maps]}
 
 
 def _shape(value: Any) -> list[int] | None:

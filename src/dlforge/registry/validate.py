@@ -173,6 +173,8 @@ def _check_smoke_prediction(art: Artifact) -> None:
     expected = [len(x), spec["num_outputs"]]
     if spec.get("task_head") in ("token", "mlm"):  # one prediction per input step
         expected.insert(1, art.input_shape[0])
+    if art.task == "segmentation":  # one logit map per class, the input's size
+        expected += list(art.input_shape[1:])
     try:
         with torch.no_grad():
             out = art.model.eval()(x)

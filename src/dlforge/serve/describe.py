@@ -2,7 +2,8 @@
 
 Read from the artifact's ``model.json`` alone: columns and their types for tables, size,
 colour mode and pixel range for images, strings for text, windows for series, and an
-example request body that the server accepts as it is. The encoding itself lives in
+example request body that the server accepts as it is (segmentation models: images of any
+size, C channels, masks as PNG or RLE). The encoding itself lives in
 :mod:`dlforge.registry.encoding`, the JSON forms in :mod:`dlforge.serve.inputs`.
 """
 
@@ -38,6 +39,8 @@ def describe_inputs(meta: dict[str, Any]) -> dict[str, Any]:
         return _describe_table(encoding, meta.get("preprocessing") or {})
     if kind == "image":
         return _describe_image(encoding, shape)
+    if kind == "segmentation":
+        return _describe_segmentation(encoding, shape)
     if kind == "text":
         return {"kind": "text", "max_len": encoding.get("max_len", shape[0] if shape else None),
                 "forms": ["a string (encoded with the model's tokenizer)",
@@ -107,7 +110,29 @@ def _describe_image(encoding: dict[str, Any], shape: list[int]) -> dict[str, Any
     return out
 
 
-def _blank_png(mode: str, height: int, width: int) -> str:
+def _describe_segmentation(encoding: dict[str, Any], shape: list[int]) -> dict[str, Any]:
+    """Images of any size with C channels; the example is one blank image of the training window."""
+    channels, dims, top = (shape[0] if shape else 1), int(encoding.get("spatial_dims", 2)), pixel_max(encoding)
+    layout = ["H", "W"] if dims == 2 else ["D", "H", "W"]
+    lists = ([f"[{', '.join(layout)}]"] if channels == 1 else []) + [f"[{', '.join([str(channels), *layout])}]"]
+    window = list(encoding.get("window") or shape[1:])
+    pages = window[0] if dims == 3 else 1
+    pixels = f"images of any size with {channels} channel(s): raw pixels 0..{top} as a nested list of shape "
+    files = " (a multi-page TIFF: one page per slice)" if dims == 3 else ": converted to the mode"
+    return {"kind": "segmentation", "size": "any", "spatial_dims": dims, "mode": encoding.get("mode", "L"),
+            "channels": channels, "pixel_range": f"0..{top}", "window": window,
+            "forms": [pixels + " or ".join(lists), '{"b64": "<base64 PNG or TIFF bytes>"}' + files],
+            "mask_formats": ["png", "rle"],
+            "example": {"inputs": [{"b64": _blank_png(encoding.get("mode", "L"), *window[-2:], pages=pages)}],
+                        "mask_format": "png"}}
+
+
+def _blank_png(mode: str, height: int, width: int, pages: int = 1) -> str:
+    """A mid-grey image as base64: a PNG, or a multi-page TIFF when ``pages`` > 1."""
     buf = io.BytesIO()
-    Image.new(mode, (width, height), 128 if mode == "L" else (128, 128, 128)).save(buf, "PNG")
+    image = Image.new(mode, (width, height), 128 if mode == "L" else (128, 128, 128))
+    if pages > 1:
+        image.save(buf, "TIFF", save_all=True, append_images=[image.copy() for _ in range(pages - 1)])
+    else:
+        image.save(buf, "PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")

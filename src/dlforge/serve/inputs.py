@@ -58,7 +58,7 @@ NON_FINITE_OUTPUT = ("the model produced a non-finite output (NaN or infinity) f
                      "are likely far outside the training range: check their units")
 
 
-class _Invalid(Exception):
+class Invalid(Exception):
     """One bad field: where (path below ``inputs``) and why."""
 
     def __init__(self, loc: tuple[int | str, ...], msg: str) -> None:
@@ -124,8 +124,8 @@ def _item_by_item(spec: InputSpec, artifact: Artifact, inputs: list[Any]) -> tor
                 _check_number(item, (i,), spec)  # a bare number is a one-number sample
                 rows[i] = _numeric_item(spec, [item], (i,))
             else:
-                raise _Invalid((i,), f"expected {spec.describe()}, got {_type_name(item)}")
-        except _Invalid as bad:
+                raise Invalid((i,), f"expected {spec.describe()}, got {type_name(item)}")
+        except Invalid as bad:
             errors.append((bad.loc, bad.msg))
         if len(errors) >= MAX_ERRORS:
             break
@@ -174,7 +174,7 @@ def _numeric_batch(spec: InputSpec, inputs: list[Any]) -> torch.Tensor | None:
         arr = np.asarray(inputs)
     except (ValueError, TypeError, OverflowError):  # ragged or mixed lists
         return None
-    if arr.dtype.kind not in "iuf" or arr.shape[1:] != spec.shape or _holds_bool(inputs, arr.ndim - 1):
+    if arr.dtype.kind not in "iuf" or arr.shape[1:] != spec.shape or holds_bool(inputs, arr.ndim - 1):
         return None
     if spec.integer:
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr) & (np.mod(arr, 1) == 0)):
@@ -188,12 +188,12 @@ def _numeric_batch(spec: InputSpec, inputs: list[Any]) -> torch.Tensor | None:
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
-def _holds_bool(items: list, depth: int) -> bool:
+def holds_bool(items: list, depth: int) -> bool:
     """Whether a rectangular nested list with ``depth`` list levels above its numbers holds a
     JSON true/false: numpy reads them as 1 and 0, but a boolean is not a number."""
     if depth == 0:
         return bool in map(type, items)  # one C-level pass over a row of numbers
-    return any(_holds_bool(sub, depth - 1) for sub in items)
+    return any(holds_bool(sub, depth - 1) for sub in items)
 
 
 def _numeric_item(spec: InputSpec, item: list, loc: tuple[int | str, ...]) -> torch.Tensor:
@@ -208,7 +208,7 @@ def _check_nested(value: Any, shape: tuple[int, ...], loc: tuple[int | str, ...]
         _check_number(value, loc, spec)
         return
     if not isinstance(value, list) or len(value) != shape[0]:
-        raise _Invalid(loc, f"expected shape {list(shape)}, got {_shape_of(value)}")
+        raise Invalid(loc, f"expected shape {list(shape)}, got {_shape_of(value)}")
     for j, sub in enumerate(value):
         _check_nested(sub, shape[1:], (*loc, j), spec)
 
@@ -216,16 +216,16 @@ def _check_nested(value: Any, shape: tuple[int, ...], loc: tuple[int | str, ...]
 def _check_number(value: Any, loc: tuple[int | str, ...], spec: InputSpec) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         what = "an integer token id" if spec.integer else "a number"
-        raise _Invalid(loc, f"expected {what}, got {_type_name(value)}")
+        raise Invalid(loc, f"expected {what}, got {type_name(value)}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise _Invalid(loc, "not a finite number")
+        raise Invalid(loc, "not a finite number")
     if spec.integer:
         if isinstance(value, float) and not value.is_integer():
-            raise _Invalid(loc, f"expected an integer token id, got {value!r}")
+            raise Invalid(loc, f"expected an integer token id, got {value!r}")
         if spec.vocab_size is not None and not 0 <= value < spec.vocab_size:
-            raise _Invalid(loc, f"token id {int(value)} is outside the vocabulary [0, {spec.vocab_size})")
+            raise Invalid(loc, f"token id {int(value)} is outside the vocabulary [0, {spec.vocab_size})")
     elif abs(value) > FLOAT32_MAX:
-        raise _Invalid(loc, "not a finite number (outside the float32 range)")
+        raise Invalid(loc, "not a finite number (outside the float32 range)")
 
 
 def _shape_of(value: Any) -> list[int]:
@@ -239,7 +239,7 @@ def _shape_of(value: Any) -> list[int]:
     return shape
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     names = {bool: "a boolean", str: "a string", dict: "an object", list: "a list", type(None): "null",
              int: "a number", float: "a number"}
     return names.get(type(value), type(value).__name__)
@@ -254,7 +254,7 @@ def _pixel_batch(artifact: Artifact, inputs: list[Any]) -> torch.Tensor | None:
         return None
     if arr.dtype.kind not in "iuf" or arr.ndim < 3 or not np.all(np.abs(arr) <= FLOAT32_MAX):
         return None  # (also refuses NaN); the item-by-item path names the field
-    if _holds_bool(inputs, arr.ndim - 1):
+    if holds_bool(inputs, arr.ndim - 1):
         return None
     try:
         return encode_raw(arr, artifact.preprocessing)
@@ -268,43 +268,43 @@ def _image_item(spec: InputSpec, artifact: Artifact, item: list | dict, loc: tup
         return _image_bytes(artifact, item, loc)
     shape = tuple(_shape_of(item))
     if shape not in pixel_layouts(artifact.preprocessing["encoding"]):
-        raise _Invalid(loc, f"expected {spec.describe()}, got a list of shape {list(shape)}")
+        raise Invalid(loc, f"expected {spec.describe()}, got a list of shape {list(shape)}")
     _check_nested(item, shape, loc, spec)
     return encode_raw(np.asarray(item, dtype=np.float64), artifact.preprocessing)[0]
 
 
 def _image_bytes(artifact: Artifact, item: dict, loc: tuple[int | str, ...]) -> torch.Tensor:
     if set(item) != {"b64"} or not isinstance(item["b64"], str):
-        raise _Invalid(loc, 'expected an object {"b64": "<base64 PNG or JPEG>"} with that one key')
+        raise Invalid(loc, 'expected an object {"b64": "<base64 PNG or JPEG>"} with that one key')
     try:
         data = base64.b64decode(item["b64"], validate=True)
     except (binascii.Error, ValueError):
-        raise _Invalid((*loc, "b64"), "not valid base64 (standard alphabet, with padding)") from None
+        raise Invalid((*loc, "b64"), "not valid base64 (standard alphabet, with padding)") from None
     try:
         return encode_raw(data, artifact.preprocessing)[0]
     except ImageTooLargeError as err:
         raise ApiError(413, "payload_too_large", f"inputs[{loc[0]}]: {err.message}", hint=err.hint) from None
     except DlforgeError as err:
-        raise _Invalid((*loc, "b64"), _without_source(err)) from None
+        raise Invalid((*loc, "b64"), _without_source(err)) from None
 
 
 # ------------------------------------------------------------------------ text and rows
 def _check_text(text: str, loc: tuple[int | str, ...]) -> None:
     problem = text_problem(text)
     if problem:
-        raise _Invalid(loc, problem)
+        raise Invalid(loc, problem)
 
 
 def _check_record(record: dict, loc: tuple[int | str, ...], numeric_columns: set[str]) -> None:
     for column, value in record.items():
         if text_problem(column):  # not echoed in the field's path either: JSON could not carry it
-            raise _Invalid(loc, "a column name is not valid Unicode (a lone surrogate); send UTF-8 text")
+            raise Invalid(loc, "a column name is not valid Unicode (a lone surrogate); send UTF-8 text")
         if value is not None and not isinstance(value, (str, int, float, bool)):
-            raise _Invalid((*loc, column), f"expected a string, a number or null, got {_type_name(value)}")
+            raise Invalid((*loc, column), f"expected a string, a number or null, got {type_name(value)}")
         if isinstance(value, bool) and column in numeric_columns:
-            raise _Invalid((*loc, column), "expected a number, got a boolean (the column is numeric)")
+            raise Invalid((*loc, column), "expected a number, got a boolean (the column is numeric)")
         if isinstance(value, float) and not math.isfinite(value):
-            raise _Invalid((*loc, column), "not a finite number")
+            raise Invalid((*loc, column), "not a finite number")
         if isinstance(value, str):
             _check_text(value, (*loc, column))
 

@@ -273,7 +273,9 @@ class DriftMonitor:
     current window size (see :meth:`report`). A WARNING is logged on logger ``dlforge.serve``
     when a feature starts drifting, and again only after it has recovered. Every
     ``report_every`` observed samples (0: never) the monitor reports by itself, so warnings
-    and ``on_report`` (the server's drift gauges) keep up without anyone asking.
+    and ``on_report`` (the server's drift gauges) keep up without anyone asking. ``unsupported``
+    (a reason) turns tracking off: ``observe`` keeps nothing and the report says why (the pool
+    passes one for segmentation models, whose images of any size have no stored reference).
 
     Example:
         >>> ref = {"features": ["x0"], "samples": [np.random.default_rng(0).normal(size=500).tolist()],
@@ -287,8 +289,9 @@ class DriftMonitor:
     def __init__(self, reference: dict | None, *, window: int = 1000, psi_threshold: float = 0.2,
                  ks_threshold: float = 0.2, min_samples: int = 50, name: str = "",
                  on_report: Callable[[dict], None] | None = None, bins: int = 10,
-                 report_every: int = 200) -> None:
+                 report_every: int = 200, unsupported: str | None = None) -> None:
         self.reference = reference
+        self.unsupported = unsupported  # why this model's traffic is not tracked (observe does nothing)
         self.window = window
         self.psi_threshold, self.ks_threshold = psi_threshold, ks_threshold
         self.min_samples = max(1, min_samples)
@@ -319,6 +322,8 @@ class DriftMonitor:
 
     def observe(self, x: torch.Tensor, preprocessing: dict, outputs: dict) -> None:
         """Add one request's model-ready inputs ``x`` and its ``outputs`` (Artifact.predict's dict)."""
+        if self.unsupported:
+            return
         feats, names = reference_features(x, preprocessing)
         kind, summary, _ = prediction_summary(outputs)
         if kind == "classes" and len(summary) != len(feats):  # segmentation: one label per pixel
@@ -349,7 +354,9 @@ class DriftMonitor:
             names = self._names
         out: dict[str, Any] = {"available": False, "n_live": len(rows), "window": self.window,
                                "features": {}, "prediction": None, "drifted": []}
-        if not self.reference:
+        if self.unsupported:
+            out["reason"] = self.unsupported
+        elif not self.reference:
             out["reason"] = "the model has no training reference statistics (models trained by dlforge train have them)"
         elif self._broken:
             out["reason"] = self._broken

@@ -49,6 +49,8 @@ from dlforge.serve.settings import ServeSettings
 
 log = logging.getLogger("dlforge.serve")
 RETIRE_TIMEOUT_S = 30.0  # a request holding a retired model longer than this is not waited for
+SEGMENTATION_DRIFT = ("drift is not tracked for segmentation models: their images come in any size and the "
+                      "artifact stores no training reference to compare them with")
 
 
 @dataclass(eq=False)
@@ -224,6 +226,7 @@ class ModelPool:
             window=self.settings.drift_window,
             name=f"{name} v{version}",
             on_report=lambda report: self.metrics.set_drift(name, version, report),
+            unsupported=SEGMENTATION_DRIFT if artifact.task == "segmentation" else None,
         )
         batcher = DynamicBatcher(
             _predict_fn(artifact, drift),

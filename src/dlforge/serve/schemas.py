@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -30,7 +30,8 @@ from dlforge.serve.routing import TrafficConfig
 __all__ = [
     "DriftReport", "DriftResponse", "DriftStat", "ErrorResponse", "ExperimentResponse", "FeedbackRequest",
     "FeedbackResponse", "HealthResponse", "InputWarning", "LatencyStats", "ModelDetail", "ModelSummary", "PredictRequest",
-    "PredictResponse", "ReadyResponse", "SignificanceTest", "VariantStats", "VersionInfo", "error_responses",
+    "PredictResponse", "ReadyResponse", "SegmentationMask", "SegmentationOutput", "SignificanceTest", "VariantStats",
+    "VersionInfo", "error_responses",
 ]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # dlforge.registry.names; '..' is refused too
@@ -42,11 +43,12 @@ InputItem = Annotated[Any, WithJsonSchema({
         {"type": "number", "description": "a one-number sample (model input shape [1])"},
         {"type": "string", "description": "a text, for text models (encoded with the stored tokenizer)"},
         {"type": "array", "items": {}, "description": "a raw sample as nested numbers: image pixels in the "
-                                                      "source's units ([H, W], [H, W, C] or [C, H, W]), a table "
-                                                      "row's raw encoded numbers, a series window, or token ids"},
+                                                      "source's units ([H, W], [H, W, C] or [C, H, W]; segmentation "
+                                                      "models: [H, W], [C, H, W] or [C, D, H, W] of any size), a "
+                                                      "table row's raw encoded numbers, a series window, or token ids"},
         {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
          "description": 'a raw table row {column: value}, for tabular models; {"b64": "<base64 PNG or '
-                        'JPEG>"} for image models'},
+                        'JPEG>"} for image models ("<base64 PNG or TIFF>" for segmentation models)'},
     ],
 })]
 
@@ -75,6 +77,29 @@ class PredictRequest(_Strict):
                     "for text models, max_tokens tokens in all after truncation (32,768 by default; 413 above).")
     version: int | None = Field(None, ge=1, description="ask this version (it must be loaded); wins over alias")
     alias: str | None = Field(None, pattern=NAME_PATTERN, description="ask the version this alias points at")
+    mask_format: Literal["png", "rle"] | None = Field(
+        None, description='segmentation models only: "png" (the default; a multi-page TIFF for 3D) or "rle" '
+                          "(COCO-style uncompressed run lengths per class)")
+
+
+class SegmentationMask(BaseModel):
+    """One predicted label map, as an image or as run lengths per class."""
+
+    format: Literal["png", "tiff", "rle"]
+    b64: str | None = Field(None, description="png/tiff: the base64 image of class indices (a binary mask as "
+                                              "0/255); 3D masks are multi-page TIFFs, one page per slice")
+    classes: dict[str, dict[str, list[int]]] | None = Field(
+        None, description='rle: {class: {"size": [H, W], "counts": [...]}}, uncompressed COCO RLE (column-major, '
+                          "first run of 0s); 3D: size [D, H, W], the first axis fastest "
+                          "(dlforge.registry.segment.rle_decode reads it back)")
+
+
+class SegmentationOutput(BaseModel):
+    """The answer for one image of a segmentation model."""
+
+    shape: list[int] = Field(description="the mask's shape: the image's [H, W] or [D, H, W]")
+    mask: SegmentationMask
+    areas: dict[str, int] = Field(description="pixels (voxels) per class; they add up to the image's size")
 
 
 class InputWarning(BaseModel):
@@ -95,9 +120,9 @@ class PredictResponse(_Strict):
     model: str
     version: int
     variant: str = Field(description='the alias that answered, "version:N", or "latest"')
-    outputs: list[str | float | list[float]] = Field(
-        description="class names (classification) or values (regression: a number per sample, or a list "
-                    "when the model has several outputs)")
+    outputs: list[str | float | list[float] | SegmentationOutput] = Field(
+        description="class names (classification), values (regression: a number per sample, or a list "
+                    "when the model has several outputs) or, for segmentation, a mask and class areas per image")
     probabilities: list[list[float]] | None = Field(None, description="class probabilities per sample")
     class_names: list[str] | None = None
     latency_ms: float

@@ -5,8 +5,9 @@
 
 1. resolve the answering version (explicit version, alias, traffic split, ``production``,
    latest) and lease it before any ``await``, so a hot swap cannot stop it mid-request;
-2. encode the inputs with that version's rules (:mod:`dlforge.serve.inputs`), cap the text
-   tokens (413) and note inputs far outside the training range;
+2. encode the inputs with that version's rules (:mod:`dlforge.serve.inputs`; segmentation
+   images of any size: :mod:`dlforge.serve.segmentation`, one batcher request per image), cap
+   the text tokens (413) and note inputs far outside the training range;
 3. with a shadow alias in the traffic split, send the same inputs to the shadow version in a
    background task: its answer is recorded (variant ``shadow:<alias>``, request id
    ``<id>-shadow``) but never returned, and its failure is counted and logged, never raised;
@@ -49,6 +50,7 @@ from dlforge.serve.inputs import (
 from dlforge.serve.monitor import RequestCount
 from dlforge.serve.pool import LoadedModel, ModelPool
 from dlforge.serve.schemas import InputWarning, PredictResponse
+from dlforge.serve.segmentation import check_mask_format, encode_images, segment_on
 
 log = logging.getLogger("dlforge.serve")
 UNKNOWN = "_unknown"  # the model label of requests for names this server does not serve
@@ -84,12 +86,13 @@ class PredictionService:
 
     async def predict(self, name: str, inputs: list[Any], *, request_id: str, version: int | None = None,
                       alias: str | None = None, headers: Mapping[str, str] | None = None,
-                      correlation_id: str | None = None) -> PredictResponse:
+                      correlation_id: str | None = None, mask_format: str | None = None) -> PredictResponse:
         """Answer ``inputs`` with the version ``version``, ``alias``, the traffic split or the aliases choose.
 
         ``request_id`` is the server's id of the request (the experiment's key); ``headers``
         (case-insensitive, as an HTTP request's) give the traffic split's sticky header;
-        ``correlation_id`` (the client's own id) is stored beside the record. Raises what the
+        ``correlation_id`` (the client's own id) is stored beside the record; ``mask_format``
+        ("png" or "rle") is how a segmentation model's masks come back. Raises what the
         client is answered: NotFoundError, UnavailableError, ArtifactError, ApiError (413),
         RequestValidationError (422), QueueFullError (429).
         """
@@ -100,20 +103,20 @@ class PredictionService:
         # Unknown names are counted under one label: a scanner must not grow the metrics without bound.
         with self.metrics.request(name if self.pool.loaded(name) else UNKNOWN, in_flight=True) as count:
             model, variant, outputs, warnings = await self._answer(name, inputs, version, alias, headers,
-                                                                   request_id, count)
+                                                                   request_id, count, mask_format)
             check_outputs(outputs)  # a 422 naming the inputs, never a 200 with null numbers
             response = _response(model, outputs, request_id=request_id, variant=variant, started=started)
             if warnings:  # answered, but the client should check the units of these inputs
                 response.warnings = [InputWarning(**w) for w in warnings[:MAX_WARNINGS]]
                 self.metrics.out_of_range.labels(count.model).inc(len({w["input"] for w in warnings}))
-            self.pool.experiment(name).record(request_id, variant, model.version, response.outputs,
+            self.pool.experiment(name).record(request_id, variant, model.version, _recorded(outputs, response),
                                               time.perf_counter() - started, indices=_indices(outputs),
                                               correlation_id=correlation_id)
             return response
 
     async def _answer(self, name: str, inputs: list[Any], version: int | None, alias: str | None,
-                      headers: Mapping[str, str] | None, request_id: str,
-                      count: RequestCount) -> tuple[LoadedModel, str, dict[str, Any], list[dict[str, Any]]]:
+                      headers: Mapping[str, str] | None, request_id: str, count: RequestCount,
+                      mask_format: str | None = None) -> tuple[LoadedModel, str, dict[str, Any], list[dict[str, Any]]]:
         """(model, variant, outputs, range warnings): resolve, lease, encode, mirror to the shadow, run."""
         for attempt in range(1, ATTEMPTS + 1):
             model, variant, shadow = self.pool.resolve(name, version=version, alias=alias,
@@ -124,13 +127,16 @@ class PredictionService:
                 with model.lease(), contextlib.ExitStack() as stack:  # leased before any await
                     if shadow is not None:
                         stack.enter_context(shadow.lease())
-                    x = await _encode(model, inputs)  # refuses a masked-LM model (ArtifactError, 400)
-                    check_tokens(model.artifact, x, self.settings.max_tokens)  # 413 above the cap
-                    warnings = range_warnings(model.artifact, x)
+                    check_mask_format(model.artifact, mask_format)  # 422 for a model that answers no masks
+                    x = await _encode(model, inputs, self.settings.max_image_pixels)  # masked-LM: ArtifactError
+                    warnings: list[dict[str, Any]] = []
+                    if isinstance(x, torch.Tensor):  # a list: segmentation images, one tensor each
+                        check_tokens(model.artifact, x, self.settings.max_tokens)  # 413 above the cap
+                        warnings = range_warnings(model.artifact, x)
                     if shadow is not None:
                         shadow.acquire()  # released by the shadow task
                         _spawn(self._shadow(shadow, inputs, request_id, variant=shadow_variant))
-                    return model, variant, await model.batcher.submit(x), warnings
+                    return model, variant, await _submit(model, x, mask_format), warnings
             except BatcherStoppedError:
                 if attempt == ATTEMPTS:
                     raise
@@ -141,12 +147,13 @@ class PredictionService:
         started = time.perf_counter()
         try:
             with self.metrics.request(model.name, version=model.version, variant=variant):
-                x = await _encode(model, inputs)
-                outputs = await model.batcher.submit(x)
+                x = await _encode(model, inputs, self.settings.max_image_pixels)
+                outputs = await _submit(model, x, "rle")  # a shadow's masks are never sent: RLE is cheaper
                 check_outputs(outputs)  # a shadow's non-finite answer is counted (422), not recorded
                 answer = _response(model, outputs, request_id=request_id, variant=variant, started=started)
-                self.pool.experiment(model.name).record(shadow_id(request_id), variant, model.version, answer.outputs,
-                                                        time.perf_counter() - started, indices=_indices(outputs))
+                self.pool.experiment(model.name).record(shadow_id(request_id), variant, model.version,
+                                                        _recorded(outputs, answer), time.perf_counter() - started,
+                                                        indices=_indices(outputs))
         except Exception as err:  # the client already has its answer: counted above, logged here
             if error_status(err) >= 500:
                 log.exception("shadow request to %s v%d failed", model.name, model.version)
@@ -190,10 +197,18 @@ class PredictionService:
 
 
 # ---------------------------------------------------------------------------- helpers
-async def _encode(model: LoadedModel, inputs: list[Any]) -> torch.Tensor:
+async def _encode(model: LoadedModel, inputs: list[Any], max_pixels: int) -> torch.Tensor | list[torch.Tensor]:
+    if model.artifact.task == "segmentation":  # images of any size: one (C, *S) tensor each, decoded in a thread
+        return await asyncio.to_thread(encode_images, model.artifact, inputs, max_pixels)
     if model.inputs.kind == "text" or len(inputs) > THREAD_ENCODE_ITEMS:
         return await asyncio.to_thread(encode_inputs, model.inputs, model.artifact, inputs)
     return encode_inputs(model.inputs, model.artifact, inputs)
+
+
+async def _submit(model: LoadedModel, x: torch.Tensor | list[torch.Tensor], mask_format: str | None) -> dict[str, Any]:
+    if isinstance(x, list):  # segmentation: one batcher request per image (only equal sizes share a batch)
+        return await segment_on(model.batcher, x, model.artifact.class_names, mask_format)
+    return await model.batcher.submit(x)
 
 
 def _spawn(coro) -> None:
@@ -204,6 +219,10 @@ def _spawn(coro) -> None:
 
 def _response(model: LoadedModel, outputs: dict[str, Any], *, request_id: str, variant: str,
               started: float) -> PredictResponse:
+    if "segments" in outputs:  # one {"shape", "mask", "areas"} per image
+        return PredictResponse(request_id=request_id, model=model.name, version=model.version, variant=variant,
+                               outputs=outputs["segments"], class_names=model.artifact.class_names,
+                               latency_ms=(time.perf_counter() - started) * 1000)
     if "labels" in outputs:
         probabilities = outputs["probabilities"]
         return PredictResponse(
@@ -221,6 +240,11 @@ def _as_list(value: Any) -> list:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().tolist()
     return value.tolist() if hasattr(value, "tolist") else list(value)
+
+
+def _recorded(outputs: dict[str, Any], response: PredictResponse) -> list:
+    """What the experiment keeps per sample: the answer, or a segmentation's class areas (not its masks)."""
+    return outputs["areas"] if "segments" in outputs else response.outputs
 
 
 def _indices(outputs: dict[str, Any]) -> list[int] | None:

@@ -37,6 +37,7 @@ class ServeSettings(BaseModel):
     models: list[str] | None = None  # model names to serve; None: every model in the registry
     max_inputs: int = Field(1024, ge=1)  # samples per predict request
     max_tokens: int = Field(32_768, ge=1)  # text tokens per predict request (after truncation); 413 above
+    max_image_pixels: int = Field(4096 * 4096, ge=1)  # per segmentation image (voxels for 3D); 413 above
     # Connections (see serve/server.py): slow or idle sockets must not starve normal clients.
     header_timeout_s: float = Field(10.0, gt=0)  # a request's line and headers must arrive within this
     body_timeout_s: float = Field(30.0, gt=0)  # the whole body must arrive within this (408)

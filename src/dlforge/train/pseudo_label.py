@@ -18,6 +18,10 @@ Choices, and why:
 * The labelled set is never relabelled or filtered, whatever the model says about it; it
   always comes first in the union (``result.train_set``).
 
+For segmentation a whole image is rarely all confident: :func:`pseudo_labels` keeps the
+confident *pixels* and marks the rest ``IGNORE_INDEX``, which the loss and accuracy skip
+(:func:`dlforge.pipeline.seg_limited.self_train` trains on them).
+
 Example:
     >>> import torch
     >>> from torch.utils.data import TensorDataset
@@ -38,6 +42,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from dlforge.errors import ConfigError, DataError
+from dlforge.targets import IGNORE_INDEX
 from dlforge.train.engine import evaluate_loss, fit, seed_everything
 from dlforge.train.losses import cross_entropy
 
@@ -195,3 +200,21 @@ def pseudo_label_fit(
         model = _train(build_model, train_set, val, fit_kwargs, seed)
         history.append(_record(round_, model, len(labelled), picked, threshold, num_classes, val))
     return PseudoLabelResult(model=model, rounds=history, selections=selections, train_set=train_set)
+
+
+def pseudo_labels(probs: torch.Tensor, threshold: float = 0.9) -> torch.Tensor:
+    """Class indices (N, *S) int64 from probabilities ``probs`` (N, K, *S): the argmax where
+    the top probability is at least ``threshold``, ``IGNORE_INDEX`` (-100) elsewhere.
+
+    Example:
+        >>> p = torch.tensor([[[0.95, 0.5, 0.1]], [[0.05, 0.5, 0.9]]])[None]  # (1, 2, 1, 3)
+        >>> pseudo_labels(p, 0.9).tolist()
+        [[[0, -100, 1]]]
+    """
+    if not 0 < threshold <= 1:
+        raise ConfigError(f"pseudo-label threshold is {threshold}", hint="use a probability in (0, 1], e.g. 0.9")
+    if probs.ndim < 3:
+        raise DataError(f"pseudo_labels needs probabilities (N, K, *S), got shape {tuple(probs.shape)}",
+                        hint="pass the softmax of segmentation logits")
+    top, labels = probs.max(dim=1)  # (N, *S) each
+    return torch.where(top >= threshold, labels, torch.full_like(labels, IGNORE_INDEX))

@@ -14,6 +14,10 @@ mask therefore scores Dice 1 (loss 0); a predicted mass S on an empty mask score
 without foreground counts fully; ``batch=True`` pools the batch before dividing, so only a
 class missing from the whole batch meets the convention.
 
+Pixels marked ``IGNORE_INDEX`` (unlabelled pixels of a pseudo-labelled image) carry no loss in
+any of them: they drop out of the Dice counts, the cross-entropy and the focal mean. Masks
+without such pixels are scored exactly as MONAI scores them.
+
 Example:
     >>> import torch
     >>> loss = DiceLoss(include_background=False)
@@ -31,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlforge.errors import ConfigError, DataError
+from dlforge.targets import IGNORE_INDEX
 
 SMOOTH = 1e-5  # MONAI's smooth_nr and smooth_dr: the empty-mask convention above
 
@@ -53,18 +58,35 @@ def probs_and_onehot(out: torch.Tensor, target: torch.Tensor,
         (torch.Size([1, 2, 2, 2]), [[0.0, 0.0], [1.0, 1.0]])
     """
     t = _one_hot(out, target)  # (B, C, *S)
+    p = torch.sigmoid(out.float()) if out.shape[1] == 1 else torch.softmax(out.float(), dim=1)  # (B, C, *S)
+    ignored = target == IGNORE_INDEX
+    if bool(ignored.any()):  # an ignored pixel adds to no TP, FP or FN
+        p = p * (~ignored)[:, None]
     if out.shape[1] == 1:
-        return torch.sigmoid(out.float()), t
-    p = torch.softmax(out.float(), dim=1)  # (B, C, *S)
+        return p, t
     return (p, t) if include_background else (p[:, 1:], t[:, 1:])
 
 
 def _one_hot(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The checked mask as float one-hot (B, C, *S); for one channel, the 0/1 mask (B, 1, *S)."""
+    """The checked mask as float one-hot (B, C, *S); for one channel, the 0/1 mask (B, 1, *S).
+    ``IGNORE_INDEX`` pixels are all zeros."""
     check_seg_target(out, target)
+    ignored = target == IGNORE_INDEX
+    clean = target.masked_fill(ignored, 0)
     if out.shape[1] == 1:
-        return target[:, None].float()
-    return F.one_hot(target, out.shape[1]).movedim(-1, 1).float()  # (B, *S, C) -> (B, C, *S)
+        t = clean[:, None].float()
+    else:
+        t = F.one_hot(clean, out.shape[1]).movedim(-1, 1).float()  # (B, *S, C) -> (B, C, *S)
+    return t * (~ignored)[:, None] if bool(ignored.any()) else t
+
+
+def _valid_mean(values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean of per-pixel ``values`` (B, C', *S) over the pixels not marked ``IGNORE_INDEX``."""
+    ignored = target == IGNORE_INDEX
+    if not bool(ignored.any()):
+        return values.mean()
+    keep = (~ignored)[:, None].expand_as(values)
+    return values[keep].mean() if bool(keep.any()) else values.sum() * 0.0
 
 
 def check_seg_target(out: torch.Tensor, target: torch.Tensor) -> None:
@@ -82,8 +104,9 @@ def check_seg_target(out: torch.Tensor, target: torch.Tensor) -> None:
         raise DataError(f"the segmentation mask has dtype {target.dtype}, not class indices",
                         hint="give the mask as int64 class indices, e.g. mask.long()")
     n_classes = max(out.shape[1], 2)
-    if target.numel() and (target.min() < 0 or target.max() >= n_classes):
-        raise DataError(f"mask values span [{int(target.min())}, {int(target.max())}] but the model has "
+    labelled = target[target != IGNORE_INDEX]
+    if labelled.numel() and (labelled.min() < 0 or labelled.max() >= n_classes):
+        raise DataError(f"mask values span [{int(labelled.min())}, {int(labelled.max())}] but the model has "
                         f"{out.shape[1]} output channel(s), so classes must be in [0, {n_classes - 1}]",
                         hint="give the model one channel per class (or one channel for 0/1 masks)")
 
@@ -189,10 +212,11 @@ class DiceCELoss(nn.Module):
     def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         dice = self.dice(out, target)
         if out.shape[1] == 1:
-            ce = F.binary_cross_entropy_with_logits(out.float(), target[:, None].float())
+            bce = F.binary_cross_entropy_with_logits(out.float(), target[:, None].clamp_min(0).float(), reduction="none")
+            ce = _valid_mean(bce, target)
         else:
             weight = None if self.dice.weight is None else self.dice.weight.to(out.device)
-            ce = F.cross_entropy(out.float(), target, weight=weight)  # (B, C, *S) with (B, *S)
+            ce = F.cross_entropy(out.float(), target, weight=weight, ignore_index=IGNORE_INDEX)  # (B, C, *S), (B, *S)
         return self.lambda_dice * dice + self.lambda_ce * ce
 
 
@@ -259,7 +283,7 @@ class DiceFocalLoss(nn.Module):
         weight = _class_weight(self.dice.weight, out, keep == 0)
         if weight is not None:
             focal = focal * weight.view(-1, *[1] * (out.ndim - 2))
-        return self.lambda_dice * dice + self.lambda_focal * focal.mean()
+        return self.lambda_dice * dice + self.lambda_focal * _valid_mean(focal, target)
 
 
 def pixel_weighted_cross_entropy(out: torch.Tensor, target: torch.Tensor, pixel_weight: torch.Tensor | None = None,
@@ -280,13 +304,16 @@ def pixel_weighted_cross_entropy(out: torch.Tensor, target: torch.Tensor, pixel_
     if out.shape[1] < 2:
         raise DataError("pixel-weighted cross-entropy needs at least 2 output channels",
                         hint="give the model one channel per class, background included")
-    ce = F.cross_entropy(out.float(), target, reduction="none")  # (B, *S)
+    ce = F.cross_entropy(out.float(), target, reduction="none", ignore_index=IGNORE_INDEX)  # (B, *S)
     w = torch.ones_like(ce) if pixel_weight is None else pixel_weight.to(ce)
     if w.shape != ce.shape:
         raise DataError(f"pixel weight map {tuple(w.shape)} does not match the mask {tuple(ce.shape)}",
                         hint="give one weight per mask pixel")
+    ignored = target == IGNORE_INDEX
+    if bool(ignored.any()):
+        w = w * ~ignored
     if class_weight is not None:
-        w = w * torch.as_tensor(class_weight, dtype=ce.dtype, device=ce.device)[target]
+        w = w * torch.as_tensor(class_weight, dtype=ce.dtype, device=ce.device)[target.masked_fill(ignored, 0)]
     return (w * ce).sum() / w.sum().clamp_min(torch.finfo(ce.dtype).tiny)
 
 

@@ -360,6 +360,37 @@ def _artifact_folder(source: str | Path) -> Path:
     return path
 
 
+def copy_matching(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *,
+                  source: str = "the state dict") -> TransferReport:
+    """Copy the tensors of ``state_dict`` into ``model`` wherever name and shape agree.
+
+    The in-memory core of :func:`load_pretrained_weights`: tensors whose shapes differ or
+    whose names exist on one side only are skipped and listed in the report (``source``
+    names the other side in the reasons). Nothing is required to match.
+
+    Example:
+        >>> a = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+        >>> b = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
+        >>> report = copy_matching(b, a.state_dict())
+        >>> report.loaded, report.skipped["1.bias"]
+        (['0.weight', '0.bias'], 'shape [2] in the state dict, [3] in the model')
+    """
+    report = TransferReport()
+    own = model.state_dict()  # tensors share storage with the parameters and buffers
+    with torch.no_grad():
+        for name, target in own.items():
+            if name not in state_dict:
+                report.skipped[name] = f"not in {source}"
+            elif state_dict[name].shape != target.shape:
+                report.skipped[name] = f"shape {list(state_dict[name].shape)} in {source}, {list(target.shape)} in the model"
+            else:
+                target.copy_(state_dict[name])
+                report.loaded.append(name)
+    for name in sorted(state_dict.keys() - own.keys()):
+        report.skipped[name] = "not in the model"
+    return report
+
+
 def load_pretrained_weights(model: nn.Module, source: str | Path) -> TransferReport:
     """Copy the weights of the artifact at ``source`` (an artifact folder or a run
     directory) into ``model`` wherever name and shape agree.
@@ -395,19 +426,7 @@ def load_pretrained_weights(model: nn.Module, source: str | Path) -> TransferRep
     except (SafetensorError, OSError) as err:
         raise ArtifactError(f"{folder / _WEIGHTS_FILE} is not a readable safetensors file: {err}") from None
 
-    report = TransferReport()
-    own = model.state_dict()  # tensors share storage with the parameters and buffers
-    with torch.no_grad():
-        for name, target in own.items():
-            if name not in weights:
-                report.skipped[name] = "not in the artifact"
-            elif weights[name].shape != target.shape:
-                report.skipped[name] = f"shape {list(weights[name].shape)} in the artifact, {list(target.shape)} in the model"
-            else:
-                target.copy_(weights[name])
-                report.loaded.append(name)
-    for name in sorted(weights.keys() - own.keys()):
-        report.skipped[name] = "not in the model"
+    report = copy_matching(model, weights, source="the artifact")
     # Scalars such as BatchNorm's num_batches_tracked match any model; only parameters count.
     param_names = {n for n, _ in model.named_parameters()}
     if not param_names.intersection(report.loaded):

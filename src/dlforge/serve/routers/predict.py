@@ -45,7 +45,7 @@ async def predict(body: PredictRequest, request: Request, name: str = Depends(mo
     """Predict ``inputs`` with the version the request, the traffic split or the aliases choose."""
     return await service.predict(name, body.inputs, version=body.version, alias=body.alias,
                                  headers=request.headers, request_id=request_id(request),
-                                 correlation_id=correlation_id(request))
+                                 correlation_id=correlation_id(request), mask_format=body.mask_format)
 
 
 @router.post("/{name}/feedback", response_model=FeedbackResponse, responses=error_responses(400, 401, 404, 422))
