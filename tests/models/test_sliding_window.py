@@ -214,3 +214,22 @@ def test_segment_clear_errors():
         sliding_window_segment(nn.Conv2d(1, 2, 3), torch.randn(1, 20, 20), (8, 8))
     with pytest.raises(ConfigError, match="overlap"):
         sliding_window_segment(model, torch.randn(1, 20, 20), (8, 8), overlap=1.0)
+
+
+def test_fit_window_cuts_sides_longer_than_the_image_to_the_models_multiple():
+    from dlforge.models.sliding_window import fit_window
+    from dlforge.models.unet import build_unet
+
+    unet = build_unet((1, 64, 64), 2, widths=(4, 8, 16))  # sides must divide by 4
+    assert fit_window(unet, (64, 64), (50, 300)) == (48, 64)
+    assert fit_window(unet, (64, 64), (3, 300)) == (64, 64)  # thinner than one multiple: padded as before
+    assert fit_window(torch.nn.Conv2d(1, 2, 3, padding=1), (64, 64), (50, 30)) == (50, 30)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from dlforge.models import sliding_window
+
+    result = doctest.testmod(sliding_window, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -41,7 +41,7 @@ from dlforge.user_files import read_text_file, read_yaml
 _TEMPLATE = "report.html.j2"
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 # The header shows these (those present, in this order); the metric table shows them all.
-HEADLINE_METRICS = ("loss", "accuracy", "f1_macro", "roc_auc", "pr_auc", "mse", "rmse", "mae", "r2")
+HEADLINE_METRICS = ("loss", "accuracy", "f1_macro", "roc_auc", "pr_auc", "mse", "rmse", "mae", "r2", "dice", "hd95", "ap50")
 
 
 def _plots():

@@ -28,7 +28,7 @@ from dlforge.models.cnn import CNN, CNNConfig, build_cnn
 from dlforge.models.ensemble import Ensemble, EnsembleConfig
 from dlforge.models.mlp import MLP, MLPConfig, build_mlp
 from dlforge.models.rnn import RNNClassifier, RNNConfig, build_rnn
-from dlforge.models.sliding_window import sliding_window_predict, sliding_window_segment
+from dlforge.models.sliding_window import fit_window, sliding_window_predict, sliding_window_segment
 from dlforge.models.transformer import (
     TransformerClassifier,
     TransformerConfig,
@@ -214,6 +214,7 @@ __all__ = [
     "build_unet",
     "config_from_spec",
     "from_models",
+    "fit_window",
     "sliding_window_predict",
     "sliding_window_segment",
     "spec_of",

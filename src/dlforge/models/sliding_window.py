@@ -277,6 +277,22 @@ def _argmax(scores: torch.Tensor) -> torch.Tensor:
     return labels
 
 
+def fit_window(model: nn.Module, window: Sequence[int], size: Sequence[int]) -> tuple[int, ...]:
+    """``window`` with every side longer than the image's cut to the largest multiple of the
+    model's ``size_multiple`` (a U-Net's 2 ** (levels - 1)) that fits, so windows hold image,
+    not padding: zero padding shifts a normalising layer's statistics (instance norm sees a
+    quarter of zeros in a 77-row band under 104-row windows) and with them the answer.
+    Sides already inside the image, or images thinner than one multiple, are left as they are.
+
+    Example:
+        >>> from dlforge.models.unet import build_unet
+        >>> fit_window(build_unet((1, 104, 104), 2), (104, 104), (77, 512))
+        (72, 104)
+    """
+    multiple = int(getattr(model, "size_multiple", 1))
+    return tuple(s - s % multiple if w > s >= multiple else w for w, s in zip(window, size))
+
+
 def gaussian_importance_map(window: Sequence[int], sigma_scale: float = 0.125) -> torch.Tensor:
     """The (*window) Gaussian weight map: sigma = sigma_scale * side, min clamp 1e-3.
 

@@ -89,6 +89,11 @@ class UNetConfig:
         """2 or 3: the number of spatial dimensions."""
         return len(self.input_shape) - 1
 
+    @property
+    def size_multiple(self) -> int:
+        """What every input side must divide by: 2 ** (levels - 1)."""
+        return 2 ** (len(self.widths) - 1)
+
 
 def conv_block(in_channels: int, out_channels: int, config: UNetConfig, stride: int = 1) -> nn.Sequential:
     """Conv (3 per side, padding 1) -> norm -> LeakyReLU [-> Dropout].
@@ -185,6 +190,11 @@ class UNet(nn.Module):
             x = level(x)
             outputs.append(x)
         return outputs
+
+    @property
+    def size_multiple(self) -> int:
+        """What every input side must divide by (see :func:`dlforge.models.sliding_window.fit_window`)."""
+        return self.config.size_multiple
 
     def _check_input(self, x: torch.Tensor) -> None:
         c, dims = self.config.input_shape[0], self.config.dims

@@ -35,7 +35,7 @@ from dlforge.evaluate.seg_baselines import otsu_segment
 from dlforge.evaluate.seg_postprocess import choose_postprocessing
 from dlforge.evaluate.seg_report import overlay_png
 from dlforge.evaluate.segmentation import segmentation_scores
-from dlforge.models.sliding_window import sliding_window_segment
+from dlforge.models.sliding_window import fit_window, sliding_window_segment
 from dlforge.pipeline.seg_data import SegPrepared
 from dlforge.registry.segment import predict_label_maps
 
@@ -50,7 +50,8 @@ def predict_boxes(model: nn.Module, prepared: SegPrepared, boxes: Sequence[Box],
     maps = []
     for box in boxes:
         image = torch.from_numpy(np.ascontiguousarray(prepared.crop(box)[0]))  # (C, *box)
-        labels = sliding_window_segment(model, image, prepared.patch, overlap=overlap, batch_size=batch_size)
+        window = fit_window(model, prepared.patch, image.shape[1:])  # no window larger than the region
+        labels = sliding_window_segment(model, image, window, overlap=overlap, batch_size=batch_size)
         maps.append(labels.numpy().astype(np.int64))  # (*box)
     return maps
 

@@ -30,7 +30,7 @@ from dlforge.data.seg_dataset import normalize_images
 from dlforge.data.seg_postprocess import PostProcess
 from dlforge.data.segmentation import read_image
 from dlforge.errors import DataError
-from dlforge.models.sliding_window import sliding_window_segment
+from dlforge.models.sliding_window import fit_window, sliding_window_segment
 
 MAX_PIXELS = 8192 * 8192  # per image, checked once decoded (the server reads the size from the header first)
 
@@ -104,7 +104,8 @@ def predict_label_maps(model: nn.Module, images: Sequence[torch.Tensor], preproc
     model.eval()
     maps = []
     for image in images:
-        labels = sliding_window_segment(model, image, window, overlap=overlap, batch_size=batch_size)  # (*S) uint8
+        fitted = fit_window(model, window, image.shape[1:])  # no window larger than the image
+        labels = sliding_window_segment(model, image, fitted, overlap=overlap, batch_size=batch_size)  # (*S) uint8
         maps.append(post.apply(labels.numpy()))  # kept uint8 (int64 past 256 classes): a quarter of int64's memory
     return maps
 
