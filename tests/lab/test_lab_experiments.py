@@ -47,8 +47,9 @@ def test_finding_is_complete_and_its_verdict_follows_from_its_numbers(topic):
 
 QUICK_LIMIT = 30  # seconds on 2 cores, the lab's quick budget
 MINILM_LIMIT, MINILM_TOPICS = 60, (9, 24)  # fine-tuning the pretrained MiniLM may take up to a minute
-# topic 26 trains about 40 small U-Nets (five challenges, 3 seeds) and a 4-fold CV: about 40 s on 2 idle cores
-SEGMENTATION_LIMIT, SEGMENTATION_TOPICS = 60, (26,)
+# topic 26 trains about 40 small U-Nets (five challenges, 3 seeds) and a 4-fold CV: 46-51 s on 2 idle cores,
+# so 90 s leaves a slower CI machine the same margin the other topics have
+SEGMENTATION_LIMIT, SEGMENTATION_TOPICS = 90, (26,)
 
 
 @pytest.mark.parametrize("topic", [3, 4, 20])
