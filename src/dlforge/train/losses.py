@@ -272,6 +272,61 @@ def _modulator(log_p: torch.Tensor, gamma: float) -> torch.Tensor:
     return (-torch.expm1(log_p)).clamp_min(1e-12) ** gamma
 
 
+class DistillationLoss(nn.Module):
+    """Knowledge distillation (Hinton, Vinyals and Dean 2015): the student learns from the
+    teacher's softened outputs and from the hard labels.
+
+    ``loss = alpha * CE(student, y) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))``
+
+    ``alpha`` is the weight of the HARD-label cross-entropy, so ``alpha=1`` is plain
+    cross-entropy (exactly ``F.cross_entropy``) and ``alpha=0`` learns from the teacher
+    only; Hinton et al. found a small weight on the hard labels works best. The KL is the
+    batch mean (``nn.KLDivLoss(reduction="batchmean")``) and is scaled by ``T^2`` so its
+    gradients keep their size as the temperature changes. A term whose weight is 0 is not
+    computed.
+
+    ``target`` packs both labels as one float tensor (B, 1 + K): column 0 is the hard label
+    (``IGNORE_INDEX`` for a row with none, e.g. a transfer set without labels: that row
+    adds only the soft term), columns 1.. are the teacher's logits (B, K). An integer
+    target (B,) (a validation set without teacher outputs) gives the plain cross-entropy.
+    :func:`dlforge.compress.distillation.teacher_targets` builds the packed targets.
+
+    Example:
+        >>> import torch
+        >>> loss = DistillationLoss(temperature=1.0, alpha=1.0)
+        >>> packed = torch.tensor([[1.0, 5.0, -5.0]])  # label 1, teacher logits (5, -5)
+        >>> round(loss(torch.zeros(1, 2), packed).item(), 4)  # plain CE of two equal logits
+        0.6931
+    """
+
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.1) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ConfigError(f"distillation temperature is {temperature}", hint="use T > 0; 1 is plain softmax, 2-8 is usual")
+        if not 0 <= alpha <= 1:
+            raise ConfigError(f"distillation alpha is {alpha}",
+                              hint="alpha is the weight of the hard-label loss, in [0, 1]; 1 - alpha weighs the teacher")
+        self.temperature, self.alpha = float(temperature), float(alpha)
+
+    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not torch.is_floating_point(target):
+            return cross_entropy(out, target)  # hard labels only: no teacher outputs to match
+        if out.ndim != 2 or target.shape != (out.shape[0], out.shape[1] + 1):
+            raise DataError(f"distillation targets have shape {tuple(target.shape)} for student outputs "
+                            f"{tuple(out.shape)}", hint="pack (B, 1 + K) targets [label, teacher logits...] "
+                            "with dlforge.compress.distillation.teacher_targets")
+        labels, teacher = target[:, 0].long(), target[:, 1:]  # (B,), (B, K)
+        terms = []
+        if self.alpha > 0 and (labels != IGNORE_INDEX).any():
+            terms.append(self.alpha * F.cross_entropy(out, labels, ignore_index=IGNORE_INDEX))
+        if self.alpha < 1:
+            t = self.temperature
+            kl = F.kl_div((out / t).log_softmax(dim=1), (teacher / t).log_softmax(dim=1), reduction="batchmean",
+                          log_target=True)  # KL(teacher || student): summed over classes, mean over rows
+            terms.append((1 - self.alpha) * t * t * kl)
+        return sum(terms[1:], terms[0]) if terms else out.sum() * 0.0  # no term: a zero that keeps the graph
+
+
 def build_loss(loss: LossConfig | str | Mapping | LossFn | None = None, train_counts: Sequence[int] | None = None,
                *, targets: torch.Tensor | None = None) -> LossFn:
     """The ``loss(out, target)`` callable :func:`dlforge.train.fit` trains with.
@@ -357,5 +412,5 @@ def resolve_loss(loss: LossConfig | str | Mapping | LossFn | None, targets: torc
     return build_loss(loss, targets=targets)
 
 
-__all__ = ["SEG_LOSSES", "CrossEntropy", "FocalLoss", "LossConfig", "LossFn", "as_loss_config", "build_loss",
+__all__ = ["SEG_LOSSES", "CrossEntropy", "DistillationLoss", "FocalLoss", "LossConfig", "LossFn", "as_loss_config", "build_loss",
            "class_weights", "cross_entropy", "resolve_loss"]
