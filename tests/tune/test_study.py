@@ -199,13 +199,15 @@ def test_grid_sampler_runs_each_point_once_through_the_cli_entry_point(tmp_path,
     env = {"COLUMNS": "200"}
     printed = CliRunner().invoke(app, [*command, "--json"], env=env)
     assert printed.exit_code == 0, printed.output
-    result = json.loads(printed.stdout.splitlines()[-1])  # the --json form, after the summary
+    (line,) = printed.stdout.splitlines()  # --json: stdout is the one JSON object, the summary on stderr
+    result = json.loads(line)
     out_dir = Path(result["out_dir"])
     points = [json.dumps(r["params"], sort_keys=True) for r in json.loads((out_dir / "trials.json").read_text())]
     assert result["n_complete"] == 4 and len(set(points)) == 4
-    assert printed.stderr.count("trial ") == 4 and "model.hidden=[16, 16]" in printed.stderr  # one progress line each
-    assert "4 complete, 0 pruned, 0 failed" in printed.stdout
-    assert f"best_config: {out_dir / 'best_config.yaml'}" in printed.stdout.splitlines()
+    progress = [line for line in printed.stderr.splitlines() if line.startswith("trial ")]
+    assert len(progress) == 4 and "model.hidden=[16, 16]" in printed.stderr  # one progress line each
+    assert "4 complete, 0 pruned, 0 failed" in printed.stderr
+    assert f"best_config: {out_dir / 'best_config.yaml'}" in printed.stderr.splitlines()
     stored = run_tune(config(grid, train={"epochs": 1}), runs_dir=tmp_path, resume=True, n_trials=0)
     assert json.loads(json.dumps(result_dict(stored))) == result  # the stored study, as --json printed it
     again = CliRunner().invoke(app, [*command, "--resume"], env=env)  # nothing left to run

@@ -19,7 +19,7 @@ from typing import Any, List, Optional, Sequence
 import typer
 from rich.table import Table
 
-from dlforge.cli._common import out_console
+from dlforge.cli._common import err_console, out_console
 from dlforge.cli._common import friendly as _friendly
 from dlforge.cli._common import say as _say
 from dlforge.errors import ConfigError
@@ -102,17 +102,19 @@ def tune(
     started = time.time()
     result = run_tune(raw, runs_dir=runs_dir, storage=storage, resume=resume, n_trials=n_trials, timeout=timeout,
                       progress=sys.stderr)
-    _print_study(result, (raw.get("tune") or {}).get("metric", "val_loss"), time.time() - started)
+    # --json: stdout holds the one JSON object; the summary goes to stderr beside the progress lines
+    _print_study(result, (raw.get("tune") or {}).get("metric", "val_loss"), time.time() - started,
+                 err_console if as_json else out_console)
     if as_json:
         print(json.dumps(result_dict(result)))
 
 
-def _print_study(result: Any, metric: str, seconds: float) -> None:
+def _print_study(result: Any, metric: str, seconds: float, console: Any = out_console) -> None:
     """The study's counts, its best trial as a table, then its storage and files as plain lines."""
     from dlforge.tune.study import short_value
 
     counts = f"{result.n_complete} complete, {result.n_pruned} pruned, {result.n_failed} failed"
-    _say(out_console, f"study {result.study_name}: {counts} ({seconds:.0f} s)")
+    _say(console, f"study {result.study_name}: {counts} ({seconds:.0f} s)")
     table = Table()
     table.add_column("best trial")
     if result.best_trial is not None:
@@ -122,10 +124,10 @@ def _print_study(result: Any, metric: str, seconds: float) -> None:
         table.add_row(str(result.best_trial), f"{result.best_value:.6g}", *map(short_value, result.best_params.values()))
     else:
         table.add_row("none complete")
-    out_console.print(table)
+    console.print(table)
     # Paths and URLs as plain lines: a table cell would wrap or cut them
     for label, value in (("storage", result.storage), *((k, str(v)) for k, v in result.files.items())):
-        _say(out_console, f"{label}: {value}")
+        _say(console, f"{label}: {value}")
 
 
 @app.command("augment-preview")
