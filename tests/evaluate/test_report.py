@@ -39,7 +39,8 @@ from dlforge.config import validate_config  # noqa: E402
 from dlforge.data import load_source, prepare  # noqa: E402
 from dlforge.errors import ConfigError  # noqa: E402
 from dlforge.evaluate import plots, report  # noqa: E402
-from dlforge.evaluate.report import format_number, format_value, read_history, render_report, write_report  # noqa: E402
+from dlforge.evaluate.report import format_number, format_value, render_report, write_report  # noqa: E402
+from dlforge.evaluate.run_files import read_history  # noqa: E402
 from dlforge.models import build  # noqa: E402
 from dlforge.data.imbalance import class_counts  # noqa: E402
 from dlforge.pipeline import train_run  # noqa: E402

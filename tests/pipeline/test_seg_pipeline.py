@@ -219,3 +219,16 @@ def test_3d_stacks_train_score_and_predict(tmp_path):
     assert outcome.prepared.input_shape == (1, 8, 16, 16) and "test_dice" in outcome.metrics
     (mask,) = load_artifact(outcome.artifact_dir).segment([tmp_path / "vol" / "images" / "v0.tif"])
     assert mask.shape == (8, 32, 32)
+
+
+def test_the_chosen_patch_fits_a_thin_training_band():
+    """One 3D volume of 31x61x57 (stardist's): the band split leaves 27 training rows, so the
+    patch chosen from the objects (48 rows) is cut to 24 instead of failing."""
+    import doctest
+
+    from dlforge.pipeline import seg_data
+
+    assert doctest.testmod(seg_data).failed == 0
+    train = np.zeros((1, 31, 61, 57), bool)
+    train[0, :, :27] = True
+    assert seg_data.fit_to_region((24, 48, 40), train, 8) == (24, 24, 40)

@@ -28,6 +28,7 @@ from dlforge.errors import DataError
 
 SEGMENTATION_SUFFIXES = (".png", ".tif", ".tiff")
 MASK_KINDS = ("classes", "instances")
+FULL_SCALE = {8: 255, 16: 65535}  # the brightest pixel of each bit depth read_image reports
 MAX_CLASSES = 32  # more distinct values without class_names is almost surely an instance mask
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -263,7 +264,7 @@ def load_segmentation_folder(path: str | Path, *, color: str | None = None,
         depths.add(depth)
     if len(depths) > 1:
         raise DataError(f"{root / 'images'} mixes 8-bit and 16-bit images", hint="save every image at one bit depth")
-    full = 255 if depths == {8} else 65535  # dividing matches image_folder.to_unit_range exactly
+    full = FULL_SCALE[max(depths)]  # dividing matches image_folder.to_unit_range exactly
     files = [m for _, m in pairs]
     instances = None
     if masks == "instances":

@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
@@ -33,10 +32,10 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
-from dlforge.errors import ConfigError
+from dlforge.evaluate.run_files import read_history, read_json, required, run_info_from_artifact
 from dlforge.evaluate.seg_report import segmentation_section
 from dlforge.train.state_io import atomic_write
-from dlforge.user_files import read_text_file, read_yaml
+from dlforge.user_files import read_yaml
 
 _TEMPLATE = "report.html.j2"
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
@@ -367,62 +366,6 @@ def _standardized_target(config: Mapping[str, Any], info: Mapping[str, Any]) -> 
 
 # ----------------------------------------------------------------------------- run directories
 
-def _required(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: a report needs the run's {what}",
-                          hint="point write_report at a run directory written by `dlforge train` (or train_run)")
-    return path
-
-
-def _read_text(path: Path, what: str) -> str:
-    return read_text_file(_required(path, what), what)
-
-
-def read_history(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``history.jsonl`` file, in order.
-
-    Example:
-        >>> read_history("runs/demo/history.jsonl")[0]["type"]  # doctest: +SKIP
-        'step'
-    """
-    path = Path(path)
-    records = []
-    for i, line in enumerate(_read_text(path, "training history").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path} line {i} is not valid JSON ({err.msg})",
-                              hint="the run may have been cut off mid-write; resume or retrain it") from err
-    return records
-
-
-def _read_json(path: Path) -> Any | None:
-    """An optional JSON file: ``None`` when absent, a clear error when unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(read_text_file(path, "run file"))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path} is not valid JSON ({err.msg}, line {err.lineno})",
-                          hint="rewrite or delete the file and render the report again") from err
-
-
-def _run_info_from_artifact(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if meta is None:
-        return None
-    training = meta.get("training") or {}
-    info = {k: training[k] for k in ("epochs_run", "stop_reason", "best_epoch", "steps", "class_counts",
-                                      "resampling", "imbalance_note") if k in training}
-    if "data" in training:
-        info["data"] = training["data"]
-    for key in ("task", "arch", "metrics"):
-        if key in meta:
-            info[key] = meta[key]
-    return info
-
-
 def write_report(
     run_dir: str | Path,
     *,
@@ -446,21 +389,21 @@ def write_report(
     """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
-    config = read_yaml(_required(config_path, "resolved config"), "resolved config")
+    config = read_yaml(required(config_path, "resolved config"), "resolved config")
     history = read_history(run_dir / "history.jsonl")
     if evaluation is None:
-        evaluation = _read_json(run_dir / "evaluation.json")
+        evaluation = read_json(run_dir / "evaluation.json")
     if diagnoses is None:
-        diagnoses = _read_json(run_dir / "diagnosis.json")
+        diagnoses = read_json(run_dir / "diagnosis.json")
         if isinstance(diagnoses, Mapping):  # tolerate {"diagnoses": [...]} as well as a bare list
             diagnoses = diagnoses.get("diagnoses", diagnoses.get("findings", []))
     if cv is None:
-        cv = _read_json(run_dir / "cv.json")
+        cv = read_json(run_dir / "cv.json")
     if forecast is None:
-        forecast = _read_json(run_dir / "forecast.json")
+        forecast = read_json(run_dir / "forecast.json")
     if baselines is None:
-        baselines = _read_json(run_dir / "baselines.json")
-    run_info = _run_info_from_artifact(_read_json(run_dir / "model" / "model.json"))
+        baselines = read_json(run_dir / "baselines.json")
+    run_info = run_info_from_artifact(read_json(run_dir / "model" / "model.json"))
     html = render_report(config=config, history=history, evaluation=evaluation, diagnoses=diagnoses, cv=cv,
                          run_info=run_info, forecast=forecast, baselines=baselines)
     out = run_dir / "report.html"

@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -32,13 +31,11 @@ from torch import nn
 from dlforge.config import RunConfig
 from dlforge.data.seg_regions import spatial_folds
 from dlforge.evaluate.crossval import CVResult
-from dlforge.evaluate.seg_baselines import otsu_segment
 from dlforge.evaluate.seg_postprocess import choose_postprocessing
-from dlforge.evaluate.seg_report import overlay_png
 from dlforge.train import seed_everything
 from dlforge.pipeline.fit_options import fit_config
 from dlforge.pipeline.seg_data import SegPrepared, load_seg_bundle, seg_prepared
-from dlforge.pipeline.seg_eval import mean_scores, predict_boxes, score_boxes
+from dlforge.pipeline.seg_eval import SCORE_KEYS, mean_scores, otsu_scores, overlay, predict_boxes, score_boxes
 
 
 def t_interval(values: list[float], level: float = 0.95) -> list[float]:
@@ -71,7 +68,7 @@ def cross_validate_segmentation(cfg: RunConfig, k: int = 4, progress: TextIO | N
     bundle = load_seg_bundle(cfg)
     folds = spatial_folds(bundle.y.shape, k, gap=cfg.data.gap, seed=cfg.data_seed)
     raw: list[list[np.ndarray]] = []
-    parts = []
+    parts, before = [], []  # per fold: its data, and its scores before post-processing
     for i, regions in enumerate(folds):
         prepared = seg_prepared(cfg, bundle, regions)
         model = None
@@ -81,9 +78,9 @@ def cross_validate_segmentation(cfg: RunConfig, k: int = 4, progress: TextIO | N
         model, _ = fit_config(cfg, prepared, model=model)  # seeded as a run: every fold starts from the same weights
         raw.append(predict_boxes(model, prepared, regions.test))
         parts.append(prepared)
+        before.append(mean_scores(score_boxes(raw[-1], prepared, regions.test)))
         if progress is not None:
-            rows = score_boxes(raw[-1], prepared, regions.test)
-            progress.write(f"fold {i + 1}/{k}: dice {mean_scores(rows)['dice']:.4f} before post-processing "
+            progress.write(f"fold {i + 1}/{k}: dice {before[-1]['dice']:.4f} before post-processing "
                            f"({regions.describe()})\n")
             progress.flush()
     crops = [p.crop(b) for p, f in zip(parts, folds) for b in f.test]
@@ -94,14 +91,10 @@ def cross_validate_segmentation(cfg: RunConfig, k: int = 4, progress: TextIO | N
     for i, (prepared, regions, preds) in enumerate(zip(parts, folds, raw)):
         post = [choice.spec.apply(m) for m in preds]
         main = mean_scores(score_boxes(post, prepared, regions.test))
-        before = mean_scores(score_boxes(preds, prepared, regions.test))
-        otsu = mean_scores(score_boxes([otsu_segment(prepared.crop(b)[0]) for b in regions.test], prepared,
-                                       regions.test))
-        scores.append({**{k_: main[k_] for k_ in ("dice", "iou", "hd95", "ap50", "dsb")}, "dice_raw": before["dice"],
+        otsu = otsu_scores(prepared, regions.test)
+        scores.append({**{key: main[key] for key in SCORE_KEYS}, "dice_raw": before[i]["dice"],
                        "otsu_dice": otsu["dice"], "otsu_ap50": otsu["ap50"]})
-        image, truth, _ = prepared.crop(regions.test[0])
-        png = overlay_png(image, truth, post[0])
-        overlays.append({"name": f"fold {i + 1}: {regions.describe()}", "png_base64": base64.b64encode(png).decode()})
+        overlays.append(overlay(f"fold {i + 1}: {regions.describe()}", *prepared.crop(regions.test[0])[:2], post[0]))
     result = CVResult.from_folds(k, False, scores)
     result.segmentation = _evaluation(result, choice.to_dict(), overlays, [f.describe() for f in folds])
     return result

@@ -37,8 +37,8 @@ from torch.utils.data import TensorDataset
 from dlforge.config import DataConfig, RunConfig
 from dlforge.data import Prepared, load_source
 from dlforge.data.seg_dataset import NORMALIZE, PatchDataset, normalize_images
-from dlforge.data.seg_regions import Box, RegionSplit, spatial_split
-from dlforge.data.segmentation import SEGMENTATION_SUFFIXES, SegmentationBundle, load_segmentation_folder, read_image
+from dlforge.data.seg_regions import Box, RegionSplit, spatial_split, valid_starts
+from dlforge.data.segmentation import FULL_SCALE, SEGMENTATION_SUFFIXES, SegmentationBundle, load_segmentation_folder, read_image
 from dlforge.errors import ConfigError, DataError
 from dlforge.models.unet import UNetConfig
 
@@ -127,7 +127,7 @@ def unlabelled_images(cfg: RunConfig, bundle: SegmentationBundle) -> list[np.nda
         if image.shape[0] != bundle.x.shape[1] or image.ndim != bundle.x.ndim - 1:
             raise DataError(f"unlabelled image {f} is {image.ndim - 1}D with {image.shape[0]} channel(s), the labelled "
                             f"images {bundle.x.ndim - 2}D with {bundle.x.shape[1]}", hint="use images like the labelled ones")
-        scaled = image.astype(np.float32) / np.float32(65535 if depth == 16 else 255)
+        scaled = image.astype(np.float32) / np.float32(FULL_SCALE[depth])
         out.append(normalize_images(scaled[None], NORMALIZE)[0])
     return out
 
@@ -192,6 +192,32 @@ def choose_patch(d: DataConfig, spatial: tuple[int, ...], factor: int,
     return tuple(max(factor, min(side, s - s % factor)) for side, s in zip(sides, spatial))
 
 
+def fit_to_region(patch: tuple[int, ...], train: np.ndarray, factor: int) -> tuple[int, ...]:
+    """``patch`` cut to fit wholly inside the training region (N, *S) of some image: each side
+    capped by the region's bounding box (rounded down to ``factor``), then, for a region that
+    is not a box (an L around a held-out quadrant), the longest side shrunk by ``factor`` at a
+    time. As it is when it already fits or cannot shrink further (the patch sampler then says
+    what to change).
+
+    Example:
+        >>> train = np.zeros((1, 61, 57), bool); train[0, :27] = True  # a band of 27 rows
+        >>> fit_to_region((48, 40), train, 8)
+        (24, 40)
+    """
+    boxes = [[int(np.ptp(idx)) + 1 for idx in np.nonzero(t)] for t in train if t.any()]  # per image: box sides
+    if boxes:
+        room = [max(b[a] for b in boxes) for a in range(len(patch))]
+        sides = [min(p, max(factor, r - r % factor)) for p, r in zip(patch, room)]
+    else:
+        sides = list(patch)
+    while not any(valid_starts(t, tuple(sides)).any() for t in train):
+        axis = max(range(len(sides)), key=lambda a: sides[a])
+        if sides[axis] <= factor:
+            break
+        sides[axis] -= factor
+    return tuple(sides)
+
+
 def _trimmed(crops: list[tuple[np.ndarray, np.ndarray]], factor: int) -> TensorDataset | None:
     """Held-out crops as one TensorDataset, sides trimmed to multiples of ``factor``."""
     if not crops:
@@ -219,6 +245,8 @@ def seg_prepared(cfg: RunConfig, bundle: SegmentationBundle, regions: RegionSpli
     factor = unet_factor(cfg)
     spatial = tuple(bundle.y.shape[1:])
     patch = choose_patch(d, spatial, factor, None if d.patch else object_extent(bundle.y, regions.train))
+    if d.patch is None:  # a chosen patch must also fit the training region, not only the image
+        patch = fit_to_region(patch, regions.train, factor)
     length = d.patches_per_epoch or DEFAULT_BATCHES_PER_EPOCH * cfg.train.batch_size
     train = PatchDataset(bundle.x, bundle.y, regions.train, patch, length=length, foreground=d.foreground)
     prepared = SegPrepared(

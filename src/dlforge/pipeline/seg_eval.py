@@ -67,6 +67,16 @@ def score_boxes(preds: Sequence[np.ndarray], prepared: SegPrepared, boxes: Seque
     return rows
 
 
+def otsu_scores(prepared: SegPrepared, boxes: Sequence[Box]) -> dict[str, Any]:
+    """The Otsu threshold's mean scores on ``boxes``: the baseline beside every model score."""
+    return mean_scores(score_boxes([otsu_segment(prepared.crop(b)[0]) for b in boxes], prepared, boxes))
+
+
+def overlay(name: str, image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> dict[str, str]:
+    """One report overlay (:func:`dlforge.evaluate.seg_report.overlay_png`), named, base64."""
+    return {"name": name, "png_base64": base64.b64encode(overlay_png(image, truth, pred)).decode()}
+
+
 def mean_scores(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Mean of each score over boxes (NaNs skipped; an infinite HD95 stays infinite)."""
     def mean(values: list[float]) -> float:
@@ -92,17 +102,12 @@ def evaluate_segmentation(model: nn.Module, prepared: SegPrepared, *, split: str
     post, report = choose_on_validation(model, prepared)
     preds = [post.apply(p) for p in predict_boxes(model, prepared, boxes)]
     rows = score_boxes(preds, prepared, boxes)
-    otsu = [otsu_segment(prepared.crop(b)[0]) for b in boxes]
-    otsu_rows = score_boxes(otsu, prepared, boxes)
-    overlays = []
-    for box, pred in list(zip(boxes, preds))[:MAX_OVERLAYS]:
-        image, truth, _ = prepared.crop(box)
-        png = overlay_png(image, truth, pred)
-        overlays.append({"name": f"image {box.index} {_where(box)}", "png_base64": base64.b64encode(png).decode()})
+    overlays = [overlay(f"image {box.index} {_where(box)}", *prepared.crop(box)[:2], pred)
+                for box, pred in list(zip(boxes, preds))[:MAX_OVERLAYS]]
     return {
         "split": split, "task": "segmentation", "class_names": prepared.class_names,
         "metrics": mean_scores(rows), "per_region": rows,
-        "baselines": {"otsu": {**mean_scores(otsu_rows), "note": "Otsu threshold of each region's channel mean"}},
+        "baselines": {"otsu": {**otsu_scores(prepared, boxes), "note": "Otsu threshold of each region's channel mean"}},
         "postprocessing": report,
         "overlays": overlays,
     }
@@ -151,8 +156,7 @@ def score_folder(art: Any, data: str | Path) -> SegEvaluation:
         otsu = otsu_segment(image.numpy())
         otsu_rows.append(segmentation_scores(otsu[None], bundle.y[i][None], len(bundle.class_names)))
         if i < MAX_OVERLAYS:
-            png = overlay_png(image.numpy(), bundle.y[i], pred)
-            overlays.append({"name": name, "png_base64": base64.b64encode(png).decode()})
+            overlays.append(overlay(name, image.numpy(), bundle.y[i], pred))
     record = {"task": "segmentation", "split": "data", "data": str(data), "class_names": list(bundle.class_names),
               "metrics": mean_scores(rows), "per_image": rows,
               "baselines": {"otsu": {**mean_scores(otsu_rows), "note": "Otsu threshold of each image's channel mean"}},
