@@ -34,6 +34,10 @@ class ArtifactError(DlforgeError):
     """A saved model folder is missing files, names an unknown arch or does not match."""
 
 
+class ExportError(DlforgeError):
+    """A model cannot be exported (e.g. to ONNX): an op the format cannot express; nothing was written."""
+
+
 class RegistryError(DlforgeError):
     """A registry request names something invalid or cannot be carried out."""
 

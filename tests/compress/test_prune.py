@@ -191,7 +191,7 @@ def test_structured_pruning_refuses_what_it_cannot_prune() -> None:
                   "ffn_dim": 32, "max_position": 8}, input_shape=(8,), num_outputs=2)
     with pytest.raises(ConfigError, match="BertClassifier") as err:
         prune_structured(bert, 0.5)
-    assert "attention-head pruning" in err.value.hint
+    assert "prune_heads" in err.value.hint
     with pytest.raises(ConfigError, match="no hidden layer"):
         prune_structured(_mlp(hidden=[]), 0.5)
     with pytest.raises(ConfigError, match="sigmoid"):

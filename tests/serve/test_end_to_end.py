@@ -96,3 +96,23 @@ def test_quantize_int8_serves_an_int8_copy_close_to_fp32(serve_env, make_client)
     assert_close(torch.tensor(body["probabilities"]), want, rtol=1e-5, atol=1e-6)
     fp32 = art.predict(inputs)["probabilities"]
     assert (torch.tensor(body["probabilities"]) - fp32).abs().max() < 0.05
+
+
+def test_an_exported_variant_registers_and_serves_in_onnxruntime(tmp_path: Path) -> None:
+    # dlforge export -> the variant is an ordinary artifact: registered, then served by ONNX Runtime
+    run = _train(tmp_path)
+    exported = json.loads(_invoke("export", run, "--json"))
+    reg = ["--registry", f"sqlite:///{tmp_path / 'reg.db'}", "--artifacts", str(tmp_path / "artifacts")]
+    _invoke("registry", "register", exported["path"], "--name", "yesno", "--json", *reg)
+    settings = ServeSettings(registry=reg[1], artifacts=reg[3], require_keys=False, runtime="onnxruntime")
+    rows = [[10.5, -2.5], [8.0, -3.6], [12.0, -3.1]]
+    with TestClient(create_app(settings)) as client:
+        answer = client.post("/v1/models/yesno/predict", json={"inputs": rows})
+        assert answer.status_code == 200, answer.text
+        loaded = client.app.state.pool.loaded("yesno")[1]
+        assert type(loaded.artifact.model).__name__ == "OrtModule"
+    art = load_artifact(run)
+    want = art.predict(art.encode(np.array(rows)))
+    assert answer.json()["outputs"] == want["labels"]
+    assert_close(np.array(answer.json()["probabilities"]), want["probabilities"].numpy().astype(np.float64),
+                 rtol=1e-4, atol=1e-5)

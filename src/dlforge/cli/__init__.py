@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import typer
 
-from dlforge.cli import experiments, lab, registry, runs, serve
+from dlforge.cli import compress, experiments, lab, registry, runs, serve
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="dlforge: build, train, evaluate and serve deep-learning models.")
 app.add_typer(runs.app)  # train, resume, quickstart, predict, evaluate, report
 app.add_typer(experiments.app)  # cv, tune, augment-preview, ensemble, learning-curve, datasets
 app.add_typer(serve.app)  # serve
+app.add_typer(compress.app)  # compress, export, variants
 app.add_typer(registry.registry_app, name="registry", help="The versioned model store: register, list, alias, roll back.")
 app.add_typer(registry.keys_app, name="keys", help="API keys for dlforge serve (stored hashed).")
 app.add_typer(lab.lab_app, name="lab")

@@ -158,13 +158,15 @@ def predict(
     output: Optional[Path] = typer.Option(None, "--output", "-o",
                                           help="write predictions to this CSV (segmentation: the mask image, or a folder)"),
     as_json: bool = typer.Option(False, "--json", help="print predictions as JSON lines"),
+    runtime: str = typer.Option("torch", "--runtime", help="torch, or onnxruntime: run the artifact's model.onnx "
+                                                          "(made by dlforge export)"),
 ) -> None:
     """Predict with a saved model on a CSV file, image files or texts.
 
     A segmentation model takes images of any size and writes masks: `dlforge predict RUN cells.tif -o mask.png`."""
     from dlforge.pipeline.predict import predict_files, write_masks
 
-    result = predict_files(model_dir, inputs)
+    result = predict_files(model_dir, inputs, runtime=runtime)
     rows = result.rows
     if result.masks is not None and output is not None:
         for path in write_masks(result, output):
@@ -215,13 +217,14 @@ def evaluate_cmd(
     out: Optional[Path] = typer.Option(None, "--out",
                                        help="with --data: write the evaluation under this folder (default: RUN/evaluations/)"),
     as_json: bool = typer.Option(False, "--json", help="print the metrics as one JSON object"),
+    runtime: str = typer.Option("torch", "--runtime", help="torch, or onnxruntime: score the artifact's model.onnx"),
 ) -> None:
     """Evaluate a trained model: on its run's test split (rewriting the run's report), or
     on other data with --data (written to RUN/evaluations/<data>-<time>/, the run's own
     evaluation untouched)."""
     from dlforge.pipeline import evaluate_path
 
-    evaluation, report = evaluate_path(path, data=data, target=target, out=out)
+    evaluation, report = evaluate_path(path, data=data, target=target, out=out, runtime=runtime)
     metrics = evaluation.metrics if as_json else {k: v for k, v in evaluation.metrics.items() if k != "n"}
     _print_metrics(f"evaluation ({evaluation.metrics.get('n', 0):.0f} samples)", metrics, as_json)
     if as_json:

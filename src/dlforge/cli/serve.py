@@ -40,6 +40,8 @@ def serve_command(
     model: Optional[List[str]] = typer.Option(None, "--model", help="serve only this model (repeat for several)"),
     quantize: str = typer.Option("none", "--quantize", help="none, or int8: dynamic int8 Linear layers "
                                  "applied at load (CPU; faster for wide layers, see lab topic 30)"),
+    runtime: str = typer.Option("torch", "--runtime", help="torch, or onnxruntime: serve each version's "
+                                "model.onnx (made by dlforge export; a version without one fails to load)"),
     max_tokens: int = typer.Option(_DEFAULT["max_tokens"], "--max-tokens", min=1, help="text tokens per predict "
                                    "request, after truncation (413 above)"),
     max_image_pixels: int = typer.Option(_DEFAULT["max_image_pixels"], "--max-image-pixels", min=1,
@@ -63,10 +65,15 @@ def serve_command(
         raise ConfigError(f"unknown log level {log_level!r}", hint="use one of " + ", ".join(LOG_LEVELS))
     if quantize not in ("none", "int8"):
         raise ConfigError(f"unknown --quantize {quantize!r}", hint="use none or int8")
+    if runtime not in ("torch", "onnxruntime"):
+        raise ConfigError(f"unknown --runtime {runtime!r}", hint="use torch or onnxruntime")
+    if runtime != "torch" and quantize != "none":
+        raise ConfigError("--quantize int8 applies to the PyTorch runtime",
+                          hint="export an int8 model.onnx instead: dlforge export RUN --quantize dynamic")
     settings = ServeSettings(registry=registry, artifacts=artifacts, host=host, port=port, require_keys=not no_auth,
                              max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                              poll_interval=poll_interval, models=list(model) if model else None, quantize=quantize,
-                             max_tokens=max_tokens, max_image_pixels=max_image_pixels, header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+                             runtime=runtime, max_tokens=max_tokens, max_image_pixels=max_image_pixels, header_timeout_s=header_timeout, body_timeout_s=body_timeout,
                              keep_alive_s=keep_alive, max_connections=max_connections)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if no_auth:

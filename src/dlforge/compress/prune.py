@@ -132,8 +132,8 @@ def prune_structured(
     if isinstance(model, CNN):
         return _prune_cnn(model, amount, NORMS[norm])
     hint = "structured pruning supports dlforge's mlp and cnn models"
-    if getattr(type(model), "ARCH", None) in ("bert", "transformer"):
-        hint += "; attention-head pruning for transformers comes later"
+    if getattr(type(model), "ARCH", None) == "bert":
+        hint += "; for bert use dlforge.compress.prune_bert (prune_heads, prune_ffn)"
     raise ConfigError(f"cannot prune a {type(model).__name__} structurally", hint=hint)
 
 

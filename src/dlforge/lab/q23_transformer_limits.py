@@ -1,11 +1,12 @@
-"""Topic 23, Transformer limits: quadratic attention cost and poor length extrapolation.
+"""Topic 23, Transformer limits: quadratic attention cost, poor length extrapolation, and
+distillation and pruning as remedies for the size of Transformer-era models.
 
 Claim: full self-attention scores every query against every key, so its time and memory
 grow with the square of the sequence length T; restricting each query to a local window
 makes both linear. Transformers also extrapolate poorly: trained at one length, they
-fail on longer sequences, at least with absolute positional encodings. (The guide also
-names distillation and pruning as remedies; they are measured with the compression
-topics, not here.)
+fail on longer sequences, at least with absolute positional encodings. Distillation and
+pruning make a Transformer-era model smaller and faster at a small accuracy cost
+(measured in :mod:`dlforge.lab._q23_compression` and merged into this finding).
 
 Method: (1) cost. One attention forward over random q, k, v of shape (1, 2, T, 32) for
 T doubling over the budget's lengths, three ways: explicit (``softmax(q k^T / sqrt d) v``
@@ -22,6 +23,10 @@ Transformer with a per-token head at length T_train with sinusoidal, learned, ro
 sequences of several lengths up to 3 T_train. Absolute encodings get a table of
 3 T_train rows so that they can run at all: learned rows past T_train never receive a
 gradient (measured), sinusoidal rows are the formula's, never seen in training.
+(3) compression, on the digits set over several seeds: a distilled student against the
+same student alone and the teacher, pruning sweeps with and without retraining, and
+structured pruning's speed-up against unstructured pruning's none (see
+:mod:`dlforge.lab._q23_compression`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from dlforge.lab import _q23_compression as compression
 from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models import build
 from dlforge.nn.attention import local_attention, scaled_dot_product_attention
@@ -45,12 +51,16 @@ TOPIC = 23
 TITLE = "Transformer limits"
 CLAIM = ("Attention's time and memory grow quadratically with sequence length and local "
          "(sliding-window) attention makes them linear; Transformers extrapolate poorly to "
-         "sequences longer than those they were trained on, at least with absolute positions.")
+         "sequences longer than those they were trained on, at least with absolute positions; "
+         "distillation and pruning make a Transformer-era model smaller and faster at a small "
+         "accuracy cost.")
 BUDGETS = {
     "quick": {"lengths": (128, 256, 512, 1024, 2048), "repeats": 5,
-              "train_length": 16, "n": 512, "epochs": 7},
+              "train_length": 16, "n": 512, "epochs": 7,
+              "compression": compression.BUDGETS["quick"]},
     "full": {"lengths": (128, 256, 512, 1024, 2048, 4096), "repeats": 9,
-             "train_length": 32, "n": 1024, "epochs": 10},
+             "train_length": 32, "n": 1024, "epochs": 10,
+             "compression": compression.BUDGETS["full"]},
 }
 HEADS, HEAD_DIM, WINDOW = 2, 32, 32  # cost part: q, k, v are (1, HEADS, T, HEAD_DIM)
 VARIANTS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
@@ -286,9 +296,15 @@ def run(cfg: dict, seed: int) -> Finding:
               f"is >= {QUADRATIC_AT_LEAST}, the local one < {LINEAR_BELOW}, the explicit time "
               "exponent exceeds the local one, local is faster at the longest T, and both "
               f"absolute encodings lose >= {DROP_AT_LEAST} accuracy from T_train to 2 T_train.")
-    return Finding(topic=TOPIC, title=TITLE, claim=CLAIM, method=method, numbers=numbers,
-                   checks=checks, figures=_figures(lengths, cost, exps, T, lengths_eval, scores),
-                   notes=_notes(numbers))
+    part = compression.measure(cfg["compression"], seed)
+    notes = _notes(numbers) + " " + part.notes
+    if numbers.keys() & part.numbers.keys():
+        raise ValueError(f"compression numbers clash: {sorted(numbers.keys() & part.numbers.keys())}")
+    numbers.update(part.numbers)
+    return Finding(topic=TOPIC, title=TITLE, claim=CLAIM, method=method + " " + part.method,
+                   numbers=numbers, checks=checks + part.checks,
+                   figures=_figures(lengths, cost, exps, T, lengths_eval, scores) + part.figures,
+                   notes=notes)
 
 
 def _notes(n: dict) -> str:
@@ -340,6 +356,5 @@ def _notes(n: dict) -> str:
             text += ("ALiBi's bias -m|i - j| is the same to the left and to the right; it was "
                      "designed for causal decoders, so this bidirectional task does not test "
                      "its extrapolation. ")
-    text += ("One seed, one task, one layer. Distillation and pruning, which the guide also "
-             "lists, are measured with the compression topics, not here.")
+    text += "Cost and extrapolation: one seed, one task, one layer."
     return text

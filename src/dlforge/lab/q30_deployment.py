@@ -24,7 +24,8 @@ answers the clients saw. (4) Access: no key, a wrong key, a malformed header, an
 routes with a predict key.
 
 Everything lives in a temporary folder and both servers stop (port closed, thread
-joined) even when a step raises. Containers and scaling out (``deploy/``: a Dockerfile,
+joined) even when a step raises. (5) Runtimes: v1 in PyTorch and ONNX Runtime, fp32 and static int8
+(:mod:`dlforge.lab._q30_runtimes`). Containers and scaling out (``deploy/``: a Dockerfile,
 compose with Prometheus) are not exercised in-process.
 """
 
@@ -44,6 +45,7 @@ from torch.utils.data import Subset
 
 from dlforge.compress.quantize import quantize_dynamic_int8, weight_bytes
 from dlforge.data import load_builtin, prepare, split_indices
+from dlforge.lab import _q30_runtimes
 from dlforge.lab._http import (Reply, bearer, bounded_load, clients, percentiles, ratio_interval, send,
                                served_requests, serving)
 from dlforge.lab.finding import Check, Finding, plot
@@ -59,10 +61,13 @@ TOPIC = 30
 TITLE = "Deployment"
 CLAIM = ("A trained model can be served as a versioned REST service with monitoring, A/B traffic "
          "splits, rollback without failed requests and access control, and dynamic int8 "
-         "quantization lowers its serving latency.")
+         "quantization lowers its serving latency; an optimized runtime (ONNX Runtime) or int8 makes it "
+         "faster at a cost of at most an accuracy point.")
 BUDGETS = {
-    "quick": {"epochs": 1, "requests": 128, "users": 400, "stage": 30, "calls": 200, "cap_s": 20.0},
-    "full": {"epochs": 4, "requests": 1000, "users": 2000, "stage": 300, "calls": 1000, "cap_s": 120.0},
+    "quick": {"epochs": 1, "requests": 128, "users": 400, "stage": 30, "calls": 200, "cap_s": 20.0,
+              "runtime_rounds": 7, "runtime_calls": 20},
+    "full": {"epochs": 4, "requests": 1000, "users": 2000, "stage": 300, "calls": 1000, "cap_s": 120.0,
+             "runtime_rounds": 15, "runtime_calls": 50},
 }
 NAME, SOURCE, TEST = "digits", "digits", 0.3
 MODEL = {"arch": "mlp", "hidden": [2048, 2048]}  # wide: int8 pays where reading weights dominates
@@ -262,6 +267,8 @@ def _measure(cfg: dict, seed: int, tmp: Path) -> dict:
     x1 = data.test.tensors[0][:1]  # (1, 1, 8, 8)
     m["wide_ms"] = offline_ms({"fp32": models[1], "int8": int8}, x1, cfg["calls"])
     m["narrow_ms"] = offline_ms({"fp32": narrow, "int8": quantize_dynamic_int8(narrow)}, x1, cfg["calls"])
+    m["runtimes"] = _q30_runtimes.measure(models[1], data.train.tensors[0], *data.test.tensors, tmp / "runtimes",
+                                         cfg["runtime_rounds"], cfg["runtime_calls"])
 
     url, sample = f"sqlite:///{tmp / 'registry.db'}", raw[0].tolist()
     registry = Registry(url, tmp / "artifacts")
@@ -362,9 +369,10 @@ def _finding(cfg: dict, m: dict) -> Finding:
               f"{STICKY_REPEAT} again. Rollback: under continuous load, PUT production -> 2, then POST rollback, "
               f"{cfg['stage']} answers per stage; /metrics request counter before and after. Access: "
               f"{len(EXPECTED)} calls that must be refused.")
-    return Finding(topic=TOPIC, title=TITLE, claim=CLAIM, method=method, numbers=n, checks=checks,
-                   figures=[_figure(n, ms, rb)],
-                   notes=_notes(n))
+    runtimes = _q30_runtimes.part(m["runtimes"])  # its own numbers' names: none of the above
+    return Finding(topic=TOPIC, title=TITLE, claim=CLAIM, method=method + runtimes.method,
+                   numbers={**n, **runtimes.numbers}, checks=checks + runtimes.checks,
+                   figures=[_figure(n, ms, rb), *runtimes.figures], notes=_notes(n) + runtimes.notes)
 
 
 def _figure(n: dict, ms: dict[str, list[float]], rb: dict):

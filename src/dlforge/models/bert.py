@@ -70,6 +70,7 @@ class BertConfig:
     causal: bool = False  # True: token t sees tokens 0..t only
     task_head: str = "sequence"  # sequence: (B, out); token: (B, T, out); mlm: (B, T, vocab)
     pool: str = "cls"  # cls: tanh pooler on [CLS]; mean: mean over non-padding tokens
+    head_dim: int | None = None  # None: dim // num_heads; set when heads were pruned away
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -80,7 +81,9 @@ class BertConfig:
         for key in ("num_outputs", "vocab_size", "dim", "num_layers", "num_heads", "ffn_dim",
                     "max_position", "type_vocab_size"):
             check_positive(key, getattr(self, key))
-        if self.dim % self.num_heads != 0:
+        if self.head_dim is not None:
+            check_positive("head_dim", self.head_dim)
+        elif self.dim % self.num_heads != 0:
             raise ConfigError(
                 f"model.dim is {self.dim}, not divisible by model.num_heads={self.num_heads}",
                 hint="pick num_heads that divides dim, e.g. dim 768 with 12 heads")
@@ -189,13 +192,13 @@ class BertSelfAttention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, causal: bool = False,
-                 explicit: bool = False) -> None:
+                 explicit: bool = False, head_dim: int | None = None) -> None:
         super().__init__()
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.num_heads, self.head_dim = num_heads, head_dim or dim // num_heads
         self.dropout, self.causal, self.explicit = dropout, causal, explicit
-        self.query = nn.Linear(dim, dim)
-        self.key = nn.Linear(dim, dim)
-        self.value = nn.Linear(dim, dim)
+        self.query = nn.Linear(dim, num_heads * self.head_dim)  # heads side by side
+        self.key = nn.Linear(dim, num_heads * self.head_dim)
+        self.value = nn.Linear(dim, num_heads * self.head_dim)
 
     def forward(self, x: Tensor, bias: Tensor | None = None,
                 unpadding: Unpadding | None = None) -> Tensor:
@@ -210,7 +213,7 @@ class BertSelfAttention(nn.Module):
         out = scaled_dot_product_attention(
             q, k, v, mask=bias, causal=self.causal, fused=not self.explicit,
             dropout_p=self.dropout if self.training else 0.0)  # (B, h, T, d)
-        out = out.transpose(1, 2).reshape(B, T, D)  # (B, T, dim)
+        out = out.transpose(1, 2).reshape(B, T, D)  # (B, T, h * d), h * d = dim unpruned
         return out if unpadding is None else unpadding.unpad(out)  # as x
 
 
@@ -246,8 +249,10 @@ class BertLayer(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         c = config
-        self.attention = BertSelfAttention(c.dim, c.num_heads, c.attention_dropout, c.causal)
-        self.attention_output = BertResidualOutput(c.dim, c.dim, c.dropout, c.layer_norm_eps)
+        self.attention = BertSelfAttention(c.dim, c.num_heads, c.attention_dropout, c.causal,
+                                           head_dim=c.head_dim)
+        inner = c.num_heads * self.attention.head_dim  # dim, unless heads were pruned
+        self.attention_output = BertResidualOutput(inner, c.dim, c.dropout, c.layer_norm_eps)
         self.intermediate = nn.Linear(c.dim, c.ffn_dim)
         self.activation = ACTIVATIONS[c.activation]()
         self.output = BertResidualOutput(c.ffn_dim, c.dim, c.dropout, c.layer_norm_eps)
@@ -362,8 +367,8 @@ class BertModel(nn.Module):
         self._check_input(input_ids)
         h = self.embeddings(input_ids, token_type_ids)  # (B, T, dim)
         keep = None if attention_mask is None else attention_mask.bool()  # (B, T)
-        bias = None
-        if keep is not None and not bool(keep.all()):
+        bias, exporting = None, torch.compiler.is_exporting()  # export: one graph for padded and unpadded batches
+        if keep is not None and (exporting or not bool(keep.all())):
             bias = torch.zeros(keep.shape, dtype=h.dtype, device=h.device)
             bias = bias.masked_fill(~keep, -math.inf)[:, None, None, :]  # (B, 1, 1, T)
         unpadding = Unpadding.of(keep) if bias is not None and self.skip_padding else None

@@ -30,6 +30,7 @@ from dlforge.models._config import (
     check_types,
     make_config,
 )
+from dlforge.models.quantized import is_tracing
 from dlforge.nn import ACTIVATIONS, INIT_SCHEMES, init_weights
 
 POOLS = ("max", "avg", None)
@@ -103,7 +104,9 @@ class CNN(nn.Module):
     """Conv blocks with pooling, then global pooling and a linear head.
 
     ``self.blocks`` holds one ``nn.Sequential`` per conv block; pooling lives outside the
-    blocks because whether it runs depends on the size of the map that reaches it.
+    blocks because whether it runs depends on the size of the map that reaches it, which
+    ``config.input_shape`` fixes: ``self.pool_after[i]`` says whether block ``i`` pools
+    (decided here, not per call, so the model traces to one static graph for int8).
     """
 
     ARCH = "cnn"
@@ -116,6 +119,7 @@ class CNN(nn.Module):
             conv_block(c_in, c_out, config) for c_in, c_out in zip(channels, channels[1:])
         )
         self.pool = {"max": nn.MaxPool2d(2), "avg": nn.AvgPool2d(2), None: None}[config.pool]
+        self.pool_after = _pool_after(config)
         self.global_pool = (
             nn.AdaptiveAvgPool2d(1) if config.global_pool == "avg" else nn.AdaptiveMaxPool2d(1)
         )
@@ -141,16 +145,17 @@ class CNN(nn.Module):
         """
         self._check_input(x)
         outputs = []
-        for block in self.blocks:
+        for block, pool in zip(self.blocks, self.pool_after):
             x = block(x)  # (B, channels[i], H, W)
-            # Stop halving once a side is 1: pooling it would give an empty map.
-            if self.pool is not None and min(x.shape[-2:]) >= 2:
+            if pool:
                 x = self.pool(x)  # (B, channels[i], H // 2, W // 2)
             outputs.append(x)
         return outputs
 
     def _check_input(self, x: torch.Tensor) -> None:
         c, h, w = self.config.input_shape
+        if is_tracing():  # a traced graph has no Python checks (see dlforge.models.quantized)
+            return
         if x.ndim != 4 or x.shape[1] != c:
             raise DataError(
                 f"the cnn got input of shape {tuple(x.shape)}, expected (B, C, H, W) "
@@ -158,6 +163,22 @@ class CNN(nn.Module):
                 hint="images need a batch dimension and model.input_shape[0] channels; "
                 "add a batch dimension with x.unsqueeze(0) for a single image",
             )
+
+
+def _pool_after(config: CNNConfig) -> tuple[bool, ...]:
+    """Whether each block pools: while the map is at least 2x2 (halving a side of 1 would
+    leave an empty map).
+
+    Example:
+        >>> _pool_after(CNNConfig(input_shape=(1, 5, 7), num_outputs=2, channels=(4, 8, 8)))
+        (True, True, False)
+    """
+    _, h, w = config.input_shape
+    flags = []
+    for _ in config.channels:
+        flags.append(config.pool is not None and min(h, w) >= 2)
+        h, w = (h // 2, w // 2) if flags[-1] else (h, w)
+    return tuple(flags)
 
 
 def build_cnn(input_shape: Sequence[int], num_outputs: int, **options: Any) -> CNN:

@@ -27,6 +27,7 @@ from dlforge.models._config import (
     check_types,
     make_config,
 )
+from dlforge.models.quantized import is_tracing
 from dlforge.nn import ACTIVATIONS, INIT_SCHEMES, init_weights
 
 BATCH_NORM_PLACES = (None, "before", "after")
@@ -120,7 +121,9 @@ class MLP(nn.Module):
 
     def _flatten(self, x: torch.Tensor) -> torch.Tensor:
         expected = self.config.input_shape
-        if tuple(x.shape[1:]) != expected:
+        # A traced graph (int8 quantization, torch.compile) has no Python checks; the int8
+        # wrapper (dlforge.models.quantized.QuantizedModel) checks its inputs instead.
+        if not is_tracing() and tuple(x.shape[1:]) != expected:
             raise DataError(
                 f"the mlp got input of shape {tuple(x.shape)}, expected (B, {_dims(expected)})",
                 hint="the data's per-sample shape must equal model.input_shape; "

@@ -51,6 +51,7 @@ from dlforge.train.state_io import atomic_write
 
 def evaluate_path(
     path: str | Path, *, data: str | None = None, target: str | None = None, out: str | Path | None = None,
+    runtime: str = "torch",
 ) -> tuple[Evaluation, Path | None]:
     """Evaluate the model in a run directory or artifact folder; returns the evaluation
     and the report it wrote (None when it wrote nothing).
@@ -62,6 +63,7 @@ def evaluate_path(
     ``report.html``), or under ``out`` when given; an artifact folder without its run and
     without ``out`` writes nothing. ``target`` names the CSV's target column when it
     differs from the one the model was trained on (or the artifact predates recording it).
+    ``runtime="onnxruntime"`` scores the artifact's exported ``model.onnx`` instead.
 
     Example:
         >>> evaluation, report = evaluate_path("runs/digits-cnn-20261126-101500",
@@ -69,8 +71,8 @@ def evaluate_path(
         >>> str(report)  # doctest: +SKIP
         'runs/digits-cnn-20261126-101500/evaluations/my_digits-20261127-090000/report.html'
     """
-    run_dir, art_dir = _locate(Path(path))
-    art = load_artifact(art_dir)
+    run_dir, art_dir = locate_run(Path(path))
+    art = load_artifact(art_dir, runtime=runtime)
     if art.task == "mlm":
         raise DataError("a masked-LM model is scored by its masked-token accuracy in metrics.json",
                         hint="fine-tune it on a labelled task (model.pretrained) and evaluate that model")
@@ -92,7 +94,7 @@ def evaluate_path(
     return evaluation, written
 
 
-def _locate(path: Path) -> tuple[Path | None, Path]:
+def locate_run(path: Path) -> tuple[Path | None, Path]:
     """(run directory or None, artifact folder) for a run directory or an artifact folder."""
     if (path / "model" / "model.json").is_file():
         return path, path / "model"
@@ -101,14 +103,25 @@ def _locate(path: Path) -> tuple[Path | None, Path]:
     return None, path
 
 
+def run_prepared(run_dir: Path, art: Artifact) -> Any:
+    """The run's data split again as its training split it (same config, same seed); text is
+    re-tokenized with the model's own tokenizer, not a freshly trained one.
+
+    Example:
+        >>> prepared = run_prepared(Path("runs/digits-cnn-20261126-101500"), art)  # doctest: +SKIP
+        >>> len(prepared.test)  # doctest: +SKIP
+        270
+    """
+    encoding = art.preprocessing.get("encoding", {})
+    tokenizer = Tokenizer.from_str(encoding["tokenizer"]) if encoding.get("kind") == "text" else None
+    return load_data(load_config(run_dir / "config.yaml"), tokenizer=tokenizer)
+
+
 def _evaluate_own_split(path: str | Path, run_dir: Path | None, art: Artifact) -> tuple[Evaluation, Path]:
     """Re-evaluate a run on the split its training held out; rewrite its evaluation and report."""
     if run_dir is None:
         raise DataError(f"{path} is an artifact folder without its run", hint="pass --data to say what to evaluate on")
-    encoding = art.preprocessing.get("encoding", {})
-    # Text is re-tokenized with the model's own tokenizer, not a freshly trained one.
-    tokenizer = Tokenizer.from_str(encoding["tokenizer"]) if encoding.get("kind") == "text" else None
-    prepared = load_data(load_config(run_dir / "config.yaml"), tokenizer=tokenizer)
+    prepared = run_prepared(run_dir, art)
     if isinstance(prepared, SegPrepared):  # the held-out regions again, whole, in sliding windows
         scored = rescore_run(art.model, prepared)
         write_json(run_dir / "evaluation.json", scored.record)

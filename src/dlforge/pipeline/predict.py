@@ -40,10 +40,11 @@ class Predictions:
     masks: list[Any] | None = None  # segmentation: one label map per input
 
 
-def predict_files(model_dir: str | Path, inputs: Sequence[Path]) -> Predictions:
+def predict_files(model_dir: str | Path, inputs: Sequence[Path], *, runtime: str = "torch") -> Predictions:
     """Predict with the artifact in ``model_dir`` on a CSV file, image files, text files or
-    series files (one window each: the file's last steps)."""
-    art = load_artifact(model_dir)
+    series files (one window each: the file's last steps); ``runtime="onnxruntime"`` runs
+    the artifact's exported ``model.onnx`` instead of the PyTorch model."""
+    art = load_artifact(model_dir, runtime=runtime)
     for p in inputs:
         if not p.exists():
             raise DataError(f"input {p} does not exist", hint="pass a CSV file or image files")

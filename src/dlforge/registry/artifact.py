@@ -79,11 +79,23 @@ def save_artifact(
     metrics: dict[str, float] | None = None,
     training: dict[str, Any] | None = None,
     overwrite: bool = False,
+    variant: dict[str, Any] | None = None,
+    quantization: dict[str, Any] | None = None,
+    onnx: dict[str, Any] | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+    files: dict[str, Path] | None = None,
 ) -> Path:
     """Write ``model`` and its metadata to the folder ``path``; returns the folder.
 
     The folder appears complete or not at all: files are written to a temporary sibling
     folder that is renamed into place.
+
+    A compressed variant (:mod:`dlforge.compress`) records what was done in ``variant``
+    (method, settings, parent). A quantized one passes the fp32 ``model`` (its spec), the
+    ``quantization`` recipe and the ``state`` to store instead of ``model.state_dict()``
+    (:func:`dlforge.models.quantized.load_quantized` turns them back into the int8 model).
+    ``files`` are copied into the folder under their names (an exported ``model.onnx``, which
+    ``onnx`` describes: ``{"file": "model.onnx", "parity": {...}}``).
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -100,15 +112,20 @@ def save_artifact(
         "input_signature": {"shape": [None, *spec["input_shape"]], "dtype": _input_dtype(preprocessing)},
         "metrics": metrics or {},
         "training": training or {},
+        **({"variant": variant} if variant else {}),
+        **({"quantization": quantization} if quantization else {}),
+        **({"onnx": onnx} if onnx else {}),
         "versions": _versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in (state or model.state_dict()).items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        for name, source in (files or {}).items():
+            shutil.copyfile(source, tmp / name)
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)
@@ -278,10 +295,15 @@ def _check_declared_sizes(meta: dict[str, Any], path: Path, max_parameters: int)
         raise ArtifactError(f"{path / META_FILE} has input_signature {signature}, but its model takes inputs "
                             f"of shape {list(model.config.input_shape)}", hint="save the model with save_artifact")
     found = _header_shapes(path / WEIGHTS_FILE)
-    problems = [f"missing {k}" for k in expected if k not in found]
-    problems += [f"unexpected {k}" for k in found if k not in expected]
-    problems += [f"{k} has shape {found[k]}, the model expects {s}" for k, s in expected.items()
-                 if k in found and found[k] != s]
+    if meta.get("quantization"):  # an int8 variant stores its recipe's state (observers included)
+        from dlforge.models.quantized import state_problems
+
+        problems = state_problems(model, meta["quantization"], found)
+    else:
+        problems = [f"missing {k}" for k in expected if k not in found]
+        problems += [f"unexpected {k}" for k in found if k not in expected]
+        problems += [f"{k} has shape {found[k]}, the model expects {s}" for k, s in expected.items()
+                     if k in found and found[k] != s]
     if problems:
         more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
         raise ArtifactError(f"the weights in {path / WEIGHTS_FILE} do not match the architecture in "
@@ -290,7 +312,7 @@ def _check_declared_sizes(meta: dict[str, Any], path: Path, max_parameters: int)
 
 
 def load_artifact(path: str | Path, device: str | torch.device = "cpu", *,
-                  max_parameters: int = MAX_PARAMETERS) -> Artifact:
+                  max_parameters: int = MAX_PARAMETERS, runtime: str = "torch") -> Artifact:
     """Rebuild the model in ``path`` from its JSON spec and safetensors weights.
 
     Before anything is allocated, model.json's declared input size and weight count must be
@@ -324,10 +346,20 @@ def load_artifact(path: str | Path, device: str | torch.device = "cpu", *,
         weights = load_file(str(weights_path))
     except (SafetensorError, OSError) as err:
         raise ArtifactError(f"{weights_path} is not a readable safetensors file: {err}") from None
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
-        detail = "; ".join(line.strip() for line in str(err).splitlines()[1:4])
-        raise ArtifactError(f"the weights in {weights_path} do not match the architecture in {meta_path}: {detail}") from None
+    if meta.get("quantization"):  # an int8 variant: fp32 spec + the stored recipe and state
+        from dlforge.models.quantized import load_quantized
+
+        model = load_quantized(model, meta["quantization"], weights)
+    else:
+        try:
+            model.load_state_dict(weights, strict=True)
+        except RuntimeError as err:
+            detail = "; ".join(line.strip() for line in str(err).splitlines()[1:4])
+            raise ArtifactError(f"the weights in {weights_path} do not match the architecture in {meta_path}: "
+                                f"{detail}") from None
+    if runtime != "torch":  # the same predictions from another engine (model.onnx in ONNX Runtime)
+        from dlforge.registry.runtimes import runtime_model
+
+        model = runtime_model(path, meta, runtime)
     model.to(device).eval()
     return Artifact(model=model, meta=meta, path=path)

@@ -216,8 +216,8 @@ class ModelPool:
     async def _load(self, mv: ModelVersion) -> LoadedModel:
         """Load one version and start its batcher; raises whatever loading the artifact raised."""
         started = time.perf_counter()
-        artifact = await asyncio.to_thread(load_artifact, mv.path)
-        if self.settings.quantize == "int8":  # the stored artifact stays fp32
+        artifact = await asyncio.to_thread(load_artifact, mv.path, runtime=self.settings.runtime)
+        if self.settings.quantize == "int8" and self.settings.runtime == "torch":  # the stored artifact stays fp32
             artifact.model = await asyncio.to_thread(quantize_dynamic_int8, artifact.model)
         inputs = InputSpec.of(artifact)
         name, version = mv.name, mv.version

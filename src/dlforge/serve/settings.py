@@ -44,3 +44,4 @@ class ServeSettings(BaseModel):
     keep_alive_s: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
     max_connections: int | None = Field(None, ge=1)  # None: derived from the open-files limit at start-up
     quantize: Literal["none", "int8"] = "none"  # int8: dynamic int8 Linear layers, applied at load (CPU)
+    runtime: Literal["torch", "onnxruntime"] = "torch"  # onnxruntime: each artifact's model.onnx (dlforge export)
