@@ -155,3 +155,26 @@ def test_docstring_examples_run() -> None:
 
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_pretrained_model_is_pruned_at_once_with_torchs_mask() -> None:
+    # pretrained=True (a run's trained model): no first training; round 1 prunes these very
+    # weights with the mask torch's global_unstructured picks, then retrains with it held.
+    model, data = _net(), _data()
+    reference = copy.deepcopy(model)
+    pairs = [(m, "weight") for m in reference if isinstance(m, nn.Linear)]
+    prune.global_unstructured(pairs, pruning_method=prune.L1Unstructured, amount=0.5)
+    masks = [m.weight_mask.clone() for m, _ in pairs]
+    seen = []
+
+    class Spy(Callback):
+        def on_fit_start(self, state) -> None:
+            seen.append([m.weight_mask.clone() for m in state.model if isinstance(m, nn.Linear)])
+
+    history = iterative_prune(model, data, data, target=0.5, steps=1, epochs_per_step=1, pretrained=True,
+                              callbacks=[Spy()], **FIT)
+    assert len(seen) == 1  # one training: the retraining after round 1
+    for got, want in zip(seen[0], masks):
+        assert torch.equal(got, want)
+    assert history.rows[0]["step"] == 0 and "val_loss" in history.rows[0]
+    assert history.final_sparsity == pytest.approx(0.5, abs=1 / 130)

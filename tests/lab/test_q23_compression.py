@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.utils import prune
 from torch.utils.data import TensorDataset
 
+from dlforge.compress.measure import zero_share
 from dlforge.compress.prune import magnitude_prune
 from dlforge.lab import experiment
 from dlforge.lab import _q23_compression as q23c
@@ -101,7 +102,7 @@ def test_prune_and_retrain_keeps_the_magnitude_mask_and_trains_the_rest():
     for ref, got in ((reference[1], pruned[1]), (reference[3], pruned[3])):
         assert torch.equal(ref.weight == 0, got.weight == 0)
         assert not prune.is_pruned(pruned)  # masks made permanent: plain state-dict names
-    assert q23c.sparsity(pruned) == pytest.approx(0.7, abs=1 / 72)
+    assert zero_share(pruned) == pytest.approx(0.7, abs=1 / 72)
     kept = reference[1].weight != 0
     assert not torch.equal(pruned[1].weight[kept], reference[1].weight[kept])  # retrained
     for before, after in zip(original.parameters(), model.parameters()):

@@ -148,3 +148,14 @@ def test_artifact_refuses_a_mismatching_int8_state_before_reading_weights(tmp_pa
                   state=observed.state_dict())
     with pytest.raises(ArtifactError, match="unknown quantization recipe"):
         load_artifact(tmp_path / "unknown")
+
+
+def test_a_dynamic_int8_bert_reads_any_sequence_length() -> None:
+    # The dynamic recipe keeps the eager model, so a BERT still takes shorter sequences.
+    from dlforge.models import build
+    from dlforge.models.quantized import dynamic
+
+    bert = build({"arch": "bert", "vocab_size": 50, "dim": 16, "num_layers": 1, "num_heads": 2},
+                 input_shape=(32,), num_outputs=3).eval()
+    short = torch.randint(1, 50, (2, 16))
+    assert dynamic(bert)(short).shape == (2, 3)

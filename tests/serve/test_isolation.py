@@ -40,11 +40,11 @@ def test_a_version_whose_load_raises_anything_is_unhealthy_and_retried_only_afte
     bad = serve_env.registry.get("iris", version=2).path
     real, attempts = pool_module.load_artifact, []
 
-    def load(path):
+    def load(path, **options):
         if Path(path) == bad:
             attempts.append(path)
             raise AttributeError(f"'list' object has no attribute 'get' (reading {path}/model.json)")
-        return real(path)
+        return real(path, **options)
 
     monkeypatch.setattr(pool_module, "load_artifact", load)
     serve_env.registry.register(save_tiny_classifier(tmp_path / "other", seed=5), "other")

@@ -96,10 +96,10 @@ def test_a_version_that_fails_to_load_is_skipped(serve_env, monkeypatch) -> None
     bad = str(serve_env.registry.get("iris", version=2).path)
     real = pool_module.load_artifact
 
-    def load(path):
+    def load(path, **options):
         if str(path) == bad:
             raise ArtifactError(f"{path}/model.json is missing")
-        return real(path)
+        return real(path, **options)
 
     monkeypatch.setattr(pool_module, "load_artifact", load)
 

@@ -208,10 +208,10 @@ def test_each_request_is_counted_once_with_its_status(serve_env) -> None:
 def test_an_unhealthy_version_is_a_503_counted_under_its_labels(serve_env, monkeypatch) -> None:
     bad, real = str(serve_env.registry.get("iris", version=2).path), pool_module.load_artifact
 
-    def load(path):
+    def load(path, **options):
         if str(path) == bad:
             raise ArtifactError("model.safetensors is damaged")
-        return real(path)
+        return real(path, **options)
 
     monkeypatch.setattr(pool_module, "load_artifact", load)
 

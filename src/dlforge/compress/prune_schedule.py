@@ -66,7 +66,7 @@ def geometric_keep(total: int, target: float, steps: int) -> list[int]:
 def iterative_prune(
     model: nn.Module, train: Dataset, val: Dataset | None, *, target: float, steps: int,
     epochs_per_step: int, rewind: bool = False, rewind_step: int = 0, scope: str = "global",
-    layers: Sequence[str] | None = None, **fit_kwargs: Any,
+    layers: Sequence[str] | None = None, pretrained: bool = False, **fit_kwargs: Any,
 ) -> PruneHistory:
     """Train ``model``, then ``steps`` times prune by magnitude and retrain, in place.
 
@@ -77,6 +77,8 @@ def iterative_prune(
     ``optim``, ``device``, ``seed`` ...). ``rewind=True`` is lottery-ticket rewinding:
     after each pruning, every parameter goes back to its value after ``rewind_step``
     optimizer steps of the first training (0: the initialisation) before retraining.
+    ``pretrained=True`` takes ``model`` as trained already (a run's model): the first round
+    prunes at once, without a first training, and rewinding returns to these weights.
 
     Example:
         >>> history = iterative_prune(model, train, val, target=0.9, steps=3,   # doctest: +SKIP
@@ -97,15 +99,19 @@ def iterative_prune(
         raise ConfigError(f"rewind_step is {rewind_step!r}", hint="give an optimizer step count >= 0")
     targets = _select_layers(model, layers)
     snapshot = _Snapshot(rewind_step)
-    if rewind_step == 0:
+    if rewind_step == 0 or pretrained:
         snapshot.take(model)
     fit_kwargs = {**fit_kwargs, "epochs": epochs_per_step}
     user_callbacks = list(fit_kwargs.pop("callbacks", ()))
-    result = fit(model, train, val, callbacks=[*user_callbacks, snapshot], **fit_kwargs)
-    if snapshot.state is None:
-        raise ConfigError(f"rewind_step={rewind_step} is past the first training's {result.steps} steps",
-                          hint="rewind to an earlier step, or train longer per step")
-    history = PruneHistory([{"step": 0, "sparsity": 0.0, **_val(result)}])
+    if pretrained:
+        dense = {} if val is None else _evaluate(model, train, val, fit_kwargs.get("loss"))
+        history = PruneHistory([{"step": 0, "sparsity": 0.0, **{f"val_{k}": v for k, v in dense.items()}}])
+    else:
+        result = fit(model, train, val, callbacks=[*user_callbacks, snapshot], **fit_kwargs)
+        if snapshot.state is None:
+            raise ConfigError(f"rewind_step={rewind_step} is past the first training's {result.steps} steps",
+                              hint="rewind to an earlier step, or train longer per step")
+        history = PruneHistory([{"step": 0, "sparsity": 0.0, **_val(result)}])
     sizes = {name: m.weight.numel() for name, m in targets.items()}
     keep = geometric_keep(sum(sizes.values()), target, steps)
     layer_keep = {name: geometric_keep(n, target, steps) for name, n in sizes.items()}

@@ -32,11 +32,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import prune
 from torch.utils.data import TensorDataset
 
 from dlforge.compress.distillation import distill
-from dlforge.compress.prune import PRUNABLE, magnitude_prune, prune_structured, speedup
+from dlforge.compress.measure import zero_share
+from dlforge.compress.prune_schedule import iterative_prune
+from dlforge.compress.prune import magnitude_prune, prune_structured, speedup
 from dlforge.data import load_source, prepare
 from dlforge.lab.finding import Check, Figure, plot
 from dlforge.models import build
@@ -140,19 +141,9 @@ def prune_and_retrain(model: nn.Module, amount: float, train: TensorDataset, epo
         6
     """
     pruned = copy.deepcopy(model)
-    layers = [(m, "weight") for m in pruned.modules() if isinstance(m, PRUNABLE)]
-    prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=amount)
-    fit(pruned, train, epochs=epochs, batch_size=TEACHER_BATCH_SIZE, optim=RETRAIN_OPTIM,
-        device="cpu", seed=seed)
-    for module, name in layers:
-        prune.remove(module, name)
+    iterative_prune(pruned, train, None, target=amount, steps=1, epochs_per_step=epochs, pretrained=True,
+                    batch_size=TEACHER_BATCH_SIZE, optim=RETRAIN_OPTIM, device="cpu", seed=seed)
     return pruned.eval()
-
-
-def sparsity(model: nn.Module) -> float:
-    """Share of zero weights over the model's Linear/Conv layers."""
-    weights = [m.weight for m in model.modules() if isinstance(m, PRUNABLE)]
-    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
 
 
 def _student(data, seed: int) -> nn.Module:
@@ -192,7 +183,7 @@ def pruning_sweep(teacher: nn.Module, data, cfg: dict, seed: int) -> dict[str, l
         out["plain"].append(accuracy(plain, data.test))
         retrained = prune_and_retrain(teacher, amount, data.train, cfg["retrain_epochs"], seed)
         out["retrained"].append(accuracy(retrained, data.test))
-        out["retrained_sparsity"].append(sparsity(retrained))
+        out["retrained_sparsity"].append(zero_share(retrained))
     smaller, report = prune_structured(teacher, STRUCTURED_AMOUNT)
     out["structured_plain"] = [accuracy(smaller, data.test)]
     fit(smaller, data.train, epochs=cfg["retrain_epochs"], batch_size=TEACHER_BATCH_SIZE,

@@ -180,7 +180,7 @@ def _apply(method: str, art: Artifact, prepared: Any, cfg: Any, s: dict[str, Any
 
         history = iterative_prune(model, prepared.train, prepared.val, target=float(s["amount"]), steps=int(s["steps"]),
                                   epochs_per_step=int(s["epochs"]), rewind=bool(s["rewind"]), scope=s["scope"],
-                                  optim=retrain_optim, **fit_args)
+                                  pretrained=True, optim=retrain_optim, **fit_args)
         return model, {"record": {"sparsity": round(history.final_sparsity, 4), "rounds": history.rows}}
     if method == "prune-structured":
         model, report = _prune_units(parent, float(s["amount"]), prepared.train)
