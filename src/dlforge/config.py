@@ -121,6 +121,7 @@ class TrainConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: str = "auto"
     log_every_n_steps: int = Field(10, ge=1)
+    compile: bool | str = False  # torch.compile the forward: true (inductor) or a backend name, e.g. aot_eager
     # null (default): on (val_loss, patience 5, best weights restored) when the run has a
     # validation split, else off; false: off; true: on with those settings; or a mapping.
     early_stopping: EarlyStoppingConfig | bool | None = None

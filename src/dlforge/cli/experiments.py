@@ -88,11 +88,18 @@ def tune(
     runs_dir: Path = typer.Option(Path("runs"), help="where trial runs and the tuning report go"),
     storage: Optional[str] = typer.Option(None, "--storage", help="SQLAlchemy URL (default: SQLite under --runs-dir)"),
     resume: bool = typer.Option(False, "--resume", help="continue an existing study (also: join other workers)"),
-    n_trials: Optional[int] = typer.Option(None, "--n-trials", help="trials for this worker (default tune.n_trials)"),
+    n_trials: Optional[int] = typer.Option(None, "--n-trials", help="trials this command adds, all its --workers together (default tune.n_trials)"),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="stop starting trials after this many seconds"),
     as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    workers: int = typer.Option(1, "--workers", help="local worker processes sharing the study's trials"),
+    multi_host: bool = typer.Option(False, "--multi-host", help="workers on other machines join this study "
+                                    "(refuses SQLite: use a PostgreSQL --storage)"),
 ) -> None:
-    """Search hyperparameters with Optuna; writes a report and the best config as YAML."""
+    """Search hyperparameters with Optuna; writes a report and the best config as YAML.
+
+    --workers N runs N local processes that together run --n-trials trials. Workers on other
+    machines join with the same --storage (a database server, e.g. postgresql://user@host/db)
+    plus --resume and --multi-host; each command adds its own --n-trials to the study."""
     import time
 
     from dlforge.config import apply_overrides, read_yaml
@@ -101,12 +108,16 @@ def tune(
     raw = apply_overrides(read_yaml(config), set_ or [])
     started = time.time()
     result = run_tune(raw, runs_dir=runs_dir, storage=storage, resume=resume, n_trials=n_trials, timeout=timeout,
-                      progress=sys.stderr)
+                      progress=sys.stderr, workers=workers, multi_host=multi_host)
     # --json: stdout holds the one JSON object; the summary goes to stderr beside the progress lines
     _print_study(result, (raw.get("tune") or {}).get("metric", "val_loss"), time.time() - started,
                  err_console if as_json else out_console)
     if as_json:
         print(json.dumps(result_dict(result)))
+    for failure in result.worker_failures:  # the study and the outputs are intact; say what went wrong
+        _say(err_console, failure, "error:", "bold red")
+    if result.worker_failures:
+        raise typer.Exit(code=1)
 
 
 def _print_study(result: Any, metric: str, seconds: float, console: Any = out_console) -> None:

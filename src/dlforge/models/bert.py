@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from dlforge.errors import ConfigError, DataError
 from dlforge.models._bert_io import load_weights, minilm_path, pretrained_config  # HF folders
+from dlforge.models._bert_unpad import Unpadding, zero_padding
 from dlforge.models._config import (
     check_choice,
     check_dropout,
@@ -118,34 +119,6 @@ class BertModelOutput(NamedTuple):
     last_hidden_state: Tensor  # (B, T, dim)
     pooler_output: Tensor | None  # (B, dim) for a sequence head, else None
     hidden_states: tuple[Tensor, ...] | None  # embeddings then each layer, when asked
-
-
-class Unpadding(NamedTuple):
-    """Where the real tokens of a padded (B, T) batch are, to skip the padding.
-
-    Every part of BERT but attention treats each token alone, so those parts run on the
-    N real tokens only, (N, dim); attention scatters them back to (B, T) for its scores.
-
-    Example:
-        >>> u = Unpadding.of(torch.tensor([[True, True, False], [True, False, False]]))
-        >>> u.index.tolist(), u.pad(torch.ones(3, 2)).shape
-        ([0, 1, 3], torch.Size([2, 3, 2]))
-    """
-
-    index: Tensor  # (N,) flat positions b * T + t of the real tokens
-    B: int
-    T: int
-
-    @classmethod
-    def of(cls, keep: Tensor) -> Unpadding:
-        return cls(keep.flatten().nonzero().squeeze(1), *keep.shape)
-
-    def unpad(self, x: Tensor) -> Tensor:
-        return x.flatten(0, 1).index_select(0, self.index)  # (B, T, D) -> (N, D)
-
-    def pad(self, x: Tensor) -> Tensor:
-        out = x.new_zeros(self.B * self.T, x.shape[-1]).index_copy(0, self.index, x)
-        return out.view(self.B, self.T, -1)  # (N, D) -> (B, T, D), zeros at padding
 
 
 class BertEmbeddings(nn.Module):
@@ -367,17 +340,24 @@ class BertModel(nn.Module):
         self._check_input(input_ids)
         h = self.embeddings(input_ids, token_type_ids)  # (B, T, dim)
         keep = None if attention_mask is None else attention_mask.bool()  # (B, T)
-        bias, exporting = None, torch.compiler.is_exporting()  # export: one graph for padded and unpadded batches
-        if keep is not None and (exporting or not bool(keep.all())):
+        # export and compile: one graph for padded and unpadded batches (no Python bool of
+        # the data); compile keeps static shapes, so it masks padding instead of unpadding
+        bias, exporting = None, torch.compiler.is_exporting()
+        compiling = torch.compiler.is_compiling() and not exporting
+        if keep is not None and (exporting or compiling or not bool(keep.all())):
             bias = torch.zeros(keep.shape, dtype=h.dtype, device=h.device)
             bias = bias.masked_fill(~keep, -math.inf)[:, None, None, :]  # (B, 1, 1, T)
-        unpadding = Unpadding.of(keep) if bias is not None and self.skip_padding else None
+        unpad = bias is not None and self.skip_padding and not compiling
+        unpadding = Unpadding.of(keep) if unpad else None
         if unpadding is not None:
             h = unpadding.unpad(h)  # (N, dim)
         h, states = self.encoder(h, bias, unpadding, output_hidden_states)
         if unpadding is not None:
             h = unpadding.pad(h)  # (B, T, dim)
             states = None if states is None else tuple(unpadding.pad(s) for s in states)
+        elif compiling and bias is not None and self.skip_padding:  # zeros at padding, as unpadded
+            h = zero_padding(h, keep)  # (B, T, dim)
+            states = None if states is None else tuple(zero_padding(s, keep) for s in states)
         pooled = None
         if self.pooler is not None:
             pooled = self.pooler(h)  # (B, dim)

@@ -142,7 +142,7 @@ def fit_options(cfg: RunConfig, prepared: Prepared, remedies: Remedies, *, seed:
         clip_grad_norm=t.clip_grad_norm, clip_grad_value=t.clip_grad_value, accumulate=t.accumulate,
         precision=t.precision, device=t.device, seed=cfg.seed if seed is None else seed,
         log_every_n_steps=t.log_every_n_steps, tbptt=t.tbptt, augment=batch_augment(cfg, prepared),
-        order=remedies.order,
+        order=remedies.order, compile=t.compile,
     )
 
 

@@ -304,8 +304,10 @@ class ProgressBar(Callback):
     epoch's mean loss so far). On a terminal it also draws a bar and is redrawn in place
     (carriage return) at most every ``refresh_s`` seconds; on any other stream (CI logs,
     pipes, files; or with ``force_plain``) it is printed as its own line every ``every_s``
-    seconds, so short epochs print only their summary. The loss is read from the device
-    only when a line is drawn: the steps in between cost no host-device sync.
+    seconds, so short epochs print only their summary. The loss shown is the epoch's mean
+    loss so far, read from the device only on steps that sync anyway: a step the loop logs
+    (``log_every_n_steps``) and, when a line is drawn there, an epoch's last step. Other
+    lines repeat the last value read, so steps in between cost no host-device sync.
 
     Example:
         >>> import io
@@ -321,6 +323,7 @@ class ProgressBar(Callback):
         self._drawn = False  # a progress line is on screen, waiting to be overwritten
         self._first_step = 0  # state.step when the epoch began
         self._t0, self._step0, self._last_draw = 0.0, 0, 0.0  # the rate is measured from here
+        self._loss: float | None = None  # the epoch's mean loss, as last read
 
     def on_fit_start(self, state: TrainState) -> None:
         self._tty = not self.force_plain and self.stream.isatty()
@@ -331,13 +334,18 @@ class ProgressBar(Callback):
         self._start_timing(state, first_step=state.step)
 
     def _start_timing(self, state: TrainState, first_step: int) -> None:
-        self._first_step = first_step
+        self._first_step, self._loss = first_step, None
         self._t0 = self._last_draw = time.monotonic()
         self._step0 = state.step
 
     def on_step_end(self, state: TrainState) -> None:
         now = time.monotonic()
-        if now - self._last_draw < (self.refresh_s if self._tty else self.every_s):
+        draw = now - self._last_draw >= (self.refresh_s if self._tty else self.every_s)
+        last = state.step - self._first_step >= state.steps_per_epoch
+        if state.step_record is not None or (draw and last):  # a logged step or the epoch's end: read
+            count = state.totals.get("count", 0)
+            self._loss = (state.totals["loss_sum"] / count).item() if count else None
+        if not draw:
             return
         self._last_draw = now
         line = self._progress_line(state, now)
@@ -357,10 +365,7 @@ class ProgressBar(Callback):
         bar = f" {'#' * round(20 * fraction):.<20}" if self._tty else ""  # a picture only where it redraws
         line = (f"epoch {state.epoch + 1}/{state.epochs}{bar}  {done}/{total} steps [{100 * fraction:.0f}%]"
                 f"  {speed}  eta {eta}")
-        count = state.totals.get("count", 0)
-        if count:  # one host sync, only now that a line is drawn
-            line += f"  loss {(state.totals['loss_sum'] / count).item():.4g}"
-        return line
+        return line + (f"  loss {self._loss:.4g}" if self._loss is not None else "")
 
     def on_log(self, state: TrainState, record: dict[str, Any]) -> None:
         if record.get("type") != "epoch":

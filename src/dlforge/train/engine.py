@@ -39,6 +39,7 @@ from dlforge.targets import IGNORE_INDEX
 from dlforge.train import transfer
 from dlforge.train.batches import epoch_batch_size, epoch_permutation, fold_single_batch, iterate_batches
 from dlforge.train.callbacks import Callback, find_last_checkpoint
+from dlforge.train.compiling import compiled_forward
 from dlforge.train.devices import select_device
 from dlforge.train.losses import LossConfig, LossFn, build_loss
 from dlforge.train.seg_losses import supervised_loss
@@ -194,6 +195,7 @@ def fit(
     tbptt: int | tuple[int, int] | None = None,
     augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     order: Callable[[int, int, int], torch.Tensor] | None = None,
+    compile: bool | str = False,
 ) -> FitResult:
     """Train ``model`` on ``train`` (validating on ``val`` after every epoch).
 
@@ -216,7 +218,9 @@ def fit(
     (it may return soft labels (B, C), e.g. mixup). ``order(n, seed, epoch)`` gives the
     indices an epoch visits (default :func:`epoch_permutation`); it must be a pure
     function of its arguments so a resumed run sees the same data, and may repeat
-    indices (a class-balanced sampler).
+    indices (a class-balanced sampler). ``compile`` (True: inductor, or a backend name) runs
+    the training forward through ``torch.compile``; ``model`` stays the plain module for
+    checkpoints and evaluation (see :mod:`dlforge.train.compiling`).
 
     Example:
         >>> import torch
@@ -240,6 +244,7 @@ def fit(
 
     seed_everything(seed)
     model.to(device)
+    forward = compiled_forward(model, compile)  # model itself when compile is off
     train, val = _on_device(train, device), _on_device(val, device)
     batch_size = epoch_batch_size(cfg, len(train), batch_size)
     order = order or epoch_permutation
@@ -285,7 +290,7 @@ def fit(
                     xb, yb = augment(xb, yb)
                 if window is None:
                     with _autocast(device, precision):
-                        pieces: Iterable[tuple[torch.Tensor, torch.Tensor]] = [(model(xb), yb)]
+                        pieces: Iterable[tuple[torch.Tensor, torch.Tensor]] = [(forward(xb), yb)]
                 else:  # truncated BPTT: one optimizer step per window of the sequence
                     pieces = tbptt_windows(model, xb, yb, *window, lambda: _autocast(device, precision))
                 for out, target in pieces:

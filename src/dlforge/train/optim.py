@@ -6,6 +6,12 @@ training set), ``sgd``, ``momentum`` (heavy ball, or Nesterov with ``nesterov=Tr
 penalty (coupled into the gradient for every optimizer but AdamW, as in PyTorch); ``l1``
 adds ``l1 * sum(|w|)`` over weight matrices and kernels to the loss (see the engine).
 
+``fused`` picks the update kernel: ``auto`` (default) uses the fused kernel for
+sgd/momentum/adam/adamw when every parameter is on CUDA, and otherwise what torch picks
+(foreach on accelerators, the per-parameter loop on the CPU, so CPU results are bit for
+bit those of ``fused: false``); ``true`` forces fused (an error where torch has none);
+``false`` forces the plain per-parameter loop.
+
 Schedules are stepped after every optimizer step, except ``plateau`` which reacts to a
 validation metric once per epoch. Each may start with a linear warmup.
 
@@ -20,12 +26,16 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+from dlforge.errors import ConfigError
 
 OPTIMIZERS = ("gd", "sgd", "momentum", "adam", "adamw", "rmsprop")
+FUSED = ("gd", "sgd", "momentum", "adam", "adamw")  # torch has fused kernels for these
 SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
 
 
@@ -61,6 +71,7 @@ class OptimConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0, description="L2 (decoupled for adamw)")
     l1: float = Field(0.0, ge=0, description="L1 penalty added to the loss")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    fused: Literal["auto"] | bool = Field("auto", description="auto: fused on CUDA; true: always; false: never")
     # Discriminative learning rates: [{pattern: "bert.embeddings.*", lr_mult: 0.1}, ...];
     # the first matching pattern wins (see dlforge.train.transfer.param_groups).
     param_groups: list[dict[str, Any]] = Field(default_factory=list)
@@ -75,21 +86,51 @@ def as_optim_config(optim: str | dict | OptimConfig) -> OptimConfig:
     return OptimConfig.model_validate(optim)
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Build the PyTorch optimizer named by ``cfg.name``."""
-    wd = cfg.weight_decay
+def kernel_options(cfg: OptimConfig, params: Sequence[torch.Tensor]) -> dict[str, bool]:
+    """The ``fused`` / ``foreach`` arguments ``cfg.fused`` asks for, given where ``params`` live.
+
+    Example:
+        >>> kernel_options(OptimConfig(name="adam"), [torch.zeros(2)])  # auto on the CPU: torch's default
+        {}
+        >>> kernel_options(OptimConfig(name="adam", fused=False), [torch.zeros(2)])
+        {'foreach': False, 'fused': False}
+    """
+    if cfg.fused is False:
+        return {"foreach": False, "fused": False} if cfg.name in FUSED else {"foreach": False}
+    devices = {p.device.type for p in params}
+    if cfg.fused == "auto":
+        return {"fused": True} if cfg.name in FUSED and devices == {"cuda"} else {}
+    if cfg.name not in FUSED:
+        raise ConfigError(f"optim.fused is true, but torch has no fused {cfg.name} kernel",
+                          hint=f"use fused: auto (or false), or one of: {', '.join(FUSED)}")
+    unsupported = devices - set(_get_fused_kernels_supported_devices())
+    if unsupported or any(not torch.is_floating_point(p) for p in params):
+        raise ConfigError(f"optim.fused is true, but torch has no fused kernel for parameters on "
+                          f"{', '.join(sorted(unsupported)) or 'these devices'}",
+                          hint="use fused: auto, which falls back to what torch supports")
+    return {"fused": True}
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]],
+                    cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Build the PyTorch optimizer named by ``cfg.name`` (with the kernel ``cfg.fused`` picks)."""
+    params = list(params)  # parameters, or torch-style param group dicts
+    tensors = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
+    wd, kernel = cfg.weight_decay, kernel_options(cfg, tensors)
     if cfg.name in ("gd", "sgd"):
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=wd)
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=wd, **kernel)
     if cfg.name == "momentum":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd,
+                               **kernel)
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=wd)
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=wd, **kernel)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=wd)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=wd, **kernel)
     if cfg.name == "rmsprop":
         # RMSprop's own momentum defaults to 0; only use it when momentum was asked for.
         momentum = cfg.momentum if "momentum" in cfg.model_fields_set else 0.0
-        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=momentum, weight_decay=wd)
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=momentum,
+                                   weight_decay=wd, **kernel)
     raise AssertionError(cfg.name)  # pydantic already restricted the name
 
 
@@ -163,8 +204,6 @@ class Scheduler:
         if self.plateau is None or self.step_count < self.warmup_steps:
             return
         if self.cfg.monitor not in metrics:
-            from dlforge.errors import ConfigError
-
             raise ConfigError(
                 f"optim.schedule.monitor is {self.cfg.monitor!r}, which is not a logged metric",
                 hint=f"pick one of: {', '.join(sorted(metrics))}",

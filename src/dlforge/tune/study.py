@@ -6,10 +6,12 @@ Each trial samples the ``tune.space`` keys, trains the resulting config with
 the metric after every epoch, so a median or Hyperband pruner can stop a trial that is
 behind the others at the same epoch.
 
-Storage is any SQLAlchemy URL (default ``sqlite:///<runs_dir>/<name>-tune.db``), so
-workers on many machines can share one study through PostgreSQL: start the first worker
-plainly (it creates the study), the others with ``resume=True`` (``--resume``), which
-joins the existing study. A study remembers its objective and base config; joining or
+Storage is any SQLAlchemy URL (default ``sqlite:///<runs_dir>/<name>-tune.db``).
+``workers=N`` (``--workers N``) runs the trials in N local processes
+(:mod:`~dlforge.tune.workers`); workers on many machines share one study through
+PostgreSQL: start the first command plainly (it creates the study), the others, on any
+machine, with the same storage URL and ``resume=True`` (``--resume``), which joins the
+existing study; ``multi_host=True`` (``--multi-host``) refuses SQLite for such a study. A study remembers its objective and base config; joining or
 resuming with a different one is an error rather than a silent mix. Trials of workers
 that died are noticed through the storage heartbeat and queued again once.
 
@@ -39,11 +41,10 @@ import copy
 import json
 import math
 import os
-import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 import optuna
 import yaml
@@ -52,11 +53,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dlforge.config import validate_config
 from dlforge.errors import ConfigError
-from dlforge.train import Callback
 from dlforge.train.state_io import atomic_write
 from dlforge.tune.checks import check_before_trials
+from dlforge.tune.objective import (  # noqa: F401 (PruningCallback, TrialSeededSampler, short_value: re-exported)
+    PruningCallback, TrialSeededSampler, finite_or_none, make_objective, make_pruner, make_sampler,
+    progress_callback, short_value,
+)
 from dlforge.tune.storage import default_storage, display_url, open_storage  # noqa: F401 (re-exported)
-from dlforge.tune.space import TuneConfig, check_space, decode_params, grid_space, parse_tune, suggest, trial_raw
+from dlforge.tune.space import TuneConfig, check_space, decode_params, grid_space, parse_tune, trial_raw
+from dlforge.tune.workers import WorkerSpec, check_workers, run_workers
 
 _ATTR_OBJECTIVE = "dlforge.objective"  # study user attrs: what the study optimises ...
 _ATTR_BASE = "dlforge.base_config"  # ... and the config every trial starts from
@@ -78,78 +83,7 @@ class TuneResult:
     out_dir: Path
     best_trial: int | None = None
     files: dict[str, Path] = field(default_factory=dict)
-
-
-class PruningCallback(Callback):
-    """Report a trial's metric after every epoch; stop training when the pruner says so.
-
-    The reported value is ``metric`` when it is logged every epoch (``val_loss``,
-    ``val_accuracy``); otherwise (``val_f1_macro``, ``test_*``: known only after
-    training) it is ``val_loss``, negated for a maximised study so the pruner compares
-    trials the right way round. Steps are 0-based epoch indices, as in ``history.jsonl``.
-
-    Example:
-        >>> import optuna
-        >>> trial = optuna.create_study().ask()
-        >>> PruningCallback(trial, "val_accuracy", "maximize").pruned_at is None
-        True
-    """
-
-    def __init__(self, trial: optuna.Trial, metric: str, direction: str) -> None:
-        self.trial, self.metric, self.direction = trial, metric, direction
-        self.pruned_at: int | None = None
-
-    def intermediate(self, metrics: dict[str, Any]) -> float | None:
-        """The value reported for this epoch's ``metrics`` (None: nothing to report)."""
-        if self.metric in metrics:
-            return float(metrics[self.metric])
-        if "val_loss" in metrics:
-            return float(metrics["val_loss"]) * (-1.0 if self.direction == "maximize" else 1.0)
-        return None
-
-    def on_validation_end(self, state: Any, metrics: dict[str, Any]) -> None:
-        value = self.intermediate(metrics)
-        if value is None:
-            return
-        self.trial.report(value, step=state.epoch)
-        if self.trial.should_prune():
-            self.pruned_at = state.epoch
-            state.should_stop, state.stop_reason = True, "pruned"
-
-
-class TrialSeededSampler(BaseSampler):
-    """Delegates to a sampler rebuilt for every trial with ``seed + trial.number``.
-
-    A sampler seeded once per process would make two workers started with the same
-    seed draw the same random start-up trials; keyed by the trial number (unique in the
-    storage) each trial's draws are reproducible and distinct.
-
-    Example:
-        >>> sampler = TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed=0)
-    """
-
-    def __init__(self, make: Callable[[int], BaseSampler], seed: int) -> None:
-        self._make, self._seed = make, seed
-        self._inner = make(seed)
-
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._inner = self._make(self._seed + trial.number)
-        self._inner.before_trial(study, trial)
-
-    def infer_relative_search_space(self, study, trial):  # type: ignore[no-untyped-def]
-        return self._inner.infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study, trial, search_space):  # type: ignore[no-untyped-def]
-        return self._inner.sample_relative(study, trial, search_space)
-
-    def sample_independent(self, study, trial, param_name, param_distribution):  # type: ignore[no-untyped-def]
-        return self._inner.sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(self, study, trial, state, values):  # type: ignore[no-untyped-def]
-        self._inner.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self._inner.reseed_rng()
+    worker_failures: list[str] = field(default_factory=list)  # --workers N: one message per failed worker
 
 
 # ----------------------------------------------------------------------------- study set-up
@@ -223,110 +157,6 @@ def _open_study(tune: TuneConfig, base: dict[str, Any], storage: optuna.storages
     return study
 
 
-def _sampler(tune: TuneConfig, seed: int) -> BaseSampler:
-    s = tune.sampler
-    if s.name == "grid":
-        # Not re-seeded per trial: the seed fixes the grid's shuffled order, which every
-        # trial (and worker) must share; trial n takes point n of it, so it is reproducible.
-        return optuna.samplers.GridSampler(grid_space(tune.space), seed=seed)
-    if s.name == "random":
-        return TrialSeededSampler(lambda k: optuna.samplers.RandomSampler(seed=k), seed)
-    # constant_liar: a running trial counts as a bad result, so parallel workers spread out
-    return TrialSeededSampler(lambda k: optuna.samplers.TPESampler(
-        seed=k, n_startup_trials=s.n_startup_trials, constant_liar=True), seed)
-
-
-def _pruner(tune: TuneConfig, epochs: int) -> optuna.pruners.BasePruner:
-    p = tune.pruner
-    if tune.k_folds is not None or p.name == "none":  # a k-fold score has no per-epoch curve
-        return optuna.pruners.NopPruner()
-    if p.name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
-    return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=max(epochs, p.min_resource),
-                                          reduction_factor=p.reduction_factor)
-
-
-# ----------------------------------------------------------------------------- the objective
-
-def _finite_or_none(value: Any) -> Any:
-    return value if not isinstance(value, float) or math.isfinite(value) else None
-
-
-def _objective(tune: TuneConfig, base: dict[str, Any], trials_dir: Path) -> Callable[[optuna.Trial], float]:
-    direction = tune.resolved_direction()
-
-    def objective(trial: optuna.Trial) -> float:
-        values = suggest(trial, tune.space)
-        raw = trial_raw(base, values)
-        cfg = validate_config(raw)
-        trial.set_user_attr("config", raw)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        if tune.k_folds is not None:
-            from dlforge.pipeline.crossval import cross_validate
-
-            cv = cross_validate(cfg, k=tune.k_folds)
-            trial.set_user_attr("cv_mean", {k: _finite_or_none(v) for k, v in cv.mean.items()})
-            trial.set_user_attr("cv_std", {k: _finite_or_none(v) for k, v in cv.std.items()})
-            name = tune.metric.removeprefix("cv_")
-            if name not in cv.mean:
-                raise ConfigError(f"tune.metric {tune.metric!r} is not a cross-validation metric of this task",
-                                  hint=f"use one of: {', '.join('cv_' + k for k in cv.mean if k != 'n')}")
-            return float(cv.mean[name])
-
-        from dlforge.pipeline import train_run
-
-        pruning = PruningCallback(trial, tune.metric, direction)
-        # The run directory says which trial it is; the stored config keeps the user's name.
-        run_cfg = cfg.model_copy(update={"name": f"{cfg.name}-trial{trial.number}"})
-        # Bagging trains k members one after another: no single curve to prune (see _check_pruning).
-        outcome = train_run(run_cfg, runs_dir=trials_dir, callbacks=[] if cfg.data.imbalance.bagging else [pruning])
-        trial.set_user_attr("run_dir", str(outcome.run_dir))
-        trial.set_user_attr("epochs_run", outcome.result.epochs_run)
-        trial.set_user_attr("stop_reason", outcome.result.stop_reason)
-        trial.set_user_attr("metrics", {k: _finite_or_none(v) for k, v in outcome.metrics.items()})
-        if pruning.pruned_at is not None:
-            raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at + 1}")
-        if outcome.result.stop_reason == "non_finite":
-            # The NaN guard stopped a diverging run (a learning rate far too high, say): a bad
-            # point of the space, not a broken study. NaN marks the trial failed; others go on.
-            trial.set_user_attr("failure", "the run diverged: non-finite loss or gradient")
-            return math.nan
-        if tune.metric not in outcome.metrics:
-            raise ConfigError(f"tune.metric {tune.metric!r} is not a metric this run produces",
-                              hint=f"use one of: {', '.join(sorted(outcome.metrics))}")
-        return float(outcome.metrics[tune.metric])
-
-    return objective
-
-
-def _progress_line(stream: TextIO, tune: TuneConfig, space_keys: list[str]) -> Callable:
-    def report(study: optuna.Study, trial: FrozenTrial) -> None:
-        seconds = trial.duration.total_seconds() if trial.duration else 0.0
-        if trial.state == TrialState.COMPLETE:
-            outcome = f"{tune.metric} {trial.value:.4g}"
-        elif trial.state == TrialState.PRUNED:
-            outcome = f"pruned after epoch {len(trial.intermediate_values)}"
-        else:
-            outcome = trial.state.name.lower() + (f" ({trial.user_attrs['failure']})"
-                                                  if "failure" in trial.user_attrs else "")
-        params = decode_params(tune.space, trial.params)
-        shown = "  ".join(f"{k}={short_value(params[k])}" for k in space_keys if k in params)
-        stream.write(f"trial {trial.number}: {outcome} ({seconds:.1f} s)  {shown}\n")
-        stream.flush()
-
-    return report
-
-
-def short_value(value: Any) -> str:
-    """A sampled value as progress lines and summaries show it.
-
-    Example:
-        >>> short_value(0.0312345), short_value([16, 16]), short_value("adam")
-        ('0.03123', '[16, 16]', '"adam"')
-    """
-    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value)
-
-
 # ----------------------------------------------------------------------------- outputs
 
 def trial_rows(study: optuna.Study, tune: TuneConfig) -> list[dict[str, Any]]:
@@ -336,11 +166,11 @@ def trial_rows(study: optuna.Study, tune: TuneConfig) -> list[dict[str, Any]]:
         rows.append({
             "number": t.number, "state": t.state.name.lower(),
             # Optuna keeps a pruned trial's last reported value as its value: not the objective.
-            "value": _finite_or_none(t.value) if t.state == TrialState.COMPLETE else None,
+            "value": finite_or_none(t.value) if t.state == TrialState.COMPLETE else None,
             "params": decode_params(tune.space, t.params),
             "duration_s": t.duration.total_seconds() if t.duration else None,
             "start": t.datetime_start.isoformat() if t.datetime_start else None,
-            "intermediate": [[step, _finite_or_none(v)] for step, v in sorted(t.intermediate_values.items())],
+            "intermediate": [[step, finite_or_none(v)] for step, v in sorted(t.intermediate_values.items())],
             **{k: t.user_attrs[k] for k in ("run_dir", "epochs_run", "stop_reason", "failure", "worker", "cv_mean")
                if k in t.user_attrs},
         })
@@ -383,7 +213,7 @@ def _write_outputs(study: optuna.Study, tune: TuneConfig, url: str,
 def run_tune(
     cfg_raw: dict[str, Any], *, runs_dir: str | Path = "runs", storage: str | None = None, resume: bool = False,
     n_trials: int | None = None, timeout: float | None = None, progress: TextIO | None = None,
-    out_dir: str | Path | None = None,
+    out_dir: str | Path | None = None, workers: int = 1, multi_host: bool = False,
 ) -> TuneResult:
     """Tune the run config ``cfg_raw`` (a raw dict with a ``tune:`` section).
 
@@ -393,6 +223,11 @@ def run_tune(
     ``resume``, rewrites the outputs from what all workers have stored so far).
     ``progress`` gets one line per finished trial.
     Outputs go to ``out_dir`` (default ``<runs_dir>/<study>-tune``).
+
+    ``workers=N`` runs the trials in N local processes that together run the call's
+    ``n_trials`` (see :mod:`~dlforge.tune.workers`; outputs are still written once, here).
+    ``multi_host=True`` says workers on other machines join this study (with
+    ``resume=True`` and the same ``storage``): a SQLite storage is then refused.
 
     Example:
         >>> raw = {"name": "circles", "data": {"source": "circles", "n_samples": 200},
@@ -417,22 +252,32 @@ def run_tune(
     runs_dir = Path(runs_dir)
     name = tune.study_name or cfg.name
     url = storage or tune.storage or default_storage(runs_dir, cfg.name)
+    check_workers(workers, url, multi_host=multi_host)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines replace optuna's
     try:
         rdb = open_storage(url)
-        study = _open_study(tune, base, rdb, name, url, resume, _sampler(tune, cfg.seed),
-                            _pruner(tune, cfg.train.epochs))
+        study = _open_study(tune, base, rdb, name, url, resume, make_sampler(tune, cfg.seed),
+                            make_pruner(tune, cfg.train.epochs))
         budget = n_trials if n_trials is not None else tune.n_trials
         if tune.sampler.name == "grid":  # without a cap the exhausted grid re-runs a point, then stops
             size = math.prod(len(v) for v in grid_space(tune.space).values())
             taken = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
                         for t in study.get_trials(deepcopy=False))
             budget = max(0, min(budget, size - taken))
-        if budget > 0:
-            callbacks = [_progress_line(progress, tune, list(tune.space))] if progress is not None else []
-            study.optimize(_objective(tune, base, runs_dir / f"{name}-trials"), n_trials=budget,
-                           timeout=timeout if timeout is not None else tune.timeout, callbacks=callbacks)
+        timeout = timeout if timeout is not None else tune.timeout
+        failures: list[str] = []
+        if budget > 0 and workers > 1:
+            spec = WorkerSpec(url=url, study_name=name, tune=tune, base=base, seed=cfg.seed, epochs=cfg.train.epochs,
+                              trials_dir=(runs_dir / f"{name}-trials").resolve(), budget=budget,
+                              deadline=None if timeout is None else time.time() + timeout,
+                              threads=max(1, (os.cpu_count() or 1) // workers))
+            failures = run_workers(workers, spec, progress)
+        elif budget > 0:
+            callbacks = [progress_callback(lambda line: (progress.write(line), progress.flush()), tune)
+                         ] if progress is not None else []
+            study.optimize(make_objective(tune, base, runs_dir / f"{name}-trials"), n_trials=budget,
+                           timeout=timeout, callbacks=callbacks)
         elif progress is not None:
             why = "the grid is exhausted" if tune.sampler.name == "grid" and n_trials != 0 else "n_trials is 0"
             progress.write(f"study {name!r}: no trial to run ({why}); outputs rewritten\n")
@@ -447,6 +292,7 @@ def run_tune(
         best_params=decode_params(tune.space, best.params) if best else {}, best_config=best_config,
         n_complete=states.count(TrialState.COMPLETE), n_pruned=states.count(TrialState.PRUNED),
         n_failed=states.count(TrialState.FAIL), out_dir=out, best_trial=best.number if best else None, files=files,
+        worker_failures=failures,
     )
 
 

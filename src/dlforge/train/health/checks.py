@@ -76,7 +76,7 @@ def _check_vanishing(steps: Sequence[dict], layers: list[str], t: HealthThreshol
         {"ratio": ratio, "threshold": t.vanishing_ratio, "first_layer": first, "last_layer": last,
          "median_grad_norm": medians, "logged_steps": len(_finite(r.get(f"grad_norm/{first}") for r in steps))},
         "use model.activation: relu with model.init: he, or add model.batch_norm: before; "
-        "fewer hidden layers (model.hidden) also help",
+        "fewer layers (model.hidden for an MLP, model.channels for a CNN, model.widths for a U-Net) also help",
     )
 
 
@@ -291,7 +291,8 @@ def _check_overfitting(epochs: Sequence[dict], t: HealthThresholds) -> Diagnosis
          "val_loss_after_best": [r["val_loss"] for r in rows[best:]]},
         f"set train.early_stopping: {{monitor: val_loss, patience: {t.overfit_patience}}} (it keeps the best "
         f"epoch's weights), regularise (model.dropout: 0.3, optim.weight_decay: 1e-4), use a smaller model "
-        f"(model.hidden) or more data",
+        f"(model.hidden for an MLP, model.channels for a CNN, model.widths for a U-Net, model.dim for a BERT) "
+        f"or more data",
     )
 
 
