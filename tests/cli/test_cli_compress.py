@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from dlforge.cli import app
 from dlforge.compress.measure import parameter_count, zero_share
-from dlforge.pipeline.compression import first_inputs
 from dlforge.pipeline.evaluation import run_prepared
+from dlforge.pipeline.run import first_samples
 from dlforge.registry import load_artifact
 
 from .test_cli import only_run, write_config
@@ -48,7 +48,7 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def held_out(run):
     parent = load_artifact(run)
-    return first_inputs(run_prepared(run, parent).test, 270)
+    return first_samples(run_prepared(run, parent).test, 270)[0]
 
 
 def test_static_int8_variant_is_an_artifact_close_to_its_parent(run, held_out):

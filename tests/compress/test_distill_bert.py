@@ -27,13 +27,7 @@ from dlforge.nn import scaled_dot_product_attention
 FIT = {"batch_size": 16, "optim": {"name": "adam", "lr": 3e-3}, "device": "cpu", "seed": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds contention on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _bert(dim: int = 32, layers: int = 2, heads: int = 4, seed: int = 0, **options):

@@ -16,9 +16,9 @@ import dlforge.data.augment
 import dlforge.data.mix
 from dlforge.data import load_builtin, prepare
 from dlforge.data.augment import (
-    PRESETS, PREVIEW_GAP, PREVIEW_TILE, AugmentConfig, BatchAugment, as_augment_config, build_augment,
-    preview_grid, resolve_augment,
+    PRESETS, AugmentConfig, BatchAugment, as_augment_config, build_augment, resolve_augment,
 )
+from dlforge.data.augment_preview import PREVIEW_GAP, PREVIEW_TILE, preview_grid
 from dlforge.data.catalog import list_builtin
 from dlforge.data.mix import cutmix, mixup
 from dlforge.errors import ConfigError

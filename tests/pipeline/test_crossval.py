@@ -21,13 +21,7 @@ from dlforge.pipeline.crossval import cross_validate
 from dlforge.train import fit, seed_everything
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds contention on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make_config(source: str = "iris", seed: int = 0, val: float = 0.0, **sections) -> RunConfig:

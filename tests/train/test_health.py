@@ -37,14 +37,7 @@ def check_well_formed(diagnoses: list[Diagnosis]) -> None:
         json.dumps(d.to_dict(), allow_nan=False)  # strict JSON: non-finite values became strings
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds contention on a busy 2-core machine
-    (10x slower training here); the previous setting comes back after this module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -24,15 +24,11 @@ def _student(text: Optional[str]) -> Any:
     """The --student spec: inline YAML/JSON (``{arch: mlp, hidden: [32]}``) or a YAML file."""
     if text is None:
         return None
-    import yaml
-
     from dlforge.errors import ConfigError
+    from dlforge.user_files import parse_yaml, read_yaml
 
-    source = Path(text).read_text(encoding="utf-8") if Path(text).suffix in (".yaml", ".yml", ".json") else text
-    try:
-        spec = yaml.safe_load(source)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--student is not valid YAML: {err}", hint="e.g. --student '{arch: mlp, hidden: [32]}'") from None
+    spec = (read_yaml(text, "student spec") if Path(text).suffix in (".yaml", ".yml", ".json")
+            else parse_yaml(text, "--student"))
     if not isinstance(spec, dict):
         raise ConfigError("--student must be a model spec mapping", hint="e.g. --student '{arch: mlp, hidden: [32]}'")
     return spec

@@ -154,7 +154,7 @@ def augment_preview(
     import torch
 
     from dlforge.config import load_config
-    from dlforge.data.augment import preview_grid
+    from dlforge.data.augment_preview import preview_grid
     from dlforge.pipeline import load_data
     from dlforge.pipeline.fit_options import batch_augment
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+from dlforge.compress.prune import PRUNABLE
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ Example:
 
 from __future__ import annotations
 
-from dlforge.data.augment import AugmentConfig, BatchAugment, build_augment, preview_grid, resolve_augment
+from dlforge.data.augment import AugmentConfig, BatchAugment, build_augment, resolve_augment
+from dlforge.data.augment_preview import preview_grid
 from dlforge.data.bundle import DataBundle
 from dlforge.data.imbalance import (
     ImbalanceConfig, balanced_order, class_counts, imbalance_note, make_imbalanced, resample, resample_dataset,

@@ -5,7 +5,7 @@ built-in set's label-preserving preset (:data:`PRESETS`) can fill in the ones no
 :func:`build_augment` turns the section into a :class:`BatchAugment`, the
 ``augment(x, y) -> (x, y)`` that :func:`dlforge.train.fit` applies to every training
 batch on the model's device. It is the identity in eval mode and never touches
-validation or test data.
+validation or test data. :mod:`dlforge.data.augment_preview` draws what it does.
 
 Choices worth knowing:
 
@@ -34,13 +34,10 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
@@ -73,8 +70,6 @@ _OFF: dict[str, Any] = {"rotation": 0.0, "translate": 0.0, "scale": None, "shear
                         "hflip": 0.0, "vflip": 0.0, "color_jitter": None, "noise": 0.0, "blur": None,
                         "erasing": None, "mixup": 0.0, "cutmix": 0.0, "mix_prob": 1.0}
 TRANSFORM_KEYS = tuple(k for k in _OFF if k != "mix_prob")  # mix_prob only scales mixup/cutmix
-PREVIEW_TILE = 64  # preview tiles are upscaled (nearest) to at least this many pixels
-PREVIEW_GAP = 2  # white pixels between preview tiles
 
 
 # ----------------------------------------------------------------------------- config
@@ -408,64 +403,3 @@ def build_augment(
         raise ConfigError("data.augment.cutmix mixes class labels by area; regression targets cannot be",
                           hint="use mixup for regression")
     return BatchAugment(cfg, input_shape, num_classes, stats)
-
-
-# ----------------------------------------------------------------------------- preview
-
-def _to_pixels(x: torch.Tensor, stats: Mapping[str, Any] | None, low: float, high: float) -> np.ndarray:
-    """(N, C, H, W) model inputs -> (N, H, W, C) uint8 for display."""
-    x = x.detach().float().cpu()
-    if stats is not None:
-        mean = torch.tensor(stats["mean"]).view(1, -1, 1, 1)
-        x = x * torch.tensor(stats["std"]).view(1, -1, 1, 1) + mean
-    else:  # unknown scale: stretch the originals' range onto [0, 1]
-        x = (x - low) / max(high - low, 1e-12)
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def preview_grid(
-    x: torch.Tensor, augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    path: str | Path, n: int = 8, *, rows: int = 3, y: torch.Tensor | None = None,
-    stats: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write a PNG: a row of ``n`` originals, then ``rows`` rows of augmented versions.
-
-    ``x`` are standardised images ``(N, C, H, W)`` with 1 or 3 channels; ``stats``
-    (default: the augmentation's own) un-standardise them for display. Tiles are
-    upscaled (nearest) to at least 64 pixels and separated by 2 white pixels.
-    ``y`` are labels for mixup/cutmix (default: class 0).
-
-    Example:
-        >>> augment = build_augment({"preset": "digits"}, (1, 8, 8), 10)
-        >>> preview_grid(torch.rand(8, 1, 8, 8), augment, "/tmp/preview.png").name  # doctest: +SKIP
-        'preview.png'
-    """
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise DataError(f"a preview needs images (N, C, H, W) with 1 or 3 channels, got {tuple(x.shape)}",
-                        hint="augment-preview works on image data sets")
-    x = x[:n]  # (n, C, H, W)
-    stats = stats if stats is not None else getattr(augment, "stats", None)
-    if y is None:
-        regression = getattr(augment, "num_classes", 0) is None
-        y = torch.zeros(len(x), 1, device=x.device) if regression else torch.zeros(len(x), dtype=torch.long,
-                                                                                     device=x.device)
-    was_training = getattr(augment, "training", None)
-    if was_training is not None:
-        augment.train()
-    versions = [x] + [augment(x, y)[0] for _ in range(rows)]
-    if was_training is False:
-        augment.eval()
-    low, high = float(x.min()), float(x.max())
-    tiles = [_to_pixels(v, stats, low, high) for v in versions]  # each (n, H, W, C)
-    size = max(1, math.ceil(PREVIEW_TILE / max(x.shape[-2:])))
-    height, width, channels = x.shape[2] * size, x.shape[3] * size, x.shape[1]
-    grid = np.full((len(tiles) * (height + PREVIEW_GAP) + PREVIEW_GAP,
-                    len(x) * (width + PREVIEW_GAP) + PREVIEW_GAP, channels), 255, dtype=np.uint8)
-    for r, row in enumerate(tiles):
-        for c, tile in enumerate(row):
-            top, left = PREVIEW_GAP + r * (height + PREVIEW_GAP), PREVIEW_GAP + c * (width + PREVIEW_GAP)
-            grid[top:top + height, left:left + width] = tile.repeat(size, axis=0).repeat(size, axis=1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid[..., 0] if channels == 1 else grid).save(path)  # 2-D: mode L, else RGB
-    return path

@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -41,15 +42,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
 from dlforge.config import load_config
 from dlforge.errors import ArtifactError, ConfigError
 from dlforge.evaluate import evaluate
 from dlforge.models import build, spec_of
 from dlforge.pipeline.evaluation import locate_run, run_prepared
+from dlforge.pipeline.run import first_samples
 from dlforge.registry import load_artifact, save_artifact
-from dlforge.registry.artifact import Artifact
+from dlforge.registry.artifact import META_FILE, Artifact
 from dlforge.train.optim import ScheduleConfig
 
 METHODS = ("distill", "prune", "prune-structured", "quantize-dynamic", "quantize-static", "qat")
@@ -193,7 +195,7 @@ def _apply(method: str, art: Artifact, prepared: Any, cfg: Any, s: dict[str, Any
     if method == "quantize-dynamic":
         result = q.dynamic_int8(parent)
     elif method == "quantize-static":
-        result = q.quantize_static_int8(parent, first_inputs(prepared.train, int(s["samples"])))
+        result = q.quantize_static_int8(parent, first_samples(prepared.train, int(s["samples"]))[0])
     else:
         from dlforge.compress.qat import quantize_aware_train
 
@@ -240,7 +242,9 @@ def _retrain(model: nn.Module, prepared: Any, epochs: int, optim: Any, fit_args:
 
 def _save_variant(target: Path, model: nn.Module, art: Artifact, record: dict[str, Any], held_out: Dataset | None,
                   prepared: Any, **extra: Any) -> Path:
-    """Save the variant, then score it on the run's held-out split beside its parent."""
+    """Save the variant beside ``target``, score it as loaded (a quantized one is rebuilt from
+    its recipe) on the run's held-out split beside its parent, record the scores in its
+    model.json and move it into place: complete or not at all."""
     from dlforge.data.preprocess import in_target_units
 
     tmp = target.parent / f".{target.name}.scoring"
@@ -250,10 +254,11 @@ def _save_variant(target: Path, model: nn.Module, art: Artifact, record: dict[st
                       training=art.meta.get("training"), variant=record, **extra)
         if held_out is not None:
             data = in_target_units(held_out, prepared)
-            record["metrics"] = evaluate(load_artifact(tmp), data).metrics
-            record["parent_metrics"] = evaluate(art, data).metrics
-        save_artifact(model, target, task=art.task, class_names=art.class_names, preprocessing=art.preprocessing,
-                      metrics=record.get("metrics"), training=art.meta.get("training"), variant=record, **extra)
+            meta = json.loads((tmp / META_FILE).read_text(encoding="utf-8"))
+            meta["metrics"] = evaluate(load_artifact(tmp), data).metrics
+            meta["variant"].update(metrics=meta["metrics"], parent_metrics=evaluate(art, data).metrics)
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -279,7 +284,8 @@ def _export_data(run_dir: Path | None, art: Artifact, *, needs_train: bool) -> t
         return _synthetic_inputs(art), None
     prepared = run_prepared(run_dir, art)
     held_out = prepared.test if prepared.test is not None else (prepared.val or prepared.train)
-    return first_inputs(held_out, len(held_out)), first_inputs(prepared.train, CALIBRATION_SAMPLES) if needs_train else None
+    calibration = first_samples(prepared.train, CALIBRATION_SAMPLES)[0] if needs_train else None
+    return first_samples(held_out, len(held_out))[0], calibration
 
 
 def _synthetic_inputs(art: Artifact, n: int = 64) -> torch.Tensor:
@@ -289,13 +295,6 @@ def _synthetic_inputs(art: Artifact, n: int = 64) -> torch.Tensor:
         vocab = int(art.meta["spec"].get("vocab_size", 2))
         return torch.randint(1, vocab, (n, *art.input_shape), generator=generator)
     return torch.randn(n, *art.input_shape, generator=generator)
-
-
-def first_inputs(dataset: Dataset, n: int) -> torch.Tensor:
-    """The first ``n`` inputs of a dataset (a TensorDataset's first tensor)."""
-    if isinstance(dataset, TensorDataset):
-        return dataset.tensors[0][:n]
-    return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])
 
 
 def _copy(model: nn.Module) -> nn.Module:

@@ -24,8 +24,9 @@ from dlforge.compress.report import write_compression_report
 from dlforge.data.preprocess import in_target_units
 from dlforge.errors import ArtifactError, ConfigError, DataError
 from dlforge.evaluate import evaluate
-from dlforge.pipeline.compression import first_inputs, open_run
+from dlforge.pipeline.compression import open_run
 from dlforge.pipeline.evaluation import run_prepared
+from dlforge.pipeline.run import first_samples
 from dlforge.registry import load_artifact
 from dlforge.registry.artifact import META_FILE, WEIGHTS_FILE, Artifact
 
@@ -57,7 +58,7 @@ def compare_variants(path: str | Path, variants: Sequence[str | Path] | None = N
     if held_out is None:
         raise DataError("this run kept no test or validation split to score the variants on")
     data = in_target_units(held_out, prepared)
-    sample = first_inputs(held_out, max(batches))
+    sample = first_samples(held_out, max(batches))[0]
     metric = PRIMARY_METRIC[parent.task]
     measure = {"data": data, "sample": sample, "metric": metric, "calls": calls, "threads": threads, "batches": batches}
     rows = [_row("parent", "trained", "torch", parent, parent.path, **measure) | {"parent": True}]

@@ -132,7 +132,7 @@ def train_run(
     return _finish_run(cfg, run_dir, model, prepared, result, transfer, remedies)
 
 
-def _first_samples(data: Any, n: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+def first_samples(data: Any, n: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to ``n`` training inputs and targets, from a TensorDataset or any Dataset."""
     if isinstance(data, TensorDataset):
         return data.tensors[0][:n], data.tensors[1][:n]
@@ -146,7 +146,7 @@ def _finish_run(cfg: RunConfig, run_dir: Path, model: nn.Module, prepared: Prepa
     if isinstance(prepared, SegPrepared):
         return _finish_segmentation(cfg, run_dir, model, prepared, result, transfer, remedies)
     t = cfg.train
-    x_sample, y_sample = _first_samples(prepared.train)
+    x_sample, y_sample = first_samples(prepared.train)
     loss_fn = resolve_loss(remedies.loss if remedies else t.loss, y_sample)
     metrics = _val_metrics(cfg, result, prepared.val is not None)
     evaluation, baselines = None, None
@@ -264,8 +264,8 @@ def _val_metrics(cfg: RunConfig, result: FitResult, has_val: bool) -> dict[str, 
 def run_baselines(prepared: Prepared, held_out: Any, split: str, model_metrics: dict[str, float]) -> BaselineReport:
     """The baselines of :mod:`dlforge.evaluate.baselines` on the run's train split, scored on
     ``held_out`` (inputs and targets in target units, as the model was scored)."""
-    x_fit, y_fit = _first_samples(in_target_units(prepared.train, prepared), n=len(prepared.train))
-    x_out, y_out = _first_samples(held_out, n=len(held_out))
+    x_fit, y_fit = first_samples(in_target_units(prepared.train, prepared), n=len(prepared.train))
+    x_out, y_out = first_samples(held_out, n=len(held_out))
     kind = prepared.preprocessing.get("encoding", {}).get("kind", prepared.kind)
     classes = prepared.num_outputs if prepared.task == "classification" else None
     return fit_baselines((x_fit, y_fit), (x_out, y_out), task=prepared.task, kind=kind, n_classes=classes,
