@@ -1,6 +1,9 @@
 """Train a small dropout MLP with frequent checkpoints; used by test_resume.py.
 
-usage: python resume_script.py RUN_DIR OUT_FILE [--resume] [--sleep SECONDS]
+usage: python resume_script.py RUN_DIR OUT_FILE [--resume [--reshard]] [--sleep SECONDS]
+
+Started by torchrun (``python -m torch.distributed.run --nproc-per-node 2 resume_script.py ...``)
+it trains data-parallel; rank 0 writes OUT_FILE.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from dlforge.train import Callback, Checkpoint, EarlyStopping, HistoryWriter, fit
+from dlforge.train.distributed import Distributed
 
 
 class Sleep(Callback):
@@ -45,8 +49,12 @@ def main() -> None:
     ]
     fit(model, train, val, epochs=6, batch_size=16, seed=5, device="cpu",
         optim={"name": "adamw", "lr": 0.01, "weight_decay": 0.01, "schedule": {"name": "cosine", "warmup_epochs": 1}},
-        callbacks=callbacks, log_every_n_steps=5, resume=run_dir if resume else None)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
+        callbacks=callbacks, log_every_n_steps=5, resume=run_dir if resume else None,
+        reshard="--reshard" in sys.argv)
+    dist = Distributed.from_env()
+    if dist.main:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
+    dist.close()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Data-parallel pieces on the CPU with gloo: two real processes.
+"""Data-parallel training on the CPU with gloo: two real processes running :func:`fit`.
 
-The reference is one process: two ranks taking every other index of the epoch's global
-permutation with half the batch each, averaging their gradients, must reach the weights a
-single process reaches with the whole batch, to 1e-6, after several Adam steps.
+The reference is one process: two ranks, each taking every other index of the epoch's
+global permutation with half the batch, their gradients averaged by DDP, must reach the
+weights one process reaches with the whole batch, to 1e-6 (with and without gradient
+accumulation), log the same epoch metrics, stop together, and leave every file to rank 0.
 """
 
 from __future__ import annotations
@@ -16,38 +17,53 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from dlforge.errors import ConfigError
+from dlforge.train import Checkpoint, EarlyStopping, HistoryWriter, NanGuard, fit
 from dlforge.train.batches import epoch_permutation
 from dlforge.train.distributed import Distributed, per_rank_batch, rank_order, torchrun_command
 
-N, BATCH, STEPS, SEED = 96, 16, 5, 3
+SEED = 3
+OPTIM = {"name": "adam", "lr": 0.05}
 
 
-def _data() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(N, 5, generator=g)
-    return x, (x[:, 0] - x[:, 1] > 0).long()
+def _data(n: int, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    return TensorDataset(x, (x[:, 0] - x[:, 1] > 0).long())
 
 
 def _model() -> nn.Module:
     torch.manual_seed(1)
-    return nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 2)).double()
+    return nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 2)).double()  # no dropout: its masks depend on the split
 
 
-def _train(dist: Distributed, batch: int) -> nn.Module:
-    """STEPS Adam steps on this rank's share of epoch 0's permutation, gradients averaged."""
-    x, y = _data()
-    model = _model()
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    order = rank_order(epoch_permutation(N, SEED, 0), dist.rank, dist.world)
-    for k in range(STEPS):
-        idx = order[k * batch:(k + 1) * batch]
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x[idx].double()), y[idx]).backward()
-        dist.average_gradients(list(model.parameters()))
-        opt.step()
-    return model
+def _diverging() -> tuple[nn.Module, TensorDataset]:
+    """A regression whose sample 37 has a target that overflows the squared error."""
+    data = _data(64)
+    y = data.tensors[0][:, 0].clone()
+    y[37] = 1e300
+    torch.manual_seed(1)
+    return nn.Linear(5, 1).double(), TensorDataset(data.tensors[0], y[:, None])
+
+
+def _scenarios(tmp: str, rank: int) -> dict[str, dict]:
+    """Train every scenario in this process; ``rank`` only names the files it is given."""
+    out = {}
+    for name, kw in {"plain": {"batch_size": 16, "epochs": 4}, "accumulate": {"batch_size": 8, "epochs": 2, "accumulate": 2}}.items():
+        model = _model()
+        train = _data(96) if name == "plain" else _data(80)  # 80 / 8 = 10 batches: groups of 2, per rank 5 of 4
+        callbacks = [EarlyStopping(monitor="val_loss", patience=1), NanGuard(),
+                     Checkpoint(os.path.join(tmp, f"ckpt-{name}-{rank}")), HistoryWriter(os.path.join(tmp, f"hist-{name}-{rank}.jsonl"))]
+        result = fit(model, train, _data(41, seed=1), optim=OPTIM, seed=SEED, device="cpu", callbacks=callbacks,
+                     log_every_n_steps=2, **kw)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(tmp, f"{name}-{rank}.safetensors"))
+        out[name] = {"epochs": result.epochs, "stop_reason": result.stop_reason, "steps": result.steps}
+    model, data = _diverging()
+    result = fit(model, data, epochs=3, batch_size=8, optim="sgd", seed=SEED, device="cpu", callbacks=[NanGuard()])
+    out["diverging"] = {"stop_reason": result.stop_reason, "step": (result.nan_report or {}).get("step"), "steps": result.steps}
+    return out
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -55,13 +71,11 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
     dist = Distributed.from_env()
-    model = _train(dist, per_rank_batch(BATCH, world))
-    agreed = {"mean": dist.all_mean(torch.tensor(float(rank))).item(), "any_rank1": dist.any(rank == 1),
-              "none": dist.any(False)}
-    if dist.main:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(out, "ddp.safetensors"))
-        with open(os.path.join(out, "agreed.json"), "w") as f:
-            json.dump(agreed, f)
+    results = _scenarios(out, rank)
+    results["agreed"] = {"mean": dist.all_mean(torch.tensor(float(rank))).item(), "any_rank1": dist.any(rank == 1),
+                         "none": dist.any(False), "text": dist.broadcast_text("runs/a-1" if dist.main else None)}
+    with open(os.path.join(out, f"results-{rank}.json"), "w") as f:
+        json.dump(results, f)
     torch.distributed.barrier()  # every collective is done on both ranks
     # Leave without interpreter teardown: gloo's threads can abort ("terminate called without an
     # active exception") when one rank's exit races the other's, which fails a finished test.
@@ -74,14 +88,55 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_gloo_ranks_reach_the_single_process_weights(tmp_path) -> None:
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    ddp = load_file(str(tmp_path / "ddp.safetensors"))
-    single = _train(Distributed(), BATCH).state_dict()
-    for name, weight in single.items():
-        torch.testing.assert_close(ddp[name], weight, atol=1e-6, rtol=0)
-    agreed = json.loads((tmp_path / "agreed.json").read_text())
-    assert agreed == {"mean": 0.5, "any_rank1": True, "none": False}
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("ddp"))
+    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    return out
+
+
+def test_two_gloo_ranks_reach_the_single_process_weights(two_ranks, tmp_path, monkeypatch) -> None:
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    single = _scenarios(str(tmp_path), 0)
+    ranks = [json.loads(open(os.path.join(two_ranks, f"results-{r}.json")).read()) for r in range(2)]
+    for name in ("plain", "accumulate"):
+        reference = load_file(str(tmp_path / f"{name}-0.safetensors"))
+        for rank in range(2):
+            ddp = load_file(os.path.join(two_ranks, f"{name}-{rank}.safetensors"))
+            for key, weight in reference.items():
+                torch.testing.assert_close(ddp[key], weight, atol=1e-6, rtol=0, msg=f"{name} rank {rank} {key}")
+        assert ranks[0][name]["steps"] == ranks[1][name]["steps"] == single[name]["steps"] > 4
+        assert ranks[0][name]["stop_reason"] == ranks[1][name]["stop_reason"] == single[name]["stop_reason"]
+        for ours, theirs in zip(ranks[0][name]["epochs"], single[name]["epochs"], strict=True):
+            for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+                assert ours[key] == pytest.approx(theirs[key], abs=1e-6), (name, key)
+        assert ranks[0][name]["epochs"] == ranks[1][name]["epochs"] or all(  # the same numbers on both ranks
+            a[k] == b[k] for a, b in zip(ranks[0][name]["epochs"], ranks[1][name]["epochs"]) for k in a if k != "time")
+
+
+def test_rank_zero_alone_writes(two_ranks) -> None:
+    for name in ("plain", "accumulate"):
+        assert any(os.scandir(os.path.join(two_ranks, f"ckpt-{name}-0")))
+        history = open(os.path.join(two_ranks, f"hist-{name}-0.jsonl")).read().splitlines()
+        assert sum(json.loads(line)["type"] == "epoch" for line in history) >= 2
+        assert not os.path.exists(os.path.join(two_ranks, f"ckpt-{name}-1"))
+        assert not os.path.exists(os.path.join(two_ranks, f"hist-{name}-1.jsonl"))
+
+
+def test_the_ranks_stop_together_on_a_non_finite_step(two_ranks, tmp_path, monkeypatch) -> None:
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    ranks = [json.loads(open(os.path.join(two_ranks, f"results-{r}.json")).read())["diverging"] for r in range(2)]
+    model, data = _diverging()
+    single = fit(model, data, epochs=3, batch_size=8, optim="sgd", seed=SEED, device="cpu", callbacks=[NanGuard()])
+    assert ranks[0] == ranks[1] == {"stop_reason": "non_finite", "step": single.nan_report["step"], "steps": single.steps}
+
+
+def test_collectives_agree(two_ranks) -> None:
+    for rank in range(2):
+        agreed = json.loads(open(os.path.join(two_ranks, f"results-{rank}.json")).read())["agreed"]
+        assert agreed == {"mean": 0.5, "any_rank1": True, "none": False, "text": "runs/a-1"}
 
 
 def test_the_ranks_global_batch_is_the_single_process_batch() -> None:
@@ -106,5 +161,10 @@ def test_a_world_of_one_is_the_identity_and_bad_input_is_refused(monkeypatch) ->
         per_rank_batch(33, 2)
     with pytest.raises(ConfigError, match="outside a world"):
         rank_order(torch.arange(4), 2, 2)
-    cmd = torchrun_command(["train", "c.yaml"], nproc=2, nnodes=2, node_rank=1)
+    cmd = torchrun_command(["train", "c.yaml"], nproc=2, nnodes=2, node_rank=1, endpoint="h:29500")
     assert "--nnodes=2" in cmd and "--node-rank=1" in cmd and cmd[-4:] == ["-m", "dlforge.cli", "train", "c.yaml"]
+    assert "--standalone" in torchrun_command(["train", "c.yaml"], nproc=2)
+    with pytest.raises(ConfigError, match="needs --rdzv-endpoint"):
+        torchrun_command(["train", "c.yaml"], nproc=1, nnodes=2)
+    with pytest.raises(ConfigError, match="outside 2 node"):
+        torchrun_command(["train", "c.yaml"], nproc=1, nnodes=2, node_rank=2, endpoint="h:1")

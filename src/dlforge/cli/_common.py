@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Callable
 
 import typer
@@ -40,7 +41,8 @@ def friendly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except DlforgeError as err:
-            say(err_console, err.message, "error:", "bold red")
+            rank = os.environ.get("RANK", "0")  # a data-parallel run: every rank reports, rank 0 plainly
+            say(err_console, err.message, "error:" if rank == "0" else f"error (rank {rank}):", "bold red")
             if err.hint:
                 say(err_console, err.hint, "hint:")
             raise typer.Exit(code=2) from None

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
@@ -79,19 +81,21 @@ def _report_run(outcome: Any, as_json: bool) -> None:
         raise typer.Exit(code=1)
 
 
-def _run(cfg: Any, runs_dir: Path, as_json: bool, resume: Path | None = None) -> None:
+def _run(cfg: Any, runs_dir: Path, as_json: bool, resume: Path | None = None, reshard: bool = False) -> None:
     from dlforge.pipeline import train_run
     from dlforge.registry.disk import disk_full
 
     before = set(runs_dir.iterdir()) if runs_dir.is_dir() else set()
     try:
-        outcome = train_run(cfg, runs_dir=runs_dir, resume=resume, progress=None if as_json else sys.stderr)
+        outcome = train_run(cfg, runs_dir=runs_dir, resume=resume, progress=None if as_json else sys.stderr,
+                            reshard=reshard)
     except OSError as err:  # a full disk is exit 2 and a way to continue, not a traceback
         if not disk_full(err):
             raise
         started = sorted(p for p in runs_dir.iterdir() if p not in before and p.is_dir()) if runs_dir.is_dir() else []
         raise _full_disk(err, resume or (started[-1] if started else None)) from None
-    _report_run(outcome, as_json)
+    if outcome.main:  # the other ranks of a data-parallel run stay quiet
+        _report_run(outcome, as_json)
 
 
 def _full_disk(err: OSError, run: Path | None) -> StorageError:
@@ -117,11 +121,23 @@ def train(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key: --set train.epochs=5 (repeatable)"),
     runs_dir: Path = typer.Option(Path("runs"), help="where run directories are created"),
     as_json: bool = typer.Option(False, "--json", help="print the test metrics as one JSON object"),
+    nproc: int = typer.Option(1, "--nproc", help="data-parallel processes on this machine (launches torchrun; "
+                                                 "gloo on the CPU, NCCL with one GPU each)"),
+    nnodes: int = typer.Option(1, "--nnodes", help="machines in the run; start the same command on each"),
+    node_rank: int = typer.Option(0, "--node-rank", help="this machine's number, 0 to nnodes-1"),
+    rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint",
+                                                help="HOST:PORT where the machines meet (c10d), the same on each"),
 ) -> None:
-    """Train from a config; writes runs/<name>-<time>/ and prints the test metrics."""
+    """Train from a config; writes runs/<name>-<time>/ and prints the test metrics.
+
+    `--nproc N` trains on N processes with the same global train.batch_size (each takes
+    batch_size / N): `dlforge train c.yaml --nproc 2`."""
     from dlforge.config import load_config
 
-    _run(load_config(config, set_ or []), runs_dir, as_json)
+    cfg = load_config(config, set_ or [])  # a config error shows here, before any process starts
+    argv = ["train", str(config), *(f"--set={s}" for s in set_ or []), f"--runs-dir={runs_dir}", *(["--json"] if as_json else [])]
+    _launch(argv, nproc, nnodes, node_rank, rdzv_endpoint)
+    _run(cfg, runs_dir, as_json)
 
 
 @app.command()
@@ -129,11 +145,33 @@ def train(
 def resume(
     run_dir: Path = typer.Argument(..., help="a run directory with checkpoints/"),
     as_json: bool = typer.Option(False, "--json"),
+    nproc: int = typer.Option(1, "--nproc", help="processes on this machine; the run's own number for a "
+                                                 "bit-identical continuation"),
+    nnodes: int = typer.Option(1, "--nnodes"),
+    node_rank: int = typer.Option(0, "--node-rank"),
+    rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint"),
+    reshard: bool = typer.Option(False, "--reshard", help="continue on a different number of processes "
+                                                          "(the data order is re-sharded; the history notes it)"),
 ) -> None:
     """Continue an interrupted run from its last checkpoint."""
     from dlforge.config import load_config
 
-    _run(load_config(run_dir / "config.yaml"), run_dir.parent, as_json, resume=run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    argv = ["resume", str(run_dir), *(["--json"] if as_json else []), *(["--reshard"] if reshard else [])]
+    _launch(argv, nproc, nnodes, node_rank, rdzv_endpoint)
+    _run(cfg, run_dir.parent, as_json, resume=run_dir, reshard=reshard)
+
+
+def _launch(argv: list[str], nproc: int, nnodes: int, node_rank: int, endpoint: str | None) -> None:
+    """Run ``dlforge argv`` under torchrun and exit with its status, when more than one process
+    is asked for and this process was not itself started by torchrun."""
+    from dlforge.train.distributed import TORCHRUN_ENV, torchrun_command
+
+    command = torchrun_command(argv, nproc=nproc, nnodes=nnodes, node_rank=node_rank, endpoint=endpoint)
+    if (nproc == 1 and nnodes == 1) or all(k in os.environ for k in TORCHRUN_ENV):
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
+    raise typer.Exit(code=subprocess.run(command, env=env).returncode)
 
 
 @app.command()

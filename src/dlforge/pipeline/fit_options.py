@@ -232,7 +232,7 @@ def check_fit(cfg: RunConfig, prepared: Prepared, *, checkpoints: bool = False, 
 def fit_config(
     cfg: RunConfig, prepared: Prepared, *, model: nn.Module | None = None, seed: int | None = None,
     remedies: Remedies | None = None, callbacks: Sequence[Callback] = (), run_dir: Path | None = None,
-    progress: TextIO | None = None, resume: Path | None = None,
+    progress: TextIO | None = None, resume: Path | None = None, reshard: bool = False,
 ) -> tuple[nn.Module, FitResult]:
     """Train as ``cfg`` says on ``prepared.train``, validating on ``prepared.val``.
 
@@ -252,7 +252,8 @@ def fit_config(
     if model is None:
         model, _ = configured_model(cfg, prepared, seed=seed)
     callbacks = [*config_callbacks(cfg, has_val=has_val, run_dir=run_dir, progress=progress), *callbacks]
-    return model, fit(model, remedies.train, prepared.val, callbacks=callbacks, resume=resume, **options)
+    return model, fit(model, remedies.train, prepared.val, callbacks=callbacks, resume=resume, reshard=reshard,
+                      **options)
 
 
 def _bagging(cfg: RunConfig, prepared: Prepared, train: Dataset, options: dict[str, Any]) -> tuple[nn.Module, FitResult]:

@@ -43,7 +43,7 @@ from dlforge.config import RunConfig, to_yaml
 from dlforge.data import Prepared
 from dlforge.data.preprocess import in_target_units
 from dlforge.data.timeseries import forecast_evaluation
-from dlforge.errors import DlforgeError
+from dlforge.errors import ConfigError, DlforgeError
 from dlforge.evaluate import Evaluation, evaluate
 from dlforge.evaluate.baselines import BaselineReport, fit_baselines
 from dlforge.evaluate.report import write_report
@@ -56,6 +56,7 @@ from dlforge.registry import save_artifact
 from dlforge.registry.artifact import Artifact
 from dlforge.registry.reference import build_reference
 from dlforge.train import Callback, FitResult, batch_notes, evaluate_loss, resolve_loss, select_device
+from dlforge.train.distributed import Distributed
 from dlforge.train.health import Diagnosis, HeldOutScores, dead_relu_fraction, diagnose, weight_layer_names
 from dlforge.train.state_io import atomic_write
 from dlforge.train.transfer import TransferReport, trainable_summary
@@ -73,6 +74,7 @@ class RunOutcome:
     evaluation: Evaluation | None = None
     diagnoses: list[Diagnosis] = field(default_factory=list)
     baselines: BaselineReport | None = None
+    main: bool = True  # False on the other ranks of a data-parallel run: rank 0 evaluated and wrote
 
     @property
     def artifact_dir(self) -> Path:
@@ -96,6 +98,7 @@ def new_run_dir(runs_dir: Path, name: str) -> Path:
 def train_run(
     cfg: RunConfig, *, runs_dir: str | Path = "runs", resume: str | Path | None = None,
     progress: TextIO | None = None, callbacks: Sequence[Callback] = (), data: Any = None,
+    reshard: bool = False,
 ) -> RunOutcome:
     """Train the run ``cfg`` describes; ``resume`` continues the run directory given.
 
@@ -105,6 +108,11 @@ def train_run(
     pandas DataFrame to train on instead of the file ``data.source`` names (it then only
     names the table): ``train_run(validate_config({"data": {"source": "houses", "target":
     "price"}, "model": {"arch": "mlp"}}), data=df)``.
+
+    Started by torchrun (``dlforge train --nproc N``), every rank trains its share and rank 0
+    alone creates the run directory, evaluates and writes; the others return an outcome with
+    ``main`` False and no metrics. ``reshard`` lets a resume continue on a different number of
+    processes (see :func:`~dlforge.train.fit`).
     """
     prepared = load_data(cfg, frame=data)
     model, transfer = configured_model(cfg, prepared)
@@ -112,24 +120,35 @@ def train_run(
     fit_options(cfg, prepared, remedies)  # config errors (augment, loss) surface here, before a run directory exists
     check_fit(cfg, prepared, checkpoints=True, resume=resume is not None, callbacks=callbacks)
     # An unavailable device, or batch norm on one sample, fails now: before a run directory exists.
-    select_device(cfg.train.device)
+    dist = Distributed.from_env(select_device(cfg.train.device))
+    if dist.active and cfg.train.unfreeze_stages:
+        raise ConfigError("train.unfreeze_stages changes which weights train mid-run, which DistributedDataParallel "
+                          "cannot follow", hint="train with --nproc 1, or freeze in one stage")
+    progress = progress if dist.main else None
     batching = batch_notes(model, len(remedies.train), cfg.train.batch_size, cfg.optim)
     if progress is not None:
         for note in [*prepared.notes, *([remedies.note] if remedies.note else []), *batching]:
             progress.write(f"note: {note}\n")
     resume_dir = Path(resume) if resume is not None else None
-    run_dir = resume_dir or new_run_dir(Path(runs_dir), cfg.name)
+    # Rank 0 makes the run directory; the others learn its name (checkpoints load from it on resume).
+    run_dir = resume_dir or Path(dist.broadcast_text(str(new_run_dir(Path(runs_dir), cfg.name)) if dist.main else None))
     try:
-        atomic_write(run_dir / "config.yaml", to_yaml(cfg).encode())
+        if dist.main:
+            atomic_write(run_dir / "config.yaml", to_yaml(cfg).encode())
         model, result = fit_config(cfg, prepared, model=model, remedies=remedies, callbacks=callbacks,
-                                   run_dir=run_dir, progress=progress, resume=resume_dir)
-        if cfg.data.imbalance.bagging:
+                                   run_dir=run_dir, progress=progress, resume=resume_dir, reshard=reshard)
+        if cfg.data.imbalance.bagging and dist.main:
             atomic_write(run_dir / "history.jsonl", b"")  # the members keep no history of their own
     except DlforgeError:
-        if resume_dir is None:
+        if resume_dir is None and dist.main:
             shutil.rmtree(run_dir, ignore_errors=True)  # an input error: leave nothing behind
         raise
-    return _finish_run(cfg, run_dir, model, prepared, result, transfer, remedies)
+    if not dist.main:
+        dist.close()
+        return RunOutcome(run_dir=run_dir, result=result, metrics={}, prepared=prepared, model=model, main=False)
+    outcome = _finish_run(cfg, run_dir, model, prepared, result, transfer, remedies)
+    dist.close()  # the other ranks wait here until rank 0 has written everything
+    return outcome
 
 
 def first_samples(data: Any, n: int = 512) -> tuple[torch.Tensor, torch.Tensor]:

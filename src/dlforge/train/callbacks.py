@@ -17,6 +17,10 @@ the loop is correct with no callbacks at all. Hooks run in this order::
 A callback with state a resumed run needs returns it from ``state_dict`` (tensors and
 plain values) and takes it back in ``load_state_dict``.
 
+In a data-parallel run every rank runs every hook on the same values (gradients are
+averaged and metrics reduced first), so decisions agree; a callback that only reports or
+writes sets ``main_only = True`` and runs on rank 0 alone.
+
 This module holds the bookkeeping callbacks (early stopping, checkpoints, history,
 progress); the gradient watchers live in :mod:`dlforge.train.gradients`.
 """
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
 
 
 class Callback:
+    main_only = False  # True: run on rank 0 only (writers and printers)
     """Base class; every hook is a documented no-op."""
 
     def on_fit_start(self, state: TrainState) -> None:
@@ -185,6 +190,8 @@ class Checkpoint(Callback):
         self._pending: list[Future] = []
 
     def on_fit_start(self, state: TrainState) -> None:
+        if not state.dist.main:
+            return  # every rank takes part in each snapshot (its running sums); rank 0 writes
         self.dirpath.mkdir(parents=True, exist_ok=True)
         if self.async_write:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlforge-checkpoint")
@@ -207,7 +214,10 @@ class Checkpoint(Callback):
             self._save(state, also_best=is_best)
 
     def _save(self, state: TrainState, also_best: bool = False) -> None:
-        packed = pack_state(state.snapshot())  # copied now; later steps cannot change it
+        snapshot = state.snapshot()  # a collective in a data-parallel run: every rank calls it
+        if not state.dist.main:
+            return
+        packed = pack_state(snapshot)  # copied now; later steps cannot change it
         path = self.dirpath / f"step-{state.step:08d}.safetensors"
         if self._writer is None:
             self._write(packed, path, also_best)
@@ -258,6 +268,8 @@ class HistoryWriter(Callback):
     On resume the file is rewritten from the checkpoint's history, so it never holds
     records from steps that were lost in the crash.
     """
+
+    main_only = True
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -314,6 +326,8 @@ class ProgressBar(Callback):
         >>> ProgressBar(stream=io.StringIO(), every_s=30.0)  # doctest: +ELLIPSIS
         <...ProgressBar...>
     """
+
+    main_only = True
 
     def __init__(self, stream=None, force_plain: bool = False, refresh_s: float = 0.2, every_s: float = 10.0) -> None:
         self.stream = stream or sys.stderr

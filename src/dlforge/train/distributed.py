@@ -12,7 +12,9 @@ Data order stays a pure function, now of (seed, epoch, rank, world size):
 permutation, starting at ``r``. With a per-rank batch of ``B / world``, global batch ``k``
 of the ranks together holds exactly the samples global batch ``k`` of one process with
 batch ``B`` holds (``perm[k B : (k + 1) B]``), so averaging the ranks' gradients gives the
-single-process step: the basis of the "same weights after k steps" check.
+single-process step: the basis of the "same weights after k steps" check. :func:`fit`
+wraps the model in DistributedDataParallel (:meth:`Distributed.wrap`), which averages the
+gradients during ``backward``; ``grad_sync`` turns that off on accumulation batches.
 
 Example:
     >>> perm = torch.arange(8)
@@ -25,11 +27,15 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from dlforge.errors import ConfigError
 
@@ -109,31 +115,79 @@ class Distributed:
             return bool(flag)
         return bool(self.all_sum(torch.as_tensor(flag, dtype=torch.float32).reshape(1)).item() > 0)
 
-    def average_gradients(self, parameters: Sequence[torch.nn.Parameter]) -> None:
-        """Average every gradient over the ranks in place (what DistributedDataParallel's
-        hooks do, as one explicit call for a readable loop)."""
+    def all_gather_rows(self, row: torch.Tensor) -> torch.Tensor:
+        """(world, *row.shape): every rank's ``row``, in rank order (``row[None]`` alone)."""
         if not self.active:
-            return
-        for p in parameters:
-            if p.grad is not None:
-                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                p.grad /= self.world
+            return row[None]
+        out = [torch.empty_like(row) for _ in range(self.world)]
+        dist.all_gather(out, row.contiguous())
+        return torch.stack(out)
+
+    def broadcast_text(self, text: str | None) -> str:
+        """Rank 0's ``text`` on every rank (the run directory rank 0 created).
+
+        Sent as a length then UTF-8 bytes in tensors: nothing is pickled."""
+        if not self.active:
+            return text or ""
+        data = (text or "").encode() if self.main else b""
+        size = torch.tensor([len(data)], dtype=torch.int64)
+        dist.broadcast(size, src=0)
+        buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if self.main and data else torch.zeros(int(size), dtype=torch.uint8)
+        if int(size):
+            dist.broadcast(buf, src=0)
+        return bytes(buf.tolist()).decode()
+
+    def close(self) -> None:
+        """Wait for every rank, then leave the process group (the end of a run)."""
+        if self.active and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """``model`` inside :class:`~torch.nn.parallel.DistributedDataParallel` when the
+        world is larger than one (its gradients are then averaged over the ranks during
+        ``backward``); ``model`` itself otherwise. Rank 0's weights are broadcast to all."""
+        if not self.active:
+            return model
+        device = next(model.parameters()).device
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+@contextmanager
+def grad_sync(module: nn.Module, sync: bool) -> Iterator[None]:
+    """Around a forward pass: with ``sync`` False, a DDP ``module`` skips the gradient
+    all-reduce of the backward that follows (``no_sync``: gradient accumulation averages
+    once, on the batch that steps). Any other module: nothing happens."""
+    with module.no_sync() if isinstance(module, DistributedDataParallel) and not sync else nullcontext():
+        yield
 
 
 def torchrun_command(argv: Sequence[str], *, nproc: int, nnodes: int = 1, node_rank: int = 0,
-                     endpoint: str = "localhost:29400", run_id: str = "dlforge") -> list[str]:
-    """The ``torchrun`` command line that runs ``dlforge`` ``argv`` on ``nproc`` processes per
-    node, ``nnodes`` nodes meeting at ``endpoint`` (c10d rendezvous).
+                     endpoint: str | None = None, run_id: str = "dlforge") -> list[str]:
+    """The command line that runs ``dlforge`` ``argv`` under torchrun (through :mod:`dlforge.train.launch`)
+    on ``nproc`` processes per node. One node rendezvouses on a free local port
+    (``--standalone``); ``nnodes`` nodes meet at ``endpoint`` (c10d: ``host:port`` of any one
+    of them, the same on every node, each with its own ``node_rank``).
 
     Example:
-        >>> torchrun_command(["train", "c.yaml"], nproc=2)[:4]
-        ['torchrun', '--nnodes=1', '--nproc-per-node=2', '--rdzv-backend=c10d']
+        >>> torchrun_command(["train", "c.yaml"], nproc=2)[1:5]
+        ['-m', 'dlforge.train.launch', '--standalone', '--nproc-per-node=2']
     """
     if nproc < 1 or nnodes < 1:
         raise ConfigError(f"--nproc {nproc} and --nnodes {nnodes} must be at least 1", hint="e.g. --nproc 2")
-    return ["torchrun", f"--nnodes={nnodes}", f"--nproc-per-node={nproc}", "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={endpoint}", f"--rdzv-id={run_id}", f"--node-rank={node_rank}",
-            "-m", "dlforge.cli", *argv]
+    if not 0 <= node_rank < nnodes:
+        raise ConfigError(f"--node-rank {node_rank} is outside {nnodes} node(s)", hint=f"use 0 to {nnodes - 1}")
+    launch = [sys.executable, "-m", "dlforge.train.launch"]  # torchrun, quieter (see that module)
+    if nnodes == 1 and endpoint is None:
+        launch += ["--standalone", f"--nproc-per-node={nproc}"]
+    elif endpoint is None:
+        raise ConfigError(f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT, the same on every node",
+                          hint="e.g. --rdzv-endpoint node0.example:29400 (any free port on one of the machines)")
+    else:
+        launch += [f"--nnodes={nnodes}", f"--nproc-per-node={nproc}", "--rdzv-backend=c10d",
+                   f"--rdzv-endpoint={endpoint}", f"--rdzv-id={run_id}", f"--node-rank={node_rank}"]
+    return [*launch, "-m", "dlforge.cli", *argv]
 
 
-__all__ = ["Distributed", "per_rank_batch", "rank_order", "torchrun_command"]
+__all__ = ["Distributed", "grad_sync", "per_rank_batch", "rank_order", "torchrun_command"]
+

@@ -10,6 +10,12 @@ order. The permutation is a pure function of (seed, epoch), so a run resumed mid
 picks up at the same sample without saving sampler state. How visits become batches
 lives in :mod:`dlforge.train.batches`; which device trains, in :mod:`dlforge.train.devices`.
 
+Started by ``torchrun`` (``dlforge train --nproc N``), the same loop is data-parallel:
+``batch_size`` stays the global batch, rank ``r`` of ``w`` takes every ``w``-th sample of
+the epoch's order (:func:`~dlforge.train.distributed.rank_order`), DDP averages the
+gradients, the epoch's sums and the validation are reduced over the ranks, and rank 0
+alone writes (see :mod:`dlforge.train.distributed`).
+
 Example:
     >>> import torch
     >>> from torch.utils.data import TensorDataset
@@ -41,6 +47,7 @@ from dlforge.train.batches import epoch_batch_size, epoch_permutation, fold_sing
 from dlforge.train.callbacks import Callback, find_last_checkpoint
 from dlforge.train.compiling import compiled_forward
 from dlforge.train.devices import select_device
+from dlforge.train.distributed import Distributed, grad_sync, per_rank_batch, rank_order
 from dlforge.train.losses import LossConfig, LossFn, build_loss
 from dlforge.train.seg_losses import supervised_loss
 from dlforge.train.optim import OptimConfig, Scheduler, as_optim_config, build_optimizer
@@ -96,28 +103,34 @@ def _check_finite_data(data: Dataset | None, name: str) -> None:
 @torch.no_grad()
 def evaluate_loss(
     model: nn.Module, data: Dataset, loss_fn: LossFn, *, batch_size: int = 256,
-    device: torch.device | None = None, precision: str = "fp32",
+    device: torch.device | None = None, precision: str = "fp32", distributed: Distributed | None = None,
 ) -> dict[str, float]:
-    """Mean loss (and accuracy for integer targets) of ``model`` on ``data``, in eval mode."""
+    """Mean loss (and accuracy for integer targets) of ``model`` on ``data``, in eval mode.
+
+    With ``distributed`` active, each rank scores every ``world``-th sample (all of them,
+    no tail dropped) and the sums are added over the ranks: every rank gets the same numbers.
+    """
     device = device or next(model.parameters()).device
+    dist = distributed or Distributed()
     data = _on_device(data, device)
     was_training = model.training
     model.eval()
-    loss_sum, correct, count = torch.zeros((), device=device), torch.zeros((), device=device), 0
-    counted: int | torch.Tensor = 0
-    for xb, yb in iterate_batches(data, torch.arange(len(data)), batch_size, device):
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, correct, counted, samples
+    for xb, yb in iterate_batches(data, torch.arange(len(data))[dist.rank :: dist.world], batch_size, device):
         with _autocast(device, precision):
             out = model(xb)
         out = out.float()
-        loss_sum += loss_fn(out, yb) * len(yb)
+        sums[0] += loss_fn(out, yb) * len(yb)
         if not torch.is_floating_point(yb):
             hits, n = count_correct(out, yb)
-            correct, counted = correct + hits, counted + n
-        count += len(yb)
+            sums[1] += hits
+            sums[2] += n
+        sums[3] += len(yb)
     model.train(was_training)
-    metrics = {"loss": (loss_sum / max(count, 1)).item()}
+    loss_sum, correct, counted, count = dist.all_sum(sums).tolist()
+    metrics = {"loss": loss_sum / max(count, 1)}
     if len(data) and not torch.is_floating_point(data[0][1]):
-        metrics["accuracy"] = (correct / max(counted, 1)).item()
+        metrics["accuracy"] = correct / max(counted, 1)
     return metrics
 
 
@@ -167,7 +180,7 @@ def _optimizer_step(state: TrainState, params: list[nn.Parameter], clip_grad_nor
     for cb in state.callbacks:
         cb.on_step_end(state)
     if state.step_record is not None:
-        state.step_record.update(loss=state.loss.item(), lr=state.scheduler.lr)
+        state.step_record.update(loss=state.dist.all_mean(state.loss).item(), lr=state.scheduler.lr)
         state.log(state.step_record)
         state.step_record = None
     return True
@@ -196,6 +209,8 @@ def fit(
     augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     order: Callable[[int, int, int], torch.Tensor] | None = None,
     compile: bool | str = False,
+    distributed: Distributed | None = None,
+    reshard: bool = False,
 ) -> FitResult:
     """Train ``model`` on ``train`` (validating on ``val`` after every epoch).
 
@@ -221,6 +236,10 @@ def fit(
     indices (a class-balanced sampler). ``compile`` (True: inductor, or a backend name) runs
     the training forward through ``torch.compile``; ``model`` stays the plain module for
     checkpoints and evaluation (see :mod:`dlforge.train.compiling`).
+    ``distributed`` is this process's place in a data-parallel run (default: read from
+    torchrun's environment; a world of one without it). ``reshard`` lets ``resume`` continue
+    a checkpoint written by a different number of processes, re-sharding the epoch's order
+    from the global batch it reached (noted in the history); without it that resume is refused.
 
     Example:
         >>> import torch
@@ -237,6 +256,12 @@ def fit(
     if len(train) == 0:
         raise DataError("the training set is empty", hint="check data.split and the data source")
     device = select_device(device)
+    dist = distributed or Distributed.from_env(device)
+    if dist.active and device.type == "cuda":  # one GPU per process
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    if dist.active and tbptt is not None:
+        raise ConfigError("train.tbptt is not supported with more than one process", hint="train with --nproc 1")
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision fp16 needs a CUDA device", hint="use bf16 on the CPU")
     _check_finite_data(train, "training")
@@ -244,11 +269,20 @@ def fit(
 
     seed_everything(seed)
     model.to(device)
-    forward = compiled_forward(model, compile)  # model itself when compile is off
+    ddp = dist.wrap(model)  # DistributedDataParallel when several processes train, else model itself
+    forward = compiled_forward(ddp, compile)  # ddp itself when compile is off
     train, val = _on_device(train, device), _on_device(val, device)
-    batch_size = epoch_batch_size(cfg, len(train), batch_size)
+    global_batch = epoch_batch_size(cfg, len(train), batch_size)
+    if global_batch == len(train) and cfg.name == "gd":  # full batch: every sample the ranks share
+        global_batch -= len(train) % dist.world
+    batch_size = per_rank_batch(global_batch, dist.world)  # global_batch itself in a world of one
     order = order or epoch_permutation
-    n_visits = len(order(len(train), seed, 0))  # samples per epoch (a sampler may draw more or fewer)
+
+    def epoch_visits(epoch: int, from_batch: int) -> torch.Tensor:
+        """This rank's visits in ``epoch`` from global batch ``from_batch`` on."""
+        return rank_order(order(len(train), seed, epoch)[from_batch * global_batch :], dist.rank, dist.world)
+
+    n_visits = len(epoch_visits(0, 0))  # this rank's samples per epoch (a sampler may draw more or fewer)
     fold = fold_single_batch(model, n_visits, batch_size)  # batch norm cannot train on a last batch of one
     batches_per_epoch = math.ceil(n_visits / batch_size) - int(fold)
     steps_per_epoch = math.ceil(batches_per_epoch / accumulate)
@@ -263,13 +297,15 @@ def fit(
     if param_groups is None and cfg.param_groups:
         param_groups = transfer.param_groups(model, cfg.lr, cfg.param_groups)
     optimizer = build_optimizer(model.parameters() if param_groups is None else param_groups, cfg)
+    if not dist.main:  # writers and printers run on rank 0 alone; a stand-in keeps the positions
+        callbacks = [Callback() if cb.main_only else cb for cb in callbacks]
     state = TrainState(
         model=model, optimizer=optimizer, scheduler=Scheduler(optimizer, cfg, steps_per_epoch, epochs),
         device=device, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=list(callbacks),
-        scaler=torch.amp.GradScaler("cuda") if precision == "fp16" else None,
+        scaler=torch.amp.GradScaler("cuda") if precision == "fp16" else None, dist=dist,
     )
     if resume is not None:
-        state.restore(load_state(find_last_checkpoint(resume)))
+        state.restore(load_state(find_last_checkpoint(resume)), reshard=reshard)
     params = list(model.parameters())  # all of them: clipping skips those without a gradient (frozen)
 
     try:
@@ -283,13 +319,14 @@ def fit(
                                 "start": time.time()}
                 for cb in state.callbacks:
                     cb.on_epoch_start(state)
-            visits = order(len(train), seed, state.epoch)[state.batch_in_epoch * batch_size :]
+            visits = epoch_visits(state.epoch, state.batch_in_epoch)
             for xb, yb in iterate_batches(train, visits, batch_size, device, fold_single=fold):
                 state.batch_in_epoch += 1
+                steps_now = state.batch_in_epoch % accumulate == 0 or state.batch_in_epoch >= batches_per_epoch
                 if augment is not None:
                     xb, yb = augment(xb, yb)
-                if window is None:
-                    with _autocast(device, precision):
+                if window is None:  # DDP averages the gradients only on the batch that steps
+                    with _autocast(device, precision), grad_sync(ddp, steps_now):
                         pieces: Iterable[tuple[torch.Tensor, torch.Tensor]] = [(forward(xb), yb)]
                 else:  # truncated BPTT: one optimizer step per window of the sequence
                     pieces = tbptt_windows(model, xb, yb, *window, lambda: _autocast(device, precision))
@@ -312,7 +349,7 @@ def fit(
                         hits, counted = count_correct(out.detach(), target)
                         state.totals["correct"] += hits
                         state.totals["counted"] += counted
-                    if state.batch_in_epoch % accumulate and state.batch_in_epoch < batches_per_epoch:
+                    if not steps_now:
                         continue  # keep accumulating gradients
                     if not _optimizer_step(state, params, clip_grad_norm, clip_grad_value):
                         break  # a guard refused this step; the weights stay as they were
@@ -324,16 +361,19 @@ def fit(
                 break  # a callback stopped mid-epoch
 
             # end of epoch: validate, let callbacks react, log, then checkpoint
-            count = max(state.totals["count"], 1)
-            metrics: dict[str, Any] = {"train_loss": (state.totals["loss_sum"] / count).item()}
+            loss_sum, correct, counted, count = dist.all_sum(state.epoch_sums()).tolist()  # over the ranks
+            metrics: dict[str, Any] = {"train_loss": loss_sum / max(count, 1)}
             if classify:
-                metrics["train_accuracy"] = (state.totals["correct"] / state.totals["counted"].clamp(min=1)).item()
+                metrics["train_accuracy"] = correct / max(counted, 1)
             if val is not None and len(val):
-                for k, v in evaluate_loss(model, val, loss_fn, batch_size=max(batch_size, 256), device=device, precision=precision).items():
+                for k, v in evaluate_loss(model, val, loss_fn, batch_size=max(batch_size, 256), device=device,
+                                          precision=precision, distributed=dist).items():
                     metrics[f"val_{k}"] = v
             metrics["lr"] = state.scheduler.lr
             for cb in state.callbacks:
                 cb.on_validation_end(state, metrics)
+            if dist.any(state.should_stop):  # the ranks stop together
+                state.should_stop, state.stop_reason = True, state.stop_reason or "stopped_by_another_rank"
             state.scheduler.step_epoch(metrics)
             record = {"type": "epoch", "epoch": state.epoch, **metrics, "time": time.time() - state.totals["start"]}
             state.epoch += 1

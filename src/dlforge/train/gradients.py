@@ -208,9 +208,12 @@ class NanGuard(Callback):
         if not kept:
             return
         true = torch.ones((), device=kept[0].norms.device)
-        rows = torch.stack([torch.stack([  # (steps, 3): loss and gradients finite, weights finite, total norm
+        rows_t = torch.stack([torch.stack([  # (steps, 3): loss and gradients finite, weights finite, total norm
             k.step_ok.float(), k.weights_ok.all().float() if k.weights_ok is not None else true,
-            torch.linalg.vector_norm(k.norms)]) for k in kept]).tolist()
+            torch.linalg.vector_norm(k.norms)]) for k in kept])
+        if state.dist.active:  # a step is finite only if it was on every rank: the ranks stop together
+            rows_t[:, :2] = (state.dist.all_sum(rows_t[:, :2]) == state.dist.world).float()
+        rows = rows_t.tolist()
         first = next((i for i, row in enumerate(rows) if not (row[0] and row[1])), None)
         for k, row in zip(kept, rows[:first] if first is not None else rows):
             if not k.counted:
