@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import math
 import resource
@@ -37,9 +38,10 @@ from dataclasses import dataclass, field
 REQUEST_TIMEOUT_S = 30.0
 
 
-def build_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:
-    """One keep-alive ``POST`` with a JSON body, as bytes ready to write."""
-    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json",
+def build_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str],
+                  content_type: str = "application/json") -> bytes:
+    """One keep-alive ``POST`` with a body (JSON unless ``content_type`` says otherwise), as bytes ready to write."""
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Type: {content_type}",
              f"Content-Length: {len(body)}", "Connection: keep-alive"]
     lines += [f"{k}: {v}" for k, v in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
@@ -206,7 +208,8 @@ def summarize(tally: Tally, concurrency: int, cpu_s: float) -> dict:
 
 async def run_load(host: str, port: int, path: str, bodies: list[bytes], *, concurrency: int,
                    duration: float, warmup: float = 1.0, headers: dict[str, str] | None = None,
-                   max_requests: int = 1_000_000, keep_latencies: bool = False) -> dict:
+                   max_requests: int = 1_000_000, keep_latencies: bool = False,
+                   content_type: str = "application/json") -> dict:
     """Drive ``concurrency`` keep-alive connections for ``warmup + duration`` seconds.
 
     Example:
@@ -214,7 +217,7 @@ async def run_load(host: str, port: int, path: str, bodies: list[bytes], *, conc
         ...                      warmup=0))["requests"]   # nothing listens on port 9
         0
     """
-    requests = [build_request(host, port, path, body, headers or {}) for body in bodies]
+    requests = [build_request(host, port, path, body, headers or {}, content_type) for body in bodies]
     start = time.perf_counter()
     tally = Tally(window=(start + warmup, start + warmup + duration))
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -240,7 +243,10 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--path", required=True)
-    parser.add_argument("--bodies", required=True, help="a JSON file: a list of request bodies (JSON values)")
+    parser.add_argument("--bodies", required=True, help="a JSON file: a list of request bodies (JSON values; "
+                        "with --binary, base64 strings of raw bodies)")
+    parser.add_argument("--binary", action="store_true", help="the bodies are base64 strings of raw bytes")
+    parser.add_argument("--content-type", default="application/json")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring")
@@ -249,11 +255,14 @@ def main() -> None:
     parser.add_argument("--latencies", action="store_true", help="add every latency (ms) as latencies_ms")
     args = parser.parse_args()
     with open(args.bodies, encoding="utf-8") as f:
-        bodies = [json.dumps(b, separators=(",", ":")).encode() for b in json.load(f)]
+        loaded = json.load(f)
+    bodies = ([base64.b64decode(b) for b in loaded] if args.binary else
+              [json.dumps(b, separators=(",", ":")).encode() for b in loaded])
     headers = dict(h.split(": ", 1) for h in args.header)
     result = asyncio.run(run_load(args.host, args.port, args.path, bodies, concurrency=args.concurrency,
                                   duration=args.duration, warmup=args.warmup, headers=headers,
-                                  max_requests=args.max_requests, keep_latencies=args.latencies))
+                                  max_requests=args.max_requests, keep_latencies=args.latencies,
+                                  content_type=args.content_type))
     print(json.dumps(result))
 
 

@@ -28,7 +28,7 @@ def load(name: str) -> ModuleType:
     return module
 
 
-loadgen, serving = load("_loadgen"), load("serving")
+loadgen, serving, bodies = load("_loadgen"), load("serving"), load("_serving_bodies")
 
 
 def h11_response(status: int, body: bytes, *, chunked: bool = False, close: bool = False) -> bytes:
@@ -107,11 +107,46 @@ def test_headline_figures_are_the_measured_ratios() -> None:
     offline = {"minilm": {"32": {"batch": 16, "samples_per_s": 150.0}}}
     figures = serving.headline(results, offline)
     assert figures == {"minilm_batching_speedup_c32": 3.0, "minilm_fraction_of_offline_c32": 0.7,
-                       "cnn_fraction_of_noop_c32": 0.25, "minilm_p99_ratio_c1": 1.1}
+                       "cnn_fraction_of_noop_c32": 0.25, "minilm_p99_ratio_c1": 1.1,
+                       "cnn_v2_binary_fraction_of_noop_c32": None, "image224_v2_binary_over_json_speedup": None}
     versus = serving.comparisons(results)
     assert versus["minilm"]["32"] == {"on_over_dlforge_off": 3.0, "on_over_plain": 2.5}
     assert versus["cnn"]["32"] == {"on_over_noop": 0.25}
-    assert serving.headline({}, {}) == dict.fromkeys(serving.TARGETS)  # nothing measured: all None
+    # nothing measured: all None
+    assert serving.headline({}, {}) == dict.fromkeys([*serving.TARGETS, *serving.REPORTED])
+    # With v2 rows the CNN's fraction is its fastest protocol's; image224's speedup is at the highest
+    # level <= 32 both v2 rows ran.
+    results["cnn"] |= {"dlforge_v2_json": {"32": level(280, 0.0)}, "dlforge_v2_binary": {"32": level(420, 0.0)}}
+    results["image224"] = {"dlforge_v2_json": {"8": level(50, 0.0), "64": level(1, 0.0)},
+                           "dlforge_v2_binary": {"8": level(150, 0.0), "64": level(9, 0.0)}}
+    figures = serving.headline(results, offline)
+    assert figures["cnn_fraction_of_noop_c32"] == 0.3 == figures["cnn_v2_binary_fraction_of_noop_c32"]
+    assert figures["image224_v2_binary_over_json_speedup"] == 3.0
+
+
+def test_v2_bodies_are_what_tritonclient_sends() -> None:
+    """The Open Inference Protocol bodies equal tritonclient's own (the reference client)."""
+    import tritonclient.http as triton
+
+    sample = np.random.default_rng(2).integers(0, 17, size=(1, 8, 8)).astype(np.float32)
+    sample[0, 0, :2] = [0.5, 16.25]  # fractions stay fractions
+    binary = triton.InferInput("input", [1, *sample.shape], "FP32")
+    binary.set_data_from_numpy(sample[None], binary_data=True)
+    expected, header = triton.InferenceServerClient.generate_request_body([binary])
+    assert bodies.v2_binary_body(sample.tolist()) == (header, expected)
+    as_json = triton.InferInput("input", [1, *sample.shape], "FP32")
+    as_json.set_data_from_numpy(sample[None], binary_data=False)
+    reference = json.loads(triton.InferenceServerClient.generate_request_body([as_json])[0])
+    del reference["parameters"]  # tritonclient asks binary outputs by default; the JSON row asks JSON ones
+    assert bodies.v2_json_body(sample.tolist()) == reference
+
+
+def test_loadgen_sends_the_content_type_and_raw_bodies_given() -> None:
+    raw = loadgen.build_request("127.0.0.1", 1, "/v2/x", b"\x00\x01", {"Inference-Header-Content-Length": "0"},
+                                "application/octet-stream")
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert body == b"\x00\x01" and b"Content-Type: application/octet-stream" in head.split(b"\r\n")
+    assert b"Content-Length: 2" in head.split(b"\r\n")
 
 
 async def _alternating_server() -> tuple[asyncio.AbstractServer, int, list[int]]:
@@ -177,6 +212,7 @@ def test_quick_noop_run_ends_in_the_json_line() -> None:
     for target in figures["targets"].values():  # not measured in a no-op run: said so, not invented
         assert target["value"] is None and target["met"] is None
     assert figures["levels"] == [1, 4] and figures["bentoml"] == "not requested" and figures["rounds"] == 2
+    assert figures["v2"] == "not requested" and figures["unmeasured"] == {}
     per_level = figures["results"]["cnn"]["noop"]
     for level in ("1", "4"):
         r = per_level[level]

@@ -90,8 +90,18 @@ def test_dockerfile_runs_as_non_root(dockerfile: list[tuple[str, str]]) -> None:
     last_user = max(i for i, (w, _) in enumerate(dockerfile) if w == "USER")
     last_run = max(i for i, (w, _) in enumerate(dockerfile) if w == "RUN")
     assert last_run < last_user  # installs run as root; the server starts after the switch
-    useradd = dockerfile[index_of(dockerfile, "RUN", r"useradd")][1]
-    assert users[-1] in useradd
+    assert users[-1] == "{0}:{1}".format(*image_user_ids(dockerfile))  # numeric: runAsNonRoot can check it
+
+
+def image_user_ids(instructions: list[tuple[str, str]]) -> tuple[int, int]:
+    """(uid, gid) of the user the Dockerfile creates (``groupadd --gid`` and ``useradd --uid --gid``)."""
+    useradd = shlex.split(instructions[index_of(instructions, "RUN", r"useradd")][1])
+    start = useradd.index("useradd")
+    uid = int(useradd[useradd.index("--uid", start) + 1])
+    gid = int(useradd[useradd.index("--gid", start) + 1])
+    groupadd = useradd[useradd.index("groupadd"):start]
+    assert int(groupadd[groupadd.index("--gid") + 1]) == gid  # the group exists with that id
+    return uid, gid
 
 
 def test_dockerfile_healthcheck_uses_python_on_healthz(dockerfile: list[tuple[str, str]]) -> None:

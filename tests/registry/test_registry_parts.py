@@ -29,6 +29,7 @@ API = {
     "__repr__": "(self) -> 'str'",
     "aliases": "(self, name: 'str') -> 'dict[str, int]'",
     "check_key": "(self, key: 'str') -> 'str | None'",
+    "provision_key": "(self, key: 'str', *, admin: 'bool' = False, label: 'str' = 'provisioned') -> 'bool'",
     "close": "(self) -> 'None'",
     "create_key": "(self, *, admin: 'bool' = False, label: 'str' = '') -> 'str'",
     "delete": "(self, name: 'str', version: 'int') -> 'None'",

@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 from typing import List, Optional
 
 import typer
@@ -74,7 +75,8 @@ def serve_command(
                              max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                              poll_interval=poll_interval, models=list(model) if model else None, quantize=quantize,
                              runtime=runtime, max_tokens=max_tokens, max_image_pixels=max_image_pixels, header_timeout_s=header_timeout, body_timeout_s=body_timeout,
-                             keep_alive_s=keep_alive, max_connections=max_connections)
+                             keep_alive_s=keep_alive, max_connections=max_connections,
+                             admin_keys=_env_keys("DLFORGE_ADMIN_KEYS"), predict_keys=_env_keys("DLFORGE_PREDICT_KEYS"))
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if no_auth:
         typer.secho("warning: --no-auth: every route, admin ones included, is open to whoever reaches "
@@ -87,3 +89,8 @@ def serve_command(
 
 app = typer.Typer()  # mounted by dlforge.cli as the `serve` command
 app.command("serve")(serve_command)
+
+
+def _env_keys(name: str) -> list[str]:
+    """The comma-separated API keys in ``$name`` (a Secret's value): made valid at start-up."""
+    return [k.strip() for k in os.environ.get(name, "").split(",") if k.strip()]

@@ -149,8 +149,10 @@ class Database:
         except DatabaseError as err:
             raise self.error(err) from None
 
-    def write(self, fn: Callable[[Connection], T]) -> T:
+    def write(self, fn: Callable[[Connection], T], *, bump: bool = True) -> T:
         """Run ``fn`` in one write transaction that bumps the revision; retried on a unique-key race.
+
+        ``bump=False`` leaves the revision alone (A/B records: servers need not reload for them).
 
         ``fn`` may run more than once, so it must only touch the database (or undo its
         other effects itself). An IntegrityError that outlasts the retries is raised as is.
@@ -166,9 +168,9 @@ class Database:
                 with self.engine.connect() as conn:
                     conn.execution_options(**{WRITE: True})
                     with conn.begin():
-                        # first statement: the meta row lock serializes writers on PostgreSQL
-                        conn.execute(sa.update(meta_t).where(meta_t.c.id == 1)
-                                     .values(revision=meta_t.c.revision + 1))
+                        if bump:  # first statement: the meta row lock serializes writers on PostgreSQL
+                            conn.execute(sa.update(meta_t).where(meta_t.c.id == 1)
+                                         .values(revision=meta_t.c.revision + 1))
                         return fn(conn)
             except (IntegrityError, OperationalError) as err:
                 # a unique-key race, or a serialization failure / deadlock under a stricter

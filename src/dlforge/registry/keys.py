@@ -47,6 +47,38 @@ class KeyStore:
             label=label, key_hash=hash_key(key), admin=bool(admin), created=now(), revoked=False)))
         return key
 
+    def provision(self, key: str, *, admin: bool = False, label: str = "provisioned") -> bool:
+        """Make a key chosen elsewhere (a Kubernetes Secret, a vault) valid; True when it was new.
+
+        Idempotent, so every replica may provision the same key at start-up; a revoked key
+        stays revoked. A key must be at least as strong as the ones :meth:`create` makes.
+
+        Example:
+            >>> keys = KeyStore(Database("sqlite://"))
+            >>> key = "dlf_" + "x" * 32
+            >>> keys.provision(key, admin=True), keys.provision(key, admin=True), keys.check(key)
+            (True, False, 'admin')
+        """
+        if not isinstance(key, str) or len(key) < len(KEY_PREFIX) + 32 or not key.isascii() or any(c.isspace() for c in key):
+            raise RegistryError("a provisioned API key must be at least 36 printable characters with no spaces",
+                                hint="make one with: python -c \"import secrets; print('dlf_' + secrets.token_urlsafe(24))\"")
+
+        def tx(conn: Connection) -> bool:
+            row = conn.execute(sa.select(keys_t.c.admin).where(keys_t.c.key_hash == hash_key(key))).first()
+            if row is not None:
+                if bool(row.admin) != bool(admin):
+                    raise RegistryError("this provisioned key is already registered with another role",
+                                        hint="use different keys for admin and predict")
+                return False
+            conn.execute(sa.insert(keys_t).values(label=label, key_hash=hash_key(key), admin=bool(admin),
+                                                  created=now(), revoked=False))
+            return True
+
+        try:
+            return self._db.write(tx)
+        except sa.exc.IntegrityError:  # another replica provisioned it at the same moment
+            return False
+
     def check(self, key: str) -> str | None:
         """``"admin"``, ``"predict"`` or None for an unknown or revoked key."""
         if not isinstance(key, str) or not key:

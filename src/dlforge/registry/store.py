@@ -12,7 +12,9 @@ under ``<artifacts>/<sha[:2]>/<sha>/``, so registering the same artifact twice s
   numbered 1, 2, 3... per model and never reused;
 - :class:`~dlforge.registry.aliases.AliasStore` (``aliases.py``): aliases, their history
   (``rollback``) and A/B traffic configs;
-- :class:`~dlforge.registry.keys.KeyStore` (``keys.py``): the server's API keys, stored hashed.
+- :class:`~dlforge.registry.keys.KeyStore` (``keys.py``): the server's API keys, stored hashed;
+- :class:`~dlforge.registry.experiments.ExperimentStore` (``experiments.py``, ``Registry.experiments``):
+  the A/B records every server replica writes (their writes leave the revision alone).
 
 Every change bumps one ``revision`` counter, so servers notice changes made by other
 processes with one cheap query.
@@ -43,6 +45,7 @@ from dlforge.registry.aliases import AliasStore
 from dlforge.registry.blobs import BlobStore
 from dlforge.registry.db import Database
 from dlforge.registry.disk import Scratch
+from dlforge.registry.experiments import ExperimentStore
 from dlforge.registry.keys import KeyStore
 from dlforge.registry.versions import ModelVersion, VersionStore
 
@@ -82,6 +85,8 @@ class Registry:
         self._versions = VersionStore(self._db, self._blobs)
         self._aliases = AliasStore(self._db, self._versions)
         self._keys = KeyStore(self._db)
+        # A/B records: record_batch, record_of, feedback, stats_rows, counts, prune (see registry/experiments.py)
+        self.experiments = ExperimentStore(self._db)
 
     def __enter__(self) -> Registry:
         return self
@@ -195,6 +200,10 @@ class Registry:
             (True, 36)
         """
         return self._keys.create(admin=admin, label=label)
+
+    def provision_key(self, key: str, *, admin: bool = False, label: str = "provisioned") -> bool:
+        """Make a key chosen elsewhere (e.g. a Kubernetes Secret) valid; idempotent (see KeyStore.provision)."""
+        return self._keys.provision(key, admin=admin, label=label)
 
     def check_key(self, key: str) -> str | None:
         """``"admin"``, ``"predict"`` or None for an unknown or revoked key."""

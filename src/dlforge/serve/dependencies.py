@@ -4,7 +4,9 @@ Keys travel as ``Authorization: Bearer dlf_...``. ``HTTPBearer`` makes the OpenA
 declare the scheme; ``auto_error=False`` lets us answer in the server's own error shape.
 A key is checked against the registry (which stores only its sha256) and the answer is
 cached for a few seconds, so a busy predict route does not hit the database per request;
-a revoked key therefore stops working within ``KEY_CACHE_SECONDS``.
+a revoked key therefore stops working within ``KEY_CACHE_SECONDS``. When the cached answer
+expires under load, the requests that arrive before the database answers share one lookup
+(:meth:`KeyCache.role`), instead of one lookup each.
 
 Example:
     >>> from fastapi import APIRouter, Depends
@@ -13,8 +15,10 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Path, Request, Security
@@ -91,6 +95,8 @@ class KeyCache:
     def __init__(self, ttl: float = KEY_CACHE_SECONDS, max_entries: int = 4096) -> None:
         self.ttl, self.max_entries = ttl, max_entries
         self._roles: dict[str, tuple[str, float]] = {}  # digest -> (role or "", expiry)
+        self._lookups: dict[str, asyncio.Future] = {}  # digest -> the lookup in flight
+        self._generation = 0  # bumped by clear(): a lookup begun before a change is not cached
 
     @staticmethod
     def _digest(key: str) -> str:
@@ -110,6 +116,37 @@ class KeyCache:
 
     def clear(self) -> None:
         self._roles.clear()
+        self._lookups = {}  # requests from now on look up afresh
+        self._generation += 1
+
+    async def role(self, key: str, lookup: Callable[[str], Awaitable[str | None]]) -> str:
+        """The role of ``key``: cached, else ``await lookup(key)`` once for every request asking meanwhile.
+
+        Example:
+            >>> async def check(key):
+            ...     return "predict"
+            >>> asyncio.run(KeyCache().role("dlf_x", check))
+            'predict'
+        """
+        role = self.get(key)
+        if role is not None:
+            return role
+        digest = self._digest(key)
+        pending = self._lookups.get(digest)
+        if pending is None:
+            pending = self._lookups[digest] = asyncio.ensure_future(
+                self._lookup(key, lookup, self._generation, self._lookups, digest))
+        return await asyncio.shield(pending)  # one caller going away does not cancel the others' lookup
+
+    async def _lookup(self, key: str, lookup: Callable[[str], Awaitable[str | None]], generation: int,
+                      lookups: dict[str, asyncio.Future], digest: str) -> str:
+        try:
+            role = await lookup(key) or ""
+            if generation == self._generation:
+                self.put(key, role)
+            return role
+        finally:
+            lookups.pop(digest, None)
 
 
 def key_cache_of(app: Any) -> KeyCache:
@@ -136,12 +173,8 @@ async def _role(request: Request, credentials: HTTPAuthorizationCredentials | No
         raise ApiError(401, "unauthorized", "this route needs an API key",
                        hint="send the header 'Authorization: Bearer <key>'; create a key with `dlforge keys create`",
                        headers={"WWW-Authenticate": 'Bearer realm="dlforge"'})
-    key = credentials.credentials
-    cache = key_cache(request)
-    role = cache.get(key)
-    if role is None:
-        role = await run_in_threadpool(request.app.state.registry.check_key, key) or ""
-        cache.put(key, role)
+    role = await key_cache(request).role(
+        credentials.credentials, lambda key: run_in_threadpool(request.app.state.registry.check_key, key))
     if not role:  # the key itself is never echoed back
         raise ApiError(401, "unauthorized", "the API key is not valid (unknown or revoked)",
                        hint="check the key, or ask an admin for a new one",

@@ -92,6 +92,18 @@ class Metrics:
                                     ["model"], registry=r)
         self.drift = Gauge("dlforge_drift", "Drift of a feature (or 'prediction') from the training reference.",
                            ["model", "version", "feature", "statistic"], registry=r)
+        # Labelled children of the per-request metrics, looked up once: prometheus' labels() takes a
+        # lock and validates the labels on every call: about half of what counting a request cost.
+        self._children: dict[tuple, Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) > 10_000:  # bounded: label values come from the served models only
+                self._children.clear()
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     @contextlib.contextmanager
     def request(self, model: str, *, version: int | str = "", variant: str = "",
@@ -112,7 +124,7 @@ class Metrics:
             1.0
         """
         count = RequestCount(model, str(version), variant)
-        gauge = self.in_flight.labels(model) if in_flight else None
+        gauge = self._child(self.in_flight, model) if in_flight else None
         if gauge is not None:
             gauge.inc()
         started = time.perf_counter()
@@ -125,11 +137,11 @@ class Metrics:
             if gauge is not None:
                 gauge.dec()
             labels, status = (count.model, count.version, count.variant), str(count.status)
-            self.requests.labels(*labels, status).inc()
+            self._child(self.requests, *labels, status).inc()
             if count.status >= 400:
-                self.errors.labels(*labels, status).inc()
+                self._child(self.errors, *labels, status).inc()
             else:
-                self.latency.labels(*labels).observe(time.perf_counter() - started)
+                self._child(self.latency, *labels).observe(time.perf_counter() - started)
 
     def observer(self, model: str, version: int) -> _BatchMetrics:
         """A batch observer (for ``DynamicBatcher``) recording batch sizes and queue times."""
@@ -159,6 +171,7 @@ class Metrics:
         """Drop every series of an unloaded model version (batch, queue, drift and loaded gauges)."""
         for metric in (self.batch_size, self.queue_time, self.drift, self.loaded):
             metric.remove_by_labels({"model": model, "version": str(version)})
+        self._children.clear()  # a removed series must be created again, not counted in a detached child
 
     def render(self) -> tuple[bytes, str]:
         """The metrics in Prometheus' text format and its content type."""

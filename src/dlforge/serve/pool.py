@@ -10,6 +10,11 @@ queues). A poll loop calls ``refresh`` whenever ``registry.revision()`` changes,
 alias moved by another process (``dlforge registry alias``, another replica) takes
 effect within ``poll_interval`` seconds.
 
+A/B records go to the registry database, shared by every replica: a request only queues
+its record in memory (:class:`~dlforge.registry.experiments.ExperimentWriter`); a task
+that runs beside the poll loop writes the queue every ``FLUSH_INTERVAL_S`` (sooner when a
+batch is full), and ``close`` writes what is left.
+
 A version that fails to load (a damaged blob, an artifact from a newer dlforge) is marked
 *unhealthy* with the reason and skipped: every other version keeps loading and swapping,
 the server still starts, and a request routed to it answers 503 with the reason. The load
@@ -40,6 +45,7 @@ from pydantic import ValidationError
 from dlforge.compress.quantize import quantize_dynamic_int8  # torch only: serve never loads train
 from dlforge.errors import DlforgeError, NotFoundError, UnavailableError
 from dlforge.registry.artifact import Artifact, load_artifact
+from dlforge.registry.experiments import ExperimentWriter, SharedRecords
 from dlforge.registry.store import ModelVersion, Registry
 from dlforge.serve.batching import DynamicBatcher
 from dlforge.serve.inputs import InputSpec
@@ -49,6 +55,7 @@ from dlforge.serve.settings import ServeSettings
 
 log = logging.getLogger("dlforge.serve")
 RETIRE_TIMEOUT_S = 30.0  # a request holding a retired model longer than this is not waited for
+FLUSH_INTERVAL_S = 0.25  # how often queued A/B records are written (what other replicas lag behind by)
 SEGMENTATION_DRIFT = ("drift is not tracked for segmentation models: their images come in any size and the "
                       "artifact stores no training reference to compare them with")
 
@@ -121,6 +128,7 @@ class ModelPool:
     def __init__(self, registry: Registry, settings: ServeSettings, metrics: Metrics) -> None:
         self.registry, self.settings, self.metrics = registry, settings, metrics
         self.experiments: dict[str, Experiment] = {}
+        self.writer = ExperimentWriter(registry.experiments)  # the A/B records' queue, written by poll's flusher
         self._table = _Table()
         self._revision: int | None = None
         self.on_change: Callable[[], None] | None = None  # called when the registry's revision moved
@@ -256,26 +264,49 @@ class ModelPool:
         self.metrics.forget(model.name, model.version)
 
     async def poll(self) -> None:
-        """Refresh whenever the registry's revision changes (run as a task by the app's lifespan)."""
+        """Refresh whenever the registry's revision changes, and write the queued A/B records
+        (run as a task by the app's lifespan)."""
+        flusher = asyncio.create_task(self._flush_loop(), name="dlforge-experiment-flush")
         last_error = None
-        while True:
-            await asyncio.sleep(self.settings.poll_interval)
-            try:
-                await self.refresh()
-                last_error = None
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # a registry hiccup must not end polling; the next round retries
-                if str(err) != last_error:  # once per distinct failure, not every poll_interval
-                    log.exception("registry poll failed (logged again only when the error changes)")
-                last_error = str(err)
+        try:
+            while True:
+                await asyncio.sleep(self.settings.poll_interval)
+                try:
+                    await self.refresh()
+                    last_error = None
+                except asyncio.CancelledError:
+                    raise
+                except Exception as err:  # a registry hiccup must not end polling; the next round retries
+                    if str(err) != last_error:  # once per distinct failure, not every poll_interval
+                        log.exception("registry poll failed (logged again only when the error changes)")
+                    last_error = str(err)
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+
+    async def _flush_loop(self) -> None:
+        """Write the queued A/B records every ``FLUSH_INTERVAL_S``, or at once when a batch is full.
+        The writer never raises: a failed write is logged and its rows wait for the next round."""
+        wake, loop = asyncio.Event(), asyncio.get_running_loop()
+        self.writer.on_full = lambda: loop.call_soon_threadsafe(wake.set)
+        try:
+            while True:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), FLUSH_INTERVAL_S)
+                wake.clear()
+                if len(self.writer):
+                    await asyncio.to_thread(self.writer.flush)
+        finally:
+            self.writer.on_full = None
 
     async def close(self) -> None:
-        """Stop every batcher (draining queued requests)."""
+        """Stop every batcher (draining queued requests), then write the A/B records still queued."""
         async with self._lock:
             table, self._table = self._table, _Table()
             await asyncio.gather(*(m.batcher.stop() for vs in table.models.values() for m in vs.values()))
             self._update_loaded_gauge(self._table)
+        await asyncio.to_thread(self.writer.flush)
 
     # ------------------------------------------------------------------ lookup
     def resolve(
@@ -348,9 +379,10 @@ class ModelPool:
         return self._table.traffic.get(name)
 
     def experiment(self, name: str) -> Experiment:
-        """The A/B experiment record of ``name``, created on first use."""
+        """The A/B experiment of ``name`` (created on first use): its records are in the registry
+        database, shared with every replica; this process's are queued until the next flush."""
         if name not in self.experiments:
-            self.experiments[name] = Experiment()
+            self.experiments[name] = Experiment(records=SharedRecords(self.writer, name))
         return self.experiments[name]
 
     def ready(self) -> bool:

@@ -6,6 +6,8 @@ header by default) hashes to the same alias every time, so one user sees one mod
 one the pick is random. An :class:`Experiment` records each request's variant, predictions
 and latency; feedback (the true label, sent later) turns them into accuracies, and
 :meth:`Experiment.stats` runs a two-proportion z-test of each treatment against the control.
+Its records live in this process's memory or, in the server, in the registry database that
+every replica shares (:mod:`dlforge.registry.experiments`); the maths is the same for both.
 
 Example:
     >>> import random
@@ -23,14 +25,16 @@ import math
 import random
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dlforge.errors import DlforgeError
+from dlforge.registry.experiments import StatsRow
 from dlforge.registry.names import validate_name
 
 ALPHA, POWER = 0.05, 0.8  # the test's significance level and the power used to size it
@@ -160,6 +164,63 @@ class _Record:
     correlation_id: str | None = None  # the client's own X-Request-Id, kept only to join logs
     feedback: int = 0  # labelled samples
     correct: int = 0
+    label: Any = None  # the last feedback's label(s)
+
+
+class RecordStore(Protocol):
+    """Where an :class:`Experiment` keeps its records: this process's memory (:class:`MemoryRecords`)
+    or the registry database shared by every replica (:class:`~dlforge.registry.experiments.SharedRecords`)."""
+
+    def add(self, request_id: str, record: dict[str, Any]) -> None: ...
+
+    def get(self, request_id: str, *, wait: bool = False) -> dict[str, Any] | None: ...
+
+    def set_feedback(self, request_id: str, label: Any, feedback: int, correct: int) -> bool: ...
+
+    def rows(self) -> Iterable[StatsRow]: ...
+
+
+class MemoryRecords:
+    """The last ``max_records`` records, in this process's memory (the oldest go first).
+
+    Example:
+        >>> records = MemoryRecords(max_records=1)
+        >>> records.add("r1", dict(variant="a", version=1, predictions=["x"], indices=None, latency_s=0.1))
+        >>> records.add("r2", dict(variant="b", version=2, predictions=["y"], indices=None, latency_s=0.2))
+        >>> records.get("r1"), [row.variant for row in records.rows()]
+        (None, ['b'])
+    """
+
+    def __init__(self, max_records: int = 10000) -> None:
+        if max_records < 1:
+            raise ValueError(f"max_records must be at least 1, got {max_records}")
+        self.max_records = max_records
+        self._records: OrderedDict[str, _Record] = OrderedDict()
+        self._lock = threading.Lock()  # the server may record from a worker thread
+
+    def add(self, request_id: str, record: dict[str, Any]) -> None:
+        rec = _Record(**record)
+        with self._lock:
+            self._records[request_id] = rec
+            self._records.move_to_end(request_id)
+            while len(self._records) > self.max_records:
+                self._records.popitem(last=False)  # bounded memory: the oldest request goes
+
+    def get(self, request_id: str, *, wait: bool = False) -> dict[str, Any] | None:
+        with self._lock:
+            rec = self._records.get(request_id)
+            return None if rec is None else asdict(rec)
+
+    def set_feedback(self, request_id: str, label: Any, feedback: int, correct: int) -> bool:
+        with self._lock:
+            rec = self._records.get(request_id)
+            if rec is not None:
+                rec.label, rec.feedback, rec.correct = label, feedback, correct
+            return rec is not None
+
+    def rows(self) -> list[StatsRow]:
+        with self._lock:
+            return [StatsRow(r.variant, r.version, r.latency_s, r.feedback, r.correct) for r in self._records.values()]
 
 
 def _is_correct(label: Any, prediction: Any, index: int | None) -> bool:
@@ -174,11 +235,32 @@ def _is_correct(label: Any, prediction: Any, index: int | None) -> bool:
     return str(prediction) == label
 
 
+def judge(label: Any, predictions: list, indices: list[int] | None) -> tuple[int, int]:
+    """(samples labelled, samples predicted right) of one request's feedback.
+
+    ``label`` is one label, or a list with one label per prediction; a label is a class name
+    or a class index (compared with ``indices`` when the request has them).
+
+    Example:
+        >>> judge(["cat", 1], ["cat", "dog"], [0, 2])
+        (2, 1)
+    """
+    labels = label if isinstance(label, (list, tuple)) else [label]
+    if len(labels) != len(predictions):
+        raise DlforgeError(f"got {len(labels)} labels for a request with {len(predictions)} predictions",
+                           hint="send one label per input of the request, as a list when there are several")
+    indices = indices or [None] * len(labels)
+    return len(labels), sum(_is_correct(lab, pred, idx) for lab, pred, idx in zip(labels, predictions, indices))
+
+
 class Experiment:
     """Requests, feedback and A/B statistics of one model, over its last ``max_records`` requests.
 
     Records are keyed by the id the server gave the request (never a client-chosen one:
-    two clients picking the same id would overwrite each other's record).
+    two clients picking the same id would overwrite each other's record). They live in
+    ``records``: this process's memory by default; the server passes the registry
+    database's :class:`~dlforge.registry.experiments.SharedRecords`, so every replica
+    reports all traffic. The statistics are :func:`experiment_stats` of either store's rows.
 
     Example:
         >>> exp = Experiment()
@@ -189,12 +271,8 @@ class Experiment:
         1.0
     """
 
-    def __init__(self, max_records: int = 10000) -> None:
-        if max_records < 1:
-            raise ValueError(f"max_records must be at least 1, got {max_records}")
-        self.max_records = max_records
-        self._records: OrderedDict[str, _Record] = OrderedDict()
-        self._lock = threading.Lock()  # the server may record from a worker thread
+    def __init__(self, max_records: int = 10000, *, records: RecordStore | None = None) -> None:
+        self.records: RecordStore = records if records is not None else MemoryRecords(max_records)
 
     def record(self, request_id: str, variant: str, version: int, predictions: list, latency_s: float, *,
                indices: list[int] | None = None, correlation_id: str | None = None) -> None:
@@ -204,13 +282,10 @@ class Experiment:
         ``X-Request-Id``) is stored beside it. ``indices`` (the predicted class indices)
         lets feedback name the class by index.
         """
-        rec = _Record(variant, int(version), list(predictions), None if indices is None else list(indices),
-                      float(latency_s), correlation_id)
-        with self._lock:
-            self._records[request_id] = rec
-            self._records.move_to_end(request_id)
-            while len(self._records) > self.max_records:
-                self._records.popitem(last=False)  # bounded memory: the oldest request goes
+        self.records.add(request_id, {
+            "variant": variant, "version": int(version), "predictions": list(predictions),
+            "indices": None if indices is None else list(indices), "latency_s": float(latency_s),
+            "correlation_id": correlation_id})
 
     def record_of(self, request_id: str) -> dict[str, Any] | None:
         """A copy of the record of request ``request_id`` (None if unknown or evicted).
@@ -221,54 +296,59 @@ class Experiment:
             >>> exp.record_of("r1")["correlation_id"], exp.record_of("client-7")
             ('client-7', None)
         """
-        with self._lock:
-            rec = self._records.get(request_id)
-            return None if rec is None else asdict(rec)
+        return self.records.get(request_id)
 
-    def feedback(self, request_id: str, label: Any) -> bool:
+    def feedback(self, request_id: str, label: Any, *, wait: bool = True) -> bool:
         """Record the true label(s) of an earlier request; False if the request is unknown (or evicted).
 
         ``label`` is one label, or a list with one label per sample of the request. Sending
-        feedback again replaces the earlier feedback.
+        feedback again replaces the earlier feedback. ``wait``: a shared store looks for a
+        request it does not find again for a moment (the replica that served it may not have
+        written it yet).
         """
-        with self._lock:
-            rec = self._records.get(request_id)
-            if rec is None:
-                return False
-            labels = label if isinstance(label, (list, tuple)) else [label]
-            if len(labels) != len(rec.predictions):
-                raise DlforgeError(f"got {len(labels)} labels for a request with {len(rec.predictions)} predictions",
-                                   hint="send one label per input of the request, as a list when there are several")
-            indices = rec.indices or [None] * len(labels)
-            rec.correct = sum(_is_correct(lab, pred, idx) for lab, pred, idx in zip(labels, rec.predictions, indices))
-            rec.feedback = len(labels)
-            return True
+        rec = self.records.get(request_id, wait=wait)
+        if rec is None:
+            return False
+        feedback, correct = judge(label, rec["predictions"], rec["indices"])
+        return self.records.set_feedback(request_id, label, feedback, correct)
 
     def stats(self) -> dict:
-        """Per-variant requests, latency percentiles (ms) and accuracy, and the A/B test.
+        """Per-variant requests, latency percentiles (ms) and accuracy, and the A/B test (:func:`experiment_stats`)."""
+        return experiment_stats(self.records.rows())
 
-        ``tests`` compares each variant with feedback against the control (the
-        ``production`` variant if it has feedback, else the one with most requests);
-        ``test`` is the first of them, None when fewer than two variants have feedback.
-        """
-        with self._lock:
-            records = list(self._records.values())
-        variants: dict[str, dict] = {}
-        for alias in sorted({r.variant for r in records}):
-            mine = [r for r in records if r.variant == alias]
-            latency = np.asarray([r.latency_s for r in mine]) * 1000
-            p50, p95, p99 = np.percentile(latency, [50, 95, 99]).tolist()
-            feedback, correct = sum(r.feedback for r in mine), sum(r.correct for r in mine)
-            variants[alias] = {
-                "requests": len(mine),
-                "versions": sorted({r.version for r in mine}),
-                "latency_ms": {"p50": p50, "p95": p95, "p99": p99},
-                "feedback": feedback,
-                "correct": correct,
-                "accuracy": correct / feedback if feedback else None,
-            }
-        tests = _ab_tests(variants)
-        return {"variants": variants, "test": tests[0] if tests else None, "tests": tests}
+
+def experiment_stats(rows: Iterable[StatsRow]) -> dict:
+    """Per-variant requests, versions, latency percentiles (ms) and accuracy of ``rows``, and the A/B tests.
+
+    ``tests`` compares each variant with feedback against the control (the ``production``
+    variant if it has feedback, else the one with most requests); ``test`` is the first of
+    them, None when fewer than two variants have feedback.
+
+    Example:
+        >>> rows = [StatsRow("production", 1, 0.010, 1, 1), StatsRow("candidate", 2, 0.020, 1, 0)]
+        >>> stats = experiment_stats(rows)
+        >>> stats["variants"]["candidate"]["accuracy"], stats["test"]["control"]
+        (0.0, 'production')
+    """
+    by_variant: dict[str, list[StatsRow]] = {}
+    for row in rows:
+        by_variant.setdefault(row.variant, []).append(row)
+    variants: dict[str, dict] = {}
+    for alias in sorted(by_variant):
+        mine = by_variant[alias]
+        latency = np.asarray([r.latency_s for r in mine]) * 1000
+        p50, p95, p99 = np.percentile(latency, [50, 95, 99]).tolist()
+        feedback, correct = sum(r.feedback for r in mine), sum(r.correct for r in mine)
+        variants[alias] = {
+            "requests": len(mine),
+            "versions": sorted({r.version for r in mine}),
+            "latency_ms": {"p50": p50, "p95": p95, "p99": p99},
+            "feedback": feedback,
+            "correct": correct,
+            "accuracy": correct / feedback if feedback else None,
+        }
+    tests = _ab_tests(variants)
+    return {"variants": variants, "test": tests[0] if tests else None, "tests": tests}
 
 
 def _ab_tests(variants: dict[str, dict]) -> list[dict]:

@@ -12,7 +12,9 @@ What the middleware refuses before the app sees the request:
 - a body over ``settings.max_body_bytes`` (``max_upload_bytes`` on the upload route): 413,
   from ``Content-Length`` at once or, for chunked bodies, as soon as the count passes it;
 - a POST/PUT/PATCH body that is not ``application/json`` (the upload route: only
-  ``application/gzip``); pickled bytes in particular are refused unread: 415;
+  ``application/gzip``; V2 infer routes: also ``application/octet-stream`` or no type, for
+  binary tensor data); pickled bytes in particular are refused unread: 415 (on ``/v2/``
+  paths in the protocol's ``{"error": "..."}`` object);
 - a ``/v1/models/...`` path whose segments, fully URL-decoded, hold ``..``, a slash, a
   backslash or a control character, or whose model name or alias fails
   ``validate_name``: 400. (Starlette decodes ``%2F`` before routing, so this looks at the
@@ -64,6 +66,10 @@ JSON_TYPES = ("application/json",)
 UPLOAD_TYPES = ("application/gzip", "application/x-gzip")
 MODELS_PREFIX = "/v1/models/"
 _UPLOAD_PATH = re.compile(r"^/v1/models/[^/]+/versions/?$")
+# Open Inference Protocol (V2) bodies: JSON, or a JSON header plus binary tensor data (read by
+# np.frombuffer, never unpickled); tritonclient sends them with no Content-Type at all.
+_V2_INFER = re.compile(r"^/v2/models/[^/]+(?:/versions/[^/]+)?/infer/?$")
+V2_TYPES = ("application/json", "application/octet-stream", "")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
           405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
@@ -100,10 +106,28 @@ def _correlation_of(headers: Headers) -> str | None:
 def error_response(request: Request, status: int, code: str, message: str, *, hint: str | None = None,
                    fields: list[dict[str, str]] | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    """A JSONResponse in the error shape, with this request's id in the body and headers."""
+    """A JSONResponse in the error shape, with this request's id in the body and headers (on
+    ``/v2`` paths the Open Inference Protocol's ``{"error": "<message>"}``, the id in the header)."""
     rid = request_id(request)
     body = error_body(code, message, hint=hint, fields=fields, request_id=rid)
+    if is_v2(request.url.path):
+        body = v2_error_body(message, hint)
     return JSONResponse(body, status_code=status, headers={**(headers or {}), "X-Request-Id": rid})
+
+
+def is_v2(path: str) -> bool:
+    """Whether ``path`` belongs to the Open Inference Protocol (``/v2`` and below)."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def v2_error_body(message: str, hint: str | None = None) -> dict[str, str]:
+    """The protocol's error object: one message (the hint in parentheses).
+
+    Example:
+        >>> v2_error_body("model 'x' is not served here", "models: iris")
+        {'error': "model 'x' is not served here (models: iris)"}
+    """
+    return {"error": message + (f" ({hint})" if hint else "")}
 
 
 # ----------------------------------------------------------------------------- handlers
@@ -219,7 +243,7 @@ class SecurityMiddleware:
         problem = self._refusal(scope, headers, upload, limit)
         if problem is not None:
             status, code, message, hint = problem
-            body = error_body(code, message, hint=hint, request_id=rid)
+            body = v2_error_body(message, hint) if is_v2(path) else error_body(code, message, hint=hint, request_id=rid)
             await JSONResponse(body, status_code=status)(scope, receive, send_with_id)
             return
 
@@ -279,8 +303,10 @@ class SecurityMiddleware:
         has_body = (length is not None and int(length) > 0) or "transfer-encoding" in headers
         if scope["method"] in ("POST", "PUT", "PATCH") and has_body:
             allowed = UPLOAD_TYPES if upload else JSON_TYPES
+            if _V2_INFER.match(raw_path):
+                allowed = V2_TYPES
             if _media_type(headers) not in allowed:
-                return (415, "unsupported_media_type", "this route accepts only " + " or ".join(allowed) + " bodies",
+                return (415, "unsupported_media_type", "this route accepts only " + " or ".join(a for a in allowed if a) + " bodies",
                         f"send the body with Content-Type: {allowed[0]}")
         return None
 

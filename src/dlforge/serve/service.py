@@ -33,7 +33,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
+from fastapi.exceptions import RequestValidationError
 
 from dlforge.errors import DlforgeError, NotFoundError
 from dlforge.registry.names import validate_name
@@ -178,7 +180,7 @@ class PredictionService:
             raise NotFoundError(f"no recent request {request_id!r} for model {name!r}",
                                 hint="quote the request_id of a predict response; the server keeps the last 10,000")
         with contextlib.suppress(DlforgeError):  # the shadow's answer is judged too, when it came back
-            experiment.feedback(shadow_id(request_id), label)
+            experiment.feedback(shadow_id(request_id), label, wait=False)  # no shadow: no waiting for one
 
     def experiment(self, name: str) -> dict[str, Any]:
         """Requests, latency and accuracy per variant and the A/B tests (:meth:`Experiment.stats`)."""
@@ -198,6 +200,15 @@ class PredictionService:
 
 # ---------------------------------------------------------------------------- helpers
 async def _encode(model: LoadedModel, inputs: list[Any], max_pixels: int) -> torch.Tensor | list[torch.Tensor]:
+    if isinstance(inputs, np.ndarray):  # already-decoded tensors (the V2 protocol): one numpy batch, no lists
+        if model.artifact.task != "segmentation":
+            try:
+                if len(inputs) > THREAD_ENCODE_ITEMS:
+                    return await asyncio.to_thread(encode_inputs, model.inputs, model.artifact, inputs)
+                return encode_inputs(model.inputs, model.artifact, inputs)
+            except RequestValidationError:
+                pass  # refused: the item-by-item checks below read lists, and name the bad field
+        inputs = inputs.tolist()
     if model.artifact.task == "segmentation":  # images of any size: one (C, *S) tensor each, decoded in a thread
         return await asyncio.to_thread(encode_images, model.artifact, inputs, max_pixels)
     if model.inputs.kind == "text" or len(inputs) > THREAD_ENCODE_ITEMS:

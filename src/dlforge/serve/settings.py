@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 
 class ServeSettings(BaseModel):
@@ -45,3 +45,7 @@ class ServeSettings(BaseModel):
     max_connections: int | None = Field(None, ge=1)  # None: derived from the open-files limit at start-up
     quantize: Literal["none", "int8"] = "none"  # int8: dynamic int8 Linear layers, applied at load (CPU)
     runtime: Literal["torch", "onnxruntime"] = "torch"  # onnxruntime: each artifact's model.onnx (dlforge export)
+    # Keys made valid at start-up (dlforge serve reads $DLFORGE_ADMIN_KEYS / $DLFORGE_PREDICT_KEYS,
+    # comma-separated: a Kubernetes Secret); never logged or shown.
+    admin_keys: list[SecretStr] = Field(default_factory=list)
+    predict_keys: list[SecretStr] = Field(default_factory=list)

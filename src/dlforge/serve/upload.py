@@ -45,6 +45,10 @@ MAX_DEPTH = 8
 _HEADER_ALLOWANCE = 1 << 20  # tar headers and padding on top of the file bytes
 _HINT = "upload `tar -czf model.tar.gz model.json model.safetensors` (plain files, relative names)"
 
+# tarfile's extraction filters came with Python 3.11.4; before it, our own checks in extract_artifact_tar stand alone.
+_DATA_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+_FILTER_ERRORS = getattr(tarfile, "FilterError", ())
+
 
 class UploadError(DlforgeError):
     """An uploaded archive is not a safe, well-formed model artifact."""
@@ -156,8 +160,8 @@ def extract_artifact_tar(data: bytes | BinaryIO, dest: Path, *, max_bytes: int,
                                       f"(at member {_shown(name)})",
                                       hint="upload a smaller model, or raise the server's max_upload_bytes")
                 member.name = name
-                tar.extract(member, path=dest, filter="data")  # tarfile's own checks, independently of ours
-    except tarfile.FilterError as exc:
+                tar.extract(member, path=dest, **_DATA_FILTER)  # tarfile's own checks, independently of ours
+    except _FILTER_ERRORS as exc:
         member_name = getattr(getattr(exc, "tarinfo", None), "name", "?")
         raise UploadError(f"archive member {_shown(member_name)} was refused by the tar safety filter",
                           hint=_HINT) from None
