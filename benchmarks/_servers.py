@@ -1,4 +1,5 @@
-"""The serving benchmark's processes: one server on a free loopback port, its CPU, its /metrics.
+"""The serving benchmark's processes: one server on a free loopback port, its CPU, its /metrics;
+the peer servers (KServe, MLServer) started from their own Pythons.
 
 Example:
     >>> batch_totals('dlforge_batch_size_sum{model="m",version="1"} 12.0\\n'
@@ -8,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -18,6 +20,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+HERE = ROOT / "benchmarks"
+# The peer servers' systems (V2 protocol), each with the package its Python must import.
+PEERS = {"kserve_v2_json": "kserve", "kserve_v2_binary": "kserve", "mlserver_v2_json": "mlserver"}
 
 
 def free_port() -> int:
@@ -77,10 +82,10 @@ class Server:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], path: str, *,
                  headers: dict[str, str] | None = None, ready: str = "/healthz", model: str | None = None,
                  cwd: Path | None = None, log: Path | None = None, bodies: Path | None = None,
-                 content_type: str = "application/json") -> None:
+                 content_type: str = "application/json", port: int | None = None) -> None:
         self.name, self.path, self.headers, self.model = name, path, headers or {}, model
         self.bodies, self.content_type = bodies, content_type  # bodies: its own file (v2), else the model's
-        self.port = free_port()
+        self.port = port or free_port()  # port: one the caller already wrote into the server's settings
         argv = [a.replace("{port}", str(self.port)) for a in argv]
         self.log = open(log or os.devnull, "wb")
         self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT)
@@ -137,13 +142,63 @@ def server_env(threads: int) -> dict[str, str]:
 
 def bentoml_status(python: str | None) -> tuple[bool, str]:
     """Whether ``python`` can import bentoml, and a line saying what was found or why not."""
+    return peer_status(python, "bentoml")
+
+
+def peer_status(python: str | None, package: str) -> tuple[bool, str]:
+    """Whether ``python`` can import ``package`` (bentoml, kserve, mlserver), and a line saying what
+    was found or why not.
+
+    Example:
+        >>> peer_status(None, "kserve")
+        (False, 'not installed: no --kserve-python given')
+    """
     if not python:
-        return False, "not installed: no --bentoml-python given"
+        return False, f"not installed: no --{package}-python given"
+    probe = (f"import importlib.metadata as m, {package}, dlforge.registry.artifact; "
+             f"print(m.version({package!r}))")
     try:
-        done = subprocess.run([python, "-c", "import bentoml; print(bentoml.__version__)"],
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=120,
+                              env=server_env(1))
     except (OSError, subprocess.TimeoutExpired) as err:
         return False, f"not installed: {python} could not run ({err})"
     if done.returncode != 0:
-        return False, f"not installed: {python} cannot import bentoml ({done.stderr.strip().splitlines()[-1:]})"
-    return True, f"bentoml {done.stdout.strip()}"
+        return False, (f"not installed: {python} cannot import {package} and dlforge "
+                       f"({done.stderr.strip().splitlines()[-1:]})")
+    return True, f"{package} {done.stdout.strip()}"
+
+
+def peer_server(system: str, python: str, artifact: Path, model: str, env: dict[str, str], folder: Path,
+                v2_bodies: dict, max_batch_size: int, max_wait_ms: float) -> Server:
+    """A KServe or MLServer process (``system``: a key of PEERS) serving the dlforge ``artifact`` as
+    ``model`` on the V2 protocol, with the bodies of dlforge's V2 rows (``v2_bodies``: ``json``,
+    ``binary`` files and the binary ``header`` length). Not ready until ``wait``.
+
+    KServe (``_kserve_model.py``): one uvicorn worker, no gRPC, its logging left unconfigured (no
+    per-request log lines, as dlforge serve at ``--log-level warning``); it has no batching.
+    MLServer (``_mlserver_model.py``): its adaptive batching with dlforge's ``max_batch_size`` and
+    wait, inference in the server process (``parallel_workers`` 0: one process, as dlforge serve;
+    MLServer 1.7.1's worker processes also die at start under uvloop: "no current event loop").
+    """
+    kind = system.rsplit("_", 1)[1]  # json | binary
+    extra: dict = {"bodies": v2_bodies[kind], "headers": {}}
+    if kind == "binary":
+        extra.update(content_type="application/octet-stream",
+                     headers={"Inference-Header-Content-Length": str(v2_bodies["header"])})
+    log, path = folder / f"{model}-{system}.log", f"/v2/models/{model}/infer"
+    common = {"ready": f"/v2/models/{model}/ready", "log": log, "cwd": folder, **extra}
+    if PEERS[system] == "kserve":
+        argv = [python, str(HERE / "_kserve_model.py"), "--artifact", str(artifact), "--model_name", model,
+                "--http_port", "{port}", "--workers", "1", "--enable_grpc", "false", "--configure_logging", "false"]
+        return Server(system, argv, env, path, **common)
+    repo = folder / f"mlserver-{model}"
+    (repo / model).mkdir(parents=True, exist_ok=True)
+    (repo / model / "model-settings.json").write_text(json.dumps({
+        "name": model, "implementation": "_mlserver_model.DlforgeRuntime", "max_batch_size": max_batch_size,
+        "max_batch_time": max_wait_ms / 1000, "parameters": {"uri": str(artifact)}}), encoding="utf-8")
+    port = free_port()
+    menv = {**env, "MLSERVER_HOST": "127.0.0.1", "MLSERVER_HTTP_PORT": str(port), "MLSERVER_DEBUG": "false",
+            "MLSERVER_GRPC_PORT": str(free_port()), "MLSERVER_METRICS_PORT": str(free_port()),
+            "MLSERVER_PARALLEL_WORKERS": "0", "PYTHONPATH": os.pathsep.join((str(HERE), env["PYTHONPATH"]))}
+    argv = [python, "-c", "import sys; from mlserver.cli import main; sys.exit(main())", "start", str(repo)]
+    return Server(system, argv, menv, path, port=port, **{**common, "cwd": repo})

@@ -1,7 +1,8 @@
 """How much does dlforge serve's dynamic batching buy under concurrent load, and what does it cost?
 
 One command: ``python benchmarks/serving.py [--quick] [--levels 1,8,32,64] [--duration 5]
-[--bentoml-python PATH]`` (5 to 8 minutes on two shared cores; ``--quick``: about 90 s).
+[--bentoml-python PATH] [--kserve-python PATH] [--mlserver-python PATH]`` (5 to 8 minutes on two
+shared cores; ``--quick``: about 90 s).
 
 Closed-loop load on loopback (``benchmarks/_loadgen.py`` in its own process: N keep-alive
 connections each sending one request and waiting for its answer), at each concurrency
@@ -18,7 +19,13 @@ level, against these servers, each one uvicorn process with one worker:
 * ``dlforge_v2_json`` and ``dlforge_v2_binary``: dlforge_on's server answering the Open
   Inference Protocol (``POST /v2/models/{name}/infer``) with JSON tensors, and with the binary
   tensor extension (input and outputs), for ``cnn`` and ``image224``; left out, with the
-  reason in the JSON line's ``v2``, when the app has no such route.
+  reason in the JSON line's ``v2``, when the app has no such route;
+* ``kserve_v2_json``, ``kserve_v2_binary`` and ``mlserver_v2_json``: KServe's and MLServer's Python
+  servers answering the same V2 bodies for the same models, when ``--kserve-python`` /
+  ``--mlserver-python`` point at a Python that imports the package and dlforge (its own
+  environment: ``_kserve_model.py``, ``_mlserver_model.py`` load the same artifact and call the
+  same ``encode`` and ``predict``; MLServer batches with its adaptive batching at dlforge_on's
+  settings, KServe's Python server has no batching; MLServer has no binary tensor extension).
 
 Models (``benchmarks/_serving_bodies.py``), each request carrying ONE sample: ``cnn`` (the
 digits CNN of ``examples/digits_cnn.yaml``, raw 1x8x8 pixels), ``minilm`` (BERT MiniLM with a
@@ -74,12 +81,13 @@ ROOT = HERE.parent
 if str(HERE) not in sys.path:  # the load generator sits beside this file
     sys.path.insert(0, str(HERE))
 from _loadgen import percentile  # noqa: E402  (no torch: cheap)
-from _servers import Server, batch_totals, bentoml_status, free_port, process_tree_cpu, server_env  # noqa: E402,F401
+from _servers import (PEERS, Server, batch_totals, bentoml_status, free_port, peer_server,  # noqa: E402,F401
+                      peer_status, process_tree_cpu, server_env)
 from _serving_bodies import build_artifacts, offline_throughput, write_bodies, write_v2_bodies  # noqa: E402
 
 FULL = {"levels": [1, 8, 32, 64], "duration": 5.0, "warmup": 0.5, "rounds": 2}
 QUICK = {"levels": [1, 8], "duration": 1.0, "warmup": 0.3, "rounds": 1}
-SYSTEMS = ("dlforge_off", "dlforge_on", "plain", "noop", "bentoml", "dlforge_v2_json", "dlforge_v2_binary")
+SYSTEMS = ("dlforge_off", "dlforge_on", "plain", "noop", "bentoml", "dlforge_v2_json", "dlforge_v2_binary", *PEERS)
 V2_SYSTEMS = ("dlforge_v2_json", "dlforge_v2_binary")
 V2_MODELS = ("cnn", "image224")  # the models the v2 rows run (image224 runs nothing else)
 MODELS = ("cnn", "minilm", "image224")
@@ -172,9 +180,10 @@ def merge_runs(runs: list[dict]) -> dict:
 
 def start_servers(model: str, systems: list[str], art_dir: Path | None, registry: dict[str, Any],
                   threads: int, bentoml_python: str | None, logs: Path,
-                  v2_bodies: dict[str, Any] | None = None) -> dict[str, Server]:
+                  v2_bodies: dict[str, Any] | None = None, peers: dict[str, str] | None = None) -> dict[str, Server]:
     """Start every server a model's runs need and wait until each is ready (``v2_bodies``: the
-    ``json`` and ``binary`` body files of the v2 systems and the binary bodies' ``header`` length)."""
+    ``json`` and ``binary`` body files of the v2 systems and the binary bodies' ``header`` length;
+    ``peers``: the Python of each peer package, ``{"kserve": path, "mlserver": path}``)."""
     env, py = server_env(threads), sys.executable
     servers: dict[str, Server] = {}
     try:
@@ -200,6 +209,9 @@ def start_servers(model: str, systems: list[str], art_dir: Path | None, registry
             elif system == "noop":
                 servers[system] = Server(system, [py, str(HERE / "_baselines.py"), "noop", "--port", "{port}"],
                                          env, "/predict", log=log)
+            elif system in PEERS:
+                servers[system] = peer_server(system, (peers or {})[PEERS[system]], art_dir, model, env, logs,
+                                              v2_bodies, **BATCH_ON)
             elif system == "bentoml":
                 benv = {**env, "DLFORGE_BENCH_ARTIFACT": str(art_dir),
                         "DLFORGE_BENCH_MAX_BATCH": str(BATCH_ON["max_batch_size"])}
@@ -267,6 +279,21 @@ def headline(results: dict, offline: dict) -> dict[str, float | None]:
     }
 
 
+def peer_figures(results: dict) -> dict[str, float | None]:
+    """Each peer server's CNN throughput at concurrency 32 and its fraction of the no-op's (None: not run).
+
+    Example:
+        >>> cnn = {"noop": {"32": {"throughput": 1000.0}}, "mlserver_v2_json": {"32": {"throughput": 400.0}}}
+        >>> peer_figures({"cnn": cnn})["cnn_mlserver_v2_json_fraction_of_noop_c32"]
+        0.4
+    """
+    noop, out = figure(results, "cnn", "noop", 32, "throughput"), {}
+    for system in PEERS:
+        out[f"cnn_{system}_c32"] = figure(results, "cnn", system, 32, "throughput")
+        out[f"cnn_{system}_fraction_of_noop_c32"] = ratio(out[f"cnn_{system}_c32"], noop)
+    return out
+
+
 def comparisons(results: dict) -> dict[str, dict[str, dict[str, float | None]]]:
     """dlforge_on's throughput over each other system's, per model and level."""
     out: dict[str, dict[str, dict[str, float | None]]] = {}
@@ -309,6 +336,8 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help=f"any of {','.join(MODELS)}")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in every server (default 1)")
     parser.add_argument("--bentoml-python", help="a Python that can import bentoml (e.g. /work/bentovenv/bin/python)")
+    parser.add_argument("--kserve-python", help="a Python that can import kserve and dlforge (its own venv)")
+    parser.add_argument("--mlserver-python", help="a Python that can import mlserver and dlforge (its own venv)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (server logs)")
     args = parser.parse_args()
     preset = QUICK if args.quick else FULL
@@ -323,9 +352,17 @@ def main() -> None:
     bento_ok, bento_note = bentoml_status(args.bentoml_python) if "bentoml" in systems else (False, "not requested")
     if not bento_ok and "bentoml" in systems:
         systems.remove("bentoml")
+    peers, peer_notes = {}, {}  # package: its Python, and a line on what was found
+    for package in ("kserve", "mlserver"):
+        python, wanted = getattr(args, f"{package}_python"), [s for s in systems if PEERS.get(s) == package]
+        ok, peer_notes[package] = peer_status(python, package) if wanted else (False, "not requested")
+        if ok:
+            peers[package] = python
+        systems = systems if ok else [s for s in systems if s not in wanted]
     v2_ok, v2_note = v2_status() if set(V2_SYSTEMS) & set(systems) else (False, "not requested")
     if not v2_ok:
         systems = [s for s in systems if s not in V2_SYSTEMS]
+    if not {*V2_SYSTEMS, *PEERS} & set(systems):
         models = [m for m in models if m != "image224"]  # it runs only the v2 rows
     model_systems = [s for s in systems if s != "noop"]
     started = time.perf_counter()
@@ -338,7 +375,7 @@ def main() -> None:
     # The no-op endpoint runs beside the CNN (interleaved, the same bodies): it is the CNN's ceiling.
     noop = ["noop"] if "noop" in systems else []
     def runs_on(model: str, system: str) -> bool:  # v2 rows for V2_MODELS; image224 runs nothing else
-        return model in V2_MODELS if system in V2_SYSTEMS else model != "image224"
+        return model in V2_MODELS if system in V2_SYSTEMS or system in PEERS else model != "image224"
 
     groups = [(m, [s for s in model_systems if runs_on(m, s)] + (noop if m == "cnn" else [])) for m in artifacts]
     if noop and "cnn" not in artifacts:
@@ -347,7 +384,7 @@ def main() -> None:
         art = artifacts.get(model)
         bodies = tmp / f"{model}.json"
         v2_bodies = None
-        if art and set(V2_SYSTEMS) & set(group):
+        if art and {*V2_SYSTEMS, *PEERS} & set(group):
             v2_bodies = {"json": tmp / f"{model}-v2.json", "binary": tmp / f"{model}-v2-binary.json"}
             v2_bodies["header"] = write_v2_bodies(art["x"], v2_bodies["json"], v2_bodies["binary"])
         if art:
@@ -355,7 +392,7 @@ def main() -> None:
         else:  # no-op alone: a digit-shaped body without building the model
             bodies.write_text(json.dumps([{"inputs": [[[[0.5] * 8] * 8]]}]), encoding="utf-8")
         servers = start_servers(model, group, art["dir"] if art else None, registry, args.threads,
-                                args.bentoml_python, tmp, v2_bodies)
+                                args.bentoml_python, tmp, v2_bodies, peers)
         ceiling_of = None
         if art and "dlforge_on" in group:
             import torch
@@ -386,7 +423,7 @@ def main() -> None:
             for server in servers.values():
                 server.stop()
 
-    figures = headline(results, offline)
+    figures, peer_keys = headline(results, offline), peer_figures(results)
     versus = comparisons(results)
     targets = {name: {"value": figures[name], "target": f"{op} {limit}",
                       "met": None if figures[name] is None else
@@ -394,7 +431,7 @@ def main() -> None:
                for name, (op, limit) in TARGETS.items()}
     print(f"torch threads per server {args.threads}, levels {levels}, {duration:g} s per level and system in "
           f"{rounds} interleaved run(s) (+{warmup:g} s warmup each), one sample per request, "
-          f"{os.cpu_count()} CPUs; {bento_note}")
+          f"{os.cpu_count()} CPUs; {bento_note}; kserve: {peer_notes['kserve']}; mlserver: {peer_notes['mlserver']}")
     print_table(results, offline, levels)
     for model, per_level in versus.items():
         for level, r in per_level.items():
@@ -405,17 +442,22 @@ def main() -> None:
         print(f"target {name} {t['target']}: {t['value']} -> {verdict}")
     for name in REPORTED:
         print(f"figure {name}: {figures[name]}" + ("" if figures[name] is not None or v2_ok else f" ({v2_note})"))
+    for name, value in peer_keys.items():
+        if value is not None:  # the peer servers' figures, where they ran
+            print(f"figure {name}: {value}")
     if not args.keep:
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps({
         **figures,
+        **peer_keys,
         "targets": targets,
         "results": results,
         "offline_samples_per_s": offline,
         "dlforge_on_throughput_ratios": versus,
         "bentoml": bento_note,
+        **peer_notes,
         "v2": v2_note,
         "unmeasured": {} if v2_ok or v2_note == "not requested" else dict.fromkeys(REPORTED, v2_note),
         "threads": args.threads,

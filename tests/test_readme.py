@@ -221,6 +221,8 @@ def test_every_readme_command_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 # Python blocks not run here, by a phrase they contain, with the reason.
 PYTHON_SKIPPED = {
+    "tritonclient.http": "talks to the server the Serving section starts in its bash block; "
+                         "tests/serve/test_v2_tritonclient.py drives a real server with the same client calls",
     'from_pretrained("minilm"': "fine-tunes MiniLM for 4 epochs (minutes on 2 cores; tests/train/test_transfer.py "
                                 "and tests/pipeline/test_sequence_runs.py cover these calls)",
 }

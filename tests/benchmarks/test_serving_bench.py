@@ -222,3 +222,78 @@ def test_quick_noop_run_ends_in_the_json_line() -> None:
         assert r["throughput"] == pytest.approx(r["requests"] / r["duration_s"], rel=0.01)
         assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
         assert r["server_cpu_ms_per_request"] > 0
+
+
+# ---------------------------------------------------------------- peer servers (KServe, MLServer)
+
+servers = load("_servers")
+
+
+def test_peer_status_probes_the_given_python() -> None:
+    """A Python that imports the package and dlforge passes with the package's installed version;
+    one that cannot is refused with the reason, and no Python at all names the missing option."""
+    from importlib.metadata import version
+
+    assert servers.peer_status(sys.executable, "fastapi") == (True, f"fastapi {version('fastapi')}")
+    ok, note = servers.peer_status(sys.executable, "no_such_peer_package")
+    assert not ok and "cannot import no_such_peer_package" in note and "ModuleNotFoundError" in note
+    ok, note = servers.peer_status("/nonexistent/bin/python", "kserve")
+    assert not ok and note.startswith("not installed: /nonexistent/bin/python could not run")
+    assert servers.peer_status(None, "mlserver") == (False, "not installed: no --mlserver-python given")
+    assert servers.bentoml_status(None) == (False, "not installed: no --bentoml-python given")
+
+
+def test_peer_figures_are_throughput_and_fraction_of_noop() -> None:
+    results = {"cnn": {"noop": {"32": {"throughput": 2000.0}}, "kserve_v2_json": {"32": {"throughput": 500.0}},
+                       "mlserver_v2_json": {"1": {"throughput": 90.0}, "32": {"throughput": 900.0}}}}
+    figures = serving.peer_figures(results)
+    assert set(figures) == {f"cnn_{s}{k}" for s in ("kserve_v2_json", "kserve_v2_binary", "mlserver_v2_json")
+                            for k in ("_c32", "_fraction_of_noop_c32")}
+    assert figures["cnn_kserve_v2_json_c32"] == 500.0 and figures["cnn_kserve_v2_json_fraction_of_noop_c32"] == 0.25
+    assert figures["cnn_mlserver_v2_json_fraction_of_noop_c32"] == 0.45
+    assert figures["cnn_kserve_v2_binary_c32"] is None is figures["cnn_kserve_v2_binary_fraction_of_noop_c32"]
+    del results["cnn"]["noop"]  # no ceiling measured: no fraction invented
+    assert serving.peer_figures(results)["cnn_mlserver_v2_json_fraction_of_noop_c32"] is None
+
+
+def test_mlserver_peer_gets_dlforges_batching_and_bodies(tmp_path: Path) -> None:
+    """MLServer's model settings carry dlforge_on's batch size and wait (in seconds), the server
+    listens on the port the benchmark measures, and the rows send dlforge's V2 bodies."""
+    v2 = {"json": tmp_path / "v2.json", "binary": tmp_path / "v2-binary.json", "header": 144}
+    server = servers.peer_server("mlserver_v2_json", sys.executable, tmp_path / "art", "cnn",
+                                 servers.server_env(1), tmp_path, v2, **serving.BATCH_ON)
+    try:  # this Python has no mlserver: the process exits at once, its settings stay
+        settings = json.loads((tmp_path / "mlserver-cnn" / "cnn" / "model-settings.json").read_text())
+        assert settings == {"name": "cnn", "implementation": "_mlserver_model.DlforgeRuntime",
+                            "max_batch_size": 32, "max_batch_time": 0.003, "parameters": {"uri": str(tmp_path / "art")}}
+        assert server.proc.args[-2:] == ["start", str(tmp_path / "mlserver-cnn")]
+        assert (server.path, server.ready) == ("/v2/models/cnn/infer", "/v2/models/cnn/ready")
+        assert (server.bodies, server.content_type) == (v2["json"], "application/json")
+        with pytest.raises(RuntimeError, match="mlserver_v2_json exited"):
+            server.wait(timeout=30)
+    finally:
+        server.stop()
+    binary = servers.peer_server("kserve_v2_binary", "/bin/true", tmp_path / "art", "cnn",
+                                 servers.server_env(1), tmp_path, v2, **serving.BATCH_ON)
+    binary.stop()
+    assert binary.headers == {"Inference-Header-Content-Length": "144"}
+    assert (binary.bodies, binary.content_type) == (v2["binary"], "application/octet-stream")
+    assert binary.proc.args[binary.proc.args.index("--http_port") + 1] == str(binary.port)
+
+
+def test_peer_arms_without_their_python_are_skipped_with_the_reason() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "serving.py"), "--systems", "noop,kserve_v2_json,kserve_v2_binary,"
+         "mlserver_v2_json", "--models", "cnn", "--levels", "1", "--duration", "0.3", "--warmup", "0.1",
+         "--rounds", "1", "--kserve-python", "/nonexistent/bin/python"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["kserve"].startswith("not installed: /nonexistent/bin/python could not run")
+    assert figures["mlserver"] == "not installed: no --mlserver-python given"
+    assert list(figures["results"]["cnn"]) == ["noop"]  # the peer arms did not run
+    assert all(figures[k] is None for k in serving.peer_figures({}))
+    bad = subprocess.run([sys.executable, str(BENCHMARKS / "serving.py"), "--systems", "kserve_v3_json"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "unknown systems/models: ['kserve_v3_json']" in bad.stderr

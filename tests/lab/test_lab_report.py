@@ -170,14 +170,15 @@ def test_checks_table_shows_what_finding_computed(page, findings):
     by_topic = sorted(findings, key=lambda f: f.topic)
     assert len(check_tables) == len(by_topic)
     for rows, f in zip(check_tables, by_topic):
-        assert rows[0] == ["check", "measured", "bound", "holds"]
-        expected = [[r["check"], format_lab_value(r["value"]), format_lab_value(r["bound"]),
-                     "yes" if r["holds"] else "no"] for r in f.check_results()]
+        assert rows[0] == ["check", "measured", "interval", "bound", "outcome"]
+        expected = [[r["check"], format_lab_value(r["value"]),
+                     "" if r["low"] == r["high"] else f"[{format_lab_value(r['low'])}, {format_lab_value(r['high'])}]",
+                     format_lab_value(r["bound"]), r["outcome"]] for r in f.check_results()]
         assert rows[1:] == expected
     # a named threshold shows the other number's value as the bound
     topic_21 = check_tables[3]
-    assert topic_21[1] == ["clipped_loss < plain_loss", "0.3", "0.2", "no"]
-    assert topic_21[2] == ["tanh_max < 1.0", "0.999988", "1", "yes"]
+    assert topic_21[1] == ["clipped_loss < plain_loss", "0.3", "", "0.2", "fails"]
+    assert topic_21[2] == ["tanh_max < 1.0", "0.999988", "", "1", "holds"]
 
 
 def test_numbers_tables_list_every_number(page, findings):

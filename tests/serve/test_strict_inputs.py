@@ -28,30 +28,36 @@ IMAGE = {"encoding": {"kind": "image", "size": [2, 2], "mode": "L", "scale": 1 /
 MAX_LEN = 8
 
 
-def _save(folder: Path, spec: dict, shape: tuple[int, ...], preprocessing: dict | None = None,
-          ones: bool = False) -> Path:
+def save_model(folder: Path, spec: dict, shape: tuple[int, ...], preprocessing: dict | None = None,
+               ones: bool = False, task: str = "classification") -> Path:
+    """A small artifact of ``spec`` (every weight 1 with ``ones``) for the input tests."""
     torch.manual_seed(0)
     model = build(spec, input_shape=shape, num_outputs=2)
     if ones:  # every weight 1: huge but finite inputs overflow inside the model, and softmax gives NaN
         with torch.no_grad():
             for p in model.parameters():
                 p.fill_(1.0)
-    return save_artifact(model, folder, task="classification", class_names=["no", "yes"], preprocessing=preprocessing)
+    names = ["no", "yes"] if task == "classification" else None
+    return save_artifact(model, folder, task=task, class_names=names, preprocessing=preprocessing)
+
+
+def input_models(folder: Path) -> list[tuple[str, Path]]:
+    """(name, artifact) of a table, an image, a series (2, 3), an all-ones MLP and a text model."""
+    mlp = {"arch": "mlp", "hidden": [4]}
+    encoding = text_encoding(load_tokenizer("minilm"), MAX_LEN)
+    text = {"arch": "transformer", "vocab_size": encoding["vocab_size"], "dim": 8, "num_heads": 2,
+            "num_layers": 1, "ffn_dim": 8}
+    return [("people", save_model(folder / "people", mlp, (3,), TABLE)),
+            ("pixels", save_model(folder / "pixels", mlp, (1, 2, 2), IMAGE)),
+            ("series", save_model(folder / "series", mlp, (2, 3))),
+            ("ones", save_model(folder / "ones", mlp, (4,), ones=True)),
+            ("review", save_model(folder / "review", text, (MAX_LEN,), {"encoding": encoding}))]
 
 
 @pytest.fixture(scope="module")
 def env(module_env: ServeEnv, tmp_path_factory: pytest.TempPathFactory) -> ServeEnv:
     """``module_env`` plus a table, an image, a series (2, 3), an all-ones MLP and a text model."""
-    folder = tmp_path_factory.mktemp("strict")
-    mlp = {"arch": "mlp", "hidden": [4]}
-    encoding = text_encoding(load_tokenizer("minilm"), MAX_LEN)
-    text = {"arch": "transformer", "vocab_size": encoding["vocab_size"], "dim": 8, "num_heads": 2,
-            "num_layers": 1, "ffn_dim": 8}
-    for name, path in [("people", _save(folder / "people", mlp, (3,), TABLE)),
-                       ("pixels", _save(folder / "pixels", mlp, (1, 2, 2), IMAGE)),
-                       ("series", _save(folder / "series", mlp, (2, 3))),
-                       ("ones", _save(folder / "ones", mlp, (4,), ones=True)),
-                       ("review", _save(folder / "review", text, (MAX_LEN,), {"encoding": encoding}))]:
+    for name, path in input_models(tmp_path_factory.mktemp("strict")):
         module_env.registry.register(path, name)
     return module_env
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import struct
 from collections.abc import Iterator
-from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -17,22 +16,14 @@ import torch
 from fastapi.testclient import TestClient
 from torch.testing import assert_close
 
-from dlforge.data.text import text_encoding
-from dlforge.data.tokenizer import load_tokenizer
-from dlforge.models import build
-from dlforge.registry import save_artifact
 from dlforge.registry.artifact import load_artifact
 from dlforge.serve.main import create_app
 from dlforge.serve.routing import TrafficConfig, choose_variant
 from dlforge.serve.v2_codec import InferRequest, InferResponse, decode_request
 from tests.serve.conftest import ServeEnv
 from tests.serve.test_segmentation_serving import save_tiny_segmenter
+from tests.serve.test_strict_inputs import input_models, save_model
 
-TABLE = {"encoding": {"kind": "tabular", "columns": ["age", "color"], "categories": {"color": ["blue", "red"]}},
-         "standardize": {"mean": [30.0, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "axis": "feature"}}
-IMAGE = {"encoding": {"kind": "image", "size": [2, 2], "mode": "L", "scale": 1 / 255},
-         "standardize": {"mean": [0.5], "std": [0.25], "axis": "channel"}}
-MAX_LEN = 8
 X = [[0.1, 0.2, 0.3, 0.4], [1.0, -2.0, 3.0, 0.5]]
 HEADER = "Inference-Header-Content-Length"
 
@@ -67,33 +58,13 @@ ERROR_SCHEMA = {"type": "object", "required": ["error"], "additionalProperties":
                 "properties": {"error": {"type": "string"}}}
 
 
-def _save(folder: Path, spec: dict, shape: tuple[int, ...], preprocessing: dict | None = None, ones: bool = False,
-          task: str = "classification") -> Path:
-    torch.manual_seed(0)
-    model = build(spec, input_shape=shape, num_outputs=2)
-    if ones:  # huge but finite inputs overflow inside the model: softmax gives NaN
-        with torch.no_grad():
-            for p in model.parameters():
-                p.fill_(1.0)
-    names = ["no", "yes"] if task == "classification" else None
-    return save_artifact(model, folder, task=task, class_names=names, preprocessing=preprocessing)
-
-
 @pytest.fixture(scope="module")
 def env(module_env: ServeEnv, tmp_path_factory: pytest.TempPathFactory) -> ServeEnv:
     """``module_env`` (iris v1/v2) plus a table, an image, a series, an all-ones MLP, a text, a regression and a
     segmentation model."""
     folder = tmp_path_factory.mktemp("v2")
-    mlp = {"arch": "mlp", "hidden": [4]}
-    encoding = text_encoding(load_tokenizer("minilm"), MAX_LEN)
-    text = {"arch": "transformer", "vocab_size": encoding["vocab_size"], "dim": 8, "num_heads": 2,
-            "num_layers": 1, "ffn_dim": 8}
-    for name, path in [("people", _save(folder / "people", mlp, (3,), TABLE)),
-                       ("pixels", _save(folder / "pixels", mlp, (1, 2, 2), IMAGE)),
-                       ("series", _save(folder / "series", mlp, (2, 3))),
-                       ("ones", _save(folder / "ones", mlp, (4,), ones=True)),
-                       ("review", _save(folder / "review", text, (MAX_LEN,), {"encoding": encoding})),
-                       ("price", _save(folder / "price", mlp, (4,), task="regression")),
+    for name, path in [*input_models(folder),
+                       ("price", save_model(folder / "price", {"arch": "mlp", "hidden": [4]}, (4,), task="regression")),
                        ("nuclei", save_tiny_segmenter(folder / "nuclei"))]:
         module_env.registry.register(path, name)
     return module_env
@@ -425,3 +396,23 @@ def test_request_and_response_objects_round_trip_the_protocol_schema(env, client
     with pytest.raises(jsonschema.ValidationError):  # the schema itself can fail
         jsonschema.validate({"inputs": [{"name": "x", "shape": [1]}]}, REQUEST_SCHEMA)
     assert InferRequest.model_json_schema()["required"] == ["inputs"]
+
+
+# ------------------------------------------------------------------------------ tables by column
+def test_a_table_sent_one_tensor_per_column_answers_like_v1_records(env, client):
+    records = [{"age": 31.0, "color": "red"}, {"age": 29.5, "color": "blue"}]
+    v1 = client.post("/v1/models/people/predict", json={"inputs": records}, headers=env.headers()).json()
+    columns = [_tensor([31.0, 29.5], [2], name="age"), _tensor(["red", "blue"], [2, 1], "BYTES", name="color")]
+    r = _infer(client, "people", *columns)
+    assert r.status_code == 200, r.text
+    out = {o["name"]: o["data"] for o in r.json()["outputs"]}
+    assert out["label"] == v1["outputs"]
+    assert _close(np.reshape(out["probabilities"], (2, -1)), v1["probabilities"])
+    # the same refusals as v1's records, in the protocol's error object
+    assert "green" in _error(_infer(client, "people", columns[0], _tensor(["red", "green"], [2], "BYTES",
+                                                                             name="color")), 400)
+    assert "color" in _error(_infer(client, "people", columns[0]), 400)  # a missing column is named
+    assert "same batch size" in _error(_infer(client, "people", columns[0], _tensor(["red"], [1], "BYTES",
+                                                                                    name="color")), 400)
+    assert "one input named 'input'" in _error(_infer(client, "people", _tensor([[1.0, 2.0]], [1, 2], name="age"),
+                                                      _tensor(["red"], [1], "BYTES", name="color")), 400)

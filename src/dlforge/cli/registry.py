@@ -94,10 +94,12 @@ def register(
             raise RegistryError(f"--metadata is not valid JSON: {err}", hint=f"pass an object like {_EXAMPLE}") from None
     with _open(registry, artifacts) as reg:
         mv = reg.register(model_dir, name, metadata=extra)
+        store = reg.artifacts
     if as_json:
         print(json.dumps(mv.to_dict()))
         return
-    _say(out_console, f"registered {mv.name} version {mv.version} (sha256 {mv.sha256[:12]})")
+    _say(out_console, f"registered {mv.name} version {mv.version} (sha256 {mv.sha256[:12]}) in the artifact "
+                      f"store {store}")
     _say(err_console, f"serve it by pointing an alias at it: dlforge registry alias {mv.name} production {mv.version}")
 
 

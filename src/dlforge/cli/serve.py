@@ -4,6 +4,7 @@ Example::
 
     dlforge serve --registry sqlite:///registry/registry.db --port 8000
     dlforge serve --model iris --max-batch-size 64 --max-wait-ms 5
+    dlforge serve --grpc-port 8001          # also the V2 protocol over gRPC (pip install 'dlforge[grpc]')
     dlforge serve --header-timeout 10 --body-timeout 30 --keep-alive 5 --max-connections 900
 """
 
@@ -32,6 +33,8 @@ def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="interface to bind; keep 127.0.0.1 unless a proxy or "
                              "the network must reach the server"),
     port: int = typer.Option(8000, "--port", help="TCP port"),
+    grpc_port: Optional[int] = typer.Option(None, "--grpc-port", min=1, max=65535, help="also serve the Open "
+                                            "Inference Protocol over gRPC on this port (needs dlforge[grpc])"),
     max_batch_size: int = typer.Option(32, "--max-batch-size", min=1, help="samples per forward pass (1: no batching)"),
     max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0, help="how long a batch under load waits to fill"),
     max_queue: int = typer.Option(256, "--max-queue", min=1, help="samples waiting per model before 429"),
@@ -60,6 +63,7 @@ def serve_command(
 ) -> None:
     """Serve the registry's models over HTTP (FastAPI + uvicorn, one worker)."""
     from dlforge.errors import ConfigError
+    from dlforge.serve.grpc_v2 import require_grpc
     from dlforge.serve.server import run
 
     if log_level.lower() not in LOG_LEVELS:
@@ -68,10 +72,16 @@ def serve_command(
         raise ConfigError(f"unknown --quantize {quantize!r}", hint="use none or int8")
     if runtime not in ("torch", "onnxruntime"):
         raise ConfigError(f"unknown --runtime {runtime!r}", hint="use torch or onnxruntime")
+    if grpc_port is not None:
+        require_grpc()  # a ConfigError naming the extra, before anything starts
+        if grpc_port == port:
+            raise ConfigError(f"--grpc-port {grpc_port} is also the HTTP --port", hint="give gRPC its own port, "
+                              "e.g. --port 8000 --grpc-port 8001")
     if runtime != "torch" and quantize != "none":
         raise ConfigError("--quantize int8 applies to the PyTorch runtime",
                           hint="export an int8 model.onnx instead: dlforge export RUN --quantize dynamic")
-    settings = ServeSettings(registry=registry, artifacts=artifacts, host=host, port=port, require_keys=not no_auth,
+    settings = ServeSettings(registry=registry, artifacts=artifacts, host=host, port=port, grpc_port=grpc_port,
+                             require_keys=not no_auth,
                              max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                              poll_interval=poll_interval, models=list(model) if model else None, quantize=quantize,
                              runtime=runtime, max_tokens=max_tokens, max_image_pixels=max_image_pixels, header_timeout_s=header_timeout, body_timeout_s=body_timeout,

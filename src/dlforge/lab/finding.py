@@ -1,11 +1,16 @@
 """A lab finding: a claim, what was measured, and the verdict the numbers produce.
 
 A verdict is never written by hand. Each experiment states its verdict rule as a list of
-:class:`Check` objects over its measured numbers; :class:`Finding` evaluates them:
+:class:`Check` objects over its measured numbers; :class:`Finding` evaluates them. A number
+measured over several seeds is an :class:`Interval` (:func:`measure`: the mean with a 95% t
+interval); a check *holds* when the whole interval lies on the right side of its bound,
+*fails* when it lies on the wrong side, and is *inconclusive* when it straddles the bound (a
+plain number is an interval of width zero, so it holds or fails):
 
 * every check holds -> ``supported``
-* some hold -> ``partly supported``
-* none hold -> ``not supported``
+* every check fails -> ``not supported``
+* none fails and some are inconclusive -> ``inconclusive`` (the spread is too wide to tell)
+* otherwise -> ``partly supported``
 
 Example:
     >>> f = Finding(topic=3, title="Network structure", claim="one hidden layer fits XOR",
@@ -19,20 +24,79 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import operator
+import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-VERDICTS = ("supported", "partly supported", "not supported")
+VERDICTS = ("supported", "partly supported", "inconclusive", "not supported")
 LEVELS = {"basic": range(1, 11), "intermediate": range(11, 21), "advanced": range(21, 31)}
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
 @dataclass(frozen=True)
+class Interval:
+    """A number measured several times: its ``mean`` and a ``low``..``high`` interval over ``n``
+    runs (``method``: ``t95``, a 95% Student t interval of the mean)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    method: str
+
+    def __float__(self) -> float:
+        return float(self.mean)
+
+
+def measure(values: list[float] | tuple[float, ...]) -> Interval:
+    """The mean of ``values`` (one per seed) with its 95% t interval.
+
+    One value gives an unbounded interval (one run says nothing about the spread), so any
+    check on it is inconclusive.
+
+    Example:
+        >>> m = measure([0.61, 0.58, 0.70, 0.66, 0.52])
+        >>> round(m.mean, 3), round(m.low, 3), round(m.high, 3), m.n
+        (0.614, 0.527, 0.701, 5)
+    """
+    xs = [float(v) for v in values]
+    if not xs:
+        raise ValueError("measure needs at least one value")
+    mean = statistics.fmean(xs)
+    if len(xs) == 1:
+        return Interval(mean, -math.inf, math.inf, 1, "t95")
+    from scipy.stats import t  # scikit-learn's dependency; imported when a lab topic measures
+
+    half = float(t.ppf(0.975, len(xs) - 1)) * statistics.stdev(xs) / math.sqrt(len(xs))
+    return Interval(mean, mean - half, mean + half, len(xs), "t95")
+
+
+def _span(value: Any) -> tuple[float, float]:
+    """(low, high) of a measured number: an Interval (or its dict), or a plain number (a point)."""
+    if isinstance(value, Interval):
+        return value.low, value.high
+    if isinstance(value, dict) and {"low", "high"} <= set(value):
+        return float(value["low"]), float(value["high"])
+    return float(value), float(value)
+
+
+def _mean(value: Any) -> float:
+    return float(value["mean"]) if isinstance(value, dict) and "mean" in value else float(value)
+
+
+OUTCOMES = ("holds", "fails", "inconclusive")
+
+
+@dataclass(frozen=True)
 class Check:
-    """``numbers[number] op threshold``; a string threshold names another number."""
+    """``numbers[number] op threshold``; a string threshold names another number.
+
+    On intervals it holds only when every value of the interval satisfies it, and fails only
+    when none does (see the module docstring)."""
 
     number: str
     op: str
@@ -43,13 +107,25 @@ class Check:
             raise ValueError(f"op must be one of {', '.join(_OPS)}, got {self.op!r}")
 
     def value(self, numbers: dict[str, Any]) -> float:
-        return float(numbers[self.number])
+        return _mean(numbers[self.number])
 
     def bound(self, numbers: dict[str, Any]) -> float:
-        return float(numbers[self.threshold]) if isinstance(self.threshold, str) else float(self.threshold)
+        return _mean(numbers[self.threshold]) if isinstance(self.threshold, str) else float(self.threshold)
+
+    def outcome(self, numbers: dict[str, Any]) -> str:
+        """``holds``, ``fails`` or ``inconclusive``: the interval against the bound (itself an
+        interval when it names another number)."""
+        low, high = _span(numbers[self.number])
+        b_low, b_high = _span(numbers[self.threshold]) if isinstance(self.threshold, str) else (
+            float(self.threshold), float(self.threshold))
+        compare = _OPS[self.op]
+        worst, best = ((low, b_high), (high, b_low)) if self.op in (">", ">=") else ((high, b_low), (low, b_high))
+        if compare(*worst):
+            return "holds"
+        return "inconclusive" if compare(*best) else "fails"
 
     def holds(self, numbers: dict[str, Any]) -> bool:
-        return bool(_OPS[self.op](self.value(numbers), self.bound(numbers)))
+        return self.outcome(numbers) == "holds"
 
     def __str__(self) -> str:
         return f"{self.number} {self.op} {self.threshold}"
@@ -123,10 +199,13 @@ def level_of(topic: int) -> str:
 
 
 def verdict_of(checks: list[Check], numbers: dict[str, Any]) -> str:
-    held = sum(c.holds(numbers) for c in checks)
-    if held == len(checks):
+    """The verdict the checks' outcomes give (the rule in the module docstring)."""
+    outcomes = [c.outcome(numbers) for c in checks]
+    if all(o == "holds" for o in outcomes):
         return "supported"
-    return "partly supported" if held else "not supported"
+    if all(o == "fails" for o in outcomes):
+        return "not supported"
+    return "inconclusive" if "fails" not in outcomes else "partly supported"
 
 
 @dataclass
@@ -154,7 +233,8 @@ class Finding:
         if missing:
             raise ValueError(f"topic {self.topic}: checks name numbers that were not measured: {missing}")
         self.verdict = verdict_of(self.checks, self.numbers)
-        self.rule = ("supported if all of these hold, partly supported if some do, not supported if none: "
+        self.rule = ("supported if all of these hold, not supported if all fail, inconclusive if none fails "
+                     "but some interval straddles its bound, else partly supported: "
                      + "; ".join(str(c) for c in self.checks))
 
     @property
@@ -162,8 +242,13 @@ class Finding:
         return level_of(self.topic)
 
     def check_results(self) -> list[dict[str, Any]]:
-        return [{"check": str(c), "value": c.value(self.numbers), "bound": c.bound(self.numbers),
-                 "holds": c.holds(self.numbers)} for c in self.checks]
+        results = []
+        for c in self.checks:
+            low, high = _span(self.numbers[c.number])
+            outcome = c.outcome(self.numbers)
+            results.append({"check": str(c), "value": c.value(self.numbers), "low": low, "high": high,
+                            "bound": c.bound(self.numbers), "outcome": outcome, "holds": outcome == "holds"})
+        return results
 
     def to_dict(self, with_figures: bool = False) -> dict[str, Any]:
         d = asdict(self)

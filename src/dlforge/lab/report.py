@@ -30,7 +30,7 @@ from typing import Any
 
 from jinja2 import Environment, StrictUndefined
 
-from dlforge.lab.finding import LEVELS, Finding
+from dlforge.lab.finding import LEVELS, VERDICTS, Finding, Interval
 from dlforge.train.state_io import atomic_write
 
 _TEMPLATE = """<!DOCTYPE html>
@@ -57,8 +57,9 @@ _TEMPLATE = """<!DOCTYPE html>
   a { color: var(--accent); text-decoration: none; }
   .verdict { display: inline-block; border-radius: 4px; padding: 0 8px; font-size: 13px; font-weight: 700; color: #fff; white-space: nowrap; }
   .verdict-supported { background: var(--yes); } .verdict-partly-supported { background: var(--partly); }
-  .verdict-not-supported { background: var(--no); }
+  .verdict-not-supported { background: var(--no); } .verdict-inconclusive { background: var(--muted); }
   .held { color: var(--yes); font-weight: 600; } .failed { color: var(--no); font-weight: 600; }
+  .unsure { color: var(--partly); font-weight: 600; }
   .finding h2 .verdict { margin-left: 10px; vertical-align: middle; }
   .claim { font-size: 16px; border-left: 4px solid var(--accent); padding-left: 12px; }
   .figures { display: flex; flex-wrap: wrap; gap: 16px; }
@@ -121,9 +122,9 @@ _TEMPLATE = """<!DOCTYPE html>
   <h3>Verdict rule</h3>
   <p class="rule">{{ f.rule }}</p>
   <table class="checks">
-    <tr><th>check</th><th class="num">measured</th><th class="num">bound</th><th>holds</th></tr>
-    {% for c in f.checks %}<tr><td>{{ c.check }}</td><td class="num">{{ c.value }}</td><td class="num">{{ c.bound }}</td>
-      <td class="{{ 'held' if c.holds else 'failed' }}">{{ "yes" if c.holds else "no" }}</td></tr>
+    <tr><th>check</th><th class="num">measured</th><th class="num">interval</th><th class="num">bound</th><th>outcome</th></tr>
+    {% for c in f.checks %}<tr><td>{{ c.check }}</td><td class="num">{{ c.value }}</td><td class="num">{{ c.interval }}</td>
+      <td class="num">{{ c.bound }}</td><td class="{{ c.outcome_class }}">{{ c.outcome }}</td></tr>
     {% endfor %}
   </table>
   {% if f.notes %}
@@ -166,13 +167,28 @@ def format_lab_value(value: Any, max_items: int = 12) -> str:
     return str(value)
 
 
+def format_measured(value: Any) -> str:
+    """A measured number as the report shows it: an interval as ``mean [low, high] (n=5)``.
+
+    Example:
+        >>> format_measured(Interval(0.5, 0.4, 0.6, 5, "t95")), format_measured(0.25)
+        ('0.5 [0.4, 0.6] (n=5, t95)', '0.25')
+    """
+    if isinstance(value, Interval):
+        return (f"{format_lab_value(value.mean)} [{format_lab_value(value.low)}, {format_lab_value(value.high)}] "
+                f"(n={value.n}, {value.method})")
+    return format_lab_value(value)
+
+
 def _finding_context(f: Finding) -> dict[str, Any]:
     checks = [{"check": r["check"], "value": format_lab_value(r["value"]),
-               "bound": format_lab_value(r["bound"]), "holds": r["holds"]}
+               "interval": "" if r["low"] == r["high"] else f"[{format_lab_value(r['low'])}, {format_lab_value(r['high'])}]",
+               "bound": format_lab_value(r["bound"]), "holds": r["holds"], "outcome": r["outcome"],
+               "outcome_class": {"holds": "held", "fails": "failed"}.get(r["outcome"], "unsure")}
               for r in f.check_results()]
     return {
         "topic": f.topic, "title": f.title, "claim": f.claim, "method": f.method,
-        "numbers": [(k, format_lab_value(v)) for k, v in f.numbers.items()],
+        "numbers": [(k, format_measured(v)) for k, v in f.numbers.items()],
         "figures": [{"title": fig.title, "png": fig.png_base64} for fig in f.figures],
         "rule": f.rule, "checks": checks, "held": sum(c["holds"] for c in checks),
         "notes": f.notes, "verdict": f.verdict, "verdict_class": "verdict-" + f.verdict.replace(" ", "-"),
@@ -200,8 +216,7 @@ def render_lab_report(findings: Sequence[Finding], title: str = "dlforge lab rep
         if members:
             levels.append({"name": name, "first": topics[0], "last": topics[-1], "findings": members})
     verdicts = [f["verdict"] for f in ordered]
-    counts = [(v, verdicts.count(v)) for v in ("supported", "partly supported", "not supported")
-              if v in verdicts]
+    counts = [(v, verdicts.count(v)) for v in VERDICTS if v in verdicts]
     return _template().render(title=title, findings=ordered, levels=levels, counts=counts)
 
 

@@ -79,16 +79,41 @@ def invalid(errors: list[tuple[tuple[int | str, ...], str]]) -> RequestValidatio
     )
 
 
-def encode_inputs(spec: InputSpec, artifact: Artifact, inputs: list[Any]) -> torch.Tensor:
+def encode_inputs(spec: InputSpec, artifact: Artifact, inputs: list[Any], *, check: bool = True) -> torch.Tensor:
     """The model-ready tensor ``(N, *spec.shape)`` for ``inputs``; RequestValidationError if any item is
-    bad, and the artifact's refusal (an ArtifactError) for a model that does not answer raw inputs."""
+    bad, and the artifact's refusal (an ArtifactError) for a model that does not answer raw inputs.
+
+    ``check=False`` leaves out the refusal of values that overflow once standardised: the caller
+    then calls :func:`check_encoded`, which does it and the range warnings in one pass.
+    """
     check_predictable(artifact.meta)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # overflow is refused just below
         x = _fast_batch(spec, artifact, inputs)
         if x is None:
             x = _item_by_item(spec, artifact, inputs)
-    _check_finite(x, artifact, inputs)
+    if check:
+        _check_finite(x, artifact, inputs)
     return x
+
+
+def check_encoded(artifact: Artifact, x: torch.Tensor, inputs: list[Any]) -> list[dict[str, Any]]:
+    """Refuse (422, naming the field) encoded values that overflowed, then :func:`range_warnings`.
+
+    The usual request costs one min and one max: values between the finite limits of
+    :func:`_inside_every_range` are finite and inside every training range.
+
+    Example:
+        >>> check_encoded(art, encode_inputs(spec, art, [[0, 1, 2, 3]], check=False), [[0, 1, 2, 3]])  # doctest: +SKIP
+        []
+    """
+    bounds = _bounds(artifact.meta.get("training", {}).get("reference"))
+    if (bounds is not None and math.isfinite(bounds[0]) and math.isfinite(bounds[1]) and x.dtype in NUMPY_FLOATS
+            and x.device.type == "cpu" and not x.requires_grad and x.numel()):
+        values = x.numpy()
+        if values.min() >= bounds[0] and values.max() <= bounds[1]:  # NaN compares False: checked below
+            return []
+    _check_finite(x, artifact, inputs)
+    return range_warnings(artifact, x)
 
 
 def _fast_batch(spec: InputSpec, artifact: Artifact, inputs: list[Any]) -> torch.Tensor | None:
@@ -161,6 +186,8 @@ def _check_finite(x: torch.Tensor, artifact: Artifact, inputs: list[Any]) -> Non
 def _value_loc(i: int, j: int, shape: tuple[int, ...], artifact: Artifact, item: Any) -> tuple[int | str, ...]:
     """Where encoded value ``j`` of sample ``i`` came from: the column of a row object, the cell of
     a numeric list sent in the model's own layout, else the sample."""
+    if isinstance(item, np.ndarray):  # decoded tensor data (the v2 protocol): named as its list would be
+        item = item.tolist()
     if isinstance(item, dict):
         column = feature_of(artifact.preprocessing, j)
         return (i, column) if column in item else (i,)
@@ -377,7 +404,7 @@ def all_finite(x: torch.Tensor) -> bool:
         (True, False)
     """
     if x.dtype in NUMPY_FLOATS and x.device.type == "cpu":
-        return bool(np.isfinite(x.detach().numpy()).all())
+        return bool(np.isfinite(x.numpy() if not x.requires_grad else x.detach().numpy()).all())
     return bool(torch.isfinite(x).all())
 
 
@@ -389,9 +416,19 @@ def _inside_every_range(x: torch.Tensor, reference: Any) -> bool:
     between the highest of the features' lower limits and the lowest of their upper limits
     (:func:`~dlforge.registry.reference.out_of_range`'s limits). Two reductions instead of a
     per-feature view; False means "ask out_of_range", not that a warning is due."""
+    bounds = _bounds(reference)
+    if bounds is None or x.dtype not in NUMPY_FLOATS or x.numel() == 0:
+        return bounds is None
+    values = x.detach().cpu().numpy()
+    return bool(values.min() >= bounds[0] and values.max() <= bounds[1])
+
+
+def _bounds(reference: Any) -> tuple[float, float] | None:
+    """(highest lower limit, lowest upper limit) of the features' "far outside" limits, cached per
+    reference; None when the reference has no ranges."""
     ranges = reference.get("ranges") if isinstance(reference, dict) else None
-    if not ranges or x.dtype not in NUMPY_FLOATS or x.numel() == 0:
-        return not ranges
+    if not ranges:
+        return None
     cached = _BOUNDS.get(id(ranges))
     if cached is None or cached[0] is not ranges:
         lo, hi = np.asarray(ranges["min"], dtype=np.float64), np.asarray(ranges["max"], dtype=np.float64)
@@ -400,8 +437,7 @@ def _inside_every_range(x: torch.Tensor, reference: Any) -> bool:
             _BOUNDS.clear()
         cached = _BOUNDS[id(ranges)] = (ranges, float((lo - FAR_WIDTHS * width).max()),
                                         float((hi + FAR_WIDTHS * width).min()))
-    values = x.detach().cpu().numpy()
-    return bool(values.min() >= cached[1] and values.max() <= cached[2])
+    return cached[1], cached[2]
 
 
 # ---------------------------------------------------------------------- bounds and outputs

@@ -27,6 +27,7 @@ from fastapi import FastAPI
 import dlforge
 from dlforge.registry.store import Registry
 from dlforge.serve.dependencies import key_cache_of
+from dlforge.serve.grpc_v2 import start_grpc
 from dlforge.serve.monitor import Metrics
 from dlforge.serve.pool import ModelPool
 from dlforge.serve.routers import admin, health, models, predict, status, v2
@@ -34,6 +35,7 @@ from dlforge.serve.security import install_security
 from dlforge.serve.settings import ServeSettings
 
 log = logging.getLogger("dlforge.serve")
+GRPC_GRACE_S = 5.0  # seconds in-flight gRPC calls get to finish at shutdown
 
 DESCRIPTION = """Predictions from the models in a dlforge registry, with A/B traffic splits, shadow
 deployments, dynamic batching, drift monitoring and hot swaps that fail no request.
@@ -67,7 +69,7 @@ def create_app(settings: ServeSettings | None = None, *, registry: Registry | No
         if not settings.require_keys:
             log.warning("API keys are OFF (--no-auth): anyone who can reach %s:%d can predict and change "
                         "aliases", settings.host, settings.port)
-        poll = None
+        poll = grpc_server = None
         try:
             await pool.refresh(force=True)
             # The loaded models and imports are long-lived: keep them out of the collector's full
@@ -76,8 +78,13 @@ def create_app(settings: ServeSettings | None = None, *, registry: Registry | No
             gc.freeze()
             log.info("serving %s from %s", ", ".join(m["name"] for m in pool.snapshot()) or "no model", reg.url)
             poll = asyncio.create_task(pool.poll(), name="dlforge-registry-poll")
+            if settings.grpc_port is not None:  # the V2 protocol over gRPC, in this event loop
+                grpc_server = await start_grpc(app, settings)
+                log.info("gRPC (GRPCInferenceService) on %s:%d", settings.host, settings.grpc_port)
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(GRPC_GRACE_S)
             if poll is not None:
                 poll.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -35,6 +35,7 @@ import contextlib
 import logging
 import random
 import time
+from pathlib import Path
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -250,6 +251,9 @@ class ModelPool:
 
     def _reason(self, err: Exception, mv: ModelVersion) -> str:
         """Why ``mv`` did not load, fit for a client: storage paths are replaced by file names."""
+        if not Path(mv.path).exists():  # not a damaged artifact: this server looks in another store
+            return ("its artifact is not in this server's artifact store: serve with the --artifacts folder (or "
+                    "$DLFORGE_ARTIFACTS) it was registered into")
         text = err.message if isinstance(err, DlforgeError) else "its model.json or weights are malformed"
         for path, shown in ((mv.path, "the artifact"), (self.registry.artifacts, "the artifacts folder")):
             text = text.replace(f"{path}/", "").replace(str(path), shown)

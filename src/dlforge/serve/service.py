@@ -43,11 +43,11 @@ from dlforge.serve.batching import BatcherStoppedError
 from dlforge.serve.errors import error_status
 from dlforge.serve.inputs import (
     MAX_WARNINGS,
+    check_encoded,
     check_outputs,
     check_tokens,
     encode_inputs,
     invalid,
-    range_warnings,
 )
 from dlforge.serve.monitor import RequestCount
 from dlforge.serve.pool import LoadedModel, ModelPool
@@ -134,7 +134,7 @@ class PredictionService:
                     warnings: list[dict[str, Any]] = []
                     if isinstance(x, torch.Tensor):  # a list: segmentation images, one tensor each
                         check_tokens(model.artifact, x, self.settings.max_tokens)  # 413 above the cap
-                        warnings = range_warnings(model.artifact, x)
+                        warnings = check_encoded(model.artifact, x, inputs)  # overflow: 422; far out: warnings
                     if shadow is not None:
                         shadow.acquire()  # released by the shadow task
                         _spawn(self._shadow(shadow, inputs, request_id, variant=shadow_variant))
@@ -150,6 +150,8 @@ class PredictionService:
         try:
             with self.metrics.request(model.name, version=model.version, variant=variant):
                 x = await _encode(model, inputs, self.settings.max_image_pixels)
+                if isinstance(x, torch.Tensor):
+                    check_encoded(model.artifact, x, inputs)  # overflow: 422, counted, not recorded
                 outputs = await _submit(model, x, "rle")  # a shadow's masks are never sent: RLE is cheaper
                 check_outputs(outputs)  # a shadow's non-finite answer is counted (422), not recorded
                 answer = _response(model, outputs, request_id=request_id, variant=variant, started=started)
@@ -200,20 +202,21 @@ class PredictionService:
 
 # ---------------------------------------------------------------------------- helpers
 async def _encode(model: LoadedModel, inputs: list[Any], max_pixels: int) -> torch.Tensor | list[torch.Tensor]:
+    """The model-ready tensor (segmentation: one per image); the caller refuses overflow (check_encoded)."""
     if isinstance(inputs, np.ndarray):  # already-decoded tensors (the V2 protocol): one numpy batch, no lists
         if model.artifact.task != "segmentation":
             try:
                 if len(inputs) > THREAD_ENCODE_ITEMS:
-                    return await asyncio.to_thread(encode_inputs, model.inputs, model.artifact, inputs)
-                return encode_inputs(model.inputs, model.artifact, inputs)
+                    return await asyncio.to_thread(encode_inputs, model.inputs, model.artifact, inputs, check=False)
+                return encode_inputs(model.inputs, model.artifact, inputs, check=False)
             except RequestValidationError:
                 pass  # refused: the item-by-item checks below read lists, and name the bad field
         inputs = inputs.tolist()
     if model.artifact.task == "segmentation":  # images of any size: one (C, *S) tensor each, decoded in a thread
         return await asyncio.to_thread(encode_images, model.artifact, inputs, max_pixels)
     if model.inputs.kind == "text" or len(inputs) > THREAD_ENCODE_ITEMS:
-        return await asyncio.to_thread(encode_inputs, model.inputs, model.artifact, inputs)
-    return encode_inputs(model.inputs, model.artifact, inputs)
+        return await asyncio.to_thread(encode_inputs, model.inputs, model.artifact, inputs, check=False)
+    return encode_inputs(model.inputs, model.artifact, inputs, check=False)
 
 
 async def _submit(model: LoadedModel, x: torch.Tensor | list[torch.Tensor], mask_format: str | None) -> dict[str, Any]:
@@ -234,22 +237,25 @@ def _response(model: LoadedModel, outputs: dict[str, Any], *, request_id: str, v
         return PredictResponse(request_id=request_id, model=model.name, version=model.version, variant=variant,
                                outputs=outputs["segments"], class_names=model.artifact.class_names,
                                latency_ms=(time.perf_counter() - started) * 1000)
+    # Labels and numbers come from the server's own tensors (str and float lists): built without
+    # validating them again; tests/serve/test_request_path_checks.py holds both forms to the same JSON.
     if "labels" in outputs:
         probabilities = outputs["probabilities"]
-        return PredictResponse(
+        return PredictResponse.model_construct(
             request_id=request_id, model=model.name, version=model.version, variant=variant,
             outputs=list(outputs["labels"]), probabilities=_as_list(probabilities),
             class_names=model.artifact.class_names or [str(i) for i in range(probabilities.shape[1])],
             latency_ms=(time.perf_counter() - started) * 1000)
     values = _as_list(outputs["values"])
     values = [v[0] if isinstance(v, list) and len(v) == 1 else v for v in values]  # one output: a number
-    return PredictResponse(request_id=request_id, model=model.name, version=model.version, variant=variant,
-                           outputs=values, latency_ms=(time.perf_counter() - started) * 1000)
+    return PredictResponse.model_construct(request_id=request_id, model=model.name, version=model.version,
+                                           variant=variant, outputs=values,
+                                           latency_ms=(time.perf_counter() - started) * 1000)
 
 
 def _as_list(value: Any) -> list:
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().tolist()
+        return value.tolist()  # (any device; the batch ran under inference_mode: nothing to detach)
     return value.tolist() if hasattr(value, "tolist") else list(value)
 
 

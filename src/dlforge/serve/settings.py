@@ -26,6 +26,7 @@ class ServeSettings(BaseModel):
     artifacts: str | None = None  # artifact folder; None: env DLFORGE_ARTIFACTS or registry/artifacts
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int | None = Field(None, ge=0, le=65535)  # the V2 protocol over gRPC on host:grpc_port; None: off
     require_keys: bool = True  # False only with `dlforge serve --no-auth`
     max_body_bytes: int = Field(1_048_576, ge=1)  # JSON bodies; 413 above
     max_upload_bytes: int = Field(512 * 2**20, ge=1)  # the tar.gz upload (compressed and extracted totals)

@@ -9,7 +9,7 @@ BYTES elements are strings in JSON and ``<4-byte little-endian length><bytes>`` 
 
 Every refusal is a :class:`TensorError` naming the field (``inputs[0].data[5]``,
 ``inputs[1].parameters.binary_data_size``); the server answers it 400 in the protocol's error
-object. gRPC is not here: only the REST form of the protocol.
+object. The REST routes (routers/v2.py) and the gRPC service (grpc_v2) both use it.
 
 Example:
     >>> body = b'{"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}'

@@ -122,10 +122,24 @@ async def _fast_predict(request: Request) -> Response:
     """What FastAPI does for :func:`predict`, specialised, in its order: body, key, name, envelope."""
     body = _parse(await _read_body(request))
     await require_predict_key(request, await bearer(request))
-    name = validate_name(request.path_params["name"], "model name")
+    name = _model_name(request.path_params["name"])
     service = await request.app.dependency_overrides.get(get_service, get_service)(request)
     answer = await predict(_envelope(body), request, name, service)
     return Response(_to_json(answer), media_type="application/json")
+
+
+_NAMES: dict[str, str] = {}  # raw path name -> validated name (only valid ones; bounded)
+
+
+def _model_name(raw: str) -> str:
+    """``validate_name(raw, "model name")``, remembered for the names that pass (the served few)."""
+    name = _NAMES.get(raw)
+    if name is None:
+        name = validate_name(raw, "model name")  # raises for a bad name: never cached
+        if len(_NAMES) >= 1024:  # bounded: a scanner sending valid random names must not grow it
+            _NAMES.clear()
+        _NAMES[raw] = name
+    return name
 
 
 async def predict(body: PredictRequest, request: Request, name: str = Depends(model_name),

@@ -11,7 +11,9 @@ Routes (``{v}`` is a registry version number, or an alias name: ``/versions/prod
 An infer request goes through :meth:`PredictionService.predict`, as ``/v1`` predict does: without
 a version the traffic split (sticky header included), then ``production``, then the latest version
 answers; an alias is chosen by the path (``/versions/candidate``) or by the request's
-``parameters.alias``. Every model takes one input named ``input``, batch first: FP32 (any numeric
+``parameters.alias``. A table may also be sent one tensor per column, named after its columns (BYTES
+for a text column; MLServer's pandas-codec convention), checked like v1's records. Otherwise every
+model takes one input named ``input``, batch first: FP32 (any numeric
 datatype is read as numbers) of the model's sample shape for tables, series and images (raw pixels
 in the source's units, ``[-1, C, H, W]``; UINT8 is fine), BYTES ``[-1]`` strings or INT64 token ids
 for text models. Outputs: ``probabilities`` FP32 ``[B, C]``, ``label`` BYTES ``[B]`` (class names)
@@ -22,12 +24,14 @@ The response's ``id`` echoes the request's (else the server's request id); its `
 
 Errors are the protocol's ``{"error": "<message>"}``: 400 for anything wrong in the request (v1's
 422s included, naming the field), 401/403 for keys, 404 for an unknown model, version or alias,
-413/429/503 as on v1. gRPC is not served.
+413/429/503 as on v1. gRPC (``dlforge serve --grpc-port``, :mod:`dlforge.serve.grpc_v2`) calls the same
+functions: :func:`infer_outputs`, :func:`describe_model`, :func:`chosen_version` and :func:`error_of`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -71,6 +75,17 @@ def v2_error(request: Request, exc: Exception) -> JSONResponse:
         >>> v2_error(request, NotFoundError("model 'x' is not served here")).status_code  # doctest: +SKIP
         404
     """
+    status, message, headers = error_of(exc, request_id(request))
+    return JSONResponse({"error": message}, status_code=status, headers={**headers, "X-Request-Id": request_id(request)})
+
+
+def error_of(exc: Exception, rid: str) -> tuple[int, str, dict[str, str]]:
+    """(HTTP status, the protocol's error message, extra headers) of ``exc``: one mapping for REST and gRPC.
+
+    Example:
+        >>> error_of(NotFoundError("model 'x' is not served here"), "r1")[:2]
+        (404, "model 'x' is not served here")
+    """
     headers: dict[str, str] = {}
     hint: str | None = None
     if isinstance(exc, RequestValidationError):
@@ -85,11 +100,9 @@ def v2_error(request: Request, exc: Exception) -> JSONResponse:
     elif isinstance(exc, DlforgeError):
         status, message, hint = error_status(exc), exc.message, exc.hint
     else:
-        log.error("unhandled error in V2 request %s", request_id(request), exc_info=exc)
+        log.error("unhandled error in V2 request %s", rid, exc_info=exc)
         status, message = 500, "internal error"
-    body = v2_error_body(message, hint)
-    return JSONResponse({"error": scrub(body["error"])}, status_code=status,
-                        headers={**headers, "X-Request-Id": request_id(request)})
+    return status, scrub(v2_error_body(message, hint)["error"]), headers
 
 
 def _field_message(error: dict[str, Any]) -> str:
@@ -156,8 +169,8 @@ def _version_or_alias(segment: str | None) -> tuple[int | None, str | None]:
     return None, validate_name(segment, "alias")
 
 
-def _chosen(pool: ModelPool, name: str, segment: str | None) -> LoadedModel:
-    """The version a metadata route describes: the one named, else ``production``, else the latest."""
+def chosen_version(pool: ModelPool, name: str, segment: str | None) -> LoadedModel:
+    """The version a metadata route (REST or gRPC) describes: the one named, else ``production``, else the latest."""
     version, alias = _version_or_alias(segment)
     if version is not None or alias is not None:
         return pool.resolve(name, version=version, alias=alias, sticky_id=None)[0]
@@ -192,14 +205,15 @@ def tensor_metadata(model: LoadedModel) -> tuple[list[TensorMetadata], list[Tens
     return inputs, [TensorMetadata(name="values", datatype="FP32", shape=[-1, classes])]
 
 
-def _metadata(pool: ModelPool, name: str, version: str | None) -> ModelMetadata:
-    inputs, outputs = tensor_metadata(_chosen(pool, name, version))
+def describe_model(pool: ModelPool, name: str, version: str | None) -> ModelMetadata:
+    """The metadata of ``name`` (``version``: a number, an alias, or None for the default version)."""
+    inputs, outputs = tensor_metadata(chosen_version(pool, name, version))
     return ModelMetadata(name=name, versions=[str(v) for v in sorted(pool.loaded(name))], platform="dlforge_pytorch",
                          inputs=inputs, outputs=outputs)
 
 
 def _ready(pool: ModelPool, name: str, version: str | None) -> JSONResponse:
-    _chosen(pool, name, version)  # 404 unknown, 503 unhealthy
+    chosen_version(pool, name, version)  # 404 unknown, 503 unhealthy
     return JSONResponse({"name": name, "ready": True})
 
 
@@ -209,14 +223,14 @@ VERSION = Path(description="a registry version number, or an alias name", max_le
 @models_router.get("/{name}", response_model=ModelMetadata)
 async def model_metadata(name: str = Depends(model_name), pool: ModelPool = Depends(get_pool)) -> ModelMetadata:
     """A model's loaded versions, and the inputs and outputs of its default version (production, else the latest)."""
-    return _metadata(pool, name, None)
+    return describe_model(pool, name, None)
 
 
 @models_router.get("/{name}/versions/{version}", response_model=ModelMetadata)
 async def version_metadata(name: str = Depends(model_name), version: str = VERSION,
                            pool: ModelPool = Depends(get_pool)) -> ModelMetadata:
     """A model's loaded versions, and the inputs and outputs of the version (or alias) named."""
-    return _metadata(pool, name, version)
+    return describe_model(pool, name, version)
 
 
 @models_router.get("/{name}/ready")
@@ -272,24 +286,43 @@ async def version_infer(request: Request, name: str = Depends(model_name), versi
 async def _infer(request: Request, name: str, version: str | None, service: PredictionService) -> Response:
     header_length = _header_length(request.headers.get(HEADER_LENGTH))
     infer_request, tensors = decode_request(await request.body(), header_length)
+    header, selected, binary = await infer_outputs(service, name, version, infer_request, tensors,
+                                                   request_id=request_id(request), headers=request.headers,
+                                                   correlation_id=correlation_id(request))
+    body, size = encode_response(header, selected, binary)
+    if size is None:
+        return Response(body, media_type="application/json")
+    return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(size)})
+
+
+async def infer_outputs(service: PredictionService, name: str, version: str | None, infer_request: InferRequest,
+                        tensors: list[np.ndarray | list[str]], *, request_id: str, headers: Mapping[str, str],
+                        correlation_id: str | None) -> tuple[dict[str, Any], list[Output], set[str]]:
+    """(response header, outputs, names asked as binary) of a decoded infer request: the one V2 infer, no transport.
+
+    ``version`` is the path's ``/versions/{v}`` segment (a number or an alias; None: the traffic
+    split and the aliases choose); REST and gRPC both call this and only encode the answer.
+
+    Example:
+        >>> header, outputs, binary = await infer_outputs(service, "iris", None, req, tensors,  # doctest: +SKIP
+        ...                                               request_id="r1", headers={}, correlation_id=None)
+        >>> header["model_version"], [o.name for o in outputs]  # doctest: +SKIP
+        ('1', ['probabilities', 'label', 'label_index'])
+    """
     number, alias = _version_or_alias(version)
     asked = (infer_request.parameters or {}).get("alias")
     if asked is not None:
         if not isinstance(asked, str) or alias is not None:
             raise TensorError("parameters.alias: expected an alias name (and no alias in the path as well)")
         alias = asked
-    rid = request_id(request)
     answer = await service.predict(name, model_input(infer_request, tensors), version=number, alias=alias,
-                                   headers=request.headers, request_id=rid, correlation_id=correlation_id(request))
+                                   headers=headers, request_id=request_id, correlation_id=correlation_id)
     selected, binary = select_outputs(infer_request, answer_outputs(answer))
-    parameters: dict[str, Any] = {"request_id": rid, "variant": answer.variant}
+    parameters: dict[str, Any] = {"request_id": request_id, "variant": answer.variant}
     if answer.warnings:
         parameters["warnings"] = "; ".join(w.message for w in answer.warnings)
-    body, size = encode_response({"model_name": name, "model_version": str(answer.version),
-                                  "id": infer_request.id or rid, "parameters": parameters}, selected, binary)
-    if size is None:
-        return Response(body, media_type="application/json")
-    return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(size)})
+    return ({"model_name": name, "model_version": str(answer.version), "id": infer_request.id or request_id,
+             "parameters": parameters}, selected, binary)
 
 
 def _header_length(value: str | None) -> int | None:
@@ -300,13 +333,19 @@ def _header_length(value: str | None) -> int | None:
     return int(value)
 
 
-def model_input(infer_request: InferRequest, tensors: list[np.ndarray | list[str]]) -> np.ndarray | list[str]:
-    """The one input as the service takes it: float32 or int64 numpy (batch first), or a list of texts.
+def model_input(infer_request: InferRequest,
+                tensors: list[np.ndarray | list[str]]) -> np.ndarray | list[str] | list[dict[str, Any]]:
+    """The one input as the service takes it: float32 or int64 numpy (batch first), or a list of texts;
+    or, for a table sent one tensor per column (named after the columns, as MLServer's pandas codec
+    does: BYTES for text columns), one record per row, checked against the model's columns like v1's.
 
     Example:
         >>> model_input(req, [np.ones((2, 4), np.float64)]).dtype  # doctest: +SKIP
         dtype('float32')
     """
+    if infer_request.inputs and all(t.name != INPUT and (len(t.shape) == 1 or t.shape[1:] == [1])
+                                    for t in infer_request.inputs):  # column tensors: [B] or [B, 1] each
+        return _records(infer_request, tensors)
     if len(infer_request.inputs) != 1 or infer_request.inputs[0].name != INPUT:
         names = [t.name for t in infer_request.inputs]
         raise TensorError(f"inputs: dlforge models take one input named {INPUT!r}, got {names}",
@@ -330,6 +369,22 @@ def model_input(infer_request: InferRequest, tensors: list[np.ndarray | list[str
     if value.dtype == np.uint64 and value.size and value.max() > np.iinfo(np.int64).max:
         raise TensorError("inputs[0].data: a value is above the INT64 range")
     return value.astype(np.int64)
+
+
+def _records(infer_request: InferRequest, tensors: list[np.ndarray | list[str]]) -> list[dict[str, Any]]:
+    """One record per row from column tensors, each of shape [B] or [B, 1] (the same B for all)."""
+    columns: dict[str, list[Any]] = {}
+    for i, (tensor, value) in enumerate(zip(infer_request.inputs, tensors)):
+        if tensor.name in columns:
+            raise TensorError(f"inputs[{i}].name: column {tensor.name!r} is sent twice")
+        if not isinstance(value, list) and value.dtype == np.bool_:
+            raise TensorError(f"inputs[{i}].datatype: BOOL is not a number; send FP32 (or BYTES for a text column)")
+        columns[tensor.name] = list(value) if isinstance(value, list) else value.reshape(-1).tolist()
+    sizes = {len(v) for v in columns.values()}
+    if len(sizes) != 1 or 0 in sizes:
+        raise TensorError(f"inputs: every column tensor needs the same batch size of at least 1, got "
+                          f"{ {k: len(v) for k, v in columns.items()} }")
+    return [{name: values[row] for name, values in columns.items()} for row in range(sizes.pop())]
 
 
 def answer_outputs(answer: PredictResponse) -> list[Output]:
