@@ -96,6 +96,6 @@ def create_app(settings: ServeSettings | None = None, *, registry: Registry | No
     app = FastAPI(title="dlforge", version=dlforge.__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings  # the security middleware reads the limits before the lifespan runs
     install_security(app)
-    for module in (predict, models, admin, health, status, v2):
+    for module in (predict, v2, models, admin, health, status):  # the two infer paths first: routes match in order
         app.include_router(module.router)
     return app

@@ -71,7 +71,7 @@ def read_envelope(raw: bytes) -> PredictRequest:
     return _envelope(_parse(raw))
 
 
-async def _read_body(request: Request) -> bytes:
+async def read_body(request: Request) -> bytes:
     """The body, straight from ``receive`` (Starlette's ``body()`` runs an async generator per request)."""
     chunks = []
     while True:
@@ -120,9 +120,9 @@ class PredictRoute(APIRoute):
 
 async def _fast_predict(request: Request) -> Response:
     """What FastAPI does for :func:`predict`, specialised, in its order: body, key, name, envelope."""
-    body = _parse(await _read_body(request))
+    body = _parse(await read_body(request))
     await require_predict_key(request, await bearer(request))
-    name = _model_name(request.path_params["name"])
+    name = checked_model_name(request.path_params["name"])
     service = await request.app.dependency_overrides.get(get_service, get_service)(request)
     answer = await predict(_envelope(body), request, name, service)
     return Response(_to_json(answer), media_type="application/json")
@@ -131,7 +131,7 @@ async def _fast_predict(request: Request) -> Response:
 _NAMES: dict[str, str] = {}  # raw path name -> validated name (only valid ones; bounded)
 
 
-def _model_name(raw: str) -> str:
+def checked_model_name(raw: str) -> str:
     """``validate_name(raw, "model name")``, remembered for the names that pass (the served few)."""
     name = _NAMES.get(raw)
     if name is None:
