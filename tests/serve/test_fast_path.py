@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.testclient import TestClient
 
 from dlforge.registry.reference import out_of_range
-from dlforge.serve import inputs
+from dlforge.serve import inputs, tensor_checks
 from dlforge.serve.batching import DynamicBatcher
 from dlforge.serve.dependencies import KeyCache, model_name, require_predict_key
 from dlforge.serve.routers import predict as predict_router
@@ -95,18 +95,18 @@ def test_the_range_prefilter_never_hides_a_warning() -> None:
         for scale in (1.0, 5.0, 20.0):
             x = torch.tensor(rng.normal(scale=scale, size=(4, features)), dtype=torch.float32)
             found = out_of_range(x, ref, {"encoding": {"kind": "tabular"}})
-            if inputs._inside_every_range(x, ref):
+            if tensor_checks.inside_every_range(x, ref):
                 assert found == []
             elif features == 1:  # one feature: the prefilter is exact
                 assert found
-    assert inputs._inside_every_range(torch.zeros(2, 3), {}) and inputs._inside_every_range(torch.zeros(2), None)
+    assert tensor_checks.inside_every_range(torch.zeros(2, 3), {}) and tensor_checks.inside_every_range(torch.zeros(2), None)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_all_finite_equals_torch(dtype) -> None:
     for values in ([1.0, -2.0], [1.0, float("nan")], [float("inf"), 0.0], [float("-inf")]):
         x = torch.tensor(values, dtype=dtype)
-        assert inputs.all_finite(x) == bool(torch.isfinite(x).all())
+        assert tensor_checks.all_finite(x) == bool(torch.isfinite(x).all())
 
 
 def test_holds_bool_equals_the_recursive_reference() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import importlib
 import math
 from pathlib import Path
 
@@ -56,8 +57,9 @@ def _errors(spec: InputSpec, art: Artifact, inputs: list) -> list[tuple[tuple, s
     return [(tuple(e["loc"]), e["msg"]) for e in info.value.errors()]
 
 
-def test_docstring_examples() -> None:
-    result = doctest.testmod(inputs_module, optionflags=doctest.ELLIPSIS)
+@pytest.mark.parametrize("module", ["dlforge.serve.inputs", "dlforge.serve.tensor_checks", "dlforge.serve.v2_infer"])
+def test_docstring_examples(module: str) -> None:
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
 
 

@@ -41,14 +41,8 @@ from dlforge.errors import DlforgeError, NotFoundError
 from dlforge.registry.names import validate_name
 from dlforge.serve.batching import BatcherStoppedError
 from dlforge.serve.errors import error_status
-from dlforge.serve.inputs import (
-    MAX_WARNINGS,
-    check_encoded,
-    check_outputs,
-    check_tokens,
-    encode_inputs,
-    invalid,
-)
+from dlforge.serve.inputs import MAX_WARNINGS, check_encoded, encode_inputs
+from dlforge.serve.tensor_checks import check_outputs, check_tokens, invalid
 from dlforge.serve.monitor import RequestCount
 from dlforge.serve.pool import LoadedModel, ModelPool
 from dlforge.serve.schemas import InputWarning, PredictResponse

@@ -3,7 +3,7 @@
 Every RPC is a thin wrapper: ModelInfer turns the protobuf request into the REST form (a JSON
 header, then ``raw_input_contents`` as binary tensor data; typed ``contents`` become the header's
 ``data``) and calls :func:`~dlforge.serve.v2_codec.decode_request` and
-:func:`~dlforge.serve.routers.v2.infer_outputs`, then sends the outputs as ``raw_output_contents``
+:func:`~dlforge.serve.v2_infer.infer_outputs`, then sends the outputs as ``raw_output_contents``
 (what Triton sends) read from :func:`~dlforge.serve.v2_codec.encode_response`'s binary form. So
 versions and aliases (``model_version`` is a number or an alias name; the request parameter
 ``alias`` too), keys, batching, the traffic split, metrics and drift are REST's.
@@ -37,6 +37,7 @@ from dlforge.serve.dependencies import key_cache_of
 from dlforge.serve.errors import ApiError
 from dlforge.serve.grpc_v2 import grpc_predict_v2_pb2 as pb
 from dlforge.serve.grpc_v2 import grpc_predict_v2_pb2_grpc as pb_grpc
+from dlforge.serve import v2_infer
 from dlforge.serve.routers import v2
 from dlforge.serve.service import PredictionService
 from dlforge.serve.settings import ServeSettings
@@ -90,7 +91,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
         async def ready(rid: str) -> pb.ModelReadyResponse:
             try:  # NotFoundError (unknown model, version or alias) goes to the client as NOT_FOUND
-                v2.chosen_version(self.app.state.pool, validate_name(request.name), request.version or None)
+                v2_infer.chosen_version(self.app.state.pool, validate_name(request.name), request.version or None)
             except UnavailableError:
                 return pb.ModelReadyResponse(ready=False)
             return pb.ModelReadyResponse(ready=True)
@@ -100,7 +101,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request: pb.ModelMetadataRequest,
                             context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
         async def metadata(rid: str) -> pb.ModelMetadataResponse:
-            meta = v2.describe_model(self.app.state.pool, validate_name(request.name), request.version or None)
+            meta = v2_infer.describe_model(self.app.state.pool, validate_name(request.name), request.version or None)
             tensor = pb.ModelMetadataResponse.TensorMetadata
             return pb.ModelMetadataResponse(name=meta.name, versions=meta.versions, platform=meta.platform,
                                             inputs=[tensor(**t.model_dump()) for t in meta.inputs],
@@ -113,7 +114,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             name = validate_name(request.model_name)
             infer_request, tensors = decode_request(*rest_body(request))
             metadata = Headers({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
-            header, outputs, _ = await v2.infer_outputs(self.service, name, request.model_version or None,
+            header, outputs, _ = await v2_infer.infer_outputs(self.service, name, request.model_version or None,
                                                         infer_request, tensors, request_id=rid, headers=metadata,
                                                         correlation_id=None)
             return infer_response(header, outputs)
@@ -127,7 +128,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await self._check_key(context)
             return await work(rid)
         except Exception as exc:  # noqa: BLE001  (answered; error_of logs the unexpected ones)
-            status, message, _ = v2.error_of(exc, rid)
+            status, message, _ = v2_infer.error_of(exc, rid)
         await context.abort(CODES.get(status, grpc.StatusCode.INTERNAL), message)
         raise AssertionError("unreachable: abort raises")
 
@@ -215,7 +216,7 @@ def _parameters(parameters: Any) -> dict[str, Any]:
 
 
 def infer_response(header: dict[str, Any], outputs: list[Output]) -> pb.ModelInferResponse:
-    """The protobuf answer of :func:`~dlforge.serve.routers.v2.infer_outputs`: every output as raw contents.
+    """The protobuf answer of :func:`~dlforge.serve.v2_infer.infer_outputs`: every output as raw contents.
 
     Example:
         >>> import numpy as np
