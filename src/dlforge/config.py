@@ -133,6 +133,13 @@ class TrainConfig(_Strict):
     unfreeze_stages: list[list[str]] = Field(default_factory=list)  # gradual unfreezing, top layers first
     unfreeze_every: int = Field(1, ge=1)  # epochs between unfreezing stages
     ssl: SSLConfig | None = None  # segmentation: self-supervised pretraining first (dlforge.pipeline.seg_limited)
+    # Trackers the history is also sent to, off the training thread (dlforge.train.trackers): a run
+    # directory's tensorboard/ folder, and/or one MLflow run named after the run directory. Off by
+    # default; needs the extra (pip install dlforge[tensorboard] / dlforge[mlflow]).
+    log_to: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
+    # The MLflow tracking URI (http://host:5000, sqlite:///mlflow.db); null: MLflow's own
+    # MLFLOW_TRACKING_URI, else ./mlflow.db. The experiment is MLFLOW_EXPERIMENT_NAME, else the run's name.
+    mlflow_uri: str | None = None
 
     def stopping(self, has_val: bool) -> EarlyStoppingConfig | None:
         """The early stopping a run does: ``early_stopping`` resolved (None: none).
@@ -300,3 +307,18 @@ def resolve_source(cfg_dir: str | Path, source: str) -> tuple[str, str | None]:
 def to_yaml(cfg: RunConfig) -> str:
     """The resolved config, every default written out."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def flat_config(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (an empty mapping is a value of its own).
+
+    Example:
+        >>> flat_config({"model": {"arch": "mlp", "hidden": [8]}, "seed": 0})
+        {'model.arch': 'mlp', 'model.hidden': [8], 'seed': 0}
+    """
+    if isinstance(d, dict) and d:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat_config(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): d}

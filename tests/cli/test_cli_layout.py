@@ -47,7 +47,8 @@ def test_the_groups_mount_every_command_in_the_old_order() -> None:
     group = typer.main.get_group(app)
     assert list(group.commands) == [
         "train", "resume", "quickstart", "predict", "evaluate", "report", "cv", "tune", "augment-preview",
-        "ensemble", "learning-curve", "datasets", "serve", "compress", "export", "variants", "registry", "keys", "lab"]
+        "ensemble", "learning-curve", "datasets", "serve", "compress", "export", "variants", "registry", "keys", "lab",
+        "runs"]
 
 
 def test_docstring_examples() -> None:

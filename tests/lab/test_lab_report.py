@@ -141,11 +141,15 @@ def test_summary_tables_group_findings_by_level(page, findings):
     assert [i for i in page.ids if i.startswith("level-")] == ["level-basic", "level-intermediate", "level-advanced"]
     for level in ("basic", "intermediate", "advanced"):
         rows = page.table(f"level-{level}")
-        assert rows[0] == ["topic", "title", "verdict", "budget", "seconds"]
+        assert rows[0] == ["topic", "title", "verdict", "checks: hold / inconclusive / fail", "budget", "seeds",
+                           "seconds"]
         expected = sorted((f for f in findings if f.level == level), key=lambda f: f.topic)
         assert [r[0] for r in rows[1:]] == [str(f.topic) for f in expected]
         assert [r[2] for r in rows[1:]] == [f.verdict for f in expected]
-        assert [r[4] for r in rows[1:]] == [f"{f.seconds:.1f}" for f in expected]
+        outcomes = [[c["outcome"] for c in f.check_results()] for f in expected]
+        assert [r[3] for r in rows[1:]] == [f"{o.count('holds')} / {o.count('inconclusive')} / {o.count('fails')}"
+                                            for o in outcomes]
+        assert [r[6] for r in rows[1:]] == [f"{f.seconds:.1f}" for f in expected]
     assert {f"#topic-{f.topic}" for f in findings} <= set(page.links)
 
 
@@ -157,10 +161,11 @@ def test_a_level_without_findings_has_no_table(findings):
 def test_verdicts_get_their_own_classes(page, findings, html):
     verdicts = {f.topic: f.verdict for f in findings}
     assert verdicts == {3: "supported", 5: "not supported", 12: "partly supported", 21: "partly supported"}
-    # each finding's verdict appears three times: summary row, heading, verdict line
+    # a verdict appears three times (summary row, heading, verdict line), and a fourth in "where the
+    # guide is wrong" when it is not "supported"
     assert page.classes.count("verdict-supported") == 3
-    assert page.classes.count("verdict-partly-supported") == 6
-    assert page.classes.count("verdict-not-supported") == 3
+    assert page.classes.count("verdict-partly-supported") == 8
+    assert page.classes.count("verdict-not-supported") == 4
     assert ".verdict-supported {" in html and ".verdict-not-supported {" in html  # coloured
     assert "4 findings: 1 supported, 2 partly supported, 1 not supported." in " ".join(html.split())
 
@@ -170,15 +175,44 @@ def test_checks_table_shows_what_finding_computed(page, findings):
     by_topic = sorted(findings, key=lambda f: f.topic)
     assert len(check_tables) == len(by_topic)
     for rows, f in zip(check_tables, by_topic):
-        assert rows[0] == ["check", "measured", "interval", "bound", "outcome"]
+        assert rows[0] == ["check", "measured", "interval", "bound", "bound's interval", "outcome"]
         expected = [[r["check"], format_lab_value(r["value"]),
                      "" if r["low"] == r["high"] else f"[{format_lab_value(r['low'])}, {format_lab_value(r['high'])}]",
-                     format_lab_value(r["bound"]), r["outcome"]] for r in f.check_results()]
+                     format_lab_value(r["bound"]), "", r["outcome"]] for r in f.check_results()]
         assert rows[1:] == expected
     # a named threshold shows the other number's value as the bound
     topic_21 = check_tables[3]
-    assert topic_21[1] == ["clipped_loss < plain_loss", "0.3", "", "0.2", "fails"]
-    assert topic_21[2] == ["tanh_max < 1.0", "0.999988", "", "1", "holds"]
+    assert topic_21[1] == ["clipped_loss < plain_loss", "0.3", "", "0.2", "", "fails"]
+    assert topic_21[2] == ["tanh_max < 1.0", "0.999988", "", "1", "", "holds"]
+
+
+def test_where_the_guide_is_wrong_lists_every_doubted_finding_and_its_failed_checks(page, findings):
+    text = " ".join(page.sections["where-the-guide-is-wrong"].split())
+    doubted = [f for f in sorted(findings, key=lambda f: f.topic) if f.verdict != "supported"]
+    shown = sorted((t for t in (f"{f.topic}. {f.title}" for f in findings) if t in text), key=text.index)
+    assert shown == [f"{f.topic}. {f.title}" for f in doubted]  # topics 5, 12, 21 in order; 3 (supported) absent
+    assert "clipped_loss < plain_loss fails: measured 0.3 against 0.2" in text
+    assert "tanh_max < 1.0" not in text  # it held
+    assert "the guide says 0.75" not in text  # topic 3's notes: it is supported
+    assert "measured" in text and "#topic-21" in page.links
+
+
+def test_a_seed_combined_finding_shows_its_seeds_and_both_intervals():
+    from dlforge.lab.seeds import combine
+
+    runs = [Finding(topic=16, title="LSTMs", claim="c", method="m", numbers={"lstm": a, "rnn": r, "length": 60},
+                    checks=[Check("lstm", ">", "rnn")], seconds=1.0)
+            for a, r in ((0.9, 0.5), (0.8, 0.55), (0.95, 0.52))]
+    f = combine(runs, seeds=[0, 1, 2])
+    page = parse(render_lab_report([f]))
+    (row,) = page.table("checks")[1:]
+    r = f.check_results()[0]
+    assert row == ["lstm > rnn", format_lab_value(r["value"]), f"[{format_lab_value(r['low'])}, {format_lab_value(r['high'])}]",
+                   format_lab_value(r["bound"]), f"[{format_lab_value(r['bound_low'])}, {format_lab_value(r['bound_high'])}]",
+                   "holds"]
+    assert page.table("level-intermediate")[1][5] == "3"
+    assert "3 seed(s) (0, 1, 2)" in " ".join(page.sections["topic-16"].split())
+    assert ["length", "60"] in page.table("numbers")
 
 
 def test_numbers_tables_list_every_number(page, findings):

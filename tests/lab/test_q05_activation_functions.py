@@ -50,6 +50,8 @@ def test_deep_linear_net_is_one_linear_map_and_fits_like_logistic_regression(fin
     # circles: the best line is no better than a coin flip, loss near log 2
     assert n["logreg_train_loss"] == pytest.approx(math.log(2), abs=0.01)
     assert n["deep_linear_train_loss"] >= n["logreg_train_loss"] - q05.LINEAR_LOSS_SLACK
+    assert n["deep_linear_minus_logreg_loss"] == pytest.approx(
+        n["deep_linear_train_loss"] - n["logreg_train_loss"], abs=1e-4)
     assert n["deep_linear_train_accuracy"] < 0.65
     assert n["identity_epochs_to_target"] == n["max_epochs"] + 1  # never reached
     assert n["relu_train_accuracy"] >= 0.98
@@ -60,6 +62,16 @@ def test_epochs_to_target_are_counted_in_range(finding):
     for act in ("sigmoid", "tanh", "relu"):
         assert 1 <= n[f"{act}_epochs_to_target"] <= n["max_epochs"] + 1
     assert n["relu_epochs_to_target"] <= n["max_epochs"]
+    # the savings are paired per seed: their mean is the difference of the means
+    for act in ("sigmoid", "tanh"):
+        saved = n[f"relu_saves_epochs_vs_{act}"]
+        assert saved == pytest.approx(n[f"{act}_epochs_to_target"] - n["relu_epochs_to_target"], abs=1e-3)
+        values = finding.per_seed.get(f"relu_saves_epochs_vs_{act}", [saved] * len(finding.seeds))
+        assert len(values) == len(finding.seeds) == q05.SEEDS["quick"]
+        assert saved == pytest.approx(sum(values) / len(values), abs=1e-3)
+    # sigmoid never reaches the target in this budget on any seed; tanh about as fast as ReLU
+    assert min(finding.per_seed.get("relu_saves_epochs_vs_sigmoid", [n["relu_saves_epochs_vs_sigmoid"]])) > 20
+    assert -3 <= n["relu_saves_epochs_vs_tanh"] <= 5
 
 
 def test_stop_at_loss_stops_training():

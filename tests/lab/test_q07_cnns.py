@@ -63,3 +63,15 @@ def test_all_three_models_learn_digits(finding):
 def test_figure_shows_filters(finding):
     image = Image.open(io.BytesIO(base64.b64decode(finding.figures[0].png_base64)))
     assert image.format == "PNG" and image.width > 400
+
+
+def test_the_checks_read_paired_gaps_over_seeds(finding):
+    n = finding.numbers
+    assert len(finding.seeds) >= 3
+    for other in ("mlp", "big_mlp"):
+        gap = n[f"cnn_minus_{other}_accuracy"]
+        # the mean of the per-seed gaps is the gap of the mean accuracies (up to rounding)
+        assert gap == pytest.approx(n["cnn_test_accuracy"] - n[f"{other}_test_accuracy"], abs=2e-4)
+        per_seed = finding.per_seed.get(f"cnn_minus_{other}_accuracy", [gap] * len(finding.seeds))
+        assert len(per_seed) == len(finding.seeds) and abs(gap) < 0.1
+    assert finding.intervals["cnn_minus_mlp_accuracy"].low > 0  # the claim at equal weights

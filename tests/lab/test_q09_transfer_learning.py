@@ -45,26 +45,41 @@ def test_accuracies_are_fractions_and_gains_are_differences(numbers):
     accuracies = [a for key, v in numbers.items() if key.endswith("_accuracy") and isinstance(v, list)
                   for a in v]
     assert accuracies and all(0.0 <= a <= 1.0 for a in accuracies)
-    assert numbers["image_gain"] == [round(f - s, 4) for f, s in zip(
-        numbers["image_finetune_accuracy"], numbers["image_scratch_accuracy"])]
-    assert numbers["text_best_scratch_accuracy"] == [max(a, b) for a, b in zip(
-        numbers["text_scratch_accuracy"], numbers["text_scratch_long_accuracy"])]
-    assert numbers["text_gain"] == [round(m - s, 4) for m, s in zip(
-        numbers["text_minilm_accuracy"], numbers["text_best_scratch_accuracy"])]
+    # element-wise means over seeds of per-seed differences: the differences of the means
+    assert numbers["image_gain"] == pytest.approx([f - s for f, s in zip(
+        numbers["image_finetune_accuracy"], numbers["image_scratch_accuracy"])], abs=3e-4)
+    # the better scratch run is picked on each seed: its mean is at least either mean
+    for best, a, b in zip(numbers["text_best_scratch_accuracy"], numbers["text_scratch_accuracy"],
+                          numbers["text_scratch_long_accuracy"]):
+        assert best >= max(a, b) - 1e-4
+    assert numbers["text_gain"] == pytest.approx([m - s for m, s in zip(
+        numbers["text_minilm_accuracy"], numbers["text_best_scratch_accuracy"])], abs=3e-4)
     # The scalars the checks read are the ends of those lists, not separate measurements.
-    assert numbers["image_gain_at_smallest_k"] == numbers["image_gain"][0]
-    assert numbers["image_gain_at_largest_k"] == numbers["image_gain"][-1]
-    assert numbers["text_gain_at_smallest_k"] == numbers["text_gain"][0]
-    draws = numbers["image_gain_per_draw_at_smallest_k"]
-    assert len(draws) == QUICK["image_seeds"]
-    assert np.mean(draws) == pytest.approx(numbers["image_gain"][0], abs=2e-4)  # rounding only
+    assert numbers["image_gain_at_smallest_k"] == pytest.approx(numbers["image_gain"][0], abs=1e-4)
+    assert numbers["image_gain_at_largest_k"] == pytest.approx(numbers["image_gain"][-1], abs=1e-4)
+    assert numbers["text_gain_at_smallest_k"] == pytest.approx(numbers["text_gain"][0], abs=1e-4)
+    assert numbers["image_gain_shrinkage"] == pytest.approx(
+        numbers["image_gain_at_smallest_k"] - numbers["image_gain_at_largest_k"], abs=3e-4)
+
+
+def test_gains_are_paired_per_seed():
+    f = finding_for(9)
+    assert len(f.seeds) == q09.SEEDS["quick"]
+    gains = f.per_seed["image_gain_at_smallest_k"]  # fine-tuned minus scratch on each seed
+    assert len(gains) == len(f.seeds) and all(abs(g) < 0.5 for g in gains)
+    gain = f.intervals["image_gain_at_smallest_k"]
+    assert gain.n == len(f.seeds) and gain.low <= gain.mean <= gain.high
+    assert gain.mean == pytest.approx(np.mean(gains), abs=1e-4)
+    shrink = [a - b for a, b in zip(gains, f.per_seed["image_gain_at_largest_k"])]
+    assert f.per_seed["image_gain_shrinkage"] == pytest.approx(shrink, abs=2e-4)
+    assert f.intervals["text_gain_at_smallest_k"].low > q09.MIN_GAIN  # MiniLM wins by far
 
 
 def test_checks_compare_gains_with_the_stated_margin():
     checks = {str(c) for c in finding_for(9).checks}
     assert checks == {f"image_gain_at_smallest_k >= {q09.MIN_GAIN}",
                       f"text_gain_at_smallest_k >= {q09.MIN_GAIN}",
-                      "image_gain_at_smallest_k > image_gain_at_largest_k"}
+                      "image_gain_shrinkage > 0.0"}
 
 
 def test_the_pretraining_worked_and_the_pretrained_models_learned(numbers):

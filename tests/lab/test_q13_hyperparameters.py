@@ -29,7 +29,9 @@ def test_learning_rate_sweep_has_a_crawl_a_sweet_spot_and_a_failure(numbers):
     assert losses[0] is not None and losses[0] > 0.95 * numbers["initial_loss"]
     assert numbers["best_loss_over_initial"] < 0.5
     assert losses[-1] is None or losses[-1] >= numbers["initial_loss"]
-    assert numbers["best_lr"] in lrs[1:-1]
+    best = finding_for(13).per_seed.get("best_lr", [numbers["best_lr"]])  # one value per seed when they differ
+    assert all(lr in lrs[1:-1] for lr in best)
+    assert numbers["best_lr_above_lowest"] == numbers["best_lr_below_highest"] == 1  # 0/1 per seed: every seed
 
 
 def test_momentum_reaches_a_lower_loss_at_the_same_lr(numbers):
@@ -59,7 +61,10 @@ def test_saved_activation_bytes_skip_parameters_and_count_shared_tensors_once():
 def test_bigger_batches_are_faster_per_epoch(numbers):
     seconds = numbers["epoch_time_by_batch_seconds"]
     assert seconds[0] > seconds[-1] > 0
-    assert numbers["epoch_time_ratio_seconds"] == pytest.approx(seconds[0] / seconds[-1], rel=0.02)
+    # wall clock on a shared machine: a mean of per-seed ratios, whose spread between seeds is
+    # wide, so only its side of 1 is asserted; the 0/1 per seed carries the claim's 2x
+    assert numbers["epoch_time_ratio_seconds"] > 1 and seconds[0] / seconds[-1] > 1
+    assert 0 <= numbers["larger_batch_epoch_2x_faster"] <= 1
 
 
 def test_random_search_stays_inside_its_ranges_and_is_scored_on_test(numbers):
@@ -68,6 +73,13 @@ def test_random_search_stays_inside_its_ranges_and_is_scored_on_test(numbers):
     assert numbers["tuned_val_accuracy"] >= numbers["default_val_accuracy"] - 0.05
     for key in ("tuned_test_accuracy", "default_test_accuracy"):
         assert 0.5 < numbers[key] <= 1.0
+    gain = numbers["tuned_test_accuracy"] - numbers["default_test_accuracy"]
+    assert numbers["tuning_test_gain"] == pytest.approx(gain, abs=3e-4)  # paired per seed, then the mean
+    f = finding_for(13)
+    if "tuning_test_gain" in f.per_seed:
+        per_seed = f.per_seed["tuning_test_gain"]
+        assert len(per_seed) == len(f.seeds) and numbers["tuning_test_gain"] == pytest.approx(
+            sum(per_seed) / len(per_seed), abs=1e-4)
 
 
 def test_the_optuna_search_prunes_and_counts_its_epochs():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dlforge.lab import q17_bptt as q17
@@ -59,3 +60,15 @@ def test_truncation_shorter_than_the_dependency_stays_near_chance():
     assert n["full_bptt_accuracy"] >= 0.9
     assert n["truncated_bptt_accuracy"] < 0.5
     assert n["truncated_bptt_accuracy"] < n["full_bptt_accuracy"] - 0.4
+
+
+def test_gain_share_is_per_seed_and_its_mean_is_the_number():
+    f = finding_for(17)
+    assert len(f.seeds) == q17.SEEDS["quick"]
+    shares = f.per_seed.get("truncated_gain_share", [f.numbers["truncated_gain_share"]] * len(f.seeds))
+    full = f.per_seed.get("full_bptt_accuracy", [f.numbers["full_bptt_accuracy"]] * len(f.seeds))
+    trunc = f.per_seed.get("truncated_bptt_accuracy", [f.numbers["truncated_bptt_accuracy"]] * len(f.seeds))
+    chance = f.numbers["chance_accuracy"]
+    for share, a_full, a_trunc in zip(shares, full, trunc):
+        assert share == pytest.approx((a_trunc - chance) / (a_full - chance), abs=1e-3)
+    assert f.numbers["truncated_gain_share"] == pytest.approx(sum(shares) / len(shares), abs=1e-4)

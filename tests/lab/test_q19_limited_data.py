@@ -23,7 +23,7 @@ def numbers() -> dict:
 
 def test_sizes_are_as_configured(numbers):
     cfg = q19.BUDGETS["quick"]
-    assert numbers["n"] == cfg["n"] and numbers["seeds"] == cfg["seeds"]
+    assert numbers["n"] == cfg["n"] and "seeds" not in cfg  # the lab's runner does the seeds
     assert numbers["curve_sizes"] == cfg["sizes"] and cfg["n"] in cfg["sizes"]
     assert numbers["updates"] == cfg["epochs"] * q19.VISITS // q19.BATCH_SIZE
     assert numbers["test_size"] + numbers["unlabelled"] + numbers["n"] == 1797  # digits, split once
@@ -34,17 +34,32 @@ def test_accuracies_and_gaps_are_consistent(numbers):
     for name in MODELS:
         train, test = numbers[f"{name}_train_accuracy"], numbers[f"{name}_test_accuracy"]
         assert 0.0 <= train <= 1.0 and 0.0 <= test <= 1.0
-        assert numbers[f"{name}_gap"] == pytest.approx(train - test, abs=2e-4)  # three roundings
+        assert numbers[f"{name}_gap"] == pytest.approx(train - test, abs=3e-4)  # roundings, then means
+    f = finding_for(19)
     for name in q19.REMEDIES:
         gain = numbers[f"{name}_test_accuracy"] - numbers["baseline_test_accuracy"]
-        assert numbers[f"{name}_gain"] == pytest.approx(gain, abs=2e-4)
-        assert len(numbers[f"{name}_gain_per_seed"]) == numbers["seeds"]
+        assert numbers[f"{name}_gain"] == pytest.approx(gain, abs=3e-4)
+        per_seed = f.per_seed[f"{name}_gain"]  # paired on the seed: never equal on every seed
+        assert len(per_seed) == len(f.seeds) and f.intervals[f"{name}_gain"].n == len(f.seeds)
+        assert numbers[f"{name}_gain"] == pytest.approx(sum(per_seed) / len(per_seed), abs=1e-4)
 
 
-def test_the_remedy_count_follows_from_the_gains(numbers):
-    beat = [n for n in q19.REMEDIES if numbers[f"{n}_gain"] >= numbers["min_gain"]]
-    assert numbers["remedies_that_beat"] == beat
-    assert numbers["remedies_beating_baseline"] == len(beat)
+def test_the_remedy_count_follows_from_each_seeds_gains(numbers):
+    f = finding_for(19)
+    counts = f.per_seed.get("remedies_beating_baseline", [numbers["remedies_beating_baseline"]] * len(f.seeds))
+    for i, count in enumerate(counts):
+        assert count == sum(f.per_seed[f"{n}_gain"][i] >= numbers["min_gain"] for n in q19.REMEDIES)
+    # the first seed's list of winners is kept as it is (a list of names cannot be averaged)
+    assert len(numbers["remedies_that_beat"]) == counts[0]
+
+
+def test_each_remedy_is_checked_on_its_own_gain(numbers):
+    checks = {c.number: c for c in finding_for(19).checks}
+    assert (checks["gap_shrinkage"].op, checks["gap_shrinkage"].threshold) == (">", 0.0)
+    for name in q19.REMEDIES:
+        assert checks[f"{name}_gain"].op == ">=" and checks[f"{name}_gain"].threshold == q19.MIN_GAIN
+    # pseudo-labelling brings new images and gains on average; transfer from rotations loses
+    assert numbers["pseudo_labels_gain"] > 0 > numbers["transfer_gain"]
 
 
 def test_learning_curve_is_consistent_and_its_n100_point_is_the_baseline(numbers):
@@ -56,7 +71,9 @@ def test_learning_curve_is_consistent_and_its_n100_point_is_the_baseline(numbers
     at_n = sizes.index(numbers["n"])
     assert test[at_n] == numbers["baseline_test_accuracy"] and gap[at_n] == numbers["baseline_gap"]
     assert numbers["gap_at_smallest_n"] == gap[0] and numbers["gap_at_largest_n"] == gap[-1]
-    assert numbers["gap_steps_shrinking"] == sum(b < a for a, b in zip(gap, gap[1:]))
+    assert 0 <= numbers["gap_steps_shrinking"] <= numbers["gap_steps"]  # a mean of per-seed counts
+    assert numbers["gap_shrinkage"] == pytest.approx(gap[0] - gap[-1], abs=3e-4)
+    assert gap[-1] < gap[0]  # the averaged curve shrinks end to end
 
 
 def test_pseudo_labels_and_transfer_did_what_they_say(numbers):

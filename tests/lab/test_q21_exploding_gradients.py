@@ -38,10 +38,19 @@ def test_guard_report_describes_the_explosion(numbers):
     assert numbers["unclipped_stopped_non_finite"] == 1
     assert numbers["guard_where"] in ("loss", "gradient", "weights")
     assert numbers["guard_first_bad_layer"] != "none" or numbers["guard_where"] == "loss"
-    # the report keeps the total gradient norm of every finite step before the bad one
+    # the report keeps the total gradient norm of every finite step before the bad one; the
+    # norms (lists of unequal length) are the first seed's, so they go with its guard step
+    f = finding_for(21)
     norms = numbers["grad_norms_before_guard"]
-    assert len(norms) == numbers["guard_step"] and all(np.isfinite(norms))
+    first_step = f.per_seed.get("guard_step", [numbers["guard_step"]])[0]
+    assert len(norms) == first_step and all(np.isfinite(norms))
     assert norms[-1] > norms[0]
+    for key in ("grad_norm_growth", "naive_variance", "he_variance"):  # logs read per seed, then averaged
+        ratio = "grad_norm_growth_before_guard" if key == "grad_norm_growth" else f"{key}_ratio"
+        log_key = "grad_norm_growth_log10" if key == "grad_norm_growth" else f"{key}_log10_ratio"
+        for r, lg in zip(f.per_seed.get(ratio, [numbers[ratio]]), f.per_seed.get(log_key, [numbers[log_key]])):
+            assert lg == pytest.approx(np.log10(r), abs=1e-3)
+    assert numbers["grad_norm_growth_log10"] >= 2 and numbers["naive_variance_log10_ratio"] >= 3
     assert "non_finite" in numbers["health_diagnoses"]  # dlforge.train.health reads the same report
 
 

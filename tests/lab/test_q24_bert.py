@@ -26,39 +26,72 @@ def _one_thread():
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
 
 
+def _per_seed(f, key):
+    return f.per_seed.get(key, [f.numbers[key]] * len(f.seeds))
+
+
 def test_mlm_numbers_are_consistent():
-    n = finding_for(24).numbers
+    f = finding_for(24)
+    n = f.numbers
     epochs = q24.BUDGETS["quick"]["mlm_epochs"]
+    assert len(f.seeds) >= 3
     for key in ("unigram_accuracy", "bidirectional_accuracy", "causal_accuracy",
                 "bidirectional_train_accuracy"):
-        assert 0 <= n[key] <= 1
-    assert n["bidirectional_gain"] == round(n["bidirectional_accuracy"] - n["causal_accuracy"], 4)
-    assert n["bidirectional_lift"] == round(n["bidirectional_accuracy"] - n["unigram_accuracy"], 4)
-    assert n["gain_bar"] == max(n["gain_two_se"], q24.MIN_GAIN)
+        assert all(0 <= v <= 1 for v in _per_seed(f, key))
+    for i in range(len(f.seeds)):  # every seed's derived numbers follow from its own
+        bi, causal, uni = (_per_seed(f, k)[i] for k in
+                           ("bidirectional_accuracy", "causal_accuracy", "unigram_accuracy"))
+        assert abs(_per_seed(f, "bidirectional_gain")[i] - (bi - causal)) < 2e-4
+        assert abs(_per_seed(f, "bidirectional_lift")[i] - (bi - uni)) < 2e-4
+        assert _per_seed(f, "gain_bar")[i] == max(_per_seed(f, "gain_two_se")[i], q24.MIN_GAIN)
+    # a mean is the mean of its seeds and lies in its interval
+    for key, values in f.per_seed.items():
+        assert len(values) == len(f.seeds), key
+        assert abs(n[key] - np.mean(values)) <= 1e-4 * max(1.0, abs(n[key])), key  # 5 digits
+        assert f.intervals[key].low - 1e-9 <= n[key] <= f.intervals[key].high + 1e-9, key
     assert n["heldout_masked_tokens"] > 1000  # enough scored tokens for a paired SE of ~0.01
     assert 0 <= n["gain_two_se"] < 0.05
     assert n["bidirectional_loss"] > 0 and n["causal_loss"] > 0
-    bi, causal = n["bidirectional_curve"], n["causal_curve"]
+    bi, causal = n["bidirectional_curve"], n["causal_curve"]  # element-wise means over seeds
     assert len(bi) == len(causal) == epochs and all(0 <= a <= 1 for a in bi + causal)
     # fit's per-epoch validation and masked_predictions score the same held-out tokens
     assert abs(bi[-1] - n["bidirectional_accuracy"]) < 2e-4
     assert abs(causal[-1] - n["causal_accuracy"]) < 2e-4
     assert 1 <= n["bidirectional_ahead_from_epoch"] <= epochs + 1
-    assert n["bidirectional_ahead_from_epoch"] == q24.ahead_from(bi, causal)
-    assert n["causal_ahead_epochs"] == sum(c > b for b, c in zip(bi, causal))
+    assert 0 <= n["causal_ahead_epochs"] <= epochs
+    assert n["mlm_steps_per_model"] >= 40 * epochs
     # The causal mask holds exactly (up to float rounding); the bidirectional model reads ahead.
-    assert n["causal_future_change"] < 1e-5 < n["bidirectional_future_change"]
+    assert max(_per_seed(f, "causal_future_change")) < 1e-5
+    assert min(_per_seed(f, "bidirectional_future_change")) > 1e-5
+
+
+def test_quick_budget_is_below_where_the_bidirectional_gain_lives():
+    """At about 50 steps per model both encoders are near the most-frequent-token guess and
+    the gain is far below the bar on every seed: the two MLM checks fail (not straddle),
+    the causal and MiniLM checks hold, so the verdict is the same on every seed set."""
+    f = finding_for(24)
+    outcomes = {c.number: r["outcome"] for c, r in zip(f.checks, f.check_results())}
+    assert outcomes == {"bidirectional_lift": "fails", "bidirectional_gain": "fails",
+                        "causal_future_change": "holds",
+                        "minilm_gain_over_majority": "holds"}, outcomes
+    assert f.verdict == "partly supported"
+    assert max(_per_seed(f, "bidirectional_lift")) < q24.MIN_LIFT
+    assert max(_per_seed(f, "bidirectional_gain")) < q24.MIN_GAIN
 
 
 def test_finetuning_numbers_are_consistent():
-    n = finding_for(24).numbers
+    f = finding_for(24)
+    n = f.numbers
     cfg = q24.BUDGETS["quick"]
     assert n["finetune_train_examples"] == 6 * cfg["per_class"] == 6 * n["per_class"]
     assert abs(n["finetune_test_examples"] - cfg["n_test"]) <= 6  # shares rounded per class
     assert n["chance_accuracy"] == round(1 / 6, 4)
     assert n["chance_accuracy"] < n["majority_accuracy"] < 1
     assert 0 <= n["minilm_accuracy"] <= 1
-    assert n["minilm_gain_over_majority"] == round(n["minilm_accuracy"] - n["majority_accuracy"], 4)
+    for i in range(len(f.seeds)):
+        assert abs(_per_seed(f, "minilm_gain_over_majority")[i] - (
+            _per_seed(f, "minilm_accuracy")[i] - _per_seed(f, "majority_accuracy")[i])) < 2e-4
+    assert min(_per_seed(f, "minilm_gain_over_majority")) > 0.2  # the claim, with a margin
     assert n["trainable_fraction"] == round(n["trainable_parameters"] / n["total_parameters"], 4)
     assert 0 < n["trainable_fraction"] < 0.5  # embeddings and four of six layers frozen
     assert 22e6 < n["total_parameters"] < 23e6  # all-MiniLM-L6-v2

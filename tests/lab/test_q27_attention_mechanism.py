@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from dlforge.lab import q27_attention_mechanism as q27
@@ -25,10 +26,13 @@ def test_transformer_stays_flat_while_the_rnn_drops():
     assert n["lengths"] == list(q27.BUDGETS["quick"]["lengths"])
     tf, rnn = n["transformer_accuracy"], n["rnn_accuracy"]
     assert len(tf) == len(rnn) == len(n["lengths"])
-    assert min(tf) >= 0.9 and n["transformer_min_accuracy"] == min(tf)
-    assert n["transformer_spread"] == round(max(tf) - min(tf), 4) <= 0.1
+    # tf, rnn: element-wise means over seeds; the scalars below: means of each seed's own value
+    f = finding_for(27)
+    assert len(f.seeds) >= 3
+    assert min(tf) >= 0.9 and n["transformer_min_accuracy"] <= min(tf) + 1e-4  # mean of minima <= minimum of means
+    assert n["transformer_spread"] >= max(tf) - min(tf) - 1e-4 and n["transformer_spread"] <= 0.1
     assert rnn[-1] < 0.6  # the plain RNN fails at the longest distance
-    assert n["rnn_drop"] == round(rnn[0] - rnn[-1], 4) >= 0.3
+    assert n["rnn_drop"] == pytest.approx(rnn[0] - rnn[-1], abs=2e-4) and n["rnn_drop"] >= 0.3
     epochs = q27.BUDGETS["quick"]["epochs"]
     assert all(1 <= e <= epochs for e in n["transformer_epochs_to_solve"])
 

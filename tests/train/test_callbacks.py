@@ -6,6 +6,7 @@ import io
 import json
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -44,6 +45,17 @@ def test_early_stopping_stops_after_patience_and_restores_best():
     assert result.best_epoch == best
     for k, v in model.state_dict().items():
         assert torch.equal(v, snapshots[best][k])
+
+
+@pytest.mark.parametrize("monitor, mode", [
+    ("val_accuracy", "max"), ("val_balanced_accuracy", "max"), ("val_roc_auc", "max"), ("val_f1_macro", "max"),
+    ("val_r2", "max"), ("val_dice", "max"), ("val_iou", "max"), ("val_loss", "min"), ("val_mse", "min"),
+    ("val_mae", "min"), ("val_ece", "min"), ("val_dice_loss", "min"),
+])
+def test_auto_mode_maximises_scores_and_minimises_losses_and_errors(monitor, mode):
+    # R², Dice and IoU used to be minimised: early stopping on val_r2 kept the worst epoch
+    assert EarlyStopping(monitor=monitor).mode == mode
+    assert Checkpoint("unused", monitor=monitor).mode == mode
 
 
 def test_early_stopping_min_delta_and_max_mode():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import typer
 
-from dlforge.cli import compress, experiments, lab, registry, runs, serve
+from dlforge.cli import compress, experiments, lab, registry, runs, runs_index, serve
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="dlforge: build, train, evaluate and serve deep-learning models.")
@@ -25,5 +25,6 @@ app.add_typer(compress.app)  # compress, export, variants
 app.add_typer(registry.registry_app, name="registry", help="The versioned model store: register, list, alias, roll back.")
 app.add_typer(registry.keys_app, name="keys", help="API keys for dlforge serve (stored hashed).")
 app.add_typer(lab.lab_app, name="lab")
+app.add_typer(runs_index.runs_index_app, name="runs")  # list, show, compare
 
 __all__ = ["app"]

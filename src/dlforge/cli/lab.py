@@ -40,41 +40,62 @@ def lab_list(as_json: bool = typer.Option(False, "--json")) -> None:
     out_console.print(table)
 
 
-def _run_findings(topics: list[int], budget: str, quiet: bool) -> list:
-    from dlforge.lab import available_topics, run_topic
+def _run_findings(topics: list[int], budget: str, seeds: int | None, first_seed: int, workers: int, threads: int,
+                  quiet: bool) -> list:
+    import time
 
-    findings = []
-    for t in topics or available_topics():
-        if not quiet:
-            _say(err_console, f"running topic {t} ({budget})...")
-        findings.append(run_topic(t, budget=budget))
+    from dlforge.lab import available_topics, run_topics
+
+    chosen = topics or available_topics()
+    if not quiet:
+        how = f"{seeds} seeds each" if seeds else "each topic's seeds"
+        _say(err_console, f"running {len(chosen)} topic(s) at the {budget} budget, {how} from seed {first_seed}, "
+                          f"{workers} worker(s) x {threads} thread(s)...")
+    start = time.perf_counter()
+    findings = run_topics(chosen, budget, range(first_seed, first_seed + seeds) if seeds else None,
+                          first_seed=first_seed, workers=workers, threads=threads)
+    if not quiet:
+        _say(err_console, f"{len(findings)} finding(s) in {time.perf_counter() - start:.0f} s of wall time")
     return findings
+
+
+# Shared by `lab run` and `lab report`.
+SEEDS = typer.Option(None, "--seeds", min=1, help="seeds per topic (default: the topic's own, 3+ quick, 5+ full)")
+FIRST_SEED = typer.Option(0, "--first-seed", min=0, help="the first seed (another seed set: e.g. 100)")
+WORKERS = typer.Option(2, "--workers", min=1, help="worker processes running seeds side by side")
+THREADS = typer.Option(1, "--threads", min=1, help="CPU threads per worker")
 
 
 @lab_app.command("run")
 @_friendly
 def lab_run(
     topics: List[int] = typer.Argument(None, help="topic numbers (default: all)"),
+    all_topics: bool = typer.Option(False, "--all", help="every topic (the default when none is named)"),
     budget: str = typer.Option("quick", help="quick (seconds each) or full (minutes)"),
+    seeds: int = SEEDS, first_seed: int = FIRST_SEED, workers: int = WORKERS, threads: int = THREADS,
     as_json: bool = typer.Option(False, "--json", help="print a JSON list of findings"),
 ) -> None:
-    """Run experiments and print their findings and verdicts."""
-    findings = _run_findings(topics or [], budget, as_json)
+    """Run experiments over their seeds and print each finding, its intervals and its verdict."""
+    from dlforge.lab.report import format_interval
+
+    findings = _run_findings([] if all_topics else topics or [], budget, seeds, first_seed, workers, threads, as_json)
     if as_json:
         print(json.dumps([f.to_dict() for f in findings]))
         return
     table = Table(title=f"lab findings ({budget})")
-    for col in ("topic", "level", "title", "verdict", "checks held", "seconds"):
+    for col in ("topic", "level", "title", "verdict", "checks held", "seeds", "seconds"):
         table.add_column(col)
     for f in findings:
         results = f.check_results()
         held = sum(c["holds"] for c in results)
-        table.add_row(str(f.topic), f.level, f.title, f.verdict, f"{held}/{len(results)}", f"{f.seconds:.1f}")
+        table.add_row(str(f.topic), f.level, f.title, f.verdict, f"{held}/{len(results)}", str(len(f.seeds)),
+                      f"{f.seconds:.1f}")
     out_console.print(table)
     for f in findings:  # what did not hold is the interesting part
         for c in f.check_results():
             if not c["holds"]:
-                _say(out_console, f"topic {f.topic}: {c['check']} did not hold (measured {c['value']:.4g})")
+                _say(out_console, f"topic {f.topic}: {c['check']} is {c['outcome']} "
+                                  f"(measured {format_interval(c)}, bound {c['bound']:.4g})")
     _say(out_console, "numbers, rules and figures: dlforge lab run --json, or dlforge lab report")
 
 
@@ -83,10 +104,11 @@ def lab_run(
 def lab_report(
     topics: List[int] = typer.Argument(None, help="topic numbers (default: all)"),
     budget: str = typer.Option("quick", help="quick or full"),
+    seeds: int = SEEDS, first_seed: int = FIRST_SEED, workers: int = WORKERS, threads: int = THREADS,
     output: Path = typer.Option(Path("lab_report.html"), "--output", "-o"),
 ) -> None:
-    """Run experiments and write one HTML page with every finding."""
+    """Run experiments over their seeds and write one HTML page with every finding."""
     from dlforge.lab.report import write_lab_report
 
-    path = write_lab_report(_run_findings(topics or [], budget, False), output)
+    path = write_lab_report(_run_findings(topics or [], budget, seeds, first_seed, workers, threads, False), output)
     _say(out_console, f"wrote {path}")

@@ -98,7 +98,8 @@ def register(
     if as_json:
         print(json.dumps(mv.to_dict()))
         return
-    _say(out_console, f"registered {mv.name} version {mv.version} (sha256 {mv.sha256[:12]}) in the artifact "
+    run = f" from run {mv.metadata['run']}" if mv.metadata.get("run") else ""
+    _say(out_console, f"registered {mv.name} version {mv.version} (sha256 {mv.sha256[:12]}){run} in the artifact "
                       f"store {store}")
     _say(err_console, f"serve it by pointing an alias at it: dlforge registry alias {mv.name} production {mv.version}")
 
@@ -110,7 +111,7 @@ def list_models(
     artifacts: Optional[str] = _artifacts_opt(),
     as_json: bool = _json_opt(),
 ) -> None:
-    """List the registered models with their latest version and aliases."""
+    """List the registered models with their latest version (and the run that wrote it) and aliases."""
     with _open(registry, artifacts) as reg:
         models, url = reg.models(), reg.url
     if as_json:
@@ -122,13 +123,14 @@ def list_models(
     table = Table(title=f"models in {url}")
     table.add_column("name", overflow="fold")
     table.add_column("latest", justify="right")
+    table.add_column("latest run", overflow="fold")
     table.add_column("versions", justify="right")
     table.add_column("aliases", overflow="fold")
     table.add_column("created (UTC)", no_wrap=True)
     for m in models:
         aliases = " ".join(f"{a}={v}" for a, v in m["aliases"].items())
-        table.add_row(Text(m["name"]), str(m["latest_version"]), str(m["versions"]), Text(aliases),
-                      _short_time(m["created"]))
+        table.add_row(Text(m["name"]), str(m["latest_version"]), Text(str(m.get("latest_run") or "-")),
+                      str(m["versions"]), Text(aliases), _short_time(m["created"]))
     out_console.print(table)
 
 
@@ -140,7 +142,7 @@ def show(
     artifacts: Optional[str] = _artifacts_opt(),
     as_json: bool = _json_opt(),
 ) -> None:
-    """Show a model's versions with their metrics, its aliases and its traffic config."""
+    """Show a model's versions with the run that wrote each, their metrics, its aliases and its traffic config."""
     with _open(registry, artifacts) as reg:
         versions, aliases, traffic = reg.versions(name), reg.aliases(name), reg.traffic(name)
     if as_json:
@@ -156,10 +158,12 @@ def show(
     table.add_column("created (UTC)", no_wrap=True)
     table.add_column("sha256", no_wrap=True)
     table.add_column("task", overflow="fold")
+    table.add_column("run", overflow="fold")  # the run directory that wrote the artifact ("-": unknown)
     table.add_column("metrics", overflow="fold")  # wraps on a narrow terminal rather than hiding digits
     for v in versions:
         table.add_row(str(v.version), Text(", ".join(by_version.get(v.version, []))), _short_time(v.created),
-                      v.sha256[:12], Text(str(v.metadata.get("task", ""))), Text(_metrics_text(v.metrics)))
+                      v.sha256[:12], Text(str(v.metadata.get("task", ""))), Text(str(v.metadata.get("run") or "-")),
+                      Text(_metrics_text(v.metrics)))
     out_console.print(table)
     if traffic is not None:
         _say(out_console, json.dumps(traffic), "traffic:")

@@ -10,8 +10,10 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 from typing import List, Optional
 
 import typer
@@ -80,6 +82,9 @@ def serve_command(
     if runtime != "torch" and quantize != "none":
         raise ConfigError("--quantize int8 applies to the PyTorch runtime",
                           hint="export an int8 model.onnx instead: dlforge export RUN --quantize dynamic")
+    for option, number in (("--port", port), ("--grpc-port", grpc_port)):
+        if number is not None:
+            check_port_free(host, number, option)  # before any model loads (a taken gRPC port once failed after)
     settings = ServeSettings(registry=registry, artifacts=artifacts, host=host, port=port, grpc_port=grpc_port,
                              require_keys=not no_auth,
                              max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
@@ -99,6 +104,31 @@ def serve_command(
 
 app = typer.Typer()  # mounted by dlforge.cli as the `serve` command
 app.command("serve")(serve_command)
+
+
+def check_port_free(host: str, port: int, option: str = "--port") -> None:
+    """ConfigError (exit 2) when another process listens on ``host:port``.
+
+    It binds a throwaway socket the way uvicorn binds its own (``SO_REUSEADDR``, so a port left
+    in TIME_WAIT by a server that just stopped is free); any other bind failure (an address
+    that is not this machine's) is left to the server, which names it.
+
+    Example:
+        >>> check_port_free("127.0.0.1", 0)  # port 0: any free port, never taken
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as err:
+        if err.errno != errno.EADDRINUSE:
+            return
+        from dlforge.errors import ConfigError
+
+        raise ConfigError(f"port {port} is in use: {option} {port} cannot listen on {host}",
+                          hint=f"pick another {option}, or stop the process that holds it "
+                               f"(`ss -ltnp 'sport = :{port}'` or `lsof -i :{port}` names it)") from None
 
 
 def _env_keys(name: str) -> list[str]:

@@ -2,17 +2,25 @@
 holds and computing its verdict from the numbers (see ``shared/LAB.md``).
 
 Each experiment is a module ``qNN_<topic>.py`` with ``TOPIC``, ``TITLE`` and ``CLAIM``
-constants, ``BUDGETS`` (``{"quick": {...}, "full": {...}}``, the sizes each budget runs)
-and ``run(cfg, seed) -> Finding``, which takes one budget's dict. Call experiments through
-:func:`run_topic`, which looks the budget up, times the run and keeps it on one thread (see
-:mod:`dlforge.lab.threads`); the modules do not repeat that themselves. Figures are drawn
-with :func:`dlforge.lab.finding.plot`.
+constants, ``BUDGETS`` (``{"quick": {...}, "full": {...}}``, the sizes each budget runs),
+optionally ``SEEDS`` (how many seeds each budget runs, :data:`~dlforge.lab.seeds.DEFAULT_SEEDS`
+otherwise), ``run(cfg, seed) -> Finding``, which measures one seed at one budget's dict, and
+optionally ``figure_over_seeds(finding) -> Figure``, a figure of every seed of the combined finding.
+
+* :func:`run_topic` runs one seed, timed, on a fixed number of threads (see
+  :mod:`dlforge.lab.threads`); the modules do not repeat that themselves.
+* :func:`run_seeds` runs a topic's seeds and combines them into one finding whose checks
+  read 95% intervals (:func:`dlforge.lab.seeds.combine`).
+* :func:`run_topics` does that for many topics at once, the seeds spread over worker
+  processes (:class:`dlforge.lab.pool.LabPool`).
+
+Figures are drawn with :func:`dlforge.lab.finding.plot`.
 
 Example:
-    >>> from dlforge.lab import available_topics, run_topic
-    >>> finding = run_topic(3, budget="quick")  # doctest: +SKIP
-    >>> finding.verdict  # doctest: +SKIP
-    'supported'
+    >>> from dlforge.lab import available_topics, run_seeds
+    >>> finding = run_seeds(3, budget="quick")  # doctest: +SKIP
+    >>> finding.verdict, finding.seeds  # doctest: +SKIP
+    ('supported', [0, 1, 2])
 """
 
 from __future__ import annotations
@@ -20,11 +28,14 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import time
+from collections.abc import Sequence
 from types import ModuleType
 
 from dlforge.errors import ConfigError
 from dlforge.lab.finding import Check, Figure, Finding, Plot, figure_from_matplotlib, plot, verdict_of
-from dlforge.lab.threads import single_thread
+from dlforge.lab.pool import LabPool
+from dlforge.lab.seeds import combine, seeds_for
+from dlforge.lab.threads import limited_threads, single_thread
 
 BUDGETS = ("quick", "full")
 
@@ -51,8 +62,9 @@ def experiment(topic: int) -> ModuleType:
     return importlib.import_module(modules[topic])
 
 
-def run_topic(topic: int, budget: str = "quick", seed: int = 0) -> Finding:
-    """Run topic ``topic``'s experiment at ``budget`` ("quick" or "full"), on one thread, and time it.
+def run_topic(topic: int, budget: str = "quick", seed: int = 0, threads: int = 1) -> Finding:
+    """One seed of topic ``topic``'s experiment at ``budget`` ("quick" or "full"), on ``threads``
+    CPU threads, timed.
 
     Example:
         >>> run_topic(3, budget="quick").numbers["hidden_corners_worst"]  # doctest: +SKIP
@@ -62,12 +74,52 @@ def run_topic(topic: int, budget: str = "quick", seed: int = 0) -> Finding:
         raise ConfigError(f"budget is {budget!r}", hint=f"use one of: {', '.join(BUDGETS)}")
     module = experiment(topic)
     start = time.perf_counter()
-    with single_thread():  # tiny models: see dlforge.lab.threads
+    with limited_threads(threads):  # tiny models: see dlforge.lab.threads
         finding = module.run(module.BUDGETS[budget], seed)
     finding.seconds = time.perf_counter() - start
     finding.budget = budget
     return finding
 
 
-__all__ = ["BUDGETS", "Check", "Figure", "Finding", "Plot", "available_topics", "experiment",
-           "figure_from_matplotlib", "plot", "run_topic", "single_thread", "verdict_of"]
+def run_seeds(topic: int, budget: str = "quick", seeds: Sequence[int] | None = None, *, threads: int = 1,
+              pool: LabPool | None = None) -> Finding:
+    """Topic ``topic`` over ``seeds`` (default: the topic's own count from seed 0), combined into one
+    finding with intervals; in this process unless a ``pool`` is given.
+
+    Example:
+        >>> f = run_seeds(4, "quick", seeds=[0, 1, 2])  # doctest: +SKIP
+        >>> f.intervals["max_relative_error"]  # doctest: +SKIP
+    """
+    return run_topics([topic], budget, seeds, threads=threads, pool=pool)[0]
+
+
+def run_topics(topics: Sequence[int], budget: str = "quick", seeds: Sequence[int] | None = None, *,
+               first_seed: int = 0, workers: int = 1, threads: int = 1,
+               pool: LabPool | None = None) -> list[Finding]:
+    """Every topic of ``topics`` over its seeds, combined per topic; with ``workers`` > 1 (or a
+    ``pool``) the seeds of all topics run in worker processes, ``workers`` at a time.
+
+    ``seeds`` gives the same seeds to every topic; by default each topic runs its own count
+    (``SEEDS`` in its module) starting at ``first_seed``.
+
+    Example:
+        >>> findings = run_topics([3, 4], "quick", workers=2)  # doctest: +SKIP
+    """
+    if budget not in BUDGETS:
+        raise ConfigError(f"budget is {budget!r}", hint=f"use one of: {', '.join(BUDGETS)}")
+    plan = {t: list(seeds) if seeds is not None else seeds_for(experiment(t), budget, first_seed) for t in topics}
+    if pool is None and workers <= 1:
+        return [combine([run_topic(t, budget, s, threads) for s in plan[t]], plan[t], experiment(t)) for t in topics]
+    own = pool is None
+    pool = pool or LabPool(workers=workers, threads=threads)
+    try:
+        futures = {t: [pool.submit(t, budget, s) for s in plan[t]] for t in topics}
+        return [combine([f.result() for f in futures[t]], plan[t], experiment(t)) for t in topics]
+    finally:
+        if own:
+            pool.close()
+
+
+__all__ = ["BUDGETS", "Check", "Figure", "Finding", "LabPool", "Plot", "available_topics", "combine", "experiment",
+           "figure_from_matplotlib", "limited_threads", "plot", "run_seeds", "run_topic", "run_topics", "seeds_for",
+           "single_thread", "verdict_of"]

@@ -1,5 +1,6 @@
 """Shared by topics 24 and 28: a tiny BERT pretrained by masked-language modelling on the
-pydoc passages, scored on held-out passages, and few-label splits of a labelled table.
+pydoc passages, scored on held-out passages; few-label splits of a labelled table; and
+fine-tuning the packaged MiniLM on a few of those labels (:func:`finetune_minilm`).
 
 The corpus (:func:`dlforge.data.corpus.pydoc_corpus`, about 1,280 passages and 44,000
 words) is shuffled once with the seed and cut into training and held-out passages; the
@@ -19,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -28,10 +30,12 @@ from torch.utils.data import TensorDataset
 
 from dlforge.data.corpus import pydoc_corpus
 from dlforge.data.mlm import IGNORE_INDEX, mask_tokens
-from dlforge.data.tokenizer import special_ids, train_wordpiece
+from dlforge.data.text import load_text_table
+from dlforge.data.tokenizer import encode_texts, load_tokenizer, special_ids, train_wordpiece
 from dlforge.errors import ConfigError, DataError
-from dlforge.models.bert import BertClassifier, build_bert
-from dlforge.train import Callback, fit
+from dlforge.models.bert import BertClassifier, build_bert, from_pretrained
+from dlforge.train import Callback, evaluate_loss, fit, freeze, param_groups, seed_everything, trainable_summary
+from dlforge.train.losses import cross_entropy
 from dlforge.train.state import TrainState
 
 DIM, LAYERS, HEADS, FFN = 64, 2, 4, 128  # the tiny BERT both topics train
@@ -42,6 +46,9 @@ HELDOUT_SHARE = 0.2  # of the passages, never trained on (neither tokenizer nor 
 MASK_PROB = 0.15  # BERT's share of masked tokens
 MLM_DROPOUT = 0.0  # a few epochs over ~90k tokens do not overfit (train and held-out agree)
 WARMUP_EPOCHS = 0.5  # post-LN Transformers need a warmup (Xiong et al., 2020)
+MINILM_MAX_LEN = 32  # 90% of stdlib_docs texts are at most 27 MiniLM tokens
+FROZEN = ["bert.embeddings.*", "bert.encoder.layer.[0-3].*"]  # train layers 4-5 and the head
+FT_BATCH, FT_LR, HEAD_LR = 16, 2e-4, 3e-3  # a new head starts from noise: it gets more
 
 
 class MLMCorpus(NamedTuple):
@@ -333,3 +340,40 @@ def stratified_subset(idx: np.ndarray, labels: np.ndarray, n: int, seed: int = 0
         of_c = idx[labels[idx] == c]
         keep += list(rng.permutation(of_c)[:max(1, round(n * len(of_c) / len(idx)))])
     return np.sort(np.asarray(keep))
+
+
+def finetune_minilm(per_class: int, epochs: int, n_test: int, seed: int = 0) -> dict:
+    """Fine-tune all-MiniLM-L6-v2 on ``stdlib_docs`` with ``per_class`` labels per class.
+
+    Embeddings and layers 0-3 are frozen; layers 4-5 train at ``FT_LR``, the new head at
+    ``HEAD_LR``. The training rows are those :func:`few_label_split` gives any caller with
+    the same ``per_class`` and ``seed``; the test rows a stratified sample of the rest.
+    Returns accuracies, the trained fraction of the weights and the seconds.
+
+    Example:
+        >>> d = finetune_minilm(per_class=2, epochs=1, n_test=12)  # doctest: +SKIP
+        >>> 0 <= d["accuracy"] <= 1  # doctest: +SKIP
+        True
+    """
+    table = load_text_table("stdlib_docs")
+    x = torch.from_numpy(encode_texts(load_tokenizer("minilm"), table.texts, MINILM_MAX_LEN))
+    y = torch.from_numpy(table.labels)  # (N,) int64
+    train_idx, _, test_idx = few_label_split(table.labels, per_class, 0, seed)
+    test_idx = stratified_subset(test_idx, table.labels, n_test, seed)
+    seed_everything(seed)
+    model = from_pretrained("minilm", num_outputs=len(table.class_names), pool="mean",
+                            max_len=MINILM_MAX_LEN)
+    freeze(model, FROZEN)
+    counts = trainable_summary(model)
+    groups = param_groups(model, FT_LR, [{"pattern": "head.*", "lr": HEAD_LR}])
+    start, cpu_start = time.perf_counter(), time.process_time()
+    fit(model, TensorDataset(x[train_idx], y[train_idx]), None, epochs=epochs,
+        batch_size=FT_BATCH, optim={"name": "adamw", "lr": FT_LR}, param_groups=groups,
+        device="cpu", seed=seed)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    test = TensorDataset(x[test_idx], y[test_idx])
+    return {"accuracy": evaluate_loss(model, test, cross_entropy, batch_size=64)["accuracy"],
+            "majority": float(np.bincount(table.labels[test_idx]).max() / len(test_idx)),
+            "chance": 1 / len(table.class_names), "train": len(train_idx), "test": len(test_idx),
+            "trainable": counts["trainable"], "total": counts["total"], "seconds": seconds,
+            "cpu_seconds": cpu_seconds}

@@ -24,55 +24,21 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 import operator
-import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from dlforge.evaluate.intervals import Interval, measure  # noqa: F401 (re-exported)
 
 VERDICTS = ("supported", "partly supported", "inconclusive", "not supported")
 LEVELS = {"basic": range(1, 11), "intermediate": range(11, 21), "advanced": range(21, 31)}
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
-@dataclass(frozen=True)
-class Interval:
-    """A number measured several times: its ``mean`` and a ``low``..``high`` interval over ``n``
-    runs (``method``: ``t95``, a 95% Student t interval of the mean)."""
-
-    mean: float
-    low: float
-    high: float
-    n: int
-    method: str
-
-    def __float__(self) -> float:
-        return float(self.mean)
-
-
-def measure(values: list[float] | tuple[float, ...]) -> Interval:
-    """The mean of ``values`` (one per seed) with its 95% t interval.
-
-    One value gives an unbounded interval (one run says nothing about the spread), so any
-    check on it is inconclusive.
-
-    Example:
-        >>> m = measure([0.61, 0.58, 0.70, 0.66, 0.52])
-        >>> round(m.mean, 3), round(m.low, 3), round(m.high, 3), m.n
-        (0.614, 0.527, 0.701, 5)
-    """
-    xs = [float(v) for v in values]
-    if not xs:
-        raise ValueError("measure needs at least one value")
-    mean = statistics.fmean(xs)
-    if len(xs) == 1:
-        return Interval(mean, -math.inf, math.inf, 1, "t95")
-    from scipy.stats import t  # scikit-learn's dependency; imported when a lab topic measures
-
-    half = float(t.ppf(0.975, len(xs) - 1)) * statistics.stdev(xs) / math.sqrt(len(xs))
-    return Interval(mean, mean - half, mean + half, len(xs), "t95")
+# Interval and measure live in dlforge.evaluate.intervals (the run compare page reports them too);
+# imported here so `from dlforge.lab.finding import Interval, measure` keeps working.
 
 
 def _span(value: Any) -> tuple[float, float]:
@@ -222,6 +188,12 @@ class Finding:
     notes: str = ""              # what the guide gets wrong or what is contested
     budget: str = "quick"
     seconds: float = 0.0
+    # Over several seeds (dlforge.lab.seeds.combine): ``numbers`` holds each number's mean,
+    # ``intervals`` the 95% interval of every number that varied, ``per_seed`` its values.
+    intervals: dict[str, Interval] = field(default_factory=dict)
+    per_seed: dict[str, list[float]] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+    seed_seconds: list[float] = field(default_factory=list)
     verdict: str = field(init=False)
     rule: str = field(init=False)
 
@@ -232,7 +204,7 @@ class Finding:
                    if isinstance(key, str) and key not in self.numbers]
         if missing:
             raise ValueError(f"topic {self.topic}: checks name numbers that were not measured: {missing}")
-        self.verdict = verdict_of(self.checks, self.numbers)
+        self.verdict = verdict_of(self.checks, self.measured)
         self.rule = ("supported if all of these hold, not supported if all fail, inconclusive if none fails "
                      "but some interval straddles its bound, else partly supported: "
                      + "; ".join(str(c) for c in self.checks))
@@ -241,19 +213,46 @@ class Finding:
     def level(self) -> str:
         return level_of(self.topic)
 
+    @property
+    def measured(self) -> dict[str, Any]:
+        """The numbers the checks read: each number's interval where it has one, else the number."""
+        return {**self.numbers, **self.intervals}
+
     def check_results(self) -> list[dict[str, Any]]:
+        measured = self.measured
         results = []
         for c in self.checks:
-            low, high = _span(self.numbers[c.number])
-            outcome = c.outcome(self.numbers)
-            results.append({"check": str(c), "value": c.value(self.numbers), "low": low, "high": high,
-                            "bound": c.bound(self.numbers), "outcome": outcome, "holds": outcome == "holds"})
+            low, high = _span(measured[c.number])
+            b_low, b_high = _span(measured[c.threshold]) if isinstance(c.threshold, str) else (c.bound(measured),) * 2
+            outcome = c.outcome(measured)
+            results.append({"check": str(c), "value": c.value(measured), "low": low, "high": high,
+                            "bound": c.bound(measured), "bound_low": b_low, "bound_high": b_high,
+                            "outcome": outcome, "holds": outcome == "holds"})
         return results
 
     def to_dict(self, with_figures: bool = False) -> dict[str, Any]:
         d = asdict(self)
         d["checks"] = self.check_results()
+        d["check_specs"] = [[c.number, c.op, c.threshold] for c in self.checks]
         d["level"] = self.level
         if not with_figures:
             d["figures"] = [f.title for f in self.figures]
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Finding:
+        """The finding :meth:`to_dict` ``(with_figures=True)`` wrote (how a lab worker process
+        hands its finding back, as JSON: nothing is pickled); the verdict is computed again.
+
+        Example:
+            >>> f = Finding(3, "t", "c", "m", {"x": 1.0}, [Check("x", ">=", 1.0)])
+            >>> Finding.from_dict(f.to_dict(with_figures=True)).verdict
+            'supported'
+        """
+        known = {"topic", "title", "claim", "method", "numbers", "notes", "budget", "seconds", "per_seed", "seeds",
+                 "seed_seconds"}
+        finding = cls(**{k: v for k, v in d.items() if k in known},
+                      checks=[Check(n, op, t) for n, op, t in d["check_specs"]],
+                      figures=[Figure(**f) for f in d.get("figures", [])],
+                      intervals={k: Interval(**v) for k, v in d.get("intervals", {}).items()})
+        return finding

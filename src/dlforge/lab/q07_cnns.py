@@ -10,8 +10,8 @@ Method: the 8x8 digits set (70/15/15 split, standardised). A CNN with two 3x3 co
 (16 and 32 channels, batch norm, max pooling, global average pooling) is counted
 parameter by parameter; a one-hidden-layer MLP is sized to the same count (width chosen
 from the count), and a two-layer MLP of width 256 has about 16 times as many weights.
-All three train with Adam (lr 3e-3) with the same epochs, batch size and seeds; test
-accuracy is averaged over seeds. The first conv layer's weights are compared with
+All three train with Adam (lr 3e-3) with the same epochs, batch size, split and seed;
+the checks read the paired accuracy gaps on each seed's test split. The first conv layer's weights are compared with
 the weights a dense layer would need to produce the same 16 feature maps. The figure
 shows the CNN's first-layer 3x3 filters beside the matched MLP's first-layer weights
 drawn as 8x8 images.
@@ -34,9 +34,13 @@ CLAIM = ("Local filters with shared weights make a CNN more accurate on images t
          "first layer needs hundreds of times fewer weights than a dense layer producing "
          "the same feature maps.")
 BUDGETS = {
-    "quick": {"epochs": 12, "batch_size": 64, "seeds": 1},
-    "full": {"epochs": 30, "batch_size": 32, "seeds": 3},
+    "quick": {"epochs": 12, "batch_size": 64},
+    "full": {"epochs": 30, "batch_size": 32},
 }
+# The CNN's edge over the 16x larger MLP is about one percent, two or three test images
+# (quick, per seed: +0.011, +0.015, +0.015 on seeds 0-2; 0.0, +0.007, +0.007 on 100-102), so
+# three seeds' interval can straddle 0: six are needed to place it.
+SEEDS = {"quick": 6, "full": 5}
 CNN_SPEC = {"arch": "cnn", "channels": [16, 32], "kernel_size": 3}
 BIG_MLP_HIDDEN = [256, 256]
 OPTIM = {"name": "adam", "lr": 3e-3}
@@ -108,9 +112,7 @@ def run(cfg: dict, seed: int) -> Finding:
              "big_mlp": {"arch": "mlp", "hidden": BIG_MLP_HIDDEN}}
     accuracy, models = {}, {}
     for name, spec in specs.items():
-        runs = [_train_and_test(spec, data, cfg, seed + k) for k in range(cfg["seeds"])]
-        models[name] = runs[0][0]
-        accuracy[name] = float(np.mean([acc for _, acc in runs]))
+        models[name], accuracy[name] = _train_and_test(spec, data, cfg, seed)
     params = {name: count_parameters(m) for name, m in models.items()}
 
     # The first conv maps (1, 8, 8) to (16, 8, 8); a dense layer doing that connects every
@@ -126,6 +128,10 @@ def run(cfg: dict, seed: int) -> Finding:
         "cnn_test_accuracy": round(accuracy["cnn"], 4),
         "mlp_test_accuracy": round(accuracy["mlp"], 4),
         "big_mlp_test_accuracy": round(accuracy["big_mlp"], 4),
+        # Paired on each seed (same split, same test images): the seed's split moves all
+        # three accuracies together, so the gaps spread less over seeds than the accuracies.
+        "cnn_minus_mlp_accuracy": round(accuracy["cnn"] - accuracy["mlp"], 4),
+        "cnn_minus_big_mlp_accuracy": round(accuracy["cnn"] - accuracy["big_mlp"], 4),
         "big_mlp_over_cnn_params": round(params["big_mlp"] / params["cnn"], 2),
         "conv1_weights": conv1_weights,
         "conv1_dense_equivalent_weights": dense_equivalent,
@@ -134,19 +140,24 @@ def run(cfg: dict, seed: int) -> Finding:
         "test_samples": len(data.test),
     }
     checks = [
-        Check("cnn_test_accuracy", ">", "mlp_test_accuracy"),
-        Check("cnn_test_accuracy", ">=", "big_mlp_test_accuracy"),
+        Check("cnn_minus_mlp_accuracy", ">", 0.0),       # more accurate at the same weight count
+        Check("cnn_minus_big_mlp_accuracy", ">=", 0.0),  # at least as accurate with ~16x fewer
         Check("conv1_weight_saving", ">=", 100),
     ]
     method = (f"Digits 8x8 (70/15/15 split, {len(data.test)} test images). CNN "
               f"{CNN_SPEC['channels']} 3x3 ({params['cnn']} parameters) versus MLP [{width}] "
-              f"({params['mlp']}, sized from the CNN's count) versus MLP {BIG_MLP_HIDDEN} ({params['big_mlp']}); Adam lr "
-              f"{OPTIM['lr']}, batch {cfg['batch_size']}, {cfg['epochs']} epochs, test accuracy "
-              f"averaged over {cfg['seeds']} seed(s). conv1_weight_saving = weights of a dense "
+              f"({params['mlp']}, sized from the CNN's count) versus MLP {BIG_MLP_HIDDEN} "
+              f"({params['big_mlp']}); Adam lr "
+              f"{OPTIM['lr']}, batch {cfg['batch_size']}, {cfg['epochs']} epochs, one split and "
+              "one init per seed; gaps are paired on each seed's test images. conv1_weight_saving = weights of a dense "
               "layer giving the same first-layer feature maps / the conv layer's weights.")
     one_error = 1 / len(data.test)
     notes = (f"One test image is {one_error:.4f} of accuracy, so differences of a few "
-             "thousandths are single images; the full budget averages seeds. The 8x8 digits "
+             "thousandths are single images; the checks read the gaps' intervals over seeds. Against "
+             "the same-size MLP the CNN wins on every seed; against the 16x larger MLP its edge is "
+             "about half a percent, one or two test images, and not on every seed (quick, seeds 0-5: "
+             "-0.004 to +0.015), so that interval can straddle 0: on 8x8 digits the claim 'better than "
+             "an MLP with many times more weights' is at best marginal. The 8x8 digits "
              "are small and centred, which favours the MLP: the CNN's advantage grows with "
              "image size and with shifted inputs (topic 20). The CNN also has batch norm, "
              "which the MLPs lack, so not all of its edge need come from convolution. The "

@@ -18,6 +18,8 @@ shrinkage over ``T - 2`` steps.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.nn import functional as F
 
@@ -35,6 +37,10 @@ BUDGETS = {
     "quick": {"lengths": (5, 20, 40), "n": 1000, "epochs": 15},
     "full": {"lengths": (10, 30, 50), "n": 1000, "epochs": 40},
 }
+# Whether a plain RNN learns the longest T is a coin toss per seed (quick, seeds 0-2: 0.23, 1.0,
+# 0.5), so the long-T checks straddle their bounds unless every seed lands the same way; five
+# seeds make that (a spuriously decisive verdict) rarer than three.
+SEEDS = {"quick": 5, "full": 5}
 N_SYMBOLS = 4  # chance accuracy 0.25
 HIDDEN = 32
 OPTIM = {"name": "adam", "lr": 0.01}
@@ -42,6 +48,10 @@ BATCH_SIZE = 64
 SOLVED_ABOVE = 0.9  # accuracy that means the short dependency is learned
 FAILED_BELOW = 0.5  # accuracy that means the long one is not (chance is 0.25)
 SHRUNK_BELOW = 0.1  # first-step gradient a tenth of the last step's, or less
+# The check reads log10 of that ratio: it spans orders of magnitude from seed to seed, so its
+# mean over seeds is a geometric mean (the mean of the logs); the bound is the same.
+LOG_SHRUNK_BELOW = math.log10(SHRUNK_BELOW)
+RATIO_FLOOR = 1e-30  # a first-step gradient that underflows to exactly 0 (float32) counts as this
 
 
 def input_grad_norms(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[float]:
@@ -104,12 +114,13 @@ def run(cfg: dict, seed: int) -> Finding:
         "grad_norm_first_step": float(f"{norms[0]:.4g}"),
         "grad_norm_last_step": float(f"{norms[T - 2]:.4g}"),
         "grad_first_last_ratio": float(f"{ratio:.4g}"),
+        "grad_log10_first_last_ratio": round(math.log10(max(ratio, RATIO_FLOOR)), 4),
         "grad_norms_per_step": [float(f"{v:.4g}") for v in norms],
     })
     checks = [
         Check(f"accuracy_T{short}", ">=", SOLVED_ABOVE),
         Check(f"accuracy_T{long_}", "<", FAILED_BELOW),
-        Check("grad_first_last_ratio", "<", SHRUNK_BELOW),
+        Check("grad_log10_first_last_ratio", "<", LOG_SHRUNK_BELOW),
     ]
     method = (f"Recall-first with {N_SYMBOLS} symbols (chance {1 / N_SYMBOLS:.2f}), "
               f"{cfg['n']} sequences per T (80/20 train/val), T in {list(cfg['lengths'])}. "
@@ -118,15 +129,17 @@ def run(cfg: dict, seed: int) -> Finding:
               f"T={long_} model on the validation set. Solved: accuracy >= {SOLVED_ABOVE}; "
               f"failed: < {FAILED_BELOW}; shrunk: first/last-distractor gradient ratio < "
               f"{SHRUNK_BELOW}.")
-    notes = (f"The hidden state does carry the answer at short range (T={short}: accuracy "
-             f"{accuracy[short]:.2f}); at T={long_} the RNN reaches {accuracy[long_]:.2f} "
-             f"against chance {1 / N_SYMBOLS:.2f}. The step that holds the answer gets "
-             f"{ratio:.2g} times the gradient of the last distractor step, so the learning "
-             "signal that would teach the network to keep step 0 is drowned by the recent "
-             "steps. 'Fails' is a statement about this budget: with many more epochs, careful "
-             "initialisation (e.g. orthogonal or identity W_hh) or luck, plain RNNs sometimes "
-             "learn dependencies of a few dozen steps; the difficulty grows with T rather than "
-             "switching on at a fixed length. Gradients were measured after training, on the "
-             "trained weights.")
+    notes = (f"The hidden state does carry the answer at short range (T={short}: accuracy at least "
+             f"{SOLVED_ABOVE} on every seed). At T={long_} whether the plain RNN fails depends on the "
+             "seed: at the quick budget seeds 0, 1, 2 reached 0.23, 1.0 and 0.5 (chance "
+             f"{1 / N_SYMBOLS:.2f}), so the 'fails' check and the gradient check straddle their bounds "
+             "over a few seeds: the guide's 'plain RNNs fail on long dependencies' is a tendency that "
+             "grows with T, not a rule at a fixed length. On a seed where it fails, the step that "
+             "holds the answer gets orders of magnitude less gradient than the last distractor step "
+             "(grad_log10_first_last_ratio below -2), so the learning signal that would teach the "
+             "network to keep step 0 is drowned by the recent steps; on a seed that learns the task "
+             "the ratio rises above 1. With many more epochs, careful initialisation (e.g. orthogonal "
+             "or identity W_hh) or luck, plain RNNs learn dependencies of a few dozen steps. "
+             "Gradients were measured after training, on the trained weights.")
     return Finding(topic=TOPIC, title=TITLE, claim=CLAIM, method=method, numbers=numbers,
                    checks=checks, figures=[_figure(accuracy, norms, long_)], notes=notes)

@@ -6,7 +6,7 @@ beats training the same kind of network from scratch on those labels; the advant
 shrinks as labels become plentiful, since scratch training then learns the features too.
 
 Method, images: scikit-learn's 8x8 digits. A CNN is pretrained on digits 0-4 (1/7 held
-out to confirm it learned them) and saved as a dlforge artifact, once per draw. Half of
+out to confirm it learned them) and saved as a dlforge artifact, once per seed. Half of
 the 5-9 images are the test set; from the other half, k labelled images per class train
 three models of one architecture, with the same seed (so the same head init), optimizer
 and number of steps: scratch (random body), fine-tuned (body loaded from the artifact
@@ -50,11 +50,15 @@ CLAIM = ("Pretrained features plus fine-tuning beat training from scratch when l
          "packaged pretrained MiniLM fine-tuned on a few labelled docstrings beats a "
          "Transformer trained from scratch on them.")
 BUDGETS = {
-    "quick": {"image_k": [2, 20], "image_seeds": 2, "image_steps": 60,
-              "text_k": [8], "text_seeds": 1, "text_test_per_class": 15, "text_epochs": 4},
-    "full": {"image_k": [2, 5, 10, 20, 50], "image_seeds": 5, "image_steps": 150,
-             "text_k": [2, 4, 8], "text_seeds": 3, "text_test_per_class": 20, "text_epochs": 8},
+    "quick": {"image_k": [2, 20], "image_steps": 60,
+              "text_k": [8], "text_test_per_class": 15, "text_epochs": 4},
+    "full": {"image_k": [2, 5, 10, 20, 50], "image_steps": 150,
+             "text_k": [2, 4, 8], "text_test_per_class": 20, "text_epochs": 8},
 }
+# Five seeds at both budgets: at k=2 the image gain moves by about 0.04 (sd) from seed to seed
+# (seeds 0-4, quick: -0.083, +0.018, -0.045, -0.045, -0.020), so three seeds' t interval
+# (+-0.13) could not place it on either side of MIN_GAIN.
+SEEDS = {"quick": 5, "full": 5}
 CNN_SPEC = {"arch": "cnn", "channels": [16, 32]}
 FIRST_NEW_DIGIT = 5  # pretrain on 0..4, transfer to 5..9
 NEW_CLASSES = 10 - FIRST_NEW_DIGIT
@@ -182,8 +186,8 @@ def pretrain(x: torch.Tensor, y: torch.Tensor, seed: int, folder: Path) -> tuple
 def image_experiment(cfg: dict, seed: int, folder: Path) -> dict:
     """Pretrain on digits 0-4, then k-shot transfer to 5-9; accuracies per method and k.
 
-    Each draw has its own source model, k-shot sets and init seed, so the average covers
-    the luck of pretraining as well as the luck of which images were labelled.
+    Each seed has its own source model, test split, k-shot sets and init, so the spread over
+    seeds covers the luck of pretraining as well as the luck of which images were labelled.
     """
     bundle = load_builtin("digits")
     x, y = torch.as_tensor(bundle.x), torch.as_tensor(bundle.y)  # (N, 1, 8, 8), (N,)
@@ -195,25 +199,18 @@ def image_experiment(cfg: dict, seed: int, folder: Path) -> dict:
     pools = [p[len(p) // 2:] for p in per_class]  # the labels a user could have
     test = TensorDataset(x[test_idx], y[test_idx] - FIRST_NEW_DIGIT)
 
-    shape = (cfg["image_seeds"], len(cfg["image_k"]))
-    acc = {m: np.zeros(shape) for m in ("scratch", "finetune", "probe")}  # (draws, k)
-    source_acc = []
-    for r in range(cfg["image_seeds"]):
-        artifact, val_acc = pretrain(x, y, seed + r, folder / f"pretrained-0-4-draw{r}")
-        source_acc.append(val_acc)
-        draw = np.random.default_rng(seed + 1000 + r)
-        shuffled = [draw.permutation(p) for p in pools]
-        for j, k in enumerate(cfg["image_k"]):
-            idx = np.concatenate([p[:k] for p in shuffled])  # nested in k
-            train = TensorDataset(x[idx], y[idx] - FIRST_NEW_DIGIT)
-            for method in acc:
-                acc[method][r, j] = _train_image(method, train, test, artifact,
-                                                 cfg["image_steps"], seed + r)
+    acc: dict[str, list[float]] = {m: [] for m in ("scratch", "finetune", "probe")}  # one per k
+    artifact, val_acc = pretrain(x, y, seed, folder / "pretrained-0-4")
+    shuffled = [np.random.default_rng(seed + 1000).permutation(p) for p in pools]
+    for k in cfg["image_k"]:
+        idx = np.concatenate([p[:k] for p in shuffled])  # nested in k
+        train = TensorDataset(x[idx], y[idx] - FIRST_NEW_DIGIT)
+        for method in acc:
+            acc[method].append(_train_image(method, train, test, artifact, cfg["image_steps"], seed))
     loaded = transfer_body(build(CNN_SPEC, input_shape=(1, 8, 8), num_outputs=NEW_CLASSES),
                            artifact)
-    return {"accuracy": {m: [round(float(v), 4) for v in a.mean(axis=0)] for m, a in acc.items()},
-            "draw_gains": [round(float(g), 4) for g in acc["finetune"][:, 0] - acc["scratch"][:, 0]],
-            "pretrain_val_accuracy": round(float(np.mean(source_acc)), 4),
+    return {"accuracy": {m: [round(v, 4) for v in a] for m, a in acc.items()},
+            "pretrain_val_accuracy": round(float(val_acc), 4),
             "pretrain_images": int(old.sum()) - int(old.sum()) // 7, "test_images": len(test),
             "loaded": loaded}
 
@@ -255,22 +252,21 @@ def text_experiment(cfg: dict, seed: int) -> dict:
     """MiniLM fine-tuned versus a scratch Transformer on k labelled docstrings per class."""
     table = load_text_table("stdlib_docs")
     methods = {"minilm": 1, "scratch": 1, "scratch_long": LONG_FACTOR}  # epoch multipliers
-    acc = {m: np.zeros((cfg["text_seeds"], len(cfg["text_k"]))) for m in methods}
+    acc: dict[str, list[float]] = {m: [] for m in methods}  # one per k
     secs: dict[str, list[float]] = {m: [] for m in methods}
     vocab: list[int] = []
     n_test = cfg["text_test_per_class"]
-    for r in range(cfg["text_seeds"]):
-        per_class = shuffled_by_class(table.labels, np.random.default_rng(seed + r))
-        test = table.subset(np.concatenate([p[:n_test] for p in per_class]))  # balanced
-        for j, k in enumerate(cfg["text_k"]):
-            train = table.subset(np.concatenate([p[n_test:n_test + k] for p in per_class]))
-            for method, factor in methods.items():
-                a, s, v = _train_text(method, train, test, cfg["text_epochs"] * factor, seed + r)
-                acc[method][r, j] = a
-                secs[method].append(s)
-                if method == "scratch":
-                    vocab.append(v)
-    return {"accuracy": {m: [round(float(v), 4) for v in a.mean(axis=0)] for m, a in acc.items()},
+    per_class = shuffled_by_class(table.labels, np.random.default_rng(seed))  # one draw per seed
+    test = table.subset(np.concatenate([p[:n_test] for p in per_class]))  # balanced
+    for k in cfg["text_k"]:
+        train = table.subset(np.concatenate([p[n_test:n_test + k] for p in per_class]))
+        for method, factor in methods.items():
+            a, s, v = _train_text(method, train, test, cfg["text_epochs"] * factor, seed)
+            acc[method].append(a)
+            secs[method].append(s)
+            if method == "scratch":
+                vocab.append(v)
+    return {"accuracy": {m: [round(v, 4) for v in a] for m, a in acc.items()},
             "seconds": {m: round(float(np.mean(s)), 2) for m, s in secs.items()},
             "test_texts": len(test), "classes": len(table.class_names),
             "scratch_vocab": int(np.mean(vocab))}
@@ -322,7 +318,8 @@ def run(cfg: dict, seed: int) -> Finding:
         "image_gain": image_gain,
         "image_gain_at_smallest_k": image_gain[0],
         "image_gain_at_largest_k": image_gain[-1],
-        "image_gain_per_draw_at_smallest_k": image["draw_gains"],
+        # Paired on each seed: how much of the smallest k's gain is gone at the largest k.
+        "image_gain_shrinkage": round(image_gain[0] - image_gain[-1], 4),
         "pretrain_val_accuracy": image["pretrain_val_accuracy"],
         "pretrained_tensors_loaded": len(image["loaded"]),
         "image_test_images": image["test_images"],
@@ -343,7 +340,7 @@ def run(cfg: dict, seed: int) -> Finding:
     checks = [
         Check("image_gain_at_smallest_k", ">=", MIN_GAIN),
         Check("text_gain_at_smallest_k", ">=", MIN_GAIN),
-        Check("image_gain_at_smallest_k", ">", "image_gain_at_largest_k"),
+        Check("image_gain_shrinkage", ">", 0.0),  # the advantage shrinks as labels grow
     ]
     method = (f"Images: digits 8x8, CNN {CNN_SPEC['channels']} pretrained on "
               f"{image['pretrain_images']} images of 0-4 ({PRETRAIN_EPOCHS} epochs; the other "
@@ -353,8 +350,7 @@ def run(cfg: dict, seed: int) -> Finding:
               "trained, batch norm frozen at the pretrained statistics) and probe (body frozen, "
               f"head lr {PROBE_LR}) CNNs: Adam lr {IMAGE_LR}, "
               f"batch {IMAGE_BATCH}, about {cfg['image_steps']} steps at every k, one seed per draw "
-              f"for all three; {cfg['image_seeds']} draws (each its own source model, k-shot sets "
-              "and seed) averaged. Text: stdlib_docs, "
+              f"for all three; each seed its own source model, test split, k-shot sets and init. Text: stdlib_docs, "
               f"{cfg['text_test_per_class']} test texts per class, k in {cfg['text_k']} per class, "
               f"{MAX_LEN} tokens; MiniLM (mean pooling, embeddings and layers 0-{FROZEN_LAYERS - 1} "
               f"frozen, AdamW lr {MINILM_LR}, head {TEXT_HEAD_LR}) for {cfg['text_epochs']} epochs "
@@ -362,33 +358,29 @@ def run(cfg: dict, seed: int) -> Finding:
               f"{SCRATCH_TEXT_SPEC['num_layers']} layers, AdamW lr {SCRATCH_LR}, WordPiece learned "
               f"from the k-shot texts: {text['scratch_vocab']} pieces) for {cfg['text_epochs']} and "
               f"{cfg['text_epochs'] * LONG_FACTOR} epochs, the better compared; batch {TEXT_BATCH}, "
-              f"{cfg['text_seeds']} draw(s). Gain = transfer minus scratch; 'beats' means a gain "
+              "one draw of the texts per seed. Gain = transfer minus scratch; 'beats' means a gain "
               f"of at least {MIN_GAIN}.")
     k0, kn = cfg["image_k"][0], cfg["image_k"][-1]
-    late = ("so the borrowed features and statistics end up costing accuracy" if image_gain[-1] < 0
-            else "so the advantage is gone" if image_gain[-1] < MIN_GAIN else "still ahead")
-    draws = image["draw_gains"]
-    spread = ("the draw of the k-shot set moves it more than the method does"
-              if max(draws) - min(draws) > abs(image_gain[0]) else "consistent across draws")
-    notes = (f"Images: with {k0} labelled images per class the fine-tuned CNN scores "
-             f"{ia['finetune'][0]:.3f} and the scratch CNN {ia['scratch'][0]:.3f} (gain "
-             f"{image_gain[0]:+.3f}; per draw {draws}: {spread}); at k={kn} the gain is "
-             f"{image_gain[-1]:+.3f}, {late}. On 8x8 digits a scratch CNN finds strokes in a "
-             "handful of tiny centred images, so there is little for pretraining to add, and "
-             "whether it adds anything varies with the source model. The fine-tuned CNN keeps "
-             "the batch-norm statistics estimated on hundreds of 0-4 images rather than "
-             "re-estimating them from few-shot batches. The frozen body scores "
-             f"{ia['probe'][0]:.3f} and {ia['probe'][-1]:.3f}: features fitted to tell 0-4 apart "
-             "are a start for 5-9, not a finished basis, and a more distant source transfers "
-             "less or hurts "
-             f"(negative transfer). Text: MiniLM fine-tuned on {cfg['text_k'][0]} docstrings per "
-             f"class scores {ta['minilm'][0]:.3f}; the scratch Transformer {ta['scratch'][0]:.3f} "
-             f"with the same epochs and {ta['scratch_long'][0]:.3f} with {LONG_FACTOR}x (chance "
-             f"{1 / text['classes']:.3f}): it must learn what words mean from the few texts, while "
-             "MiniLM brings that from pretraining. MiniLM's fit took "
-             f"{text['seconds']['minilm']:.1f} s against {text['seconds']['scratch']:.1f} s, with "
-             f"{FROZEN_LAYERS} of its 6 layers frozen: pretraining saves labels, not compute. One "
-             f"test image is {1 / image['test_images']:.4f} of accuracy, one test text "
-             f"{1 / text['test_texts']:.4f}.")
+    notes = (f"Images: image_gain is the fine-tuned CNN's test accuracy minus the scratch CNN's at "
+             f"k = {cfg['image_k']} labelled images per class, paired on each seed (same source "
+             "model, test split, k-shot set and head init); its interval over seeds shows how much "
+             f"the luck of the draw moves it. 'Beats' needs a gain of at least {MIN_GAIN} at k={k0}; "
+             f"the claim that the advantage shrinks is read between k={k0} and k={kn}. On 8x8 "
+             "digits a scratch CNN finds strokes in a handful of tiny centred images, so there is "
+             "little for pretraining to add, and whether it adds anything varies with the source "
+             "model. The fine-tuned CNN keeps the batch-norm statistics estimated on hundreds of "
+             "0-4 images rather than re-estimating them from few-shot batches. The frozen body "
+             "(image_probe_accuracy) is a start for 5-9, not a finished basis: features fitted to "
+             "tell 0-4 apart, and a more distant source transfers less or hurts (negative "
+             "transfer). So the image half of the claim is not borne out on 8x8 digits at this "
+             f"budget: image_gain_at_smallest_k's interval lies below {MIN_GAIN} (and straddles or "
+             "lies below 0), while the text half holds by a wide margin. "
+             f"Text: MiniLM fine-tuned on {cfg['text_k'][0]} docstrings per class against "
+             f"the scratch Transformer with the same epochs and with {LONG_FACTOR}x (chance "
+             f"{1 / text['classes']:.3f}): the scratch model must learn what words mean from the few "
+             "texts, while MiniLM brings that from pretraining. MiniLM's fit takes longer than the "
+             f"scratch model's (text_*_fit_seconds) with {FROZEN_LAYERS} of its 6 layers frozen: "
+             f"pretraining saves labels, not compute. One test image is {1 / image['test_images']:.4f} "
+             f"of accuracy, one test text {1 / text['test_texts']:.4f}.")
     return Finding(topic=TOPIC, title=TITLE, claim=CLAIM, method=method, numbers=numbers,
                    checks=checks, figures=[_figure(cfg, image, text)], notes=notes)

@@ -13,7 +13,7 @@ degrees, shift up to 10%, zoom 0.9-1.1, no flips) applied by :func:`dlforge.trai
 to every training batch. Same architecture, initial weights, batch order and number of
 updates; Adam with a cosine schedule, long enough that the plain model fits its training
 set perfectly. Accuracies in eval mode, train accuracy on the clean training images,
-averaged over draws of the small set. Label preservation is checked with a reader: a CNN
+one draw of the small set and one init per seed. Label preservation is checked with a reader: a CNN
 trained with the preset on the whole train split, as a person has seen digits written
 slightly tilted, shifted and sized. It labels the test images as they are, after the
 preset's transforms, mirrored left-right and upside down. A transform preserves the
@@ -45,10 +45,14 @@ CLAIM = ("Label-preserving transforms (small rotations, shifts and zooms of digi
 # after 200 updates and +0.023 after 400; at a constant lr 3e-3 the augmented model had not
 # yet fitted its transformed images after 300 updates and gained nothing.
 BUDGETS = {
-    "quick": {"per_class": 10, "epochs": 100, "seeds": 2, "variants": ["plain", "preset"]},
-    "full": {"per_class": 10, "epochs": 200, "seeds": 6,
-             "variants": ["plain", "preset", "preset_hflip", "preset_mixup"]},
+    "quick": {"per_class": 10, "epochs": 200, "variants": ["plain", "preset"]},
+    "full": {"per_class": 10, "epochs": 200, "variants": ["plain", "preset", "preset_hflip", "preset_mixup"]},
 }
+# Quick trains as long as full (400 updates): at 200 updates the gain over three seeds was
+# -0.002, +0.028, +0.026 (mean +0.017). At 400 it is about +0.02 with a spread of 0.016 (sd)
+# from draw to draw (seeds 0-4: +0.013 to +0.030, all above 0; seeds 100-104: 0.0 to +0.054,
+# interval [-0.011, +0.045]), so five seeds placed it on one set and not the other: eight.
+SEEDS = {"quick": 8, "full": 8}
 VARIANTS = {  # data.augment sections; each trains the same CNN from the same start
     "plain": None,
     "preset": {"preset": "digits"},
@@ -145,7 +149,7 @@ def _figure(numbers: dict, variants: list[str], data: Prepared, per_digit: dict,
         ax1.set_xticks(pos, [f"{v.replace('_', ' + ')}\ngap {numbers[f'{v}_gap']:.3f}" for v in variants], fontsize=8)
         ax1.set_ylim(0.8, 1.06)
         ax1.set_ylabel("accuracy")
-        ax1.set_title(f"{numbers['train_size']} training images, {numbers['seeds']} draw(s)", fontsize=10)
+        ax1.set_title(f"{numbers['train_size']} training images, one draw", fontsize=10)
         ax1.legend(fontsize=8, loc="upper center", ncol=2)
 
         x, y = data.test.tensors
@@ -178,13 +182,11 @@ def _figure(numbers: dict, variants: list[str], data: Prepared, per_digit: dict,
 def run(cfg: dict, seed: int) -> Finding:
     variants = cfg["variants"]
     data = prepare(load_builtin("digits"), val=0, test=TEST_FRACTION, seed=seed)
-    scores = {v: {"train": [], "test": []} for v in variants}
-    for k in range(cfg["seeds"]):  # one draw of the small set and one init per seed
-        train = small_train_set(data, cfg["per_class"], seed + k)
-        for v in variants:
-            model = _train(train, data, v, cfg["epochs"], BATCH_SIZE, seed + k)
-            scores[v]["train"].append(_accuracy(model, train))  # clean images, eval mode
-            scores[v]["test"].append(_accuracy(model, data.test))
+    scores = {}
+    train = small_train_set(data, cfg["per_class"], seed)  # one draw of the small set per seed
+    for v in variants:  # every variant from the same init on the same draw: paired
+        model = _train(train, data, v, cfg["epochs"], BATCH_SIZE, seed)
+        scores[v] = {"train": _accuracy(model, train), "test": _accuracy(model, data.test)}  # eval mode
     per_digit = _label_check(data, seed)
     overall = {name: float(acc @ torch.bincount(data.test.tensors[1]).float() / len(data.test))
                for name, acc in per_digit.items()}  # per-digit back to overall accuracy
@@ -192,18 +194,19 @@ def run(cfg: dict, seed: int) -> Finding:
     preset = resolve_augment(VARIANTS["preset"], data.name)
     numbers = {
         "per_class": cfg["per_class"], "train_size": cfg["per_class"] * data.num_outputs,
-        "test_size": len(data.test), "seeds": cfg["seeds"], "epochs": cfg["epochs"],
+        "test_size": len(data.test), "epochs": cfg["epochs"],
         "updates": cfg["epochs"] * -(-cfg["per_class"] * data.num_outputs // BATCH_SIZE),
         "preset_rotation_degrees": preset.rotation, "preset_translate": preset.translate,
         "preset_scale": list(preset.scale), "preset_flip_probability": preset.hflip + preset.vflip,
     }
     for v in variants:
-        train_acc, test_acc = np.mean(scores[v]["train"]), np.mean(scores[v]["test"])
-        numbers[f"{v}_train_accuracy"] = round(float(train_acc), 4)
-        numbers[f"{v}_test_accuracy"] = round(float(test_acc), 4)
-        numbers[f"{v}_gap"] = round(float(train_acc - test_acc), 4)
-        numbers[f"{v}_test_accuracy_per_seed"] = [round(a, 4) for a in scores[v]["test"]]
-    numbers["preset_test_gain"] = round(numbers["preset_test_accuracy"] - numbers["plain_test_accuracy"], 4)
+        train_acc, test_acc = scores[v]["train"], scores[v]["test"]
+        numbers[f"{v}_train_accuracy"] = round(train_acc, 4)
+        numbers[f"{v}_test_accuracy"] = round(test_acc, 4)
+        numbers[f"{v}_gap"] = round(train_acc - test_acc, 4)
+    # Paired on each seed (same draw, same init, same test images): the draw moves both
+    # variants' accuracies together, so the gain spreads less over seeds than either accuracy.
+    numbers["preset_test_gain"] = round(scores["preset"]["test"] - scores["plain"]["test"], 4)
     numbers["preset_gap_change"] = round(numbers["preset_gap"] - numbers["plain_gap"], 4)
     numbers["reference_train_size"] = len(data.train)
     for name, acc in overall.items():
@@ -213,8 +216,8 @@ def run(cfg: dict, seed: int) -> Finding:
         numbers[f"reference_{name}_loss"] = round(overall["clean"] - overall[name], 4)
 
     checks = [
-        Check("preset_test_accuracy", ">", "plain_test_accuracy"),
-        Check("preset_gap", "<", "plain_gap"),
+        Check("preset_test_gain", ">", 0.0),   # raises test accuracy
+        Check("preset_gap_change", "<", 0.0),  # narrows the train-test gap (less overfitting)
         Check("reference_preset_loss", "<=", MAX_LABEL_LOSS),
         Check("reference_hflip_loss", ">=", MIN_FLIP_LOSS),
     ]
@@ -223,8 +226,9 @@ def run(cfg: dict, seed: int) -> Finding:
               f"{CNN_SPEC['channels']}, Adam lr {OPTIM['lr']} cosine, batch {BATCH_SIZE}, "
               f"{cfg['epochs']} epochs ({numbers['updates']} updates), variants {variants} "
               f"(preset: rotation {preset.rotation:g} degrees, shift {preset.translate:g}, zoom "
-              f"{preset.scale}, no flips); {cfg['seeds']} draws of the small set, each with its "
-              "own init shared by the variants. Gap = train accuracy (clean images, eval mode) "
+              f"{preset.scale}, no flips); one draw of the small set per seed, with one init "
+              "shared by the variants; gain and gap change are paired per seed. Gap = train "
+              "accuracy (clean images, eval mode) "
               f"- test accuracy. Labels: a reader CNN trained with the preset on all "
               f"{len(data.train)} train-split images ({REFERENCE_EPOCHS} epochs, batch "
               f"{REFERENCE_BATCH}) scores the test images clean, preset-transformed ({DRAWS} "
@@ -232,32 +236,25 @@ def run(cfg: dict, seed: int) -> Finding:
               f"preserving means a loss <= {MAX_LABEL_LOSS}.")
     extra = ""
     if "preset_hflip" in variants:
-        extra += (f" The flipped-digit control, the preset plus mirroring half the images, scores "
-                  f"{numbers['preset_hflip_test_accuracy']:.3f} (gap {numbers['preset_hflip_gap']:.3f}): "
-                  "a mirrored digit is mostly a shape that never occurs at test time, so a tiny "
-                  "budget of images and updates is spent on it.")
+        extra += (" The flipped-digit control, the preset plus mirroring half the images, is "
+                  "compared in preset_hflip_test_accuracy: a mirrored digit is mostly a shape that "
+                  "never occurs at test time, so a tiny budget of images and updates is spent on it.")
     else:
         extra += " The full budget adds the flipped-digit control (preset plus mirroring) and mixup."
     if "preset_mixup" in variants:
-        extra += (f" Mixup (alpha 0.2) on top of the preset: test {numbers['preset_mixup_test_accuracy']:.3f}, "
-                  f"gap {numbers['preset_mixup_gap']:.3f}.")
-    flips = numbers["reference_hflip_accuracy_per_digit"]
-    notes = (f"With {numbers['train_size']} images the plain CNN fits its training set "
-             f"({numbers['plain_train_accuracy']:.3f}) and scores {numbers['plain_test_accuracy']:.3f} on "
-             f"test; with the preset {numbers['preset_test_accuracy']:.3f} (per draw "
-             f"{numbers['preset_test_accuracy_per_seed']} against {numbers['plain_test_accuracy_per_seed']}), "
-             f"gap {numbers['plain_gap']:.3f} -> {numbers['preset_gap']:.3f}. One test image is "
-             f"{1 / len(data.test):.4f} of accuracy and the gain varies from draw to draw, which is "
-             "why the full budget averages six. The gain needs enough updates: the augmented model "
-             "must fit images that change every epoch (at a constant lr 3e-3 and 300 updates it "
-             f"gained nothing in development).{extra} Labels: the reader scores {overall['clean']:.3f} on "
-             f"clean test digits and {overall['preset']:.3f} after the preset, so the transformed "
-             f"digits still show their class; mirrored left-right it scores {overall['hflip']:.3f} and "
-             f"upside down {overall['vflip']:.3f}. Mirroring keeps the symmetric digits (0: "
-             f"{flips[0]:.2f}, 1: {flips[1]:.2f}, 8: {flips[8]:.2f}) and loses the others (2: "
-             f"{flips[2]:.2f}, 3: {flips[3]:.2f}, 7: {flips[7]:.2f}); a flip is label-preserving for "
-             "cats and cars, not for digits or letters, so no single list of transforms is safe "
-             "for every data set.")
+        extra += " Mixup (alpha 0.2) on top of the preset: preset_mixup_test_accuracy and _gap."
+    notes = (f"With {numbers['train_size']} images the plain CNN fits its training set and the "
+             "preset's gain in test accuracy is a few hundredths (preset_test_gain). One test image "
+             f"is {1 / len(data.test):.4f} of accuracy and the gain varies from draw to draw, which "
+             "is why the checks read its interval over seeds. The gain needs enough updates: the "
+             "augmented model must fit images that change every epoch (at a constant lr 3e-3 and "
+             f"300 updates it gained nothing in development).{extra} Labels: the reader loses at "
+             f"most {MAX_LABEL_LOSS} of its clean accuracy after the preset, so the transformed "
+             "digits still show their class; mirrored left-right or upside down it loses far more "
+             "(reference_hflip_loss, reference_vflip_loss). Mirroring keeps the symmetric digits "
+             "(0, 1, 8) and loses the others (2, 3, 7: reference_hflip_accuracy_per_digit); a flip "
+             "is label-preserving for cats and cars, not for digits or letters, so no single list "
+             "of transforms is safe for every data set.")
     return Finding(topic=TOPIC, title=TITLE, claim=CLAIM, method=method, numbers=numbers,
                    checks=checks, figures=[_figure(numbers, variants, data, per_digit, seed)],
                    notes=notes)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -34,8 +33,10 @@ CLAIM = ("Dropping random units during training reduces overfitting (a smaller t
          "gap on a small set with a big network); at inference all units are used, scaled "
          "so each activation's expected value matches training.")
 BUDGETS = {
-    "quick": {"epochs": 100, "seeds": 1, "masks": 2000},
-    "full": {"epochs": 200, "seeds": 5, "masks": 20000},
+    # 200 epochs at both budgets: at 100 the plain net has not overfitted enough for dropout's
+    # test-accuracy gain (about +0.01 a seed) to clear three seeds' noise.
+    "quick": {"epochs": 200, "masks": 2000},
+    "full": {"epochs": 200, "masks": 20000},
 }
 P = 0.5
 HIDDEN = [256, 256]
@@ -139,9 +140,7 @@ def _figure(models: dict[str, MLP], data, scores, h: torch.Tensor, dropout: nn.D
 
 
 def run(cfg: dict, seed: int) -> Finding:
-    runs = [_train_pair(seed + k, cfg["epochs"]) for k in range(cfg["seeds"])]
-    models, _, data = runs[0]
-    mean = lambda name, split: float(np.mean([r[1][name][split] for r in runs]))  # noqa: E731
+    models, scores, data = _train_pair(seed, cfg["epochs"])
 
     net = models["dropout"]
     block = net.layers[0]  # Linear, ReLU, Dropout
@@ -154,9 +153,12 @@ def run(cfg: dict, seed: int) -> Finding:
 
     numbers = {"dropout_p": P}
     for name in ("plain", "dropout"):
-        numbers[f"{name}_train_accuracy"] = round(mean(name, "train"), 4)
-        numbers[f"{name}_test_accuracy"] = round(mean(name, "test"), 4)
-        numbers[f"{name}_accuracy_gap"] = round(mean(name, "train") - mean(name, "test"), 4)
+        numbers[f"{name}_train_accuracy"] = round(scores[name]["train"], 4)
+        numbers[f"{name}_test_accuracy"] = round(scores[name]["test"], 4)
+        numbers[f"{name}_accuracy_gap"] = round(scores[name]["train"] - scores[name]["test"], 4)
+    # Paired on the seed (same data, same init): what dropout changed, per seed.
+    numbers["gap_reduction"] = round(numbers["plain_accuracy_gap"] - numbers["dropout_accuracy_gap"], 4)
+    numbers["test_accuracy_gain"] = round(numbers["dropout_test_accuracy"] - numbers["plain_test_accuracy"], 4)
     numbers.update({
         "masks": cfg["masks"],
         "expectation_rel_error": float(f"{exp['rel_error']:.4g}"),
@@ -169,15 +171,16 @@ def run(cfg: dict, seed: int) -> Finding:
         "network_mc_vs_eval_agreement": round(mc_agree, 4),
     })
     checks = [
-        Check("dropout_accuracy_gap", "<", "plain_accuracy_gap"),
-        Check("dropout_test_accuracy", ">=", "plain_test_accuracy"),
+        # Paired on the seed: dropout narrows the train-test gap, and not by losing test accuracy.
+        Check("gap_reduction", ">", 0.0),
+        Check("test_accuracy_gain", ">=", 0.0),
         Check("expectation_rel_error", "<=", "expectation_tolerance"),
         Check("kept_scale_error", "<=", 1e-6),
         Check("eval_identity_error", "<=", 0.0),
     ]
     method = (f"Spirals ({DATA['n_samples']} points, noise {DATA['noise']}; {len(data.train)} "
               f"train, {len(data.test)} test), MLP {HIDDEN} ReLU, Adam lr {OPTIM['lr']}, batch "
-              f"32, {cfg['epochs']} epochs, dropout 0 vs {P}, {cfg['seeds']} seed(s); accuracies "
+              f"32, {cfg['epochs']} epochs, dropout 0 vs {P}, same data and init per seed; accuracies "
               "in eval mode. Expectation: the trained net's nn.Dropout on its layer-1 "
               f"activations of {PROBE_SAMPLES} test inputs, {cfg['masks']} masks; tolerance = {SIGMAS:g} standard "
               "errors of a mask average. Whole net: mean logits over "
@@ -186,16 +189,16 @@ def run(cfg: dict, seed: int) -> Finding:
         "The guide says dropout 'scales the weights at inference'. That is the original "
         "formulation (Srivastava et al., 2014): units are kept unscaled in training, so an "
         f"activation's training mean is (1-p) times its value (measured ratio "
-        f"{numbers['non_inverted_mean_ratio']}), and the weights are multiplied by (1-p) at "
+        f"{numbers['non_inverted_mean_ratio']} on seed {seed}), and the weights are multiplied by (1-p) at "
         "test time. PyTorch, like every modern framework, uses inverted dropout: kept units "
         f"are multiplied by 1/(1-p) = {1 / (1 - P):g} during training (measured exactly), so "
         "the expectation already matches and nothing is scaled at inference (eval mode "
         "returns its input bit for bit). Both give the same expected activations; inverted "
         "dropout leaves the inference path untouched. The match is exact only for the "
         "layer right after the dropout: through later non-linearities, averaging many "
-        f"masked networks differs from the eval-mode network by {mc_rel:.3g} in relative "
-        f"logit norm (same predicted class for {mc_agree:.1%} of inputs); eval mode is the "
+        f"masked networks differs from the eval-mode network (seed {seed}: by {mc_rel:.3g} in relative "
+        f"logit norm, same predicted class for {mc_agree:.1%} of inputs); eval mode is the "
         "cheap 'weight scaling' approximation of that ensemble average.")
     return Finding(topic=TOPIC, title=TITLE, claim=CLAIM, method=method, numbers=numbers,
-                   checks=checks, figures=[_figure(models, data, runs[0][1], h, block[-1])],
+                   checks=checks, figures=[_figure(models, data, scores, h, block[-1])],
                    notes=notes)

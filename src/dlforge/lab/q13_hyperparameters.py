@@ -214,15 +214,23 @@ def run(cfg: dict, seed: int) -> Finding:
         "tuned_test_accuracy": round(test_acc(best["model"]), 4),
         "default_test_accuracy": round(test_acc(default_model), 4),
     }
+    # Per seed, 0 or 1 (over seeds: the fraction). The best rate is a grid point that moves between
+    # seeds (0.1 or 1.0), and epoch times are wall clock on a shared machine (a 3x spread between
+    # seeds): an interval of the raw values would say nothing about either claim.
+    numbers["best_lr_above_lowest"] = int(best_lr > cfg["lrs"][0])
+    numbers["best_lr_below_highest"] = int(best_lr < cfg["lrs"][-1])
+    numbers["larger_batch_epoch_2x_faster"] = int(numbers["epoch_time_ratio_seconds"] >= 2.0)
+    # Paired on the seed (same split, same test images): what the search gained over the default.
+    numbers["tuning_test_gain"] = round(numbers["tuned_test_accuracy"] - numbers["default_test_accuracy"], 4)
     checks = [
         Check("highest_lr_failed", ">=", 1.0),
         Check("lowest_lr_loss_drop", "<=", CRAWL_DROP),
-        Check("best_lr", ">", "lowest_lr"),
-        Check("best_lr", "<", "highest_lr"),
+        Check("best_lr_above_lowest", ">=", 1),  # on every seed the best rate is above the grid's lowest
+        Check("best_lr_below_highest", ">=", 1),  # ... and below its highest
         Check("momentum_final_loss", "<", "sgd_final_loss"),
-        Check("epoch_time_ratio_seconds", ">=", 2.0),
+        Check("larger_batch_epoch_2x_faster", ">=", 1),  # on every seed: largest batch's epoch >= 2x faster
         Check("activation_bytes_ratio", ">=", numbers["batch_ratio"] / 2),
-        Check("tuned_test_accuracy", ">", "default_test_accuracy"),
+        Check("tuning_test_gain", ">", 0.0),  # the search beats the default on the same test split
     ]
     method = (f"Digits (70/15/15), MLP {HIDDEN} ReLU, {epochs} epochs per run, batch 64 "
               f"unless varied. SGD lr sweep {cfg['lrs']}; final loss = the last epoch's mean "

@@ -8,13 +8,15 @@ minimum (early stopping that restores the best weights) gives a better model on 
 data than the last epoch's, and so does a regulariser such as dropout.
 
 Method: two noisy concentric circles (noise 0.25, so the classes overlap) with only 50
-training points, 100 validation and 100 test points. A 128-128 ReLU MLP trains with
+training points, 100 validation and 850 test points (a large test split, so that one
+seed's test accuracy moves by 0.1% per image, not 1%). A 128-128 ReLU MLP trains with
 Adam (lr 0.01) for a fixed, long number of epochs. From its history we take the epoch
 of minimum validation loss (the turn) and compare train and validation loss there and
 at the end. The same model and seed are trained again with ``EarlyStopping`` on
 validation loss (``restore_best_weights=True``), and once more with dropout 0.5 for
-the full length; all three are scored on the test split. The full budget repeats this
-over several data seeds and reports means.
+the full length; all three are scored on the test split. One seed draws the data and the
+initial weights; the lab's runner repeats it over seeds, and the remedies are checked on
+their paired differences from the last epoch (same data, same initial weights).
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ CLAIM = ("Validation loss that rises while training loss keeps falling reveals o
          "early stopping at the validation minimum and regularisation (dropout) give a model "
          "that scores better on unseen data than the last epoch of unregularised training.")
 BUDGETS = {
-    "quick": {"n_samples": 250, "epochs": 100, "patience": 15, "seeds": 1},
-    "full": {"n_samples": 250, "epochs": 300, "patience": 25, "seeds": 5},
+    "quick": {"n_samples": 1000, "epochs": 100, "patience": 15},
+    "full": {"n_samples": 1000, "epochs": 300, "patience": 25},
 }
+SEEDS = {"quick": 6, "full": 8}  # a seed costs under a second; at 3 the t interval is 4.3 standard errors wide
+VAL_FRACTION, TEST_FRACTION = 0.1, 0.85  # of 1000 points: 100 validation, 850 test, 50 training
 NOISE = 0.25          # circles overlap at this noise: a perfect training fit must be memorised
 HIDDEN = [128, 128]   # far more weights than 50 training points need
 OPTIM = {"name": "adam", "lr": 0.01}
@@ -57,7 +61,7 @@ def _train(data, seed: int, epochs: int, dropout: float = 0.0, callbacks=()):
 
 def _one_seed(seed: int, cfg: dict) -> dict:
     bundle = load_source("circles", n_samples=cfg["n_samples"], noise=NOISE, seed=seed)
-    data = prepare(bundle, val=0.4, test=0.4, seed=seed)  # 20% train: small on purpose
+    data = prepare(bundle, val=VAL_FRACTION, test=TEST_FRACTION, seed=seed)  # 5% train: small on purpose
     long_run, last_test = _train(data, seed, cfg["epochs"])
     train_loss = np.array([r["train_loss"] for r in long_run.epochs])
     val_loss = np.array([r["val_loss"] for r in long_run.epochs])
@@ -92,59 +96,66 @@ def _figure(first: dict, epochs: int):
 
 
 def run(cfg: dict, seed: int) -> Finding:
-    per_seed = [_one_seed(seed + i, cfg) for i in range(cfg["seeds"])]
-    mean = lambda f: _r(np.mean([f(s) for s in per_seed]))  # noqa: E731
+    s = _one_seed(seed, cfg)
     numbers = {
-        "train_size": per_seed[0]["train_size"],
+        "train_size": s["train_size"],
         "epochs": cfg["epochs"],
-        "seeds": cfg["seeds"],
-        "val_turn_epoch": mean(lambda s: s["turn"] + 1),
-        "val_turn_fraction": mean(lambda s: (s["turn"] + 1) / cfg["epochs"]),
-        "train_loss_at_turn": mean(lambda s: s["train_loss"][s["turn"]]),
-        "train_loss_last": mean(lambda s: s["train_loss"][-1]),
-        "val_loss_min": mean(lambda s: s["val_loss"][s["turn"]]),
-        "val_loss_last": mean(lambda s: s["val_loss"][-1]),
-        "train_loss_ratio_after_turn": mean(lambda s: s["train_ratio"]),
-        "val_loss_ratio_after_turn": mean(lambda s: s["val_ratio"]),
-        "last_epoch_test_loss": mean(lambda s: s["last"]["loss"]),
-        "last_epoch_test_accuracy": mean(lambda s: s["last"]["accuracy"]),
-        "early_stopped_test_loss": mean(lambda s: s["es"]["loss"]),
-        "early_stopped_test_accuracy": mean(lambda s: s["es"]["accuracy"]),
-        "early_stopped_best_epoch": mean(lambda s: s["es_best_epoch"] + 1),
-        "early_stopped_epochs_run": mean(lambda s: s["es_epochs_run"]),
-        "health_diagnosed_overfitting": mean(lambda s: s["diagnosed"]),
-        "dropout_test_loss": mean(lambda s: s["dropout"]["loss"]),
-        "dropout_test_accuracy": mean(lambda s: s["dropout"]["accuracy"]),
-        "last_epoch_test_accuracy_per_seed": [_r(s["last"]["accuracy"]) for s in per_seed],
-        "early_stopped_test_accuracy_per_seed": [_r(s["es"]["accuracy"]) for s in per_seed],
+        "val_turn_epoch": s["turn"] + 1,
+        "val_turn_fraction": _r((s["turn"] + 1) / cfg["epochs"]),
+        "train_loss_at_turn": _r(s["train_loss"][s["turn"]]),
+        "train_loss_last": _r(s["train_loss"][-1]),
+        "val_loss_min": _r(s["val_loss"][s["turn"]]),
+        "val_loss_last": _r(s["val_loss"][-1]),
+        "train_loss_ratio_after_turn": _r(s["train_ratio"]),
+        "val_loss_ratio_after_turn": _r(s["val_ratio"]),
+        "last_epoch_test_loss": _r(s["last"]["loss"]),
+        "last_epoch_test_accuracy": _r(s["last"]["accuracy"]),
+        "early_stopped_test_loss": _r(s["es"]["loss"]),
+        "early_stopped_test_accuracy": _r(s["es"]["accuracy"]),
+        "early_stopped_best_epoch": s["es_best_epoch"] + 1,
+        "early_stopped_epochs_run": s["es_epochs_run"],
+        "health_diagnosed_overfitting": s["diagnosed"],  # 0/1: over seeds, the fraction
+        "dropout_test_loss": _r(s["dropout"]["loss"]),
+        "dropout_test_accuracy": _r(s["dropout"]["accuracy"]),
     }
+    # Paired on the seed (same data, same initial weights): what each remedy saved.
+    numbers["early_stopping_loss_saving"] = _r(numbers["last_epoch_test_loss"] - numbers["early_stopped_test_loss"])
+    numbers["early_stopping_accuracy_gain"] = _r(numbers["early_stopped_test_accuracy"]
+                                                 - numbers["last_epoch_test_accuracy"])
+    numbers["dropout_loss_saving"] = _r(numbers["last_epoch_test_loss"] - numbers["dropout_test_loss"])
     # Thresholds fixed before running: the turn comes in the first half of training; after
     # it the training loss at least halves while the validation loss ends 20% above its
-    # minimum; and both remedies beat the last epoch on unseen data.
+    # minimum; and both remedies beat the last epoch on unseen data, compared on the same
+    # seed (a paired difference: the seed's data and initial weights are shared).
     checks = [
         Check("val_turn_fraction", "<=", 0.5),
         Check("train_loss_ratio_after_turn", "<=", 0.5),
         Check("val_loss_ratio_after_turn", ">=", 1.2),
-        Check("early_stopped_test_loss", "<", "last_epoch_test_loss"),
-        Check("early_stopped_test_accuracy", ">=", "last_epoch_test_accuracy"),
-        Check("dropout_test_loss", "<", "last_epoch_test_loss"),
+        Check("early_stopping_loss_saving", ">", 0.0),
+        Check("early_stopping_accuracy_gain", ">=", 0.0),
+        Check("dropout_loss_saving", ">", 0.0),
     ]
     n = numbers
-    notes = (f"Accuracy moves far less than loss: the early-stopped model's test accuracy was "
+    notes = (f"Accuracy moves far less than loss: on seed {seed} the early-stopped model's test accuracy was "
              f"{n['early_stopped_test_accuracy']} against the last epoch's {n['last_epoch_test_accuracy']}, "
              f"while test cross-entropy went from {n['early_stopped_test_loss']} to {n['last_epoch_test_loss']}: "
-             "the overfitted model grows confidently wrong on the points it misses. Early stopping needs "
+             "the overfitted model grows confidently wrong on the points it misses. Early stopping's "
+             "accuracy gain is read over seeds (early_stopping_accuracy_gain >= 0): the validation minimum "
+             "is found on 100 points, so on some seeds the restored model stopped too early and scored a "
+             "few points lower on test, while its test-loss saving (early_stopping_loss_saving) is large "
+             "by comparison. Early stopping needs "
              "no retraining, since EarlyStopping restores the weights of the validation minimum. Dropout "
              f"{DROPOUT} is checked on test loss only (its test accuracy was {n['dropout_test_accuracy']}). "
-             "dlforge.train.health.diagnose, with its own thresholds, flagged overfitting in the long "
-             f"run's history in {n['health_diagnosed_overfitting']:.0%} of seeds.")
+             "dlforge.train.health.diagnose, with its own thresholds, "
+             f"{'flagged' if n['health_diagnosed_overfitting'] else 'did not flag'} overfitting in that "
+             "seed's long run (health_diagnosed_overfitting: over seeds, the fraction flagged).")
     return Finding(
         topic=TOPIC, title=TITLE, claim=CLAIM,
         method=(f"circles (noise {NOISE}), {numbers['train_size']} training points; MLP {HIDDEN} with "
                 f"Adam lr {OPTIM['lr']} for {cfg['epochs']} epochs; the same run with EarlyStopping "
                 f"(patience {cfg['patience']}, restore_best_weights) and with dropout {DROPOUT}; "
-                f"test loss/accuracy of each, mean over {cfg['seeds']} seed(s)."),
+                "test loss/accuracy of each; remedies compared with the last epoch on the same seed."),
         numbers=numbers, checks=checks,
-        figures=[_figure(per_seed[0], cfg["epochs"])],
+        figures=[_figure(s, cfg["epochs"])],
         notes=notes,
     )

@@ -42,6 +42,7 @@ BUDGETS = {
     "quick": {"epochs": 20, "folds": 5},
     "full": {"epochs": 60, "folds": 10},
 }
+SEEDS = {"quick": 5, "full": 5}  # the z of one split against CV is spread out: 3 seeds give a t interval too wide to read
 MODEL = {"arch": "mlp", "hidden": [32]}
 OPTIM = {"name": "adam", "lr": 3e-3}
 BATCH_SIZE = 32
@@ -183,6 +184,9 @@ def run(cfg: dict, seed: int) -> Finding:
         "single_split_accuracy": _r(single),
         "single_split_gap_to_cv_mean": _r(abs(single - cv.mean["accuracy"])),
         "cv_accuracy_two_std": _r(2 * cv.std["accuracy"]),
+        # The same comparison on one scale per seed: the single split's distance from the CV
+        # mean in fold standard deviations (within two stds <=> at most 2).
+        "single_split_gap_in_cv_stds": _r(abs(single - cv.mean["accuracy"]) / max(cv.std["accuracy"], 1e-12)),
     }
     # Fixed before running: dlforge agrees with scikit-learn to 1e-6 and exactly on the
     # confusion matrix; the always-benign predictor scores at least 0.9 accuracy with a
@@ -195,7 +199,7 @@ def run(cfg: dict, seed: int) -> Finding:
         Check("trap_minority_f1", "<=", 0.0),
         Check("trap_balanced_accuracy", "<=", 0.5),
         Check("trained_minority_f1", ">=", 0.5),
-        Check("single_split_gap_to_cv_mean", "<=", "cv_accuracy_two_std"),
+        Check("single_split_gap_in_cv_stds", "<=", 2.0),
     ]
     notes = ("ROC-AUC of a constant predictor is 0.5 whatever the class balance, so it exposes the "
              "trap as clearly as F1 does; accuracy alone separates the trained model from the "

@@ -16,7 +16,8 @@ Xavier and He initialisation (and Xavier with tanh, the pairing it was derived f
 
 from __future__ import annotations
 
-import numpy as np
+import math
+
 import torch
 from torch import nn
 
@@ -34,14 +35,16 @@ CLAIM = ("Exploding gradients show as fast-growing gradient norms and then NaN/I
          "and Xavier/He initialisation keep activations from blowing up with depth, where "
          "naive N(0, 1) weights make them explode.")
 BUDGETS = {
-    "quick": {"epochs": 3, "seeds": 1},
-    "full": {"epochs": 15, "seeds": 3},
+    "quick": {"epochs": 3},
+    "full": {"epochs": 15},
 }
+SEEDS = {"quick": 5, "full": 5}  # He's variance ratio moves by 2x between seeds; a seed costs half a second
 NET = {"arch": "mlp", "hidden": [64] * 6, "init": "he"}
 LR = 1.0                 # plain SGD; about 10x what this net tolerates
 CLIP = 1.0               # clip_grad_norm
 VARIANCE_NET = {"arch": "mlp", "hidden": [256] * 10}
 INITS = [("naive", "relu"), ("xavier", "relu"), ("he", "relu"), ("xavier", "tanh")]
+LOG10_4 = 0.60206        # log10(4): "within 4x" on the log scale the variance checks read
 
 
 def _train(data, seed: int, epochs: int, clip: float | None = None, batch_norm: str | None = None,
@@ -99,57 +102,56 @@ def _figure(variances: dict, norms: list[float], guard_step: int):
 
 
 def run(cfg: dict, seed: int) -> Finding:
-    reports, clipped, normed = [], [], []
-    for i in range(cfg["seeds"]):
-        data = prepare(load_source("digits"), val=0.15, test=0.15, seed=seed + i)
-        exploded = _train(data, seed + i, cfg["epochs"], log_every=1)  # every step: it is short
-        reports.append(exploded.nan_report or {})
-        clipped.append(_summary(_train(data, seed + i, cfg["epochs"], clip=CLIP)))
-        normed.append(_summary(_train(data, seed + i, cfg["epochs"], batch_norm="before")))
-        if i == 0:
-            diagnoses = diagnose(exploded.history, nan_report=exploded.nan_report)
-            x_probe = data.test.tensors[0]  # (B, 1, 8, 8), standardised
-    first = reports[0]
+    data = prepare(load_source("digits"), val=0.15, test=0.15, seed=seed)
+    exploded = _train(data, seed, cfg["epochs"], log_every=1)  # every step: it is short
+    first = exploded.nan_report or {}
+    clipped = _summary(_train(data, seed, cfg["epochs"], clip=CLIP))
+    normed = _summary(_train(data, seed, cfg["epochs"], batch_norm="before"))
+    diagnoses = diagnose(exploded.history, nan_report=exploded.nan_report)
+    x_probe = data.test.tensors[0]  # (B, 1, 8, 8), standardised
     norms = [float(n) for n in first.get("recent_grad_norms", [])]
     variances = {key: layer_variances(*key, x_probe, seed) for key in INITS}
     ratio = {key: v[-1] / v[0] for key, v in variances.items()}
-    mean = lambda runs, k: _r(np.mean([r[k] for r in runs]))  # noqa: E731
     numbers = {
-        "unclipped_stopped_non_finite": int(all(r.get("step") is not None for r in reports)),
+        "unclipped_stopped_non_finite": int(first.get("step") is not None),  # 0/1: over seeds, the fraction
         "guard_step": first.get("step", -1),
-        "guard_step_per_seed": [r.get("step", -1) for r in reports],
         "guard_where": first.get("where", "none"),
         "guard_first_bad_layer": first.get("first_bad_layer") or "none",
         "grad_norms_before_guard": [_r(n) for n in norms],
         "grad_norm_growth_before_guard": _r(norms[-1] / norms[0]) if len(norms) >= 2 else 0.0,
         "health_diagnoses": [d.kind for d in diagnoses],
-        "clipped_finite": min(r["finite"] for r in clipped),
-        "clipped_loss_ratio": mean(clipped, "loss_ratio"),
-        "clipped_val_accuracy": mean(clipped, "val_accuracy"),
-        "batchnorm_finite": min(r["finite"] for r in normed),
-        "batchnorm_loss_ratio": mean(normed, "loss_ratio"),
-        "batchnorm_val_accuracy": mean(normed, "val_accuracy"),
+        "clipped_finite": clipped["finite"],
+        "clipped_loss_ratio": _r(clipped["loss_ratio"]),
+        "clipped_val_accuracy": _r(clipped["val_accuracy"]),
+        "batchnorm_finite": normed["finite"],
+        "batchnorm_loss_ratio": _r(normed["loss_ratio"]),
+        "batchnorm_val_accuracy": _r(normed["val_accuracy"]),
     }
     for (init, act), r in ratio.items():
         suffix = "" if act == "relu" else f"_{act}"
         numbers[f"{init}{suffix}_variance_ratio"] = _r(r)
+        numbers[f"{init}{suffix}_variance_log10_ratio"] = _r(math.log10(r))
         numbers[f"{init}{suffix}_layer_variances"] = [_r(v) for v in variances[(init, act)]]
-    # Fixed before running: the guard fires, after the gradient norm grew at least 100x; clipping
-    # and batch norm each finish with the training loss at most half its first value; over nine
-    # layers naive init multiplies the activation variance by over 1000, Xavier does not grow
-    # it past 4x and He keeps it within 4x either way.
+    # Growths span orders of magnitude from seed to seed (1e7 to 1e11): their intervals are read
+    # on a log10 scale, where a mean over seeds is a geometric mean and the bounds keep their meaning.
+    growth = numbers["grad_norm_growth_before_guard"]
+    numbers["grad_norm_growth_log10"] = _r(math.log10(growth)) if growth > 0 else 0.0
+    # Fixed before running: the guard fires, after the gradient norm grew at least 100x (log10 2);
+    # clipping and batch norm each finish with the training loss at most half its first value;
+    # over nine layers naive init multiplies the activation variance by over 1000 (log10 3),
+    # Xavier does not grow it past 4x and He keeps it within 4x either way (log10 4 = 0.602).
     checks = [
         Check("unclipped_stopped_non_finite", ">=", 1),
-        Check("grad_norm_growth_before_guard", ">=", 100),
+        Check("grad_norm_growth_log10", ">=", 2),
         Check("clipped_loss_ratio", "<=", 0.5),
         Check("batchnorm_loss_ratio", "<=", 0.5),
-        Check("naive_variance_ratio", ">=", 1e3),
-        Check("xavier_variance_ratio", "<=", 4),
-        Check("he_variance_ratio", ">=", 0.25),
-        Check("he_variance_ratio", "<=", 4),
+        Check("naive_variance_log10_ratio", ">=", 3),
+        Check("xavier_variance_log10_ratio", "<=", LOG10_4),
+        Check("he_variance_log10_ratio", ">=", -LOG10_4),
+        Check("he_variance_log10_ratio", "<=", LOG10_4),
     ]
     per_layer = lambda key: f"{numbers[key] ** (1 / (len(VARIANCE_NET['hidden']) - 1)):.2f}x"  # noqa: E731
-    notes = (f"NanGuard's diagnosis: {first.get('message', 'it never fired')} "
+    notes = (f"NanGuard's diagnosis (seed {seed}): {first.get('message', 'it never fired')} "
              "Clipping only bounds the step: the clipped run keeps the too-large learning rate and "
              f"trains because no step is longer than lr x {CLIP}. Xavier avoids the explosion with ReLU "
              "only by erring the other way: over nine ReLU layers its activation variance changed by "
@@ -162,7 +164,7 @@ def run(cfg: dict, seed: int) -> Finding:
         topic=TOPIC, title=TITLE, claim=CLAIM,
         method=(f"digits; MLP {NET['hidden']} (He init) with plain SGD lr {LR}, batch 64, under NanGuard; "
                 f"the same with clip_grad_norm {CLIP} and with batch norm, {cfg['epochs']} epochs, "
-                f"{cfg['seeds']} seed(s); activation variance per layer of an MLP {VARIANCE_NET['hidden'][:1]} x "
+                "same seed and init for the three; activation variance per layer of an MLP {VARIANCE_NET['hidden'][:1]} x "
                 f"{len(VARIANCE_NET['hidden'])} under naive N(0, 1), Xavier and He init."),
         numbers=numbers, checks=checks,
         figures=[_figure(variances, norms, numbers["guard_step"])],

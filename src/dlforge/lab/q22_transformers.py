@@ -167,7 +167,8 @@ def run(cfg: dict, seed: int) -> Finding:
     heads_word = ("tie" if abs(numbers["multi_minus_one_head"]) < 0.02 else
                   ("favour several heads" if numbers["multi_minus_one_head"] > 0 else
                    "favour one head"))
-    notes = (f"With positions the model ends at {pos_curve[-1]:.2f}; without them at "
+    notes = (f"Seed {seed} (the checks read the 95% interval over seeds): with positions the model ends at "
+             f"{pos_curve[-1]:.2f}; without them at "
              f"{none_curve[-1]:.2f} (best {max(none_curve):.2f}). The no-position model is not "
              "exactly at chance: it sees the bag of tokens, and the label symbol occurs at "
              "least once, so guessing the most frequent symbol beats 1/4 a little; it cannot "
@@ -175,7 +176,7 @@ def run(cfg: dict, seed: int) -> Finding:
              f"{numbers['no_position_permutation_change']:.1g} under shuffling (float rounding), "
              f"against {numbers['positional_permutation_change']:.2g} for the positional model. "
              f"One head reaches {one_curve[-1]:.2f} and {HEADS} heads {pos_curve[-1]:.2f}: on this "
-             f"small task they {heads_word} (one seed, one run; the task needs a single lookup, "
+             f"small task they {heads_word} (on this seed; the task needs a single lookup, "
              "so it does not show what several heads are for). The [CLS] query of the "
              f"positional model puts up to {cls_to_first:.2f} of its attention (best head, mean "
              f"over sequences) on step 0, against {1 / (T + 1):.2f} for uniform attention.")

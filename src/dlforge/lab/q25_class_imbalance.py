@@ -21,8 +21,9 @@ precision) come from ``dlforge.evaluate.evaluate`` on the untouched test split. 
 budget also trains plain for ``LONG`` times the steps, to show how much of the gap is speed.
 Finally ``dlforge.evaluate.fold_indices`` cuts the imbalanced set into 5 folds,
 stratified and plain, and the spread (max - min) of the minority share across the
-held-out folds is compared. Balanced bagging has 3 members at the quick budget; the
-full budget has 5 and repeats all of it over 5 seeds (means).
+held-out folds is compared (mean over 20 splittings per seed). Balanced bagging has 3 members at the quick budget, 5 at
+the full. ``run`` measures one seed (one imbalanced draw, split and initialisation); the
+lab's runner repeats it over seeds and reads each check's 95% interval.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ CLAIM = ("On a 1:20 problem plain training has high accuracy but low minority re
          "change that, at least one raising minority F1 by 0.10 or more; stratified folds keep "
          "the minority share steadier than plain k-fold.")
 BUDGETS = {
-    "quick": {"seeds": 1, "steps": 200, "bagging": 3, "long": False},
-    "full": {"seeds": 5, "steps": 200, "bagging": 5, "long": True},
+    "quick": {"steps": 200, "bagging": 3, "long": False},
+    "full": {"steps": 200, "bagging": 5, "long": True},
 }
 SOURCE, MINORITY, RATIO = "digits", "8", 1 / 20   # class 1 after make_imbalanced is "8"
 TEST = 0.3
@@ -58,6 +59,10 @@ OPTIM = {"name": "adam", "lr": 3e-3}
 BATCH_SIZE = 64
 LONG = 4      # plain training with 4x the steps: does it catch up on its own?
 FOLDS = 5
+FOLD_DRAWS = 20  # fold splittings per seed whose minority-share spreads are averaged (index shuffles: cheap)
+# 5 seeds at the quick budget: with 24 8s in the test split one seed's minority F1 moves by 0.05 per 8
+# found, and with 3 seeds a t interval is +-4.3 standard errors
+SEEDS = {"quick": 5, "full": 8}
 GAIN = 0.10   # the issue's bar for the best remedy's minority-F1 gain
 # Each remedy is one change to plain training. Focal alpha 0.75 weights the "8"s (class 1)
 # 3:1, the usual untuned choice; Lin et al. found 0.25 best for their rare class, because
@@ -144,8 +149,10 @@ def _one_seed(seed: int, cfg: dict) -> dict:
         model, taken = _train(data, seed, steps, remedy, cfg["bagging"])
         out[name] = _score(model, data) | {"steps": taken}
     for kind, stratified in (("stratified", True), ("plain_kfold", False)):
-        folds = fold_indices(bundle, FOLDS, stratified=stratified, seed=seed)
-        out[kind] = minority_shares(bundle.y, folds)
+        draws = [minority_shares(bundle.y, fold_indices(bundle, FOLDS, stratified=stratified, seed=seed * FOLD_DRAWS + d))
+                 for d in range(FOLD_DRAWS)]
+        out[kind] = draws[0]  # the first splitting's shares, for the figure
+        out[f"{kind}_spread"] = float(np.mean([max(d) - min(d) for d in draws]))
     out["minority_share"] = float((bundle.y == 1).mean())
     return out
 
@@ -181,52 +188,63 @@ def _long_note(n: dict, best: str) -> str:
                "steps." if caught_up else "."))
 
 
+def _bits(values: list[int]) -> str:
+    """0/1 labels as a string: kept whole over seeds (a list of numbers would be averaged).
+
+    Example:
+        >>> _bits([0, 1, 1])
+        '011'
+    """
+    return "".join(str(int(v)) for v in values)
+
+
 def run(cfg: dict, seed: int) -> Finding:
-    per_seed = [_one_seed(seed + i, cfg) for i in range(cfg["seeds"])]
-    first = per_seed[0]
-    mean = lambda f: _r(np.mean([f(s) for s in per_seed]))  # noqa: E731
-    numbers = {"seeds": cfg["seeds"], "steps": cfg["steps"], "bagging_members": cfg["bagging"],
+    first = _one_seed(seed, cfg)
+    numbers = {"steps": cfg["steps"], "bagging_members": cfg["bagging"],
                "train_counts": first["train_counts"], "test_size": len(first["test_labels"]),
                "test_minority": int(sum(first["test_labels"]))}
     names = ["plain", *REMEDIES]
     for name in ["plain_long", *names] if cfg["long"] else names:
-        numbers |= {f"{name}_{key}": mean(lambda s: s[name][key]) for key in SCORES}
+        numbers |= {f"{name}_{key}": _r(first[name][key]) for key in SCORES}
         numbers[f"{name}_steps"] = first[name]["steps"]
     best = max(REMEDIES, key=lambda n: numbers[f"{n}_minority_f1"])
-    spread = lambda kind: mean(lambda s: max(s[kind]) - min(s[kind]))  # noqa: E731
     numbers |= {
         "best_remedy": best,
         "best_remedy_minority_f1_gain": _r(numbers[f"{best}_minority_f1"] - numbers["plain_minority_f1"]),
         "remedies_with_gain_of_0_10": sum(numbers[f"{n}_minority_f1"] - numbers["plain_minority_f1"] >= GAIN
                                           for n in REMEDIES),
-        "always_majority_accuracy": mean(lambda s: 1 - np.mean(s["test_labels"])),
+        "always_majority_accuracy": _r(1 - np.mean(first["test_labels"])),
         "plain_accuracy_minus_minority_recall": _r(numbers["plain_accuracy"] - numbers["plain_minority_recall"]),
-        "overall_minority_share": mean(lambda s: s["minority_share"]),
+        # from the unrounded accuracy: a plain model that answers "not 8" everywhere scores exactly 0 here
+        "plain_accuracy_minus_always_majority": _r(first["plain"]["accuracy"] - (1 - np.mean(first["test_labels"]))),
+        "overall_minority_share": _r(first["minority_share"]),
         "stratified_minority_share_per_fold": [_r(v) for v in first["stratified"]],
         "plain_kfold_minority_share_per_fold": [_r(v) for v in first["plain_kfold"]],
-        "stratified_minority_share_spread": spread("stratified"),
-        "plain_kfold_minority_share_spread": spread("plain_kfold"),
-        # Seed `seed` only: lets a reader recompute one F1 from the predictions themselves.
-        "first_seed_test_labels": first["test_labels"],
-        "first_seed_plain_predictions": first["plain"]["predictions"],
-        "first_seed_best_predictions": first[best]["predictions"],
-        "first_seed_plain_minority_f1": _r(first["plain"]["minority_f1"]),
-        "first_seed_best_minority_f1": _r(first[best]["minority_f1"]),
+        "stratified_minority_share_spread": _r(first["stratified_spread"]),
+        "plain_kfold_minority_share_spread": _r(first["plain_kfold_spread"]),
+        "stratified_minus_plain_kfold_spread": _r(first["stratified_spread"] - first["plain_kfold_spread"]),
+        # This seed's labels and predictions, as 0/1 strings (over seeds the first seed's are kept):
+        # a reader can recompute its F1s from the predictions themselves.
+        "test_labels": _bits(first["test_labels"]),
+        "plain_predictions": _bits(first["plain"]["predictions"]),
+        "best_predictions": _bits(first[best]["predictions"]),
     }
     # Fixed before running: the best remedy gains the issue's 0.10 of minority F1; stratified
     # folds vary less in minority share than plain folds; and the trap: plain accuracy is at
     # least what always answering "not 8" scores, while its minority recall trails its
     # accuracy by 0.2 or more.
+    # The comparisons are paired within each seed (same data, same test split), so each interval
+    # is that of a difference, not two intervals side by side.
     checks = [
         Check("best_remedy_minority_f1_gain", ">=", GAIN),
-        Check("stratified_minority_share_spread", "<", "plain_kfold_minority_share_spread"),
-        Check("plain_accuracy", ">=", "always_majority_accuracy"),
+        Check("stratified_minus_plain_kfold_spread", "<", 0.0),
+        Check("plain_accuracy_minus_always_majority", ">=", 0.0),
         Check("plain_accuracy_minus_minority_recall", ">=", 0.2),
     ]
     n = numbers
     pr_gap = _r(n[f"{best}_pr_auc"] - n["plain_pr_auc"])
     notes = (f"Every run had about {cfg['steps']} optimizer steps (bagging: each of {cfg['bagging']} members), so "
-             "over-sampling is not flattered by bigger epochs. The trap: plain accuracy "
+             f"over-sampling is not flattered by bigger epochs. On seed {seed}: the trap: plain accuracy "
              f"{n['plain_accuracy']} (always answering 'not 8': {n['always_majority_accuracy']}) with a minority "
              f"recall of {n['plain_minority_recall']}. The best remedy ({best}) beats plain training by "
              f"{n['best_remedy_minority_f1_gain']} in minority F1 but by {pr_gap} in PR-AUC, which does not depend "
@@ -237,17 +255,20 @@ def run(cfg: dict, seed: int) -> Finding:
              f"and {n['balanced_bagging_minority_precision']}, having trained on only {min(n['train_counts']) * 2} "
              "samples (per member)."
              + _long_note(n, best) +
-             f" With {n['test_minority']} 8s in the test split each F1 is coarse"
-             + ("; the full budget averages 5 seeds." if cfg["seeds"] == 1
-                else f", hence the mean of {cfg['seeds']} seeds."))
+             f" With {n['test_minority']} 8s in the test split each F1 is coarse (one 8 moves recall by "
+             f"{1 / n['test_minority']:.2f}), hence several seeds and their intervals. At {cfg['steps']} steps plain "
+             "training is on the edge of learning the rare class: over seeds its minority recall ranges from none "
+             "of the 8s to most of them, while the remedies' F1 stays high, so the gain has a wide interval; where "
+             f"it reaches below {GAIN} the verdict is inconclusive, not a refutation.")
     return Finding(
         topic=TOPIC, title=TITLE, claim=CLAIM,
         method=(f"{SOURCE} '{MINORITY}' vs rest at 1:20 (make_imbalanced), stratified {TEST:.0%} test split; "
                 f"MLP {MODEL['hidden']}, Adam lr {OPTIM['lr']}, batch {BATCH_SIZE}, about {cfg['steps']} steps "
                 f"per run; plain training vs {', '.join(REMEDIES)}; "
                 + (f"plain at {LONG}x steps for reference; " if cfg["long"] else "")
-                + f"minority-share spread of {FOLDS} stratified vs plain folds (fold_indices); "
-                f"mean over {cfg['seeds']} seed(s)."),
+                + f"minority-share spread of {FOLDS} stratified vs plain folds (fold_indices, mean of {FOLD_DRAWS} "
+                "splittings); "
+                "one imbalanced draw, split and initialisation per seed."),
         numbers=numbers, checks=checks,
         figures=[_figure(numbers, names)],
         notes=notes,

@@ -21,8 +21,9 @@ Then, from the same seed: early stopping on validation loss (restoring the best
 weights), weight decay, dropout, the digits augmentation preset (small rotations,
 shifts, zooms) and a right-sized MLP [32], each alone; and the combination of the four
 that apply to the big network (early stopping, weight decay, dropout, augmentation).
-The full budget repeats everything over 5 data seeds (means) and trains the
-combination once more without early stopping, to show what early stopping adds to it.
+The full budget also trains the combination without early stopping, to show what early
+stopping adds to it. ``run`` measures one seed (one split, noise draw and set of
+initialisations); the lab's runner repeats it and reads each check's 95% interval.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ CLAIM = ("On a small set with noisy labels a big network overfits; an ensemble o
          "decay, dropout, augmentation and a right-sized model each help, their combination at "
          "least as much as the best one alone.")
 BUDGETS = {
-    "quick": {"seeds": 1, "members": 3, "epochs": 60, "without_early_stopping": False},
-    "full": {"seeds": 5, "members": 5, "epochs": 60, "without_early_stopping": True},
+    "quick": {"members": 3, "epochs": 60, "without_early_stopping": False},
+    "full": {"members": 5, "epochs": 60, "without_early_stopping": True},
 }
 TRAIN, VAL = 0.1, 0.1   # about 180 training images: small on purpose
 LABEL_NOISE = 0.2       # share of train and validation labels replaced by a wrong class
@@ -169,37 +170,40 @@ def _figure(numbers: dict, names: list[str]):
 
 
 def run(cfg: dict, seed: int) -> Finding:
-    per_seed = [_one_seed(seed + i, cfg) for i in range(cfg["seeds"])]
-    first = per_seed[0]
-    mean = lambda f: _r(np.mean([f(s) for s in per_seed]))  # noqa: E731
-    numbers = {"seeds": cfg["seeds"], "members": cfg["members"], "epochs": cfg["epochs"],
+    first = _one_seed(seed, cfg)
+    numbers = {"members": cfg["members"], "epochs": cfg["epochs"],
                "train_size": first["train_size"], "test_size": first["test_size"],
-               "noisy_label_share": mean(lambda s: s["noisy_label_share"])}
+               "noisy_label_share": _r(first["noisy_label_share"])}
     for key in SCORES:
-        numbers[f"baseline_{key}"] = mean(lambda s: s["baseline"][key])
-        numbers[f"member_mean_{key}"] = mean(lambda s: np.mean([m[key] for m in s["members"]]))
-        numbers[f"ensemble_{key}"] = mean(lambda s: s["ensemble"][key])
-    numbers["first_seed_member_accuracies"] = [_r(m["accuracy"]) for m in first["members"]]
-    numbers["baseline_train_accuracy"] = mean(lambda s: s["baseline_train_accuracy"])
+        numbers[f"baseline_{key}"] = _r(first["baseline"][key])
+        numbers[f"member_mean_{key}"] = _r(np.mean([m[key] for m in first["members"]]))
+        numbers[f"ensemble_{key}"] = _r(first["ensemble"][key])
+    numbers["member_accuracies"] = [_r(m["accuracy"]) for m in first["members"]]
+    numbers["baseline_train_accuracy"] = _r(first["baseline_train_accuracy"])
     numbers["baseline_generalization_gap"] = _r(numbers["baseline_train_accuracy"] - numbers["baseline_accuracy"])
-    numbers["noisy_labels_memorized"] = mean(lambda s: s["noisy_labels_memorized"])
+    numbers["noisy_labels_memorized"] = _r(first["noisy_labels_memorized"])
     for name in _settings(cfg):
-        numbers |= {f"{name}_{key}": mean(lambda s: s[name][key]) for key in SCORES}
-        numbers[f"{name}_epochs_kept"] = mean(lambda s: s[name]["epochs_kept"])
+        numbers |= {f"{name}_{key}": _r(first[name][key]) for key in SCORES}
+        numbers[f"{name}_epochs_kept"] = first[name]["epochs_kept"]
     best = max(SINGLES, key=lambda n: numbers[f"{n}_accuracy"])
     numbers |= {"best_single_remedy": best, "best_single_remedy_accuracy": numbers[f"{best}_accuracy"],
-                "ensemble_accuracy_gain": _r(numbers["ensemble_accuracy"] - numbers["member_mean_accuracy"])}
+                "ensemble_accuracy_gain": _r(numbers["ensemble_accuracy"] - numbers["member_mean_accuracy"]),
+                "ensemble_log_loss_gain": _r(numbers["member_mean_log_loss"] - numbers["ensemble_log_loss"]),
+                "combination_minus_best_single": _r(numbers["combination_accuracy"] - numbers[f"{best}_accuracy"])}
     # Fixed before running: the problem overfits (training accuracy on its own noisy labels
     # at least 0.1 above test accuracy); the ensemble beats its mean member on accuracy and
-    # on log loss; and the combination is at least as accurate as the best remedy alone.
+    # on log loss; and the combination is at least as accurate as the best remedy alone
+    # (that seed's best).
     checks = [
         Check("baseline_generalization_gap", ">=", 0.1),
-        Check("ensemble_accuracy", ">", "member_mean_accuracy"),
-        Check("ensemble_log_loss", "<", "member_mean_log_loss"),
-        Check("combination_accuracy", ">=", "best_single_remedy_accuracy"),
+        # Paired within each seed (the same split, noise and members), so the interval is that
+        # of the difference, not two unrelated intervals side by side.
+        Check("ensemble_accuracy_gain", ">", 0.0),
+        Check("ensemble_log_loss_gain", ">", 0.0),
+        Check("combination_minus_best_single", ">=", 0.0),
     ]
     n = numbers
-    notes = (f"The baseline reproduced {n['noisy_labels_memorized']:.0%} of the wrong labels it was trained on. "
+    notes = (f"On seed {seed}: the baseline reproduced {n['noisy_labels_memorized']:.0%} of the wrong labels it was trained on. "
              f"The ensemble's gain in accuracy is small ({n['ensemble_accuracy_gain']}): its members memorised the "
              "same wrong labels, and averaging cancels only the errors in which they differ; its log loss "
              f"({n['ensemble_log_loss']} against {n['member_mean_log_loss']}) moves more. ECE: mean member "
@@ -208,7 +212,11 @@ def run(cfg: dict, seed: int) -> Finding:
              f"still soft (chosen on a validation loss against noisy labels), with an ECE of "
              f"{n['early_stopping_ece']}; the combination's ECE is {n['combination_ece']}, weight decay's "
              f"{n['weight_decay_ece']}. Best single remedy: {best} ({n['best_single_remedy_accuracy']}); "
-             f"combination {n['combination_accuracy']} (early stopping kept epoch {n['combination_epochs_kept']}).")
+             f"combination {n['combination_accuracy']} (early stopping kept epoch {n['combination_epochs_kept']}). "
+             "Over seeds the combination and the best single remedy (mostly augmentation) trade places by a few "
+             "points, so the interval of their paired difference straddles 0: 'the combination is at least as "
+             "good' is not shown, nor its opposite. The ensemble's accuracy gain is small but of one sign; three "
+             "seeds' interval may still reach below 0.")
     if cfg["without_early_stopping"]:
         without = n["combination_without_early_stopping_accuracy"]
         notes += f" Without early stopping the combination scores {without}" + (
@@ -221,8 +229,8 @@ def run(cfg: dict, seed: int) -> Finding:
                 f"validation labels wrong; MLP {HIDDEN}, AdamW lr {OPTIM['lr']}, batch {BATCH_SIZE}, "
                 f"{cfg['epochs']} epochs; {cfg['members']} seeds alone vs their averaging ensemble; early stopping "
                 f"(patience {PATIENCE}), weight decay {WEIGHT_DECAY}, dropout {DROPOUT}, digits augmentation, MLP "
-                f"{RIGHT_SIZED}, each alone, and combined; test accuracy, log loss, ECE; mean over "
-                f"{cfg['seeds']} seed(s)."),
+                f"{RIGHT_SIZED}, each alone, and combined; test accuracy, log loss, ECE; one split, "
+                "noise draw and set of initialisations per seed."),
         numbers=numbers, checks=checks,
         figures=[_figure(numbers, names)],
         notes=notes,

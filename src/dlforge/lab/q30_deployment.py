@@ -36,6 +36,7 @@ import math
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -64,8 +65,11 @@ CLAIM = ("A trained model can be served as a versioned REST service with monitor
          "quantization lowers its serving latency; an optimized runtime (ONNX Runtime) or int8 makes it "
          "faster at a cost of at most an accuracy point.")
 BUDGETS = {
-    "quick": {"epochs": 1, "requests": 128, "users": 400, "stage": 30, "calls": 200, "cap_s": 20.0,
-              "runtime_rounds": 7, "runtime_calls": 20},
+    # quick: 5 rounds of 10 calls per runtime (the effect checked is several-fold); 300 A/B users
+    # cap_s: each phase's deadline, a guard against a broken server (a healthy one needs a few seconds);
+    # 20 s cut the latency and A/B phases short on 2 cores shared 17-fold
+    "quick": {"epochs": 1, "requests": 128, "users": 300, "stage": 30, "calls": 200, "cap_s": 60.0,
+              "runtime_rounds": 5, "runtime_calls": 10},
     "full": {"epochs": 4, "requests": 1000, "users": 2000, "stage": 300, "calls": 1000, "cap_s": 120.0,
              "runtime_rounds": 15, "runtime_calls": 50},
 }
@@ -80,10 +84,10 @@ WARMUP = 8           # untimed requests per server before the latency rounds
 AB = {"production": 0.8, "candidate": 0.2}
 STICKY_REPEAT = 50
 EVAL_BATCH = 128     # accuracy: test samples per request
-TIMEOUT_S = 10.0     # per request; with each budget's cap_s per phase it bounds a run on a broken server
+TIMEOUT_S = 30.0     # per request (an admin swap took 10.7 s on 2 cores shared 17-fold); with cap_s it bounds a broken server
 PREDICT = f"/v1/models/{NAME}/predict"
 # The verdict's bounds, fixed before the first run (the issue's numbers).
-# "int8 lowers latency" holds when the bootstrap interval of the served p50 speedup lies above 1.
+# "int8 lowers latency" holds when the interval over seeds of the served p50 speedup lies above 1.
 SPEEDUP_ABOVE, DROP_AT_MOST, BYTES_RATIO_AT_MOST, Z_AT_MOST = 1.0, 0.02, 0.3, 3.0
 
 
@@ -154,15 +158,16 @@ def _latency(urls: dict[str, str], key: str, raw: np.ndarray, n: int, deadline: 
     return out
 
 
-def _ab(url: str, keys: dict[str, str], sample: list, n_users: int, deadline: float) -> dict:
+def _ab(url: str, keys: dict[str, str], sample: list, n_users: int, cap: Callable[[], float]) -> dict:
+    """One request per user id, then ``STICKY_REPEAT`` ids again; each pass has its own deadline ``cap()``."""
     config = {"variants": [{"alias": a, "weight": w} for a, w in AB.items()], "sticky_header": "X-User-Id"}
     users = [f"user-{i}" for i in range(n_users)]
     jobs = [({"inputs": [sample]}, {"X-User-Id": u}) for u in users]
     with httpx.Client(base_url=url, headers=bearer(keys["admin"]), timeout=TIMEOUT_S) as admin, \
             clients(url, keys["predict"], CONCURRENCY, TIMEOUT_S) as pool:
         admin.put(f"/v1/models/{NAME}/traffic", json=config).raise_for_status()
-        first = bounded_load(pool, PREDICT, jobs, deadline)
-        again = bounded_load(pool, PREDICT, jobs[:STICKY_REPEAT], deadline)
+        first = bounded_load(pool, PREDICT, jobs, cap())
+        again = bounded_load(pool, PREDICT, jobs[:STICKY_REPEAT], cap())
         admin.delete(f"/v1/models/{NAME}/traffic").raise_for_status()  # the rollback phase runs without a split
     variant = lambda r: r.body["variant"] if r.status == 200 else None  # noqa: E731
     answered = [variant(r) for r in first]
@@ -286,7 +291,7 @@ def _measure(cfg: dict, seed: int, tmp: Path) -> dict:
                 m["latency"] = _latency(urls, keys["predict"], raw, cfg["requests"], cap())
                 m["accuracy"] = {name: _accuracy(u, keys["predict"], raw, m["labels"], cap())
                                  for name, u in urls.items()}
-            m["ab"] = _ab(fp32_url, keys, sample, cfg["users"], cap())
+            m["ab"] = _ab(fp32_url, keys, sample, cfg["users"], cap)
             m["rollback"] = _rollback(fp32_url, keys, sample, cfg["stage"], cap())
             m["access"] = _access(fp32_url, keys, sample)
         m["aliases_after"] = registry.aliases(NAME)
@@ -344,7 +349,9 @@ def _finding(cfg: dict, m: dict) -> Finding:
     }
     # Fixed before the first run; see the module docstring for what each number is.
     checks = [
-        Check("int8_served_p50_speedup_ci_low", ">", SPEEDUP_ABOVE),
+        # per seed fp32 p50 / int8 p50, the two servers measured in turns in one process; the
+        # check reads the interval over seeds
+        Check("int8_served_p50_speedup", ">", SPEEDUP_ABOVE),
         Check("int8_accuracy_drop", "<=", DROP_AT_MOST),
         Check("int8_weight_bytes_ratio", "<=", BYTES_RATIO_AT_MOST),
         Check("ab_split_abs_z", "<=", Z_AT_MOST),
@@ -372,7 +379,7 @@ def _finding(cfg: dict, m: dict) -> Finding:
     runtimes = _q30_runtimes.part(m["runtimes"])  # its own numbers' names: none of the above
     return Finding(topic=TOPIC, title=TITLE, claim=CLAIM, method=method + runtimes.method,
                    numbers={**n, **runtimes.numbers}, checks=checks + runtimes.checks,
-                   figures=[_figure(n, ms, rb), *runtimes.figures], notes=_notes(n) + runtimes.notes)
+                   figures=[_figure(n, ms, rb), *runtimes.figures], notes=_notes(n, m["seed"]) + runtimes.notes)
 
 
 def _figure(n: dict, ms: dict[str, list[float]], rb: dict):
@@ -407,9 +414,9 @@ def _figure(n: dict, ms: dict[str, list[float]], rb: dict):
     return drawn.figure
 
 
-def _notes(n: dict) -> str:
+def _notes(n: dict, seed: int) -> str:
     served, model = n["int8_served_p50_speedup"], n["offline_int8_speedup"]
-    text = (f"The model alone at batch 1 takes {n['offline_fp32_ms']} ms in fp32 and {n['offline_int8_ms']} ms in "
+    text = (f"Seed {seed}: the model alone at batch 1 takes {n['offline_fp32_ms']} ms in fp32 and {n['offline_int8_ms']} ms in "
             f"int8 ({model}x faster); served, the p50 goes from {n['fp32_served_p50_ms']} to "
             f"{n['int8_served_p50_ms']} ms ({served}x) and the p99 from {n['fp32_served_p99_ms']} to "
             f"{n['int8_served_p99_ms']} ms. Through the server the gain is diluted by what int8 does not shrink: "
@@ -418,10 +425,8 @@ def _notes(n: dict) -> str:
             "above the model alone. The client threads share the server's Python process and the machine's "
             "cores, so a client elsewhere would see less of that overhead. ")
     lo, hi = n["int8_served_p50_speedup_ci95"]
-    text += (f"A bootstrap over the requests puts the served p50 speedup between {lo} and {hi} (95%; requests "
-             "close in time are not independent, so the true spread is wider)"
-             + (": int8 answers faster. " if lo > SPEEDUP_ABOVE else
-                ", which does not exclude no gain: here the served latency gain is not shown. "))
+    text += (f"Within this seed a bootstrap over the requests puts the served p50 speedup between {lo} and {hi} "
+             "(95%; requests close in time are not independent, so the check reads the interval over seeds). ")
     text += (f"The gain depends on width: int8 pays where reading the weights dominates; for an MLP "
              f"{NARROW['hidden']} the model alone is {n['narrow_offline_int8_speedup']}x as fast in int8 "
              f"({n['narrow_offline_fp32_ms']} against {n['narrow_offline_int8_ms']} ms)"

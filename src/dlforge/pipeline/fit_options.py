@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ from dlforge.train import (
     Callback, Checkpoint, EarlyStopping, FitResult, GradientMonitor, HistoryWriter, NanGuard, ProgressBar, fit,
 )
 from dlforge.train.losses import LossConfig, build_loss
+from dlforge.train.trackers import MlflowWriter, TensorBoardWriter, TrackerLogger, check_trackers, flatten_params, report_note
 from dlforge.train.transfer import GradualUnfreezing, TransferReport, freeze
 
 
@@ -175,7 +177,38 @@ def config_callbacks(cfg: RunConfig, *, has_val: bool, run_dir: Path | None = No
         monitor = c.monitor if (has_val or "monitor" in c.model_fields_set) else None
         callbacks.append(Checkpoint(run_dir / "checkpoints", c.every_n_epochs, c.every_n_steps, c.keep_last, monitor))
         callbacks.append(HistoryWriter(run_dir / "history.jsonl"))
+        if t.log_to:
+            callbacks.append(tracker_logger(cfg, run_dir, progress))
     return callbacks
+
+
+def tracker_logger(cfg: RunConfig, run_dir: Path, progress: TextIO | None = None) -> TrackerLogger:
+    """``train.log_to``: TensorBoard into ``run_dir/tensorboard``, MLflow as a run named after
+    ``run_dir`` whose id goes to ``run_dir/trackers.json``. The MLflow run stays open after
+    fit: :func:`finish_trackers` adds the report and the artifact, then closes it."""
+    writers = [TensorBoardWriter(run_dir / "tensorboard") if name == "tensorboard" else
+               MlflowWriter(cfg.train.mlflow_uri, experiment=cfg.name, record_to=run_dir / "trackers.json")
+               for name in cfg.train.log_to]
+    return TrackerLogger(writers, run_name=run_dir.name, params=flatten_params(cfg.model_dump(mode="json")),
+                         stream=progress, end_run=False)
+
+
+def finish_trackers(run_dir: Path, status: str = "FINISHED", progress: TextIO | None = None) -> None:
+    """Close the MLflow run ``train.log_to`` opened for ``run_dir`` (if any) with ``status``,
+    after logging ``report.html``, ``metrics.json`` and ``model/``; a failure is a note."""
+    try:
+        entry = json.loads((run_dir / "trackers.json").read_text(encoding="utf-8"))["mlflow"]
+    except (OSError, ValueError, KeyError):
+        return  # no MLflow run was opened (not asked for, or it failed and was reported)
+    if entry.get("failed"):
+        return  # reported once already
+    try:
+        writer = MlflowWriter.attach(entry["uri"], entry["run_id"])
+        if status == "FINISHED":
+            writer.log_artifacts(run_dir)
+        writer.close(status)
+    except Exception as err:  # noqa: BLE001 - a tracker never fails a finished run
+        report_note(f"mlflow logging failed ({type(err).__name__}: {err}); the run itself is complete", progress)
 
 
 def _check_monitors(cfg: RunConfig, prepared: Prepared, checkpoints: bool) -> None:
@@ -226,6 +259,7 @@ def check_fit(cfg: RunConfig, prepared: Prepared, *, checkpoints: bool = False, 
     """Raise the ConfigError training ``cfg`` on ``prepared`` would hit later, now.
     ``checkpoints``: the run keeps checkpoints (a run directory); ``callbacks``: extra ones."""
     _check_monitors(cfg, prepared, checkpoints)
+    check_trackers(cfg.train.log_to)  # a missing extra fails before a run directory exists
     _check_bagging(cfg, resume, callbacks)
 
 

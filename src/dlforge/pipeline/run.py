@@ -15,6 +15,8 @@
       evaluation.json   every metric, the confusion matrix, ROC/PR curves (held-out split)
       diagnosis.json    what went wrong in training, with evidence and a fix
       report.html       one self-contained page with all of the above
+      tensorboard/      with train.log_to: [tensorboard]: the history as TensorBoard events
+      trackers.json     with train.log_to: [mlflow]: the MLflow run's URI and id
 
 Every input error (config, data, labels that don't fit the model) is raised before the
 run directory exists, so a failed start leaves nothing behind.
@@ -48,10 +50,13 @@ from dlforge.evaluate import Evaluation, evaluate
 from dlforge.evaluate.baselines import BaselineReport, fit_baselines
 from dlforge.evaluate.report import write_report
 from dlforge.pipeline.data import load_data, load_forecast, source_family
+from dlforge.pipeline.run_meta import finish_run_file, start_training_run
 from dlforge.models import spec_of
 from dlforge.pipeline.seg_data import SegPrepared
 from dlforge.pipeline.seg_eval import SCORE_KEYS, evaluate_segmentation
-from dlforge.pipeline.fit_options import Remedies, check_fit, class_remedies, configured_model, fit_config, fit_options
+from dlforge.pipeline.fit_options import (
+    Remedies, check_fit, class_remedies, configured_model, finish_trackers, fit_config, fit_options,
+)
 from dlforge.registry import save_artifact
 from dlforge.registry.artifact import Artifact
 from dlforge.registry.reference import build_reference
@@ -135,6 +140,7 @@ def train_run(
     try:
         if dist.main:
             atomic_write(run_dir / "config.yaml", to_yaml(cfg).encode())
+            start_training_run(run_dir, cfg.data.source, prepared, frame=data)  # run.json, for the run index
         model, result = fit_config(cfg, prepared, model=model, remedies=remedies, callbacks=callbacks,
                                    run_dir=run_dir, progress=progress, resume=resume_dir, reshard=reshard)
         if cfg.data.imbalance.bagging and dist.main:
@@ -142,11 +148,23 @@ def train_run(
     except DlforgeError:
         if resume_dir is None and dist.main:
             shutil.rmtree(run_dir, ignore_errors=True)  # an input error: leave nothing behind
+        elif dist.main:
+            finish_run_file(run_dir, status="stopped")
+        raise
+    except BaseException:  # interrupted or crashed: the index lists it as stopped
+        if dist.main:
+            finish_run_file(run_dir, status="stopped")
         raise
     if not dist.main:
         dist.close()
         return RunOutcome(run_dir=run_dir, result=result, metrics={}, prepared=prepared, model=model, main=False)
-    outcome = _finish_run(cfg, run_dir, model, prepared, result, transfer, remedies)
+    try:
+        outcome = _finish_run(cfg, run_dir, model, prepared, result, transfer, remedies)
+    except BaseException:
+        finish_trackers(run_dir, "FAILED", progress)  # train.log_to's MLflow run, if any
+        raise
+    finish_trackers(run_dir, "FINISHED", progress)  # report.html, metrics.json and model/ to MLflow
+    finish_run_file(run_dir, stop_reason=result.stop_reason, epochs_run=result.epochs_run)
     dist.close()  # the other ranks wait here until rank 0 has written everything
     return outcome
 
@@ -200,7 +218,7 @@ def _finish_run(cfg: RunConfig, run_dir: Path, model: nn.Module, prepared: Prepa
     training: dict[str, Any] = {
         "config": cfg.model_dump(mode="json"), "epochs_run": result.epochs_run, "steps": result.steps,
         "stop_reason": result.stop_reason, "best_epoch": result.best_epoch, "data": prepared.name,
-        "parameters": trainable_summary(model),
+        "parameters": trainable_summary(model), "run": run_dir.name,  # the registry links a version to its run by this
     }
     if remedies is not None and remedies.counts is not None:
         training["class_counts"] = {"train": remedies.counts, "class_names": prepared.class_names}
@@ -247,7 +265,7 @@ def _finish_segmentation(cfg: RunConfig, run_dir: Path, model: nn.Module, prepar
     training: dict[str, Any] = {
         "config": cfg.model_dump(mode="json"), "epochs_run": result.epochs_run, "steps": result.steps,
         "stop_reason": result.stop_reason, "best_epoch": result.best_epoch, "data": prepared.name,
-        "parameters": trainable_summary(model), "regions": prepared.regions.describe(),
+        "parameters": trainable_summary(model), "regions": prepared.regions.describe(), "run": run_dir.name,
     }
     if remedies is not None and remedies.counts is not None:
         training["class_counts"] = {"train": remedies.counts, "class_names": prepared.class_names,

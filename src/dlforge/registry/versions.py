@@ -37,7 +37,10 @@ from dlforge.registry.blobs import BlobStore
 from dlforge.registry.db import Database, aliases_t, events_t, listing, models_t, now, retired_t, versions_t
 from dlforge.registry.names import validate_name
 
-RESERVED_METADATA = ("task", "arch", "class_names", "input_signature")  # always taken from model.json
+# Always taken from model.json; "run" is the name of the run directory that wrote the artifact
+# (absent for artifacts saved outside a run, or before runs recorded it): the run index finds a
+# run's versions by it, so a caller cannot set it.
+RESERVED_METADATA = ("task", "arch", "class_names", "input_signature", "run")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,17 @@ class ModelVersion:
     created: str
     metrics: dict[str, float]
     metadata: dict[str, Any]
+
+    @property
+    def run(self) -> str | None:
+        """The run directory (its name) that wrote this version's artifact, or None when unknown.
+
+        Example:
+            >>> ModelVersion("m", 1, "ab", Path("/a"), "", {}, {"run": "iris-20240101-120000"}).run
+            'iris-20240101-120000'
+        """
+        run = self.metadata.get("run")
+        return run if isinstance(run, str) else None  # older registries may hold anything a user set
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (``path`` as a string).
@@ -99,8 +113,10 @@ class VersionStore:
             raise RegistryError(f"metadata must be a JSON object, got {type(metadata).__name__}")
         clash = [k for k in RESERVED_METADATA if k in user]
         if clash:
-            raise RegistryError(f"metadata keys {clash} are taken from model.json", hint="rename those keys")
-        info = {k: art.meta.get(k) for k in RESERVED_METADATA} | user
+            why = "; run is the name of the run directory that wrote the artifact" if "run" in clash else ""
+            raise RegistryError(f"metadata keys {clash} are taken from model.json", hint=f"rename those keys{why}")
+        run = run_of(art.meta)
+        info = {k: art.meta.get(k) for k in RESERVED_METADATA if k != "run"} | ({"run": run} if run else {}) | user
         scores = _clean_metrics(metrics if metrics is not None else art.meta.get("metrics") or {}, metrics is not None)
         for _ in range(3):
             sha = self._blobs.store(art.path)
@@ -135,7 +151,8 @@ class VersionStore:
                             metrics=dict(metrics), metadata=dict(info))
 
     def models(self) -> list[dict[str, Any]]:
-        """Every model: ``{"name", "latest_version", "versions", "aliases", "created"}``, sorted by name."""
+        """Every model: ``{"name", "latest_version", "latest_run", "versions", "aliases", "created"}``,
+        sorted by name (``latest_run``: the run that wrote the latest version, or None)."""
         with self._db.read() as conn:
             rows = conn.execute(
                 sa.select(models_t.c.id, models_t.c.name, models_t.c.created,
@@ -145,8 +162,14 @@ class VersionStore:
             aliases: dict[int, dict[str, int]] = {}
             for model_id, alias, version in conn.execute(sa.select(aliases_t).order_by(aliases_t.c.alias)):
                 aliases.setdefault(model_id, {})[alias] = version
-        return [{"name": name, "latest_version": latest, "versions": n, "aliases": aliases.get(model_id, {}),
-                 "created": created} for model_id, name, created, n, latest in rows]
+            latest_t = (sa.select(versions_t.c.model_id, sa.func.max(versions_t.c.version).label("version"))
+                        .group_by(versions_t.c.model_id).subquery())
+            runs = {model_id: (meta or {}).get("run") for model_id, meta in conn.execute(
+                sa.select(versions_t.c.model_id, versions_t.c.meta).join(latest_t, sa.and_(
+                    versions_t.c.model_id == latest_t.c.model_id, versions_t.c.version == latest_t.c.version)))}
+        return [{"name": name, "latest_version": latest, "latest_run": runs.get(model_id), "versions": n,
+                 "aliases": aliases.get(model_id, {}), "created": created}
+                for model_id, name, created, n, latest in rows]
 
     def versions(self, name: str) -> list[ModelVersion]:
         """The versions of ``name``, oldest first; NotFoundError for an unknown model."""
@@ -276,6 +299,21 @@ def check_alias(alias: str) -> str:
     if alias.isdigit():
         raise RegistryError(f"alias {alias!r} is all digits", hint="use a word such as production or staging")
     return alias
+
+
+def run_of(meta: dict[str, Any]) -> str | None:
+    """The name of the run directory that wrote an artifact, from its model.json (None when
+    the artifact was saved outside a run, or by a dlforge from before runs recorded it).
+
+    Example:
+        >>> run_of({"training": {"run": "iris-20240101-120000"}})
+        'iris-20240101-120000'
+        >>> run_of({"training": {}}) is None
+        True
+    """
+    training = meta.get("training")
+    run = training.get("run") if isinstance(training, dict) else None
+    return run if isinstance(run, str) and run else None
 
 
 def json_ready(value: Any, what: str) -> Any:

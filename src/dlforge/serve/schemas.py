@@ -251,6 +251,8 @@ class VersionInfo(BaseModel):
     metrics: dict[str, float]
     aliases: list[str]
     loaded: bool
+    run: str | None = Field(None, description="the run directory (its name) whose training wrote this version; "
+                                              "null when unknown (saved outside a run, or before runs recorded it)")
 
 
 class ModelSummary(BaseModel):
@@ -267,6 +269,10 @@ class ModelDetail(BaseModel):
     latest_version: int
     aliases: dict[str, int]
     traffic: TrafficConfig | None = None
+    served_version: int | None = Field(
+        None, description="the version that answers a request naming no version or alias: alias production, "
+                          "else the latest; null while a traffic split picks per request (see traffic)")
+    served_run: str | None = Field(None, description="the run that wrote served_version (null when unknown)")
     versions: list[VersionInfo]
 
 

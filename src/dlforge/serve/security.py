@@ -98,7 +98,14 @@ def correlation_id(request: Request) -> str | None:
     return request.scope.get("state", {}).get("correlation_id")
 
 
-def _correlation_of(headers: Headers) -> str | None:
+def correlation_of(headers: Headers) -> str | None:
+    """The correlation id in ``headers`` (REST's headers or gRPC's invocation metadata): the
+    client's ``x-request-id`` when it is 1-64 of ``A-Za-z0-9._-``, else None.
+
+    Example:
+        >>> correlation_of(Headers({"x-request-id": "trace-1"})), correlation_of(Headers({"x-request-id": "a b"}))
+        ('trace-1', None)
+    """
     given = headers.get("x-request-id", "")
     return given if _REQUEST_ID.fullmatch(given) else None
 
@@ -219,7 +226,7 @@ class SecurityMiddleware:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        rid, correlation = uuid.uuid4().hex, _correlation_of(headers)
+        rid, correlation = uuid.uuid4().hex, correlation_of(headers)
         scope.setdefault("state", {}).update(request_id=rid, correlation_id=correlation)
         if correlation is not None:  # the only place the two ids meet: grep the log for either
             logger.info("request %s has correlation id %s (%s %s)", rid, correlation, scope["method"],

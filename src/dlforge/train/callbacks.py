@@ -82,9 +82,24 @@ class Callback:
         pass
 
 
+_HIGHER_WORDS = frozenset(("accuracy", "acc", "f1", "auc", "precision", "recall", "r2", "dice", "iou", "ap50", "dsb"))
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger ``metric`` is better: accuracy, F1, AUC, precision, recall, R², Dice, IoU,
+    AP50, the DSB score (any ``_``-separated word of the name), unless it is a loss.
+
+    Example:
+        >>> [higher_is_better(m) for m in ("val_accuracy", "val_r2", "val_dice", "val_loss", "val_mse", "dice_loss")]
+        [True, True, True, False, False, False]
+    """
+    words = metric.lower().replace("-", "_").split("_")
+    return any(w in _HIGHER_WORDS for w in words) and "loss" not in words
+
+
 def _resolve_mode(monitor: str, mode: str) -> str:
     if mode == "auto":
-        return "max" if any(k in monitor for k in ("acc", "f1", "auc", "precision", "recall")) else "min"
+        return "max" if higher_is_better(monitor) else "min"
     if mode not in ("min", "max"):
         raise ConfigError(f"mode is {mode!r}", hint="use min, max or auto")
     return mode

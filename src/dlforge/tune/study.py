@@ -51,7 +51,7 @@ import yaml
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from dlforge.config import validate_config
+from dlforge.config import flat_config, validate_config
 from dlforge.errors import ConfigError
 from dlforge.train.state_io import atomic_write
 from dlforge.tune.checks import check_before_trials
@@ -93,19 +93,9 @@ def _objective_record(tune: TuneConfig) -> dict[str, Any]:
             "space": {k: v.model_dump(mode="json") for k, v in tune.space.items()}}
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (an empty mapping is a value of its own)."""
-    if isinstance(d, dict) and d:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): d}
-
-
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ (or exist on one side only)."""
-    a, b = _flat(old), _flat(new)
+    a, b = flat_config(old), flat_config(new)
     missing = object()
     return sorted(k for k in set(a) | set(b) if a.get(k, missing) != b.get(k, missing))
 

@@ -10,6 +10,13 @@ versions and aliases (``model_version`` is a number or an alias name; the reques
 
 Keys: the ``authorization: Bearer <key>`` metadata on ModelReady, ModelMetadata and ModelInfer,
 checked through the app's key cache (ServerLive, ServerReady, ServerMetadata are open, as on REST).
+
+Ids, as REST's headers (:mod:`dlforge.serve.security`): each of those calls gets a server id
+(uuid4 hex; ModelInfer's answer also carries it as the parameter ``request_id``); a client's own
+``x-request-id`` metadata (1-64 of ``A-Za-z0-9._-``) is only a correlation id: logged with the
+server's id and stored beside the A/B record. Both come back in the trailing metadata,
+``x-request-id`` and ``x-correlation-id``, on answers and errors alike.
+
 Errors carry REST's message; the HTTP status maps to a gRPC code (:data:`CODES`): 400 and 422
 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 404 NOT_FOUND, 413 and 429 RESOURCE_EXHAUSTED,
 503 UNAVAILABLE, anything unexpected INTERNAL ("internal error", logged). A message above
@@ -23,9 +30,10 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 import orjson
@@ -39,6 +47,7 @@ from dlforge.serve.grpc_v2 import grpc_predict_v2_pb2 as pb
 from dlforge.serve.grpc_v2 import grpc_predict_v2_pb2_grpc as pb_grpc
 from dlforge.serve import v2_infer
 from dlforge.serve.routers import v2
+from dlforge.serve.security import correlation_of
 from dlforge.serve.service import PredictionService
 from dlforge.serve.settings import ServeSettings
 from dlforge.serve.v2_codec import Output, TensorError, decode_request, encode_response
@@ -54,11 +63,23 @@ CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_conte
             "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
             "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
 T = TypeVar("T")
+log = logging.getLogger("dlforge.serve")
+
+
+class Call(NamedTuple):
+    """What every keyed RPC knows about its call: the server's id, the metadata, the client's correlation id."""
+
+    request_id: str
+    headers: Headers
+    correlation_id: str | None
 
 
 async def start(app: Any, settings: ServeSettings) -> grpc.aio.Server:
     """Serve ``app``'s models over gRPC on ``settings.host:settings.grpc_port`` (ConfigError if the port is taken)."""
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.max_body_bytes)])
+    # so_reuseport off: with it (grpcio's default on Linux) a second server on a port another
+    # gRPC server holds would start and silently share its traffic instead of failing.
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.max_body_bytes),
+                                      ("grpc.so_reuseport", 0)])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(app), server)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     try:
@@ -89,7 +110,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(**(await v2.server_metadata()).model_dump())
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
-        async def ready(rid: str) -> pb.ModelReadyResponse:
+        async def ready(call: Call) -> pb.ModelReadyResponse:
             try:  # NotFoundError (unknown model, version or alias) goes to the client as NOT_FOUND
                 v2_infer.chosen_version(self.app.state.pool, validate_name(request.name), request.version or None)
             except UnavailableError:
@@ -100,7 +121,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest,
                             context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
-        async def metadata(rid: str) -> pb.ModelMetadataResponse:
+        async def metadata(call: Call) -> pb.ModelMetadataResponse:
             meta = v2_infer.describe_model(self.app.state.pool, validate_name(request.name), request.version or None)
             tensor = pb.ModelMetadataResponse.TensorMetadata
             return pb.ModelMetadataResponse(name=meta.name, versions=meta.versions, platform=meta.platform,
@@ -110,34 +131,42 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._call(context, metadata)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
-        async def infer(rid: str) -> pb.ModelInferResponse:
+        async def infer(call: Call) -> pb.ModelInferResponse:
             name = validate_name(request.model_name)
             infer_request, tensors = decode_request(*rest_body(request))
-            metadata = Headers({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
             header, outputs, _ = await v2_infer.infer_outputs(self.service, name, request.model_version or None,
-                                                        infer_request, tensors, request_id=rid, headers=metadata,
-                                                        correlation_id=None)
+                                                              infer_request, tensors, request_id=call.request_id,
+                                                              headers=call.headers, correlation_id=call.correlation_id)
             return infer_response(header, outputs)
 
         return await self._call(context, infer)
 
-    async def _call(self, context: grpc.aio.ServicerContext, work: Callable[[str], Awaitable[T]]) -> T:
-        """``work(request_id)`` behind the key check; an error aborts the call with REST's message."""
-        rid = uuid.uuid4().hex
+    async def _call(self, context: grpc.aio.ServicerContext, work: Callable[[Call], Awaitable[T]]) -> T:
+        """``work(call)`` behind the key check, the ids in the trailing metadata (see the module);
+        an error aborts the call with REST's message."""
+        headers = Headers({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
+        call = Call(uuid.uuid4().hex, headers, correlation_of(headers))
+        ids = (("x-request-id", call.request_id),) + (
+            (("x-correlation-id", call.correlation_id),) if call.correlation_id is not None else ())
+        if call.correlation_id is not None:  # as REST's middleware: the one line that joins the two ids
+            log.info("request %s has correlation id %s (gRPC %s)", call.request_id, call.correlation_id,
+                     getattr(work, "__name__", ""))
         try:
-            await self._check_key(context)
-            return await work(rid)
+            await self._check_key(headers)
+            answer = await work(call)
+            context.set_trailing_metadata(ids)
+            return answer
         except Exception as exc:  # noqa: BLE001  (answered; error_of logs the unexpected ones)
-            status, message, _ = v2_infer.error_of(exc, rid)
-        await context.abort(CODES.get(status, grpc.StatusCode.INTERNAL), message)
+            status, message, extra = v2_infer.error_of(exc, call.request_id)
+        trailing = ids + tuple((k.lower(), v) for k, v in extra.items())  # Retry-After, as REST sends it
+        await context.abort(CODES.get(status, grpc.StatusCode.INTERNAL), message, trailing_metadata=trailing)
         raise AssertionError("unreachable: abort raises")
 
-    async def _check_key(self, context: grpc.aio.ServicerContext) -> None:
+    async def _check_key(self, headers: Headers) -> None:
         """A predict or admin key in the ``authorization`` metadata, as REST's ``require_predict_key``."""
         if not self.app.state.settings.require_keys:
             return
-        given = dict(context.invocation_metadata() or ()).get("authorization", "")
-        scheme, _, key = given.partition(" ") if isinstance(given, str) else ("", "", "")
+        scheme, _, key = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise ApiError(401, "unauthorized", "this call needs an API key",
                            hint="send the metadata 'authorization: Bearer <key>'; create a key with `dlforge keys create`")

@@ -91,7 +91,8 @@ def _version_out(mv: ModelVersion, aliases: dict[str, int], loaded: bool) -> Adm
     return AdminVersion(name=mv.name, version=mv.version, created=mv.created, sha256=mv.sha256,
                         task=meta.get("task"), arch=meta.get("arch"), class_names=meta.get("class_names"),
                         input_signature=meta.get("input_signature"), metrics=mv.metrics,
-                        aliases=sorted(a for a, v in aliases.items() if v == mv.version), loaded=loaded)
+                        aliases=sorted(a for a, v in aliases.items() if v == mv.version), loaded=loaded,
+                        run=mv.run)
 
 
 def _check_loadable(folder: Path) -> None:

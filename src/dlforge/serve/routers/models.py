@@ -7,10 +7,11 @@ Example::
     GET /v1/models       -> [{"name": "iris", "latest_version": 2, "versions": 2,
                               "aliases": {"production": 1, "candidate": 2}, "loaded_versions": [1, 2],
                               "unhealthy": [], ...}]
-    GET /v1/models/iris  -> {"name": "iris", "versions": [{"version": 1, "sha256": "...", "metrics": {...},
+    GET /v1/models/iris  -> {"name": "iris", "served_version": 1, "served_run": "iris-20240101-120000",
+                             "versions": [{"version": 1, "sha256": "...", "metrics": {...},
                               "input_signature": {"shape": [null, 4], "dtype": "float32"},
                               "inputs": {"kind": "table", "columns": [...], "example": {"inputs": [...]}},
-                              "loaded": true}, ...]}
+                              "loaded": true, "run": "iris-20240101-120000"}, ...]}
     GET /v1/models/iris/versions/1 -> the first of those versions
 """
 
@@ -64,16 +65,20 @@ def list_models(registry: Registry = Depends(get_registry), pool: ModelPool = De
 def model_detail(name: str = Depends(model_name), registry: Registry = Depends(get_registry),
                  pool: ModelPool = Depends(get_pool)) -> ModelDetail:
     """One model's versions (metrics, creation time, hash, task, input signature, the inputs a client
-    sends with an example body), aliases and traffic split."""
+    sends with an example body, the run that wrote it), aliases, traffic split and the version
+    (and run) that answers a request naming none."""
     versions = registry.versions(name)  # NotFoundError -> 404
     aliases = registry.aliases(name)
     traffic = registry.traffic(name)
     loaded = pool.loaded(name)
+    served = None if traffic is not None else registry.get(name)  # production, else the latest
     return ModelDetail(
         name=name,
         latest_version=versions[-1].version,
         aliases=aliases,
         traffic=None if traffic is None else TrafficConfig.model_validate(traffic),
+        served_version=None if served is None else served.version,
+        served_run=None if served is None else served.run,
         versions=[_version_info(mv, aliases, loaded) for mv in versions],
     )
 
@@ -94,7 +99,7 @@ def _version_info(mv: ModelVersion, aliases: dict[str, int], loaded: dict[int, L
                        input_signature=mv.metadata.get("input_signature"), inputs=_inputs(mv, loaded),
                        metrics={k: float(v) for k, v in mv.metrics.items() if isinstance(v, (int, float))},
                        aliases=sorted(a for a, v in aliases.items() if v == mv.version),
-                       loaded=mv.version in loaded)
+                       loaded=mv.version in loaded, run=mv.run)
 
 
 def _inputs(mv: ModelVersion, loaded: dict[int, LoadedModel]) -> dict[str, Any] | None:

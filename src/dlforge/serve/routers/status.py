@@ -1,8 +1,8 @@
 """The status page ``GET /``: one server-rendered HTML page a person can leave open.
 
-Per model: its versions (loaded here, with their aliases), the traffic split, and per
-variant the request count, p50/p99 latency and the accuracy measured from feedback. The
-page refreshes itself every 5 seconds with a ``<meta http-equiv="refresh">``: no script
+Per model: its versions (loaded here, with their aliases and the run that wrote each), the
+traffic split, and per variant the request count, p50/p99 latency and the accuracy measured
+from feedback. The page refreshes itself every 5 seconds with a ``<meta http-equiv="refresh">``: no script
 runs, nothing loads from elsewhere (its Content-Security-Policy forbids it), every value is
 HTML-escaped, and no file-system path is shown.
 """
@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 import dlforge
+from dlforge.registry.versions import run_of
 from dlforge.serve.dependencies import get_pool
 from dlforge.serve.pool import ModelPool
 
@@ -43,7 +44,10 @@ def status_context(pool: ModelPool, *, started: float | None = None) -> dict[str
     """
     models = []
     for entry in pool.snapshot():
-        stats = pool.experiment(entry["name"]).stats() if pool.loaded(entry["name"]) else {"variants": {}}
+        loaded = pool.loaded(entry["name"])
+        stats = pool.experiment(entry["name"]).stats() if loaded else {"variants": {}}
+        entry["versions"] = [{**v, "run": run_of(loaded[v["version"]].artifact.meta) if v["version"] in loaded
+                              else None} for v in entry["versions"]]
         traffic = entry["traffic"]
         split = []
         if traffic is not None:
