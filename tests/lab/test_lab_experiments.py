@@ -36,7 +36,7 @@ def test_finding_is_complete_and_its_verdict_follows_from_its_numbers(topic):
     assert f.topic == topic and f.budget == "quick"
     assert f.claim and f.method and f.numbers and f.checks
     assert f.verdict in VERDICTS
-    assert f.verdict == verdict_of(f.checks, f.numbers)  # recomputed here, never written by hand
+    assert f.verdict == verdict_of(f.checks, f.measured)  # recomputed here, never written by hand
     for check in f.check_results():
         assert math.isfinite(check["value"]) or not check["holds"]
     assert f.figures, "every finding shows a figure"
