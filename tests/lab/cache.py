@@ -3,7 +3,7 @@
 Seed set A (each topic's own seeds from 0, one thread each) runs in two worker processes.
 The first request queues every topic this session's tests will ask for (``PLANNED``, filled
 by tests/lab/conftest.py at collection), in topic order, so the workers stay busy while the
-tests read the findings one by one. Seed set B (seeds from 100, two threads, one worker) is
+tests read the findings one by one. Seed set B (seeds from 100, two threads each, two workers) is
 the stability test's second opinion (tests/lab/test_stability.py).
 """
 
@@ -18,7 +18,7 @@ from dlforge.lab.finding import Finding
 
 SET_B_FIRST_SEED = 100  # far from set A's 0, 1, 2...: no seed in common
 PLANNED: dict[str, set[int]] = {"A": set(), "B": set()}  # topics the collected tests use, per seed set
-_SETS = {"A": (0, 2, 1), "B": (SET_B_FIRST_SEED, 1, 2)}  # first seed, workers, threads per worker
+_SETS = {"A": (0, 2, 1), "B": (SET_B_FIRST_SEED, 2, 2)}  # first seed, workers, threads per worker
 
 
 class _SeedSet:
