@@ -51,6 +51,11 @@ UNSETTLED = {
     28: "minilm_gain [-0.044, 0.40] on seeds 0-2 against [0.15, 0.41] on 100-102; gain_slope "
         "[-0.0015, 0.068] against [0.047, 0.053]: three seeds are too few",
     30: "int8's served p50 speedup is a timing under load: [1.02, 1.37] against [0.95, 1.19]",
+    # Agreed (supported) in both runs here, on an idle machine; each has a wall-clock check that a
+    # loaded machine can push across its bound (23's unstructured speedup measured [0.88, 1.36] at
+    # load 50 against its 1.15 bound; 13's "largest batch's epoch 2x faster" is a per-seed timing).
+    13: "larger_batch_epoch_2x_faster is a wall-clock ratio per seed",
+    23: "unstructured_speedup and structured_speedup are wall-clock ratios",
 }
 
 
