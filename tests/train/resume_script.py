@@ -8,6 +8,7 @@ it trains data-parallel; rank 0 writes OUT_FILE.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,6 +56,12 @@ def main() -> None:
     if dist.main:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
     dist.close()
+    # Skip the interpreter's teardown: once in CI (0 of 12 runs here), rank 1 aborted there with
+    # "terminate called without an active exception" after a finished run and a destroyed
+    # process group, which failed a test about resuming, not about exiting.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
