@@ -241,10 +241,29 @@ def test_an_mlflow_run_that_failed_mid_way_is_not_finished_or_reported_again(tmp
     assert stream.getvalue().count("logging failed") == 1
 
 
-@pytest.mark.parametrize("name", ["dlforge.train.trackers", "dlforge.runs.export"])
+@pytest.mark.parametrize("name", ["dlforge.train.trackers", "dlforge.train.tb_events", "dlforge.runs.export"])
 def test_docstring_examples_run(name: str) -> None:
     import doctest
     import importlib
 
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_event_file_checksums_equal_tensorboards_and_its_reader_reads_every_value(tmp_path: Path) -> None:
+    """The checksum is TensorBoard's own (pure-Python reference), and a file holding several
+    scalars per event reads back through TensorBoard's ``EventFileLoader`` value for value."""
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
+
+    from dlforge.train.tb_events import EventFile, masked_crc32c
+
+    for data in (b"", b"abc", bytes(range(256)) * 3):
+        assert masked_crc32c(data) == reference(data)
+    points = [(step, {"step/loss": 1.0 / (step + 1), "step/lr": 0.01, "step/examples": 64.0 * step}) for step in range(5)]
+    events = EventFile(tmp_path)
+    events.write(points)
+    events.close()
+    read = [(e.step, {v.tag: v.simple_value for v in e.summary.value})
+            for e in LegacyEventFileLoader(str(events.path)).Load() if e.HasField("summary")]
+    assert read == [(step, {k: pytest.approx(v) for k, v in scalars.items()}) for step, scalars in points]

@@ -281,14 +281,18 @@ class HistoryWriter(Callback):
     """Write every history record as one JSON line to ``path`` (``history.jsonl``).
 
     On resume the file is rewritten from the checkpoint's history, so it never holds
-    records from steps that were lost in the crash.
+    records from steps that were lost in the crash. Epoch records and notes reach the disk
+    at once; step records at most ``flush_s`` seconds later (a flush per step cost a 2 ms
+    step about 1%).
     """
 
     main_only = True
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, flush_s: float = 1.0) -> None:
         self.path = Path(path)
+        self.flush_s = flush_s
         self._file = None
+        self._flushed = 0.0
 
     def on_fit_start(self, state: TrainState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,7 +304,10 @@ class HistoryWriter(Callback):
     def on_log(self, state: TrainState, record: dict[str, Any]) -> None:
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")
-            self._file.flush()
+            now = time.monotonic()
+            if record.get("type") != "step" or now - self._flushed >= self.flush_s:
+                self._file.flush()
+                self._flushed = now
 
     def on_fit_end(self, state: TrainState) -> None:
         if self._file is not None:
