@@ -11,8 +11,8 @@ later the feedback label with how many samples it judged and how many were right
 - :class:`ExperimentWriter`: the batched writes, off the request path. ``append`` queues a row
   in memory (at most ``max_pending``; beyond, the oldest is dropped and counted); ``flush``
   (the server's background task calls it every ~0.25 s, or sooner once ``batch_rows`` are
-  queued) writes them in one transaction per batch and prunes each model to its last ``keep``
-  rows. A failed flush is logged once per distinct error and retried at the next one; it never
+  queued) writes them in one transaction per batch (one multi-row INSERT) and prunes each
+  model to its last ``keep`` rows once a tenth of ``keep`` has been written. A failed flush is logged once per distinct error and retried at the next one; it never
   raises.
 - :class:`SharedRecords`: one model's records as the record store of an
   :class:`~dlforge.serve.routing.Experiment`. A request still queued in this process is flushed
@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -101,6 +102,7 @@ class ExperimentStore:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._ready = False
+        self._unpruned: dict[str, int] = {}  # model -> rows this object wrote since it last pruned it
 
     def _ensure_table(self) -> None:
         """Create the table if it is missing; once per object."""
@@ -122,8 +124,9 @@ class ExperimentStore:
         self._ready = True
 
     def record_batch(self, rows: list[dict[str, Any]], *, keep: int | None = None) -> int:
-        """Insert ``rows`` in one transaction (a request id already stored is skipped), then keep
-        only each model's last ``keep`` records (None: keep all); returns ``len(rows)``.
+        """Insert ``rows`` in one transaction (a request id already stored is skipped), and keep
+        each model's last ``keep`` records (None: keep all; up to a tenth more between two prunes,
+        which run once ``keep // 10`` rows of a model have been written); returns ``len(rows)``.
 
         A row has ``model``, ``request_id``, ``variant``, ``version``, ``predictions``,
         ``latency_s`` and optionally ``indices``, ``correlation_id`` and ``at`` (unix time; default now).
@@ -137,14 +140,21 @@ class ExperimentStore:
                    "latency_s": float(r["latency_s"]), "correlation_id": r.get("correlation_id"),
                    "at": float(r.get("at") or now), "feedback": 0, "correct": 0} for r in rows]
 
+        due: list[str] = []
+        if keep is not None:  # a prune reads ``keep`` index entries: once per keep/10 rows, not per flush
+            for v in values:
+                self._unpruned[v["model"]] = self._unpruned.get(v["model"], 0) + 1
+            due = sorted(m for m, n in self._unpruned.items() if n >= max(1, keep // 10))
+
         def tx(conn: Connection) -> None:
-            conn.execute(_insert_ignoring_duplicates(conn.dialect.name), values)
-            if keep is not None:
-                for model in sorted({v["model"] for v in values}):
-                    _prune(conn, model, keep)
+            _insert_rows(conn, values)
+            for model in due:
+                _prune(conn, model, keep)
 
         self._ensure_table()
         self._db.write(tx, bump=False)
+        for model in due:
+            self._unpruned[model] = 0
         return len(values)
 
     def record_of(self, model: str, request_id: str) -> dict[str, Any] | None:
@@ -232,13 +242,19 @@ class ExperimentWriter:
         return len(self._queue)
 
     def flush(self) -> int:
-        """Write every queued row now, in batches; returns how many were written. Never raises:
-        a database error leaves the rows queued for the next flush (logged once per distinct error)."""
+        """Write the rows queued now, in batches; returns how many were written. Never raises:
+        a database error leaves the rows queued for the next flush (logged once per distinct error).
+
+        Rows queued while it writes wait for the next flush: taking them too kept a busy server's
+        flusher writing a transaction of a few dozen rows after another (each with its commit)."""
         written = 0
         with self._flushing:
-            while True:
+            with self._lock:
+                remaining = len(self._queue)
+            while remaining > 0:
                 with self._lock:
-                    batch = [self._queue.popleft() for _ in range(min(self.batch_rows, len(self._queue)))]
+                    batch = [self._queue.popleft() for _ in range(min(self.batch_rows, remaining, len(self._queue)))]
+                remaining -= len(batch)
                 if not batch:
                     break
                 try:
@@ -328,6 +344,33 @@ def _insert_ignoring_duplicates(dialect: str) -> sa.Insert:
     if dialect == "sqlite":
         return sqlite.insert(experiments_t).on_conflict_do_nothing(index_elements=["model", "request_id"])
     return sa.insert(experiments_t)
+
+
+_COLUMNS = ("model", "request_id", "variant", "version", "predictions", "indices", "latency_s", "correlation_id", "at",
+            "feedback", "correct")
+_JSON_COLUMNS = {"predictions", "indices"}
+
+
+def _insert_rows(conn: Connection, values: list[dict[str, Any]]) -> None:
+    """Insert ``values`` with one multi-row statement per 500 rows (SQLite and PostgreSQL).
+
+    An executemany of the same rows costs one GIL hand-off per row (the driver releases it
+    around every step): in a server whose event loop holds the GIL, a flush of 1,800 rows then
+    took 0.9 s and cost every request about 80 µs of CPU. One statement hands off once.
+    """
+    dialect = conn.dialect.name
+    if dialect not in ("sqlite", "postgresql"):
+        conn.execute(_insert_ignoring_duplicates(dialect), values)
+        return
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    cell = [f"CAST({mark} AS JSON)" if c in _JSON_COLUMNS and dialect == "postgresql" else mark for c in _COLUMNS]
+    row_sql = "(" + ", ".join(cell) + ")"
+    for i in range(0, len(values), 500):  # 500 x 11 parameters stays below every driver's limit
+        chunk = values[i : i + 500]
+        params = tuple(json.dumps(v[c]) if c in _JSON_COLUMNS and v[c] is not None else v[c]
+                       for v in chunk for c in _COLUMNS)
+        conn.exec_driver_sql(f"INSERT INTO {experiments_t.name} ({', '.join(_COLUMNS)}) VALUES "
+                             f"{', '.join([row_sql] * len(chunk))} ON CONFLICT (model, request_id) DO NOTHING", params)
 
 
 def _prune(conn: Connection, model: str, keep: int) -> int:

@@ -28,6 +28,7 @@ progress); the gradient watchers live in :mod:`dlforge.train.gradients`.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -35,6 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import torch
 
 from dlforge.errors import ConfigError
@@ -277,6 +279,25 @@ class Checkpoint(Callback):
         self.best = state["best"]
 
 
+def history_line(record: dict[str, Any]) -> str:
+    """``record`` as one JSON line of history.jsonl.
+
+    A flat record of strings, whole numbers and finite floats goes through orjson (a fifth of
+    the standard module's time, paid on every logged step); anything else (NaN, which json
+    writes as ``NaN`` and orjson as ``null``, nested values, numpy scalars) through ``json``.
+
+    Example:
+        >>> history_line({"type": "step", "step": 3, "loss": 0.5}), history_line({"loss": float("nan")})
+        ('{"type":"step","step":3,"loss":0.5}\\n', '{"loss": NaN}\\n')
+    """
+    if all(v is None or type(v) in (str, int, bool) or (type(v) is float and math.isfinite(v)) for v in record.values()):
+        try:
+            return orjson.dumps(record).decode() + "\n"
+        except orjson.JSONEncodeError:  # an int beyond 64 bits
+            pass
+    return json.dumps(record) + "\n"
+
+
 class HistoryWriter(Callback):
     """Write every history record as one JSON line to ``path`` (``history.jsonl``).
 
@@ -298,12 +319,12 @@ class HistoryWriter(Callback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("w", encoding="utf-8")
         for record in state.history:
-            self._file.write(json.dumps(record) + "\n")
+            self._file.write(history_line(record))
         self._file.flush()
 
     def on_log(self, state: TrainState, record: dict[str, Any]) -> None:
         if self._file is not None:
-            self._file.write(json.dumps(record) + "\n")
+            self._file.write(history_line(record))
             now = time.monotonic()
             if record.get("type") != "step" or now - self._flushed >= self.flush_s:
                 self._file.flush()
