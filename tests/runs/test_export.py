@@ -9,11 +9,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from dlforge.config import flat_config
 from dlforge.cli.runs_export import runs_export
 from dlforge.errors import ConfigError, DataError
 from dlforge.pipeline.run import train_run
 from dlforge.runs.export import export_runs
-from dlforge.train.trackers import flatten_params
+from dlforge.train.trackers import tracker_params
 from tests.train.test_trackers import check_mlflow, check_tensorboard, read_history, run_config, tracked_config
 
 
@@ -29,13 +30,13 @@ def test_export_to_mlflow_reads_back_like_log_to(finished: Path, tmp_path: Path)
     [done] = export_runs([finished], "mlflow", uri)
     assert done.to == "mlflow" and done.where.startswith(uri)
     run_id = done.where.rsplit(" ", 1)[1]
-    check_mlflow(uri, run_id, read_history(finished), flatten_params(run_config(finished)), finished.name)
+    check_mlflow(uri, run_id, read_history(finished), tracker_params(flat_config(run_config(finished))), finished.name)
 
 
 def test_export_to_tensorboard_reads_back_and_refuses_to_write_twice(finished: Path, tmp_path: Path) -> None:
     [done] = export_runs([finished.name], "tensorboard", str(tmp_path / "tb"), runs_dir=finished.parent)
     assert done.where == str(tmp_path / "tb" / finished.name)
-    check_tensorboard(Path(done.where), read_history(finished), flatten_params(run_config(finished)))
+    check_tensorboard(Path(done.where), read_history(finished), tracker_params(flat_config(run_config(finished))))
     with pytest.raises(ConfigError, match="already holds TensorBoard events"):
         export_runs([finished], "tensorboard", str(tmp_path / "tb"))
 
@@ -59,6 +60,6 @@ def test_the_cli_command_exports_and_reports_errors(finished: Path, tmp_path: Pa
                              "--uri", str(tb)])
     assert ok.exit_code == 0, ok.output
     assert f"{finished.name} -> {tb / finished.name}" in ok.output
-    check_tensorboard(tb / finished.name, read_history(finished), flatten_params(run_config(finished)))
+    check_tensorboard(tb / finished.name, read_history(finished), tracker_params(flat_config(run_config(finished))))
     bad = runner.invoke(app, ["export", str(finished), "--to", "wandb"])
     assert bad.exit_code == 2 and "allowed: tensorboard, mlflow" in bad.output

@@ -17,11 +17,11 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from dlforge.config import validate_config
+from dlforge.config import flat_config, validate_config
 from dlforge.errors import ConfigError
 from dlforge.pipeline.run import train_run
 from dlforge.train import GradientMonitor, fit
-from dlforge.train.trackers import TensorBoardWriter, TrackerLogger, flatten_params, record_scalars
+from dlforge.train.trackers import TensorBoardWriter, TrackerLogger, record_scalars, tracker_params
 from tests.train.conftest import make_data, make_model
 
 
@@ -97,14 +97,14 @@ def tracked(tmp_path_factory) -> tuple[Path, str, str]:
 
 def test_log_to_tensorboard_reads_back(tracked) -> None:
     run_dir, _, progress = tracked
-    check_tensorboard(run_dir / "tensorboard", read_history(run_dir), flatten_params(run_config(run_dir)))
+    check_tensorboard(run_dir / "tensorboard", read_history(run_dir), tracker_params(flat_config(run_config(run_dir))))
     assert "logging failed" not in progress
 
 
 def test_log_to_mlflow_reads_back(tracked) -> None:
     run_dir, uri, _ = tracked
     entry = json.loads((run_dir / "trackers.json").read_text())["mlflow"]
-    params = flatten_params(run_config(run_dir))
+    params = tracker_params(flat_config(run_config(run_dir)))
     assert {"optim.lr", "train.epochs", "model.arch", "data.source"} <= set(params)
     check_mlflow(uri, entry["run_id"], read_history(run_dir), params, run_dir.name)
 
@@ -118,7 +118,7 @@ def test_unreachable_mlflow_is_reported_once_and_training_finishes(tracked, tmp_
     assert text.count("mlflow logging failed") == 1 and "127.0.0.1:9" in text
     assert (outcome.run_dir / "report.html").exists() and not (outcome.run_dir / "trackers.json").exists()
     check_tensorboard(outcome.run_dir / "tensorboard", read_history(outcome.run_dir),
-                      flatten_params(run_config(outcome.run_dir)))
+                      tracker_params(flat_config(run_config(outcome.run_dir))))
     from safetensors.torch import load_file
 
     same = load_file(run_dir / "model" / "model.safetensors")  # the run beside it, trackers working
@@ -187,8 +187,6 @@ def test_a_raising_writer_without_a_stream_warns_once(tmp_path: Path) -> None:
 
 
 def test_the_queue_never_blocks_the_step() -> None:
-    _fit([], epochs=1, n=80)  # warm-up
-    _, _, plain = _fit([], epochs=1, n=2400)  # 300 logged steps
     stream = io.StringIO()
     sleepy = SleepyWriter()
     logger = TrackerLogger([sleepy], queue_size=16, close_timeout_s=0.2, stream=stream)
@@ -197,7 +195,9 @@ def test_the_queue_never_blocks_the_step() -> None:
     finally:
         sleepy.gate.set()
     assert result.steps == 300
-    assert tracked < plain * 1.5 + 0.5, (tracked, plain)  # a blocking writer would hold every step
+    # The writer is held in open() for up to 60 s, until after training: a step that waited for it
+    # would have taken that long; 300 free steps take a few seconds even on a loaded machine.
+    assert tracked < 30, tracked
     assert logger.seen == 301 and logger.dropped == 301 - 16  # the 16 places filled, the rest dropped
     text = stream.getvalue()
     assert "285 of 301 history records were not sent to sleepy" in text

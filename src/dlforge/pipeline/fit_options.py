@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from dlforge.config import RunConfig
+from dlforge.config import RunConfig, flat_config
 from dlforge.data import Prepared
 from dlforge.data.augment import BatchAugment, build_augment, resolve_augment
 from dlforge.data.seg_dataset import SegBatchAugment, seg_augment
@@ -57,7 +57,7 @@ from dlforge.train import (
     Callback, Checkpoint, EarlyStopping, FitResult, GradientMonitor, HistoryWriter, NanGuard, ProgressBar, fit,
 )
 from dlforge.train.losses import LossConfig, build_loss
-from dlforge.train.trackers import MlflowWriter, TensorBoardWriter, TrackerLogger, check_trackers, flatten_params, report_note
+from dlforge.train.trackers import MlflowWriter, TensorBoardWriter, TrackerLogger, check_trackers, report_note, tracker_params
 from dlforge.train.transfer import GradualUnfreezing, TransferReport, freeze
 
 
@@ -189,7 +189,7 @@ def tracker_logger(cfg: RunConfig, run_dir: Path, progress: TextIO | None = None
     writers = [TensorBoardWriter(run_dir / "tensorboard") if name == "tensorboard" else
                MlflowWriter(cfg.train.mlflow_uri, experiment=cfg.name, record_to=run_dir / "trackers.json")
                for name in cfg.train.log_to]
-    return TrackerLogger(writers, run_name=run_dir.name, params=flatten_params(cfg.model_dump(mode="json")),
+    return TrackerLogger(writers, run_name=run_dir.name, params=tracker_params(flat_config(cfg.model_dump(mode="json"))),
                          stream=progress, end_run=False)
 
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dlforge.config import flat_config
 from dlforge.errors import ConfigError, DataError
-from dlforge.train.trackers import MlflowWriter, TensorBoardWriter, Writer, check_trackers, flatten_params
+from dlforge.train.trackers import MlflowWriter, TensorBoardWriter, Writer, check_trackers, tracker_params
 from dlforge.user_files import read_yaml
 
 
@@ -81,7 +82,7 @@ def export_run(run_dir: str | Path, to: str, uri: str | None = None) -> Exported
     writer = _writer(run_dir, to, uri, experiment=str(config.get("name") or "dlforge"))
     finished = (run_dir / "metrics.json").is_file()
     try:
-        writer.open(run_dir.name, flatten_params(config))
+        writer.open(run_dir.name, tracker_params(flat_config(config)))
         writer.write(history)
         if isinstance(writer, MlflowWriter):
             writer.log_artifacts(run_dir)

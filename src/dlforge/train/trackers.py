@@ -77,23 +77,15 @@ def record_scalars(record: dict[str, Any]) -> tuple[int, dict[str, float]] | Non
     return int(record["step"]), {(k if "/" in k else f"step/{k}"): v for k, v in values.items()}
 
 
-def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested config as ``{"optim.lr": 0.001, "model.hidden": "[64, 32]"}``: numbers,
-    booleans and strings stay, anything else (lists, null) becomes its JSON text.
+def tracker_params(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flattened config (``dlforge.config.flat_config``) as tracker params: numbers, booleans
+    and strings stay, anything else (lists, null, an empty mapping) becomes its JSON text.
 
     Example:
-        >>> flatten_params({"optim": {"lr": 0.1, "betas": [0.9, 0.99]}, "seed": 0, "tune": None})
+        >>> tracker_params({"optim.lr": 0.1, "optim.betas": [0.9, 0.99], "seed": 0, "tune": None})
         {'optim.lr': 0.1, 'optim.betas': '[0.9, 0.99]', 'seed': 0, 'tune': 'null'}
     """
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten_params(value, f"{prefix}{key}."))
-        elif isinstance(value, (bool, int, float, str)):
-            flat[f"{prefix}{key}"] = value
-        else:
-            flat[f"{prefix}{key}"] = json.dumps(value)
-    return flat
+    return {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in flat.items()}
 
 
 class Writer(Protocol):
@@ -372,4 +364,4 @@ class TrackerLogger(Callback):
 
 
 __all__ = ["MlflowWriter", "RUN_ARTIFACTS", "TRACKERS", "TensorBoardWriter", "TrackerLogger", "Writer",
-           "check_trackers", "flatten_params", "record_scalars", "report_note"]
+           "check_trackers", "record_scalars", "report_note", "tracker_params"]
