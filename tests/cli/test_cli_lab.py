@@ -55,3 +55,28 @@ def test_verdict_rule_is_the_documented_one():
     assert verdict_of([Check("a", "<", 2), Check("b", ">", "a")], numbers) == "supported"
     assert verdict_of([Check("a", ">", 2), Check("b", ">", "a")], numbers) == "partly supported"
     assert verdict_of([Check("a", ">", 2), Check("b", "<", "a")], numbers) == "not supported"
+
+
+def test_a_saved_run_renders_without_running_and_bad_files_are_refused(tmp_path):
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    for topic, path in (("4", first), ("3", second)):
+        result = runner.invoke(app, ["lab", "run", topic, "--workers", "1", "--save", str(path)])
+        assert result.exit_code == 0, result.output
+    saved = json.loads(second.read_text())
+    assert saved[0]["topic"] == 3 and saved[0]["figures"][0]["png_base64"]  # figures travel with it
+    out = tmp_path / "lab.html"
+    result = runner.invoke(app, ["lab", "report", "--from", str(first), "--from", str(second), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    html = out.read_text()
+    from dlforge.lab import experiment
+
+    assert experiment(3).TITLE in html and experiment(4).TITLE in html
+    assert html.count("data:image/png;base64,") >= 2
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"not": "a list"}')
+    for args, message in ((["--from", str(tmp_path / "none.json")], "no findings file"),
+                          (["--from", str(broken)], "does not hold findings saved by dlforge lab run --save"),
+                          (["7", "--from", str(first)], "hold no topic 7")):
+        result = runner.invoke(app, ["lab", "report", *args, "-o", str(tmp_path / "x.html")])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "x.html").exists()

@@ -74,11 +74,15 @@ def lab_run(
     budget: str = typer.Option("quick", help="quick (seconds each) or full (minutes)"),
     seeds: int = SEEDS, first_seed: int = FIRST_SEED, workers: int = WORKERS, threads: int = THREADS,
     as_json: bool = typer.Option(False, "--json", help="print a JSON list of findings"),
+    save: Path = typer.Option(None, "--save", help="also write the findings, figures included, to this JSON file "
+                                                    "(dlforge lab report --from reads it)"),
 ) -> None:
     """Run experiments over their seeds and print each finding, its intervals and its verdict."""
-    from dlforge.lab.report import format_interval
+    from dlforge.lab.report import format_interval, save_findings
 
     findings = _run_findings([] if all_topics else topics or [], budget, seeds, first_seed, workers, threads, as_json)
+    if save is not None:
+        save_findings(findings, save)
     if as_json:
         print(json.dumps([f.to_dict() for f in findings]))
         return
@@ -106,9 +110,16 @@ def lab_report(
     budget: str = typer.Option("quick", help="quick or full"),
     seeds: int = SEEDS, first_seed: int = FIRST_SEED, workers: int = WORKERS, threads: int = THREADS,
     output: Path = typer.Option(Path("lab_report.html"), "--output", "-o"),
+    sources: List[Path] = typer.Option(None, "--from", help="findings saved by `dlforge lab run --save` (repeatable; "
+                                                            "a later file's topic replaces an earlier one's): "
+                                                            "nothing is run"),
 ) -> None:
     """Run experiments over their seeds and write one HTML page with every finding."""
-    from dlforge.lab.report import write_lab_report
+    from dlforge.lab.report import load_findings, write_lab_report
 
-    path = write_lab_report(_run_findings(topics or [], budget, seeds, first_seed, workers, threads, False), output)
+    if sources:
+        findings = load_findings(sources, topics or [])
+    else:
+        findings = _run_findings(topics or [], budget, seeds, first_seed, workers, threads, False)
+    path = write_lab_report(findings, output)
     _say(out_console, f"wrote {path}")

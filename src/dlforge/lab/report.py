@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from functools import lru_cache
@@ -33,6 +34,7 @@ from typing import Any
 
 from jinja2 import Environment, StrictUndefined
 
+from dlforge.errors import DataError
 from dlforge.lab.finding import LEVELS, VERDICTS, Finding, Interval
 from dlforge.train.state_io import atomic_write
 
@@ -273,3 +275,44 @@ def write_lab_report(findings: Sequence[Finding], path: str | Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, render_lab_report(findings, title).encode("utf-8"))
     return path
+
+
+def save_findings(findings: Sequence[Finding], path: str | Path) -> Path:
+    """Write ``findings``, figures included, as one JSON list (what :func:`load_findings` reads).
+
+    Example:
+        >>> save_findings(findings, "full_1_to_10.json")  # doctest: +SKIP
+        PosixPath('full_1_to_10.json')
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps([f.to_dict(with_figures=True) for f in findings]).encode("utf-8"))
+    return path
+
+
+def load_findings(paths: Sequence[str | Path], topics: Sequence[int] = ()) -> list[Finding]:
+    """The findings saved in ``paths`` (a later file's topic replaces an earlier file's), those
+    of ``topics`` only when given, in topic order; each verdict is computed again from its numbers.
+
+    Example:
+        >>> load_findings(["full_1_to_10.json", "full_11_to_30.json"])  # doctest: +SKIP
+        [Finding(topic=1, ...), ...]
+    """
+    by_topic: dict[int, Finding] = {}
+    for path in map(Path, paths):
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(saved, list):
+                raise TypeError(f"a JSON {type(saved).__name__}, not a list")
+            found = [Finding.from_dict(d) for d in saved]
+        except FileNotFoundError:
+            raise DataError(f"no findings file at {path}", hint="write one with dlforge lab run ... --save FILE") from None
+        except (ValueError, TypeError, KeyError, AttributeError) as err:  # JSON syntax, or not saved findings
+            raise DataError(f"{path} does not hold findings saved by dlforge lab run --save ({type(err).__name__}: "
+                            f"{err})", hint="write it again with dlforge lab run ... --save FILE") from None
+        by_topic.update((f.topic, f) for f in found)
+    missing = sorted(set(topics) - set(by_topic))
+    if missing:
+        raise DataError(f"the findings files hold no topic {', '.join(map(str, missing))}",
+                        hint=f"they hold topics {', '.join(map(str, sorted(by_topic)))}")
+    return [by_topic[t] for t in sorted(by_topic) if not topics or t in topics]
