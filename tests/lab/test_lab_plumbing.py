@@ -59,6 +59,21 @@ def test_run_topic_hands_run_the_budgets_dict_and_the_seed(monkeypatch):
     assert result.budget == "full" and result.seconds >= 0
 
 
+def test_run_topic_caps_the_threads_at_a_modules_max_threads(monkeypatch):
+    import torch
+
+    seen = []
+
+    def run(cfg: dict, seed: int) -> Finding:
+        seen.append(torch.get_num_threads())
+        return Finding(topic=99, title="t", claim="c", method="m", numbers={"x": 1.0}, checks=[Check("x", ">=", 1.0)])
+
+    for module in (SimpleNamespace(BUDGETS={"quick": {}}, run=run, MAX_THREADS=1), SimpleNamespace(BUDGETS={"quick": {}}, run=run)):
+        monkeypatch.setattr(lab, "experiment", lambda topic, module=module: module)
+        run_topic(99, threads=2)
+    assert seen == [1, 2]
+
+
 @pytest.mark.parametrize("topic", available_topics())
 def test_experiment_modules_hold_only_their_experiment(topic):
     module = experiment(topic)

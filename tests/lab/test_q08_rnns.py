@@ -46,6 +46,22 @@ def test_input_gradient_shrinks_with_distance_from_the_loss(finding, numbers):
     assert all(r < q08.SHRUNK_BELOW for r, a in zip(ratios, long_) if a < q08.FAILED_BELOW)
 
 
+def test_the_untrained_rnn_starves_the_answers_step_on_every_seed(finding, numbers):
+    logs = finding.per_seed.get("init_grad_log10_first_last_ratio", [numbers["init_grad_log10_first_last_ratio"]])
+    assert len(logs) == len(finding.seeds)
+    assert all(v < q08.LOG_SHRUNK_BELOW for v in logs)  # what the check reads, seed by seed
+    assert numbers["init_grad_norm_first_step"] < numbers["init_grad_norm_last_step"]
+
+
+def test_untrained_is_the_network_training_starts_from():
+    data = q08.prepare(q08.recall_first(50, 6, q08.N_SYMBOLS, seed=3), val=0.2, test=0.0,
+                       standardize=False, seed=3)
+    a, b = q08._untrained(data, 3), q08._untrained(data, 3)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb)
+    assert not torch.equal(next(q08._untrained(data, 4).parameters()), next(a.parameters()))
+
+
 def test_input_grad_norms_equal_per_sample_autograd():
     torch.manual_seed(0)
     model = build({"arch": "rnn", "kind": "rnn", "hidden_size": 6}, input_shape=(7, 3),

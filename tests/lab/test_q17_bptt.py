@@ -72,3 +72,28 @@ def test_gain_share_is_per_seed_and_its_mean_is_the_number():
     for share, a_full, a_trunc in zip(shares, full, trunc):
         assert share == pytest.approx((a_trunc - chance) / (a_full - chance), abs=1e-3)
     assert f.numbers["truncated_gain_share"] == pytest.approx(sum(shares) / len(shares), abs=1e-4)
+
+
+def test_full_bptt_restarts_only_while_the_training_loss_stays_above_solved(monkeypatch):
+    # Scripted attempts (training loss, val accuracy): the rule reads the training loss only.
+    script = iter([(1.38, 0.26), (1.20, 0.80), (0.01, 1.0), (0.0, 1.0)])
+    seen = []
+
+    def fake(k, cfg, data, init_seed, seed):
+        seen.append(init_seed)
+        return next(script)
+
+    monkeypatch.setattr(q17, "_train_recall", fake)
+    acc, attempts, init_seed = q17._train_full_bptt({}, None, seed=7)
+    assert (acc, attempts) == (1.0, 3) and init_seed == 7 + 2 * q17.ATTEMPT_SEED_STRIDE
+    assert seen == [7, 7 + q17.ATTEMPT_SEED_STRIDE, 7 + 2 * q17.ATTEMPT_SEED_STRIDE]  # stopped once solved
+    stuck = iter([(1.38, 0.3), (1.30, 0.2)] + [(1.39, 0.9)] * q17.ATTEMPTS)
+    monkeypatch.setattr(q17, "_train_recall", lambda *a: next(stuck))
+    acc, attempts, init_seed = q17._train_full_bptt({}, None, seed=0)
+    assert attempts == q17.ATTEMPTS and (acc, init_seed) == (0.2, q17.ATTEMPT_SEED_STRIDE)  # lowest loss, not best val
+
+
+def test_attempts_stay_within_the_limit():
+    f = finding_for(17)
+    attempts = f.per_seed.get("full_bptt_attempts", [f.numbers["full_bptt_attempts"]] * len(f.seeds))
+    assert all(1 <= a <= q17.ATTEMPTS for a in attempts)

@@ -23,7 +23,7 @@ def numbers() -> dict:
 def test_every_challenge_has_a_check():
     f = finding_for(26)
     checked = {c.number for c in f.checks}
-    assert {"skips_minus_no_skips", "overlap_minus_ce_at_smallest", "augmented_minus_plain",
+    assert {"skips_minus_no_skips", "dice_ce_minus_ce_at_smallest", "augmented_minus_plain",
             "pretrained_minus_plain", "patch_whole_agreement", "patch_memory_ratio",
             "cv_reports_interval_and_spread"} == checked
 
@@ -32,21 +32,45 @@ def test_means_are_over_the_seeds_and_the_differences_follow_from_them(numbers):
     f = finding_for(26)
     assert len(f.seeds) >= 3
     for key in ("skips_dice", "no_skips_dice", "one_image_plain_dice", "one_image_augmented_dice",
-                "cross_entropy_dice_at_1pct", "overlap_minus_ce_at_smallest"):
+                "cross_entropy_dice_at_1pct", "dice_ce_minus_ce_at_smallest"):
         assert len(f.per_seed[key]) == len(f.seeds)
         assert numbers[key] == pytest.approx(np.mean(f.per_seed[key]), abs=1e-3)
     # paired within each seed: every difference is the difference of that seed's scores
     ps = f.per_seed
     for i in range(len(f.seeds)):
         assert ps["skips_minus_no_skips"][i] == pytest.approx(ps["skips_dice"][i] - ps["no_skips_dice"][i], abs=1e-3)
-        best = max(ps["dice_ce_dice_at_1pct"][i], ps["dice_focal_dice_at_1pct"][i])
-        assert ps["overlap_minus_ce_at_smallest"][i] == pytest.approx(best - ps["cross_entropy_dice_at_1pct"][i],
-                                                                      abs=1e-3)
+        assert ps["dice_ce_minus_ce_at_smallest"][i] == pytest.approx(
+            ps["dice_ce_dice_at_1pct"][i] - ps["cross_entropy_dice_at_1pct"][i], abs=1e-3)
         assert ps["augmented_minus_plain"][i] == pytest.approx(
             ps["one_image_augmented_dice"][i] - ps["one_image_plain_dice"][i], abs=1e-3)
     # the skips' effect is large on every seed; the patch agreement is near exact on every seed
     assert min(ps["skips_minus_no_skips"]) > 0
     assert min(ps.get("patch_whole_agreement", [numbers["patch_whole_agreement"]])) >= 0.99
+
+
+def test_dice_ce_does_not_beat_cross_entropy_at_1pct_and_the_rest_holds_or_leans_its_way():
+    f = finding_for(26)
+    outcomes = {c.number: r for c, r in zip(f.checks, f.check_results())}
+    # Dice+CE minus cross-entropy at 1% foreground: below 0 on each of seeds 0-5 in trials (-0.030 to -0.006), so the
+    # whole interval sits under the 0.02 bound and the check fails; the guide's loss advice is not borne out
+    assert outcomes["dice_ce_minus_ce_at_smallest"]["outcome"] == "fails"
+    assert outcomes["dice_ce_minus_ce_at_smallest"]["high"] < 0.01
+    # no other check fails: the one-image gains are positive on average (inconclusive at most)
+    assert all(r["outcome"] != "fails" for name, r in outcomes.items() if name != "dice_ce_minus_ce_at_smallest")
+    for name in ("skips_minus_no_skips", "patch_whole_agreement", "patch_memory_ratio", "cv_reports_interval_and_spread"):
+        assert outcomes[name]["outcome"] == "holds", name
+    assert f.verdict == "partly supported", f.rule
+
+
+def test_run_trains_on_one_thread_whatever_the_runner_sets(monkeypatch):
+    import dlforge.lab as lab
+
+    seen = []
+    monkeypatch.setattr(q26, "run", lambda cfg, seed: seen.append(torch.get_num_threads()) or
+                        lab.Finding(topic=26, title="t", claim="c", method="m", numbers={"x": 1.0},
+                                                          checks=[lab.Check("x", ">=", 1.0)]))
+    lab.run_topic(26, "quick", 0, threads=2)  # the module's MAX_THREADS caps what the runner asks
+    assert q26.MAX_THREADS == 1 and seen == [1]
 
 
 def test_cross_validation_reports_four_folds_their_range_and_an_interval_around_the_mean(numbers):

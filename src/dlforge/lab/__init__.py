@@ -4,7 +4,8 @@ holds and computing its verdict from the numbers (see ``shared/LAB.md``).
 Each experiment is a module ``qNN_<topic>.py`` with ``TOPIC``, ``TITLE`` and ``CLAIM``
 constants, ``BUDGETS`` (``{"quick": {...}, "full": {...}}``, the sizes each budget runs),
 optionally ``SEEDS`` (how many seeds each budget runs, :data:`~dlforge.lab.seeds.DEFAULT_SEEDS`
-otherwise), ``run(cfg, seed) -> Finding``, which measures one seed at one budget's dict, and
+otherwise), optionally ``MAX_THREADS`` (the most CPU threads a seed may use, whatever the
+runner asks), ``run(cfg, seed) -> Finding``, which measures one seed at one budget's dict, and
 optionally ``figure_over_seeds(finding) -> Figure``, a figure of every seed of the combined finding.
 
 * :func:`run_topic` runs one seed, timed, on a fixed number of threads (see
@@ -74,7 +75,7 @@ def run_topic(topic: int, budget: str = "quick", seed: int = 0, threads: int = 1
         raise ConfigError(f"budget is {budget!r}", hint=f"use one of: {', '.join(BUDGETS)}")
     module = experiment(topic)
     start = time.perf_counter()
-    with limited_threads(threads):  # tiny models: see dlforge.lab.threads
+    with limited_threads(min(threads, getattr(module, "MAX_THREADS", threads))):  # see dlforge.lab.threads
         finding = module.run(module.BUDGETS[budget], seed)
     finding.seconds = time.perf_counter() - start
     finding.budget = budget

@@ -10,10 +10,13 @@ Method: the recall-first task (:func:`dlforge.data.recall_first`): the label is 
 symbol at step 0, followed by ``T - 2`` random distractor symbols and a query marker,
 so the answer must survive the whole sequence; chance is ``1 / n_symbols``. One plain
 tanh RNN per length T is trained with Adam and scored on held-out sequences. On the
-model trained at the longest T, the gradient norm of the loss with respect to each
+untrained network at the longest T (the weights training starts from) and on the
+model trained there, the gradient norm of the loss with respect to each
 input step, ``||dL/dx_t||`` averaged over validation sequences, shows how much each
 step can influence learning; the ratio first-step / last-distractor-step measures the
-shrinkage over ``T - 2`` steps.
+shrinkage over ``T - 2`` steps. The check reads it at initialisation: that is the signal
+training starts with, the mechanism the claim names; after training it depends on whether the
+seed learned the task, so it is reported, not checked.
 """
 
 from __future__ import annotations
@@ -70,12 +73,17 @@ def input_grad_norms(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -
     return grad.norm(dim=2).mean(dim=0).tolist()  # (T,)
 
 
+def _untrained(data, seed: int) -> torch.nn.Module:
+    """The RNN a seed's training starts from (the same seed gives the same weights)."""
+    seed_everything(seed)
+    return build({"arch": "rnn", "kind": "rnn", "hidden_size": HIDDEN},
+                 input_shape=data.input_shape, num_outputs=data.num_outputs)
+
+
 def _train(T: int, cfg: dict, seed: int):
     data = prepare(recall_first(cfg["n"], T, N_SYMBOLS, seed=seed), val=0.2, test=0.0,
                    standardize=False, seed=seed)
-    seed_everything(seed)
-    model = build({"arch": "rnn", "kind": "rnn", "hidden_size": HIDDEN},
-                  input_shape=data.input_shape, num_outputs=data.num_outputs)
+    model = _untrained(data, seed)
     result = fit(model, data.train, data.val, epochs=cfg["epochs"], batch_size=BATCH_SIZE,
                  optim=OPTIM, device="cpu", seed=seed)
     return model, data, result.final["val_accuracy"]
@@ -107,6 +115,8 @@ def run(cfg: dict, seed: int) -> Finding:
     T = cfg["lengths"][-1]
     # Step T-1 is the query marker (a constant input); T-2 is the last distractor.
     ratio = norms[0] / norms[T - 2]
+    init_norms = input_grad_norms(_untrained(data, seed), x, y)
+    init_ratio = init_norms[0] / init_norms[T - 2]
     short, long_ = cfg["lengths"][0], cfg["lengths"][-1]
     numbers: dict = {f"accuracy_T{t}": round(a, 4) for t, a in accuracy.items()}
     numbers.update({
@@ -116,29 +126,37 @@ def run(cfg: dict, seed: int) -> Finding:
         "grad_first_last_ratio": float(f"{ratio:.4g}"),
         "grad_log10_first_last_ratio": round(math.log10(max(ratio, RATIO_FLOOR)), 4),
         "grad_norms_per_step": [float(f"{v:.4g}") for v in norms],
+        # The same ratio on the untrained network: the gradient training starts from.
+        "init_grad_norm_first_step": float(f"{init_norms[0]:.4g}"),
+        "init_grad_norm_last_step": float(f"{init_norms[T - 2]:.4g}"),
+        "init_grad_log10_first_last_ratio": round(math.log10(max(init_ratio, RATIO_FLOOR)), 4),
     })
     checks = [
         Check(f"accuracy_T{short}", ">=", SOLVED_ABOVE),
         Check(f"accuracy_T{long_}", "<", FAILED_BELOW),
-        Check("grad_log10_first_last_ratio", "<", LOG_SHRUNK_BELOW),
+        # At initialisation: after training the ratio tells whether the seed learned the task
+        # (above 1 on a seed that did), not what held it back.
+        Check("init_grad_log10_first_last_ratio", "<", LOG_SHRUNK_BELOW),
     ]
     method = (f"Recall-first with {N_SYMBOLS} symbols (chance {1 / N_SYMBOLS:.2f}), "
               f"{cfg['n']} sequences per T (80/20 train/val), T in {list(cfg['lengths'])}. "
               f"One tanh Elman RNN (hidden {HIDDEN}) per T, Adam lr {OPTIM['lr']}, batch "
               f"{BATCH_SIZE}, {cfg['epochs']} epochs. Input-gradient norms ||dL/dx_t|| of the "
-              f"T={long_} model on the validation set. Solved: accuracy >= {SOLVED_ABOVE}; "
+              f"T={long_} network on the validation set, untrained (checked) and trained. Solved: accuracy >= {SOLVED_ABOVE}; "
               f"failed: < {FAILED_BELOW}; shrunk: first/last-distractor gradient ratio < "
               f"{SHRUNK_BELOW}.")
     notes = (f"The hidden state does carry the answer at short range (T={short}: accuracy at least "
              f"{SOLVED_ABOVE} on every seed). At T={long_} whether the plain RNN fails depends on the "
-             "seed: at the quick budget seeds 0, 1, 2 reached 0.23, 1.0 and 0.5 (chance "
-             f"{1 / N_SYMBOLS:.2f}), so the 'fails' check and the gradient check straddle their bounds "
-             "over a few seeds: the guide's 'plain RNNs fail on long dependencies' is a tendency that "
-             "grows with T, not a rule at a fixed length. On a seed where it fails, the step that "
-             "holds the answer gets orders of magnitude less gradient than the last distractor step "
-             "(grad_log10_first_last_ratio below -2), so the learning signal that would teach the "
-             "network to keep step 0 is drowned by the recent steps; on a seed that learns the task "
-             "the ratio rises above 1. With many more epochs, careful initialisation (e.g. orthogonal "
+             "seed: at the quick budget seeds 0-4 reached 0.23, 1.0, 0.5, 0.86 and 0.25 (chance "
+             f"{1 / N_SYMBOLS:.2f}; seeds 0 and 3 failed T=20 while seeds 1 and 3 learned T=40), and at "
+             "T=80 eight seeds reached 0.25 to 0.89 (mean 0.63), so the 'fails' check straddles 0.5 on "
+             "every seed set: 'plain RNNs fail on long dependencies' is a coin toss per seed at a few "
+             "dozen steps here, neither shown nor refuted. The mechanism is clear: at initialisation "
+             f"the step that holds the answer gets 1e-7 to 1e-10 of the last distractor step's "
+             f"gradient at T=40 on every seed tried (15 seeds; this seed 10^{numbers['init_grad_log10_first_last_ratio']:.3g}), "
+             "so the signal that would teach the network to keep step 0 is drowned by the recent "
+             "steps. After training that ratio is tiny on a seed that failed and above 1 on one that "
+             f"learned the task (this seed: 10^{numbers['grad_log10_first_last_ratio']:.3g}). With many more epochs, careful initialisation (e.g. orthogonal "
              "or identity W_hh) or luck, plain RNNs learn dependencies of a few dozen steps. "
              "Gradients were measured after training, on the trained weights.")
     return Finding(topic=TOPIC, title=TITLE, claim=CLAIM, method=method, numbers=numbers,

@@ -15,10 +15,13 @@ autograd keeps for one backward pass (bytes of saved tensors, counted with
 ``torch.autograd.graph.saved_tensors_hooks``), full BPTT versus truncation every k
 steps, as T grows. (3) Recall-first (the label is the symbol at step 0, read at the last
 step) trained by an LSTM with full BPTT and with truncation k shorter than the
-dependency.
+dependency; full BPTT restarts from a new initialisation (up to ATTEMPTS) while its
+training loss stays near chance's, and the truncated run starts from the one it kept.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -36,19 +39,33 @@ CLAIM = ("Backpropagation through time unrolls the network, takes the loss at ev
          "weights' gradient over steps; truncated BPTT (k steps) bounds the cost per update "
          "but cannot learn dependencies longer than k.")
 BUDGETS = {
-    # 30 epochs: at 15, full BPTT stayed at chance on 2 of 6 seeds (100-105), so the
-    # truncated run had nothing to fall short of.
-    "quick": {"lengths": (25, 50, 100, 200), "k": 10, "task_T": 20, "task_k": 5,
+    # 30 epochs: at 15, full BPTT stayed at chance on 2 of 6 seeds (100-105), so the truncated
+    # run had nothing to fall short of. k = 3: at k = 5 the truncated LSTM read a trace of step 0
+    # on some seeds (0.54 and 0.675 on 104 and 106; the weights trained to keep 5 steps are the
+    # same weights that run the first 15), at k = 3 it stayed at 0.17-0.30 on 11 of 100-111
+    # (0.45 on 102). The full budget keeps T = 20: at T = 30 full BPTT left chance within 30
+    # epochs on only 4 of 24 seeds.
+    "quick": {"lengths": (25, 50, 100, 200), "k": 10, "task_T": 20, "task_k": 3,
               "n": 1000, "epochs": 30},
-    "full": {"lengths": (25, 50, 100, 200, 400), "k": 10, "task_T": 30, "task_k": 5,
+    "full": {"lengths": (25, 50, 100, 200, 400), "k": 10, "task_T": 20, "task_k": 3,
              "n": 1000, "epochs": 30},
 }
-SEEDS = {"quick": 5, "full": 5}  # truncation sometimes learns a trace of step 0: its gain share needs 5 seeds to bound
+SEEDS = {"quick": 5, "full": 8}  # truncation sometimes learns a trace of step 0: its gain share needs 5 seeds to bound
 HIDDEN = 32
 N_SYMBOLS = 4  # chance 0.25
 OPTIM_LR = 0.01
 BATCH_SIZE = 64
 MATCH_BELOW = 1e-8  # max relative error that counts as "equal" in float64
+# Full BPTT on recall-first sits on a plateau at chance for a heavy-tailed number of epochs: at 30
+# epochs about one initialisation in ten has not left it (seeds 11 and 103 of 0-11, 100-111; seed 11
+# was still at chance after 150; longer training, Adam lr 0.003-0.02, clipping, forget-gate bias 1,
+# batch 32 or 128 all kept such a tail). That is an optimisation accident, not the claim, so full
+# BPTT gets the remedy practitioners use: up to ATTEMPTS initialisations, stopping at the first
+# whose last-epoch training loss is below half of chance's (ln 4 / 2), else the lowest; the
+# truncated run then starts from that same initialisation (paired: only the truncation differs).
+ATTEMPTS = 5
+SOLVED_LOSS = 0.5 * math.log(N_SYMBOLS)
+ATTEMPT_SEED_STRIDE = 1000  # attempt a initialises from seed + 1000 a (attempt 0 from the seed)
 
 
 def manual_bptt(x, target, w_xh, w_hh, b, w_hy, c) -> dict[str, torch.Tensor]:
@@ -119,9 +136,10 @@ def saved_bytes(T: int, k: int | None, hidden: int = 32, batch: int = 16) -> int
     return peak[0]
 
 
-def _train_recall(k: int | None, cfg: dict, data, seed: int) -> float:
-    """LSTM on recall-first with BPTT truncated to the last ``k`` steps; val accuracy."""
-    seed_everything(seed)
+def _train_recall(k: int | None, cfg: dict, data, init_seed: int, seed: int) -> tuple[float, float]:
+    """LSTM on recall-first, initialised from ``init_seed``, with BPTT truncated to the last ``k``
+    steps (``None``: full): the last epoch's mean training loss and the val accuracy."""
+    seed_everything(init_seed)
     rec = Recurrent("lstm", data.input_shape[1], HIDDEN)
     head = nn.Linear(HIDDEN, data.num_outputs)
     params = [*rec.parameters(), *head.parameters()]
@@ -131,6 +149,7 @@ def _train_recall(k: int | None, cfg: dict, data, seed: int) -> float:
     cut = T - (k or T)  # the loss is at the last step only, so one cut suffices
     gen = torch.Generator().manual_seed(seed)
     for _ in range(cfg["epochs"]):
+        losses = []
         for idx in torch.randperm(len(x), generator=gen).split(BATCH_SIZE):
             state = None
             if cut > 0:
@@ -141,10 +160,26 @@ def _train_recall(k: int | None, cfg: dict, data, seed: int) -> float:
             opt.zero_grad()
             loss.backward()
             opt.step()
+            losses.append(loss.detach())
     xv, yv = data.val.tensors
     with torch.no_grad():
         out, _ = rec(xv)
-        return float((head(out[:, -1]).argmax(dim=1) == yv).float().mean())
+        return float(torch.stack(losses).mean()), float((head(out[:, -1]).argmax(dim=1) == yv).float().mean())
+
+
+def _train_full_bptt(cfg: dict, data, seed: int) -> tuple[float, int, int]:
+    """Full BPTT from up to ATTEMPTS initialisations, stopping at the first whose training loss fell
+    below SOLVED_LOSS, else keeping the lowest (chosen on training loss only, never on val).
+    Returns its val accuracy, the attempts used and the initialisation's seed."""
+    best = None
+    for attempt in range(ATTEMPTS):
+        init_seed = seed + ATTEMPT_SEED_STRIDE * attempt
+        train_loss, acc = _train_recall(None, cfg, data, init_seed, seed)
+        if best is None or train_loss < best[0]:
+            best = (train_loss, acc, init_seed)
+        if train_loss < SOLVED_LOSS:
+            break
+    return best[1], attempt + 1, best[2]
 
 
 def _gradient_check(seed: int) -> float:
@@ -187,8 +222,8 @@ def run(cfg: dict, seed: int) -> Finding:
     T, k_task = cfg["task_T"], cfg["task_k"]
     data = prepare(recall_first(cfg["n"], T, N_SYMBOLS, seed=seed), val=0.2, test=0.0,
                    standardize=False, seed=seed)
-    acc_full = _train_recall(None, cfg, data, seed)
-    acc_trunc = _train_recall(k_task, cfg, data, seed)
+    acc_full, attempts, init_seed = _train_full_bptt(cfg, data, seed)
+    _, acc_trunc = _train_recall(k_task, cfg, data, init_seed, seed)  # paired: the same initialisation
     growth = lengths[-1] / lengths[0]
     numbers = {
         "bptt_max_relative_error": float(f"{rel_error:.3g}"),
@@ -202,6 +237,7 @@ def run(cfg: dict, seed: int) -> Finding:
         "chance_accuracy": 1 / N_SYMBOLS,
         "full_bptt_accuracy": round(acc_full, 4),
         "truncated_bptt_accuracy": round(acc_trunc, 4),
+        "full_bptt_attempts": attempts,  # initialisations full BPTT needed (see ATTEMPTS)
     }
     numbers["half_length_growth"] = growth / 2
     # Share of full BPTT's gain over chance that the truncated run recovers.
@@ -223,8 +259,9 @@ def run(cfg: dict, seed: int) -> Finding:
               f"Recall-first at T={T} (the answer is {T - 1} steps before the loss), "
               f"{cfg['n']} sequences, 80/20 split, LSTM hidden {HIDDEN} (PyTorch's default "
               "init), Adam "
-              f"lr {OPTIM_LR}, {cfg['epochs']} epochs: full BPTT versus gradients truncated "
-              f"to the last k={k_task} steps.")
+              f"lr {OPTIM_LR}, {cfg['epochs']} epochs: full BPTT (up to {ATTEMPTS} initialisations, "
+              f"restarting while its last-epoch training loss is above ln {N_SYMBOLS} / 2) versus "
+              f"gradients truncated to the last k={k_task} steps from the same initialisation.")
     notes = (f"The hand recursion matches autograd to {rel_error:.1g} relative error: BPTT is "
              "ordinary backpropagation on the unrolled graph, with the shared weights' "
              "gradients summed over steps. "
