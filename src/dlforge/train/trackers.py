@@ -120,10 +120,12 @@ class TensorBoardWriter:
         self._events, self._params = EventFile(self.log_dir), params
 
     def write(self, records: list[dict[str, Any]]) -> None:
-        points = [found for record in records if (found := record_scalars(record)) is not None]
+        points = []
         for record in records:
-            if record.get("type") == "epoch":
-                self._epoch_tags.update(k for k in record_scalars(record)[1])
+            if (found := record_scalars(record)) is not None:
+                points.append(found)
+                if record["type"] == "epoch":
+                    self._epoch_tags.update(found[1])
         self._events.write(points)
 
     def close(self, status: str | None) -> None:
