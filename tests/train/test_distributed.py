@@ -168,3 +168,26 @@ def test_a_world_of_one_is_the_identity_and_bad_input_is_refused(monkeypatch) ->
         torchrun_command(["train", "c.yaml"], nproc=1, nnodes=2)
     with pytest.raises(ConfigError, match="outside 2 node"):
         torchrun_command(["train", "c.yaml"], nproc=1, nnodes=2, node_rank=2, endpoint="h:1")
+
+
+def test_end_worker_runs_the_exit_handlers_flushes_and_exits_with_its_code() -> None:
+    """A finished torchrun worker leaves through end_worker: what a normal exit would run and
+    print still happens, then the process ends with the code given, skipping the teardown."""
+    import subprocess
+    import sys
+
+    script = ("import atexit, sys\n"
+              "atexit.register(lambda: print('exit handler ran'))\n"
+              "from dlforge.train.distributed import end_worker, in_torchrun_world\n"
+              "print('world', in_torchrun_world(), end='; ')\n"
+              "sys.stderr.write('unflushed')\n"
+              "end_worker(3)\n"
+              "print('never')\n")
+    env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 3
+    assert done.stdout == "world True; exit handler ran\n" and done.stderr == "unflushed"
+    env["WORLD_SIZE"] = "1"  # a world of one is not a torchrun world to end early
+    alone = subprocess.run([sys.executable, "-c", "from dlforge.train.distributed import in_torchrun_world as w; "
+                            "print(w())"], capture_output=True, text=True, env=env, timeout=120)
+    assert alone.stdout.strip() == "False"

@@ -138,6 +138,7 @@ def train(
     argv = ["train", str(config), *(f"--set={s}" for s in set_ or []), f"--runs-dir={runs_dir}", *(["--json"] if as_json else [])]
     _launch(argv, nproc, nnodes, node_rank, rdzv_endpoint)
     _run(cfg, runs_dir, as_json)
+    _end_if_worker()
 
 
 @app.command()
@@ -160,6 +161,16 @@ def resume(
     argv = ["resume", str(run_dir), *(["--json"] if as_json else []), *(["--reshard"] if reshard else [])]
     _launch(argv, nproc, nnodes, node_rank, rdzv_endpoint)
     _run(cfg, run_dir.parent, as_json, resume=run_dir, reshard=reshard)
+    _end_if_worker()
+
+
+def _end_if_worker() -> None:
+    """In a torchrun worker whose run has finished: exit now (see ``end_worker``: the teardown
+    after the process group is gone could abort a rank that had done its work)."""
+    from dlforge.train.distributed import end_worker, in_torchrun_world
+
+    if in_torchrun_world():
+        end_worker(0)
 
 
 def _launch(argv: list[str], nproc: int, nnodes: int, node_rank: int, endpoint: str | None) -> None:

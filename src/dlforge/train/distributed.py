@@ -153,6 +153,34 @@ class Distributed:
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def end_worker(code: int = 0) -> None:
+    """End this torchrun worker process now, its run finished: Python's exit handlers run and
+    the standard streams are flushed, then ``os._exit(code)`` skips the interpreter's teardown.
+
+    After ``destroy_process_group`` that teardown sometimes aborted a rank ("terminate called
+    without an active exception", SIGABRT: a C++ thread still joinable when static objects are
+    destroyed; about one run in fifteen on 2 cores, in CI and in the README's ``--nproc 2`` run),
+    which torchrun reports as a failed run although every file was written. Only called in a
+    worker of a world larger than one, after the run has closed its files.
+    """
+    import atexit
+    import logging
+
+    atexit._run_exitfuncs()  # what a normal exit would run: loggers, trackers' last flush
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or gone: nothing left to flush
+            pass
+    os._exit(code)
+
+
+def in_torchrun_world() -> bool:
+    """Whether this process is one worker of a torchrun world larger than one."""
+    return all(k in os.environ for k in TORCHRUN_ENV) and int(os.environ["WORLD_SIZE"]) > 1
+
+
 @contextmanager
 def grad_sync(module: nn.Module, sync: bool) -> Iterator[None]:
     """Around a forward pass: with ``sync`` False, a DDP ``module`` skips the gradient
