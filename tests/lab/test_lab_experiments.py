@@ -46,10 +46,13 @@ def test_finding_is_complete_and_its_verdict_follows_from_its_numbers(topic):
              else COMPRESSION_LIMIT if topic in COMPRESSION_TOPICS
              else DEPLOYMENT_LIMIT if topic in DEPLOYMENT_TOPICS else QUICK_LIMIT)
     assert len(f.seeds) >= 3, "at least three seeds at the quick budget"
-    assert max(f.seed_seconds) < limit, f"quick budget exceeded: {f.seed_seconds} s per seed"
+    # CPU seconds: the suite computes most seeds at the lowest priority beside other tests (tests/lab/cache.py),
+    # where a seed's wall-clock time measures the wait, not the seed.
+    assert len(f.seed_cpu_seconds) == len(f.seeds) and all(s > 0 for s in f.seed_cpu_seconds)
+    assert max(f.seed_cpu_seconds) < limit, f"quick budget exceeded: {f.seed_cpu_seconds} CPU s per seed"
 
 
-QUICK_LIMIT = 30  # seconds on 2 cores, the lab's quick budget
+QUICK_LIMIT = 30  # CPU seconds per seed, the lab's quick budget
 MINILM_LIMIT, MINILM_TOPICS = 60, (9, 24, 28)  # fine-tuning the pretrained MiniLM may take up to a minute
 # topic 26 trains about 40 small U-Nets (five challenges, 3 seeds) and a 4-fold CV: 46-51 s on 2 idle cores,
 # so 90 s leaves a slower CI machine the same margin the other topics have

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import doctest
 import inspect
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib
@@ -88,3 +90,17 @@ def test_experiment_modules_hold_only_their_experiment(topic):
 def test_doctests(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+_TIMED_CHECK = re.compile(r'Check\(\s*"[^"]*(?:second|speedup|faster|latency|_ms\b|p50|p99)')
+
+
+@pytest.mark.parametrize("topic", available_topics())
+def test_a_topic_declares_wall_clock_exactly_when_a_check_reads_a_timing(topic):
+    """A timing taken by a process the scheduler keeps preempting measures the preemption: a topic
+    with a timed check says ``WALL_CLOCK = True``, and the test suite keeps it out of its
+    low-priority background (tests/lab/cache.py); no other topic says it."""
+    module = experiment(topic)
+    helpers = Path(module.__file__).parent.glob(f"_q{topic:02d}_*.py")  # its private helper modules
+    timed = any(_TIMED_CHECK.search(text) for text in [inspect.getsource(module), *(p.read_text() for p in helpers)])
+    assert getattr(module, "WALL_CLOCK", False) is timed, f"topic {topic}: a timed check is {timed}"

@@ -4,6 +4,8 @@ LabPool runs the seeds in worker processes and hands findings back as JSON, unch
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -17,7 +19,7 @@ from dlforge.lab.seeds import DEFAULT_SEEDS, combine, seeds_for
 def _finding(acc: float, curve: list[float], text: str = "a", **extra) -> Finding:
     return Finding(topic=16, title="t", claim="c", method="m",
                    numbers={"acc": acc, "curve": curve, "table": {"x": acc * 2}, "length": 60, "label": text, **extra},
-                   checks=[Check("acc", ">", 0.5)], notes="seed note", seconds=1.5)
+                   checks=[Check("acc", ">", 0.5)], notes="seed note", seconds=1.5, cpu_seconds=1.25)
 
 
 def test_combine_keeps_constants_and_turns_varying_numbers_into_intervals() -> None:
@@ -31,6 +33,7 @@ def test_combine_keeps_constants_and_turns_varying_numbers_into_intervals() -> N
     assert f.numbers["length"] == 60 and "length" not in f.intervals  # equal on every seed: as it was
     assert f.numbers["label"] == "a"  # text: the first seed's
     assert f.seeds == [4, 5, 6] and f.seed_seconds == [1.5, 1.5, 1.5] and f.seconds == 4.5
+    assert f.seed_cpu_seconds == [1.25] * 3 and f.cpu_seconds == 3.75
     assert f.notes == "seed note"
     # the check reads the interval: 0.8 +- 0.25 straddles 0.6, clears 0.5
     assert f.verdict == "supported"
@@ -77,6 +80,33 @@ def test_a_failing_job_names_its_topic_and_seed_and_the_pool_goes_on() -> None:
         with pytest.raises(LabWorkerError, match=r"(?s)topic 99 seed 7 \(quick\) failed:.*no experiment for topic 99"):
             bad.result()
         assert good.result().topic == 4
+
+
+def _worker_pids() -> list[int]:
+    """This process's ``dlforge.lab.worker`` children (Linux: from /proc)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == os.getpid() and b"dlforge.lab.worker" in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the workers' niceness from /proc (Linux)")
+def test_a_pool_at_nice_19_runs_its_workers_at_the_lowest_priority_with_the_same_numbers() -> None:
+    before, others = os.getpriority(os.PRIO_PROCESS, 0), set(_worker_pids())  # the session's lab pools' workers
+    with LabPool(workers=1, nice=19) as pool:
+        finding = pool.submit(4, "quick", 0).result()  # the worker stays alive between jobs
+        (pid,) = set(_worker_pids()) - others
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, before + 19)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before  # this process keeps its priority
+    assert _strip(finding.numbers) == _strip(run_topic(4, "quick", 0).numbers)
+    with pytest.raises(ValueError, match="nice in 0..19"):
+        LabPool(nice=20)
 
 
 def test_run_topics_refuses_an_unknown_budget() -> None:

@@ -5,7 +5,9 @@ Each experiment is a module ``qNN_<topic>.py`` with ``TOPIC``, ``TITLE`` and ``C
 constants, ``BUDGETS`` (``{"quick": {...}, "full": {...}}``, the sizes each budget runs),
 optionally ``SEEDS`` (how many seeds each budget runs, :data:`~dlforge.lab.seeds.DEFAULT_SEEDS`
 otherwise), optionally ``MAX_THREADS`` (the most CPU threads a seed may use, whatever the
-runner asks), ``run(cfg, seed) -> Finding``, which measures one seed at one budget's dict, and
+runner asks), optionally ``WALL_CLOCK = True`` (some check reads a wall-clock timing: the
+test suite runs such a topic at normal priority, never in its low-priority background),
+``run(cfg, seed) -> Finding``, which measures one seed at one budget's dict, and
 optionally ``figure_over_seeds(finding) -> Figure``, a figure of every seed of the combined finding.
 
 * :func:`run_topic` runs one seed, timed, on a fixed number of threads (see
@@ -65,7 +67,7 @@ def experiment(topic: int) -> ModuleType:
 
 def run_topic(topic: int, budget: str = "quick", seed: int = 0, threads: int = 1) -> Finding:
     """One seed of topic ``topic``'s experiment at ``budget`` ("quick" or "full"), on ``threads``
-    CPU threads, timed.
+    CPU threads, timed: ``seconds`` of wall clock and ``cpu_seconds`` of this process's CPU time.
 
     Example:
         >>> run_topic(3, budget="quick").numbers["hidden_corners_worst"]  # doctest: +SKIP
@@ -74,10 +76,10 @@ def run_topic(topic: int, budget: str = "quick", seed: int = 0, threads: int = 1
     if budget not in BUDGETS:
         raise ConfigError(f"budget is {budget!r}", hint=f"use one of: {', '.join(BUDGETS)}")
     module = experiment(topic)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with limited_threads(min(threads, getattr(module, "MAX_THREADS", threads))):  # see dlforge.lab.threads
         finding = module.run(module.BUDGETS[budget], seed)
-    finding.seconds = time.perf_counter() - start
+    finding.seconds, finding.cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     finding.budget = budget
     return finding
 

@@ -188,12 +188,14 @@ class Finding:
     notes: str = ""              # what the guide gets wrong or what is contested
     budget: str = "quick"
     seconds: float = 0.0
+    cpu_seconds: float = 0.0     # CPU time of the process that ran it: its cost, whatever else ran beside it
     # Over several seeds (dlforge.lab.seeds.combine): ``numbers`` holds each number's mean,
     # ``intervals`` the 95% interval of every number that varied, ``per_seed`` its values.
     intervals: dict[str, Interval] = field(default_factory=dict)
     per_seed: dict[str, list[float]] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=list)
     seed_seconds: list[float] = field(default_factory=list)
+    seed_cpu_seconds: list[float] = field(default_factory=list)
     verdict: str = field(init=False)
     rule: str = field(init=False)
 
@@ -249,8 +251,8 @@ class Finding:
             >>> Finding.from_dict(f.to_dict(with_figures=True)).verdict
             'supported'
         """
-        known = {"topic", "title", "claim", "method", "numbers", "notes", "budget", "seconds", "per_seed", "seeds",
-                 "seed_seconds"}
+        known = {"topic", "title", "claim", "method", "numbers", "notes", "budget", "seconds", "cpu_seconds", "per_seed",
+                 "seeds", "seed_seconds", "seed_cpu_seconds"}
         finding = cls(**{k: v for k, v in d.items() if k in known},
                       checks=[Check(n, op, t) for n, op, t in d["check_specs"]],
                       figures=[Figure(**f) for f in d.get("figures", [])],

@@ -30,12 +30,15 @@ class LabWorkerError(RuntimeError):
 
 
 class LabPool:
-    """``workers`` worker processes with ``threads`` CPU threads each."""
+    """``workers`` worker processes with ``threads`` CPU threads each, at niceness ``nice``
+    (``os.nice``; 19, the lowest priority, lets them use only the CPU time nothing else wants:
+    the test suite computes the lab's seeds that way while its other tests run)."""
 
-    def __init__(self, workers: int = 2, threads: int = 1) -> None:
-        if workers < 1 or threads < 1:
-            raise ValueError(f"workers and threads must be >= 1, got {workers} and {threads}")
-        self.workers, self.threads = workers, threads
+    def __init__(self, workers: int = 2, threads: int = 1, nice: int = 0) -> None:
+        if workers < 1 or threads < 1 or not 0 <= nice <= 19:
+            raise ValueError(f"workers and threads must be >= 1 and nice in 0..19, got {workers}, {threads} "
+                             f"and {nice}")
+        self.workers, self.threads, self.nice = workers, threads, nice
         self._jobs: queue.Queue = queue.Queue()
         self._feeders = [threading.Thread(target=self._feed, daemon=True, name=f"lab-worker-{i}")
                          for i in range(workers)]
@@ -74,7 +77,8 @@ class LabPool:
         # seed spinning burned 121 s of CPU where it needed 3; it also steals the other worker's core.
         env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "OMP_NUM_THREADS": str(self.threads),
                "MKL_NUM_THREADS": str(self.threads)}
-        return subprocess.Popen([sys.executable, "-m", "dlforge.lab.worker", "--threads", str(self.threads)],
+        return subprocess.Popen([sys.executable, "-m", "dlforge.lab.worker", "--threads", str(self.threads),
+                                 "--nice", str(self.nice)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8",
                                 env=env)
 

@@ -81,8 +81,10 @@ def combine(findings: Sequence[Finding], seeds: Sequence[int], module: ModuleTyp
             intervals[key] = type(m)(significant(m.mean), significant(m.low), significant(m.high), m.n, m.method)
     combined = Finding(topic=first.topic, title=first.title, claim=first.claim, method=first.method,
                        numbers=numbers, checks=list(first.checks), figures=list(first.figures), notes=first.notes,
-                       budget=first.budget, seconds=sum(f.seconds for f in findings), intervals=intervals,
-                       per_seed=per_seed, seeds=list(seeds), seed_seconds=[round(f.seconds, 2) for f in findings])
+                       budget=first.budget, seconds=sum(f.seconds for f in findings),
+                       cpu_seconds=sum(f.cpu_seconds for f in findings), intervals=intervals, per_seed=per_seed,
+                       seeds=list(seeds), seed_seconds=[round(f.seconds, 2) for f in findings],
+                       seed_cpu_seconds=[round(f.cpu_seconds, 2) for f in findings])
     if module is not None and hasattr(module, "figure_over_seeds") and len(findings) > 1:
         combined.figures.insert(0, module.figure_over_seeds(combined))
     return combined

@@ -1,4 +1,4 @@
-"""A lab worker process: ``python -m dlforge.lab.worker --threads N``.
+"""A lab worker process: ``python -m dlforge.lab.worker --threads N [--nice K]``.
 
 It reads one job per line on stdin (``{"topic": 3, "budget": "quick", "seed": 0}``) and
 answers each with one JSON line on its own stdout: ``{"finding": ...}`` (the finding's
@@ -19,7 +19,11 @@ import traceback
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dlforge.lab.worker")
     parser.add_argument("--threads", type=int, default=1)
-    threads = parser.parse_args(argv).threads
+    parser.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by K (os.nice)")
+    args = parser.parse_args(argv)
+    threads = args.threads
+    if args.nice and hasattr(os, "nice"):  # Windows has no niceness: the worker runs at normal priority
+        os.nice(args.nice)
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # prints (Python or C) land on stderr
 
