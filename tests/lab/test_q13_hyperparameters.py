@@ -88,3 +88,17 @@ def test_the_optuna_search_prunes_and_counts_its_epochs():
     assert n["search_epochs_run"] <= n["search_epoch_budget"]
     if n["search_pruned_trials"] == 0:  # only pruning stops a trial before its last epoch
         assert n["search_epochs_run"] == n["search_epoch_budget"]
+
+
+def test_epoch_seconds_takes_turns_and_the_2x_flag_reads_the_paired_ratio(monkeypatch):
+    f = finding_for(13)
+    for paired, flag, fastest in zip(f.per_seed.get("epoch_time_paired_ratio_seconds", []),
+                                     f.per_seed.get("larger_batch_epoch_2x_faster", []),
+                                     f.per_seed.get("epoch_time_ratio_seconds", [])):
+        assert flag == int(paired >= 2.0) and fastest > 0
+    order = []
+    monkeypatch.setattr(q13, "_train", lambda data, optim, epochs, seed, batch_size: (
+        order.append(batch_size), type("R", (), {"epochs": [{"time": batch_size / 1000}]})()))
+    times = q13.epoch_seconds(None, [16, 64, 256], seed=0, repeats=3)
+    assert order == [16, 64, 256, 64, 256, 16, 256, 16, 64]  # the order rotates every round
+    assert times == [[0.016] * 3, [0.064] * 3, [0.256] * 3]

@@ -1,4 +1,4 @@
-"""Topic 16 at the quick budget: LSTM versus plain RNN as the distance to remember grows."""
+"""Topic 16 at the quick budget: LSTM versus plain RNN on the adding problem as T grows."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from dlforge.data import adding_problem, prepare
 from dlforge.lab import q16_lstms as q16
 from dlforge.lab.finding import Figure
 from dlforge.models.rnn import lstm_cell
@@ -18,53 +19,75 @@ from .cache import finding_for
 def test_quick_and_full_sweep_the_same_ends():
     quick, full = q16.BUDGETS["quick"], q16.BUDGETS["full"]
     assert quick["lengths"][0] == full["lengths"][0] and quick["lengths"][-1] == full["lengths"][-1]
-    assert set(quick["lengths"]) < set(full["lengths"]) and quick["epochs"] == full["epochs"]
+    assert set(quick["lengths"]) <= set(full["lengths"]) and quick["epochs"] == full["epochs"]
+    assert quick["n"] == full["n"] and len(full["lengths"]) > len(quick["lengths"])
     assert q16.SEEDS["quick"] >= 3 and q16.SEEDS["full"] >= 5
 
 
-def test_rnn_solves_short_distances_and_the_lstm_holds_longer():
+def test_rnn_carries_short_distances_and_only_the_lstm_solves_the_longest():
     f = finding_for(16)
     n, lengths = f.numbers, q16.BUDGETS["quick"]["lengths"]
+    shortest, longest = lengths[0], lengths[-1]
     assert n["lengths"] == lengths and len(f.seeds) == q16.SEEDS["quick"]
-    assert n["rnn_accuracy_at_shortest"] >= 0.8 and n["rnn_solves_shortest"] >= 0.75
-    assert n["rnn_accuracy_T60"] < 0.5  # the RNN stays near chance (0.25) at T=60...
-    assert n["lstm_accuracy_T60"] >= 0.6  # ...where the LSTM solves most seeds
-    assert n["lstm_solves_longest"] > n["rnn_solves_longest"]
-    assert n["lstm_reach"] > n["rnn_reach"]
+    assert n[f"rnn_nmse_T{shortest}"] < q16.CARRIES_AT  # the RNN carries the far value at T=10...
+    assert n[f"rnn_nmse_T{longest}"] > 0.8  # ...and stays near the mean's 1.0 at T=50...
+    assert n[f"lstm_nmse_T{longest}"] <= q16.SOLVED_AT  # ...where the LSTM solves it
+    assert n["lstm_solves_longest"] == 1 and n["rnn_solves_longest"] == 0
+    assert n["lstm_reach"] == longest and n["rnn_reach"] < longest
+    assert f.verdict == "supported", f.check_results()
 
 
 def test_sweep_numbers_are_consistent_seed_by_seed():
     f = finding_for(16)
     n, per_seed, lengths = f.numbers, f.per_seed, f.numbers["lengths"]
-    longest = lengths[-1]
 
     def seeds_of(key):  # a number equal on every seed has no per_seed entry
         return per_seed.get(key, [n[key]] * len(f.seeds))
 
-    lstm, rnn = seeds_of(f"lstm_accuracy_T{longest}"), seeds_of(f"rnn_accuracy_T{longest}")
-    assert seeds_of("lstm_minus_rnn_at_longest") == pytest.approx([a - b for a, b in zip(lstm, rnn)], abs=1e-4)
-    assert seeds_of("lstm_solves_longest") == [float(a >= q16.SOLVED_AT) for a in lstm]
-    shortest = seeds_of(f"rnn_accuracy_T{lengths[0]}")
-    assert seeds_of("rnn_solves_shortest") == [float(a >= q16.SOLVED_AT) for a in shortest]
     for kind in ("rnn", "lstm"):
-        assert all(r in (0, *lengths) for r in seeds_of(f"{kind}_reach"))
-        assert n[f"{kind}_accuracy"] == [n[f"{kind}_accuracy_T{T}"] for T in lengths]
+        err = [seeds_of(f"{kind}_nmse_T{T}") for T in lengths]  # per length, per seed
+        assert seeds_of(f"{kind}_nmse_at_longest") == err[-1]
+        assert seeds_of(f"{kind}_solves_longest") == [float(e <= q16.SOLVED_AT) for e in err[-1]]
+        assert seeds_of(f"{kind}_reach") == [q16._reach(lengths, list(col)) for col in zip(*err)]
+        assert n[f"{kind}_nmse"] == [n[f"{kind}_nmse_T{T}"] for T in lengths]
         assert all(1 <= e <= q16.BUDGETS["quick"]["epochs"] for e in n[f"{kind}_epochs"])
+    assert seeds_of("rnn_nmse_at_shortest") == seeds_of(f"rnn_nmse_T{lengths[0]}")
+    reach_gap = [a - b for a, b in zip(seeds_of("lstm_reach"), seeds_of("rnn_reach"))]
+    assert seeds_of("lstm_reach_minus_rnn_reach") == reach_gap
     for key, values in per_seed.items():  # every varying number is the mean of its seeds
         assert n[key] == pytest.approx(statistics.fmean(values), rel=1e-4, abs=1e-6)
 
 
-def test_reach_is_the_longest_solved_length():
-    assert q16._reach([10, 30, 60], [1.0, 0.3, 0.95]) == 60
-    assert q16._reach([10, 30, 60], [1.0, 0.95, 0.3]) == 30
-    assert q16._reach([10, 30, 60], [0.5, 0.3, 0.25]) == 0
+def test_reach_is_the_longest_length_where_the_far_value_is_carried():
+    assert q16._reach([10, 30, 50], [0.1, 0.9, 0.05]) == 50
+    assert q16._reach([10, 30, 50], [0.1, 0.3, 1.0]) == 30
+    assert q16._reach([10, 30, 50], [0.6, 0.9, 1.0]) == 0
+
+
+def test_nmse_is_one_for_the_mean_and_zero_for_the_exact_sum():
+    data = prepare(adding_problem(200, 12, seed=3), val=0.2, test=0.0, standardize=False, seed=3)
+    x, y = data.val.tensors
+
+    class Mean(torch.nn.Module):
+        def forward(self, x):
+            return y.mean().expand(len(x), 1)
+
+    class ExactSum(torch.nn.Module):  # the marked values, on the standardised target scale
+        def forward(self, x):
+            stats = data.preprocessing["target_standardize"]
+            total = (x[..., 0] * x[..., 1]).sum(dim=1, keepdim=True)  # (N, 1)
+            return (total - torch.tensor(stats["mean"])) / torch.tensor(stats["std"])
+
+    assert q16.nmse(Mean(), x, y) == pytest.approx(1.0, abs=1e-5)
+    assert q16.nmse(ExactSum(), x, y) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_a_run_stops_once_solved_and_not_before():
     state = SimpleNamespace(should_stop=False, stop_reason=None)
-    q16._StopWhenSolved().on_validation_end(state, {"val_accuracy": q16.STOP_AT - 0.01})
+    stop = q16._StopWhenSolved(val_variance=2.0)  # val_loss / 2.0 is the nMSE
+    stop.on_validation_end(state, {"val_loss": 2.0 * q16.STOP_AT + 0.01})
     assert not state.should_stop
-    q16._StopWhenSolved().on_validation_end(state, {"val_accuracy": q16.STOP_AT})
+    stop.on_validation_end(state, {"val_loss": 2.0 * q16.STOP_AT})
     assert state.should_stop and state.stop_reason == "early_stopping"
 
 

@@ -97,3 +97,43 @@ def test_attempts_stay_within_the_limit():
     f = finding_for(17)
     attempts = f.per_seed.get("full_bptt_attempts", [f.numbers["full_bptt_attempts"]] * len(f.seeds))
     assert all(1 <= a <= q17.ATTEMPTS for a in attempts)
+
+
+def test_chrono_init_gives_torchs_lstm_forget_gates_with_time_scales_up_to_t_max():
+    # Reference: torch's own LSTM step. With the weights zeroed, one step from (h0 = 0, c0) on a
+    # zero input gives c1 = f * c0 + i * tanh(b_g): the gates the biases alone set.
+    hidden, t_max = 16, 30
+    lstm = torch.nn.LSTM(2, hidden, batch_first=True)
+    q17.chrono_init(lstm, t_max, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        lstm.weight_ih_l0.zero_()
+        lstm.weight_hh_l0.zero_()
+        b_g = lstm.bias_ih_l0[2 * hidden:3 * hidden].clone()
+        h0, x = torch.zeros(1, 1, hidden), torch.zeros(1, 1, 2)
+        _, (h1, forget) = lstm(x, (h0, torch.ones(1, 1, hidden)))  # c1 = f
+        lstm.bias_ih_l0[2 * hidden:3 * hidden] = 20.0  # tanh(b_g) = 1: c1 = i when c0 = 0
+        _, (_, inp) = lstm(x, (h0, torch.zeros(1, 1, hidden)))
+    assert (b_g == 0).all()
+    scales = 1 / (1 - forget.flatten())  # a cell's memory time scale in steps: 1 / (1 - f)
+    assert (scales >= 2 - 1e-6).all() and (scales <= t_max + 1e-4).all()  # log U(1, t_max - 1)
+    assert scales.max() > t_max / 2 and scales.min() < t_max / 4  # spread over the range
+    torch.testing.assert_close(inp, 1 - forget)  # input bias = -forget bias: i = 1 - f
+    torch.testing.assert_close(h1, 0.5 * torch.tanh(forget))  # output gate bias 0: o = 0.5
+
+
+def test_train_recall_clips_and_stops_at_the_first_solved_epoch(monkeypatch):
+    from dlforge.data import prepare, recall_first
+    data = prepare(recall_first(40, 6, q17.N_SYMBOLS, seed=0), val=0.2, test=0.0,
+                   standardize=False, seed=0)
+    calls = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
+                        lambda params, max_norm: calls.append(max_norm) or clip(params, max_norm))
+    cfg = {"epochs": 4}
+    q17._train_recall(None, cfg, data, 0, 0)
+    batches = -(-32 // q17.BATCH_SIZE)  # 32 training sequences
+    assert calls == [q17.CLIP] * 4 * batches  # every step clipped, all epochs run
+    calls.clear()
+    monkeypatch.setattr(q17, "SOLVED_LOSS", 10.0)  # every epoch counts as solved
+    loss, acc = q17._train_recall(3, cfg, data, 0, 0)
+    assert len(calls) == batches and loss < 10.0 and 0.0 <= acc <= 1.0  # stopped after one epoch

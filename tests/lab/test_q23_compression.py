@@ -125,3 +125,18 @@ def test_student_epochs_give_every_set_at_least_the_same_steps():
         assert epochs >= q23c.MIN_EPOCHS
         assert epochs * math.ceil(n / q23c.BATCH_SIZE) >= q23c.STUDENT_STEPS
     assert q23c.student_epochs(100) == 125  # 4 batches of 32 per epoch
+
+
+def test_speedup_times_both_models_in_turns_and_reads_their_fastest_blocks(monkeypatch):
+    # the same work: about 1; four times the multiply-adds: clearly faster. Fastest blocks, so a
+    # busy machine adds noise to a few blocks, not to the ratio.
+    torch.manual_seed(0)
+    wide, narrow = nn.Linear(512, 512), nn.Linear(512, 64)
+    assert 0.7 < q23c.speedup(wide, copy.deepcopy(wide), (512,), batch=64, repeats=9) < 1.4
+    assert q23c.speedup(wide, narrow, (512,), batch=64, repeats=9) > 2.0
+    calls = []  # who runs when: the two alternate, the first of each pair alternating too
+    a, b = nn.Identity(), nn.Identity()
+    a.forward = lambda x: calls.append("a") or x
+    b.forward = lambda x: calls.append("b") or x
+    q23c.speedup(a, b, (2,), repeats=3, calls=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then a b | b a | a b

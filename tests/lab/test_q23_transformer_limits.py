@@ -35,6 +35,9 @@ def test_cost_numbers_are_consistent_with_their_lengths_and_exponents():
         assert all(later == 2 * earlier for earlier, later in zip(b, b[1:]))
     assert min(f.per_seed["local_speedup_at_longest"]) > 1.0  # local is faster on every seed
     assert n["local_speedup_at_longest"] == pytest.approx(np.mean(f.per_seed["local_speedup_at_longest"]), abs=0.01)
+    # the check reads the log2 of each seed's speedup: > 0 exactly when the speedup is > 1
+    for ratio, log2 in zip(f.per_seed["local_speedup_at_longest"], f.per_seed["local_log2_speedup_at_longest"]):
+        assert log2 == pytest.approx(math.log2(ratio), abs=2e-3)
     assert n["local_memory_saving_at_longest"] == round(
         n["explicit_bytes"][-1] / n["local_bytes"][-1], 2)
 

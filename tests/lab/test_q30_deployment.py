@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import doctest
 import glob
+import math
 import os
 import random
 import tempfile
@@ -16,10 +17,12 @@ import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
+import torch
 from statsmodels.stats.proportion import proportions_ztest
 
 from dlforge.compress.quantize import quantize_dynamic_int8, weight_bytes
 from dlforge.lab import q30_deployment as q30
+from dlforge.lab._q30_traffic import PREDICT
 from dlforge.models import build
 from dlforge.serve.routing import TrafficConfig, choose_variant
 
@@ -64,7 +67,47 @@ def test_latency_numbers_are_consistent(numbers):
     ps = f.per_seed
     for fp32, int8, speedup in zip(ps["fp32_served_p50_ms"], ps["int8_served_p50_ms"], ps["int8_served_p50_speedup"]):
         assert speedup == pytest.approx(fp32 / int8, rel=2e-3)
+    for speedup, log2 in zip(ps["int8_served_p50_speedup"], ps["int8_served_p50_log2_speedup"]):
+        assert log2 == pytest.approx(math.log2(speedup), abs=2e-3)  # what the check reads: > 0 iff faster
     assert numbers["int8_served_p50_speedup"] == pytest.approx(np.mean(ps["int8_served_p50_speedup"]), rel=1e-3)
+    assert numbers["latency_request_batch"] == q30.LATENCY_BATCH > 1
+    for fp32, int8, speedup in zip(ps.get("batch1_fp32_served_p50_ms", []), ps.get("batch1_int8_served_p50_ms", []),
+                                   ps.get("batch1_int8_served_p50_speedup", [])):
+        assert speedup == pytest.approx(fp32 / int8, rel=2e-3)
+    # the model alone: the median of per-round paired ratios lies within the rounds' spread
+    assert numbers["offline_int8_speedup"] > 0 and numbers["offline_int8_ms"] > 0
+
+
+def test_latency_alternates_the_servers_one_request_at_a_time():
+    seen: list[tuple[str, int, int]] = []  # server, samples in the request, requests in flight
+    in_flight: list[int] = []
+
+    def app(name: str) -> FastAPI:
+        a = FastAPI()
+
+        @a.post(PREDICT)
+        def predict(body: dict):
+            in_flight.append(1)
+            seen.append((name, len(body["inputs"]), len(in_flight)))
+            in_flight.pop()
+            return {"outputs": ["0"] * len(body["inputs"])}
+        return a
+
+    raw = np.arange(5 * 64, dtype=float).reshape(5, 1, 8, 8)
+    with q30.serving(app("fp32")) as u1, q30.serving(app("int8")) as u2:
+        out = q30._latency({"fp32": u1, "int8": u2}, "k", raw, 4, deadline=float("inf"), batch=3)
+    timed = seen[2 * q30.WARMUP:]
+    assert [name for name, _, _ in timed] == ["fp32", "int8", "int8", "fp32"] * 2  # turns, first one flipping
+    assert {size for _, size, _ in seen} == {3} and {k for _, _, k in seen} == {1}  # one request in flight
+    assert [len(v) for v in out.values()] == [4, 4] and all(r.status == 200 for v in out.values() for r in v)
+
+
+def test_offline_ms_pairs_rounds_and_paired_speedup_takes_their_median():
+    models = {"fp32": torch.nn.Linear(256, 256), "int8": torch.nn.Linear(256, 8)}
+    ms = q30.offline_ms(models, torch.zeros(1, 256), q30.ROUNDS * 2)
+    assert [len(v) for v in ms.values()] == [q30.ROUNDS, q30.ROUNDS]
+    ratios = sorted(a / b for a, b in zip(ms["fp32"], ms["int8"]))
+    assert q30.paired_speedup(ms["fp32"], ms["int8"]) == pytest.approx(np.median(ratios))
 
 
 def test_rollback_monitoring_and_access(numbers):

@@ -38,16 +38,6 @@ def test_the_full_budget_gives_the_quick_verdict(topic):
 # issue 18's closing note has the intervals). For them the test requires only that the seed sets
 # never contradict each other; the entry goes when the topic is settled.
 UNSETTLED = {
-    17: "with up to 5 restarts, seed 202 still leaves full BPTT at 0.48: full_bptt_accuracy [0.61, 1.19] on "
-        "200-204, [1, 1] on 0-4 and 100-104",
-    16: "at T=60 the RNN solves 1 of seeds 0-7 but 5 of 100-107 (the LSTM also 5 of 8): "
-        "lstm_minus_rnn_at_longest [0.25, 0.79] against [-0.47, 0.46]",
-    30: "int8's served p50 speedup is a timing under load: [1.02, 1.37] against [0.95, 1.19]",
-    # Agreed (supported) in both runs here, on an idle machine; each has a wall-clock check that a
-    # loaded machine can push across its bound (23's unstructured speedup measured [0.88, 1.36] at
-    # load 50 against its 1.15 bound; 13's "largest batch's epoch 2x faster" is a per-seed timing).
-    13: "larger_batch_epoch_2x_faster is a wall-clock ratio per seed",
-    23: "unstructured_speedup and structured_speedup are wall-clock ratios",
 }
 
 

@@ -19,8 +19,9 @@ from dlforge.lab._http import Reply, bearer, bounded_load, clients, send, served
 
 NAME = "digits"      # the registered model
 CONCURRENCY = 4      # client threads, each with one keep-alive connection
-ROUNDS = 8           # latency: fp32 and int8 servers take turns this many times
-WARMUP = 8           # untimed requests per server before the latency rounds
+ROUNDS = 8           # offline timing: the fp32 and int8 models take turns this many times
+WARMUP = 8           # untimed requests per server before the latency requests
+LATENCY_BATCH = 32   # samples per request in the checked latency phase (and 1 beside it)
 AB = {"production": 0.8, "candidate": 0.2}
 STICKY_REPEAT = 50
 EVAL_BATCH = 128     # accuracy: test samples per request
@@ -43,19 +44,29 @@ def _accuracy(url: str, key: str, raw: np.ndarray, labels: list[str], deadline: 
     return float(np.mean([p == t for p, t in zip(predicted, labels)])), predicted
 
 
-def _latency(urls: dict[str, str], key: str, raw: np.ndarray, n: int, deadline: float) -> dict[str, list[Reply]]:
-    """``n`` one-sample requests per server, the servers taking turns in ``ROUNDS`` rounds."""
-    one = lambda i: ({"inputs": [raw[i % len(raw)].tolist()]}, {})  # noqa: E731
-    out: dict[str, list[Reply]] = {name: [] for name in urls}
+def _latency(urls: dict[str, str], key: str, raw: np.ndarray, n: int, deadline: float,
+             batch: int = 1) -> dict[str, list[Reply]]:
+    """``n`` requests of ``batch`` samples per server, one request in flight at a time, the servers
+    alternating request by request (which goes first flips each pair), so a change in the
+    machine's load hits both alike: interleaved A/B, as benchmark tools pair their repeats.
+
+    One at a time, because latency is what a lone request waits; with several in flight the
+    p50 is mostly the wait for the other requests (GIL, event loop), which int8 does not shrink.
+    """
+    names = list(urls)
+    out: dict[str, list[Reply]] = {name: [] for name in names}
     with contextlib.ExitStack() as stack:
-        pools = {name: stack.enter_context(clients(url, key, CONCURRENCY, TIMEOUT_S)) for name, url in urls.items()}
-        for pool in pools.values():  # opens the keep-alive connections; not timed
-            bounded_load(pool, PREDICT, [one(i) for i in range(WARMUP)], deadline)
-        per_round = n // ROUNDS
-        for r in range(ROUNDS):
-            jobs = [one(r * per_round + i) for i in range(per_round)]
-            for name, pool in pools.items():
-                out[name] += bounded_load(pool, PREDICT, jobs, deadline)
+        client = {name: stack.enter_context(httpx.Client(base_url=url, headers=bearer(key), timeout=TIMEOUT_S))
+                  for name, url in urls.items()}
+        body = lambda i: {"inputs": raw[np.arange(i * batch, (i + 1) * batch) % len(raw)].tolist()}  # noqa: E731
+        for i in range(WARMUP):  # opens the keep-alive connections, first packing of the int8 kernels; not timed
+            for name in names:
+                send(client[name], PREDICT, body(i))
+        for i in range(n):
+            if time.monotonic() > deadline:
+                break
+            for name in (names if i % 2 == 0 else names[::-1]):
+                out[name].append(send(client[name], PREDICT, body(i)))
     return out
 
 
@@ -86,7 +97,9 @@ def _rollback(url: str, keys: dict[str, str], sample: list, stage: int, deadline
     counted_before = served_requests(url, NAME, TIMEOUT_S)
 
     def worker(client: httpx.Client) -> None:
-        while not stop.is_set() and len(replies) < 10 * stage and time.monotonic() < deadline:  # a safety cap
+        # Until the rollback's answers are in, or the deadline (a broken server): no count cap, which
+        # under load could end the phase before the rollback had been answered at all.
+        while not stop.is_set() and time.monotonic() < deadline:
             reply = send(client, PREDICT, {"inputs": [sample]})
             with lock:
                 replies.append(reply)

@@ -6,23 +6,26 @@ forget gate stays near 1 the cell keeps a value across many steps and the gradie
 along ``c`` is multiplied by ``f_t`` rather than by ``tanh' W_hh``, so an LSTM learns a
 dependency at a length where a plain RNN fails.
 
-Method: recall-first (:func:`dlforge.data.recall_first`; the label is the symbol at step
-0, chance ``1 / n_symbols``) as a sweep over the distance T to remember. At every T a plain
-tanh RNN and an LSTM of the same hidden size are trained with the same optimiser,
-clipping, data, epochs and seed and scored on held-out sequences; a run that reaches
-:data:`STOP_AT` stops early (solved). One call measures one seed; the lab's runner repeats
-it over seeds, because whether one run breaks through its plateau is luck. The checks
-read the ends of the sweep: the RNN solves the shortest T, the LSTM beats it at the
-longest, and the longest T the LSTM solves lies beyond the RNN's. The LSTM trained at the
-longest T has its forget-gate activations recomputed from its weights with the gate math
-of :func:`dlforge.models.rnn.lstm_cell`, and checked against the fused kernel's states.
+Method: the adding problem (:func:`dlforge.data.adding_problem`, Hochreiter & Schmidhuber
+1997: add the two values marked among T, one marked in each half) as a sweep over the length
+T. At every T a plain tanh RNN and an LSTM of the same hidden size are trained with the same
+optimiser, clipping, data, epochs and seed and scored on held-out sequences by their
+normalised MSE (nMSE: validation MSE over the variance of the validation targets; 1 is
+predicting the mean, 0 is exact). A run that reaches :data:`STOP_AT` stops early (solved).
+The markers tell a gate when to write, which recall-first (the task used before) did not:
+there an LSTM broke through its plateau at T=60 on about 5 seeds in 8, no more often than the
+RNN. The checks read the ends of the sweep: the RNN carries the far value at the shortest T,
+the LSTM solves the longest T where the RNN learns nothing, and the longest T each model
+learns puts the LSTM's beyond the RNN's. The LSTM trained at the longest T has its
+forget-gate activations recomputed from its weights with the gate math of
+:func:`dlforge.models.rnn.lstm_cell`, and checked against the fused kernel's states.
 """
 
 from __future__ import annotations
 
 import torch
 
-from dlforge.data import prepare, recall_first
+from dlforge.data import adding_problem, prepare
 from dlforge.lab.finding import Check, Finding, plot
 from dlforge.models import build
 from dlforge.train import Callback, fit, seed_everything
@@ -31,31 +34,30 @@ TOPIC = 16
 TITLE = "LSTMs"
 CLAIM = ("An LSTM's forget, input and output gates keep information over long ranges: "
          "at a sequence length where a plain RNN fails, an LSTM solves the same task.")
-# lengths: the distances T swept. The same shortest and longest T at both budgets, so
-# the checks read the same ends of the sweep; the full budget adds points between them.
-# At T=40 a clipped-Adam tanh RNN solves recall-first within 30 epochs on some seeds (2 of
-# 8 in one trial, 2 of 2 in another; a single seed at T=40 was what once gave "RNN 1.0,
-# LSTM minus RNN 0.0" on one machine and the opposite on another); at T=60 it
-# solved none of 10 runs of 30 epochs, 1 of seeds 0-7 in 40 epochs, but 5 of seeds 100-107 in
-# 40 epochs (100, 101, 102, 104, 106), where the LSTM also solved 5 of 8 (101, 104-107).
-# Neither a start-of-sequence marker channel (LSTM 3/7, RNN 3/7 on seeds 101, 104, 106, 0-3)
-# nor T=100 with forget bias 3 (LSTM 0/4, RNN 0/4 on 100, 101, 104, 106) separated them.
-# No model solved T=100 in 30-40 epochs in trials.
+# lengths: the lengths T swept. The same shortest and longest T at both budgets, so the checks
+# read the same ends of the sweep; the full budget adds points between them. In trials (lr 0.01,
+# n 2000) the LSTM solved T=50 (nMSE <= 0.05) on 20 of 20 seeds (0-7, 100-107, 200-203) within
+# 12 to 20 epochs, and the RNN stayed at nMSE 0.86 to 1.15 on all 11 seeds tried at T=50 (20 or
+# 25 epochs: it learns not even the near value), while at T=10 it reached 0.11 to 0.24 on 8 of 8.
 BUDGETS = {
-    "quick": {"lengths": [10, 30, 60], "n": 1000, "epochs": 40},
-    "full": {"lengths": [10, 20, 30, 40, 50, 60], "n": 1000, "epochs": 40},
+    "quick": {"lengths": [10, 50], "n": 2000, "epochs": 25},
+    "full": {"lengths": [10, 20, 30, 40, 50], "n": 2000, "epochs": 25},
 }
-# A run's outcome is nearly 0/1 (plateau or solved), and the LSTM misses T=60 on about one
-# seed in six (seed 0 among them, even with 60 epochs), so the t interval needs many seeds.
-SEEDS = {"quick": 8, "full": 8}
-N_SYMBOLS = 4  # chance accuracy 0.25
+# Each model's nMSE is a graded number, not a 0/1 run outcome, and the two ends are far apart
+# (about 1.0 against under 0.05 at T=50), so three seeds give intervals clear of every bound.
+SEEDS = {"quick": 3, "full": 5}
 HIDDEN = 32
-OPTIM = {"name": "adam", "lr": 0.005}
+# lr 0.01: with 0.005 the LSTM needed more epochs; with 0.02 it solved T=50 faster (9 to 14
+# epochs) but the RNN at T=10 got worse (0.80 on seed 2), so 0.02 would tilt the comparison.
+OPTIM = {"name": "adam", "lr": 0.01}
 CLIP = 1.0
 BATCH_SIZE = 64
 FORGET_BIAS = 1.0  # Gers et al. 2000, Jozefowicz et al. 2015: start by remembering
-STOP_AT = 0.99  # validation accuracy at which a run counts as done and stops (saves time)
-SOLVED_AT = 0.9  # a run "solves" a length when its final accuracy reaches this (chance 0.25)
+STOP_AT = 0.05  # validation nMSE at which a run counts as done and stops (saves time)
+SOLVED_AT = 0.1  # a run "solves" a length when its final nMSE is at most this (>= 90% explained)
+# A model that uses only the near (second) marked value leaves at best Var(u2) / Var(u1 + u2)
+# = 0.5 of the variance; below this nMSE it carries the far (first) value across the sequence.
+CARRIES_AT = 0.5
 
 
 def forget_gates(lstm: torch.nn.LSTM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,12 +89,33 @@ def forget_gates(lstm: torch.nn.LSTM, x: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 class _StopWhenSolved(Callback):
-    """Stop once validation accuracy reaches :data:`STOP_AT`: a solved run stays solved, and
-    the unsolved runs (which decide the verdict) still train for every epoch."""
+    """Stop once validation nMSE reaches :data:`STOP_AT`: a solved run stays solved, and the
+    unsolved runs (which decide the verdict) still train for every epoch. ``val_variance`` is
+    the variance of the validation targets, which turns ``val_loss`` (an MSE) into nMSE."""
+
+    def __init__(self, val_variance: float) -> None:
+        self.val_variance = val_variance
 
     def on_validation_end(self, state, metrics) -> None:
-        if metrics.get("val_accuracy", 0.0) >= STOP_AT:
+        if metrics.get("val_loss", float("inf")) <= STOP_AT * self.val_variance:
             state.should_stop, state.stop_reason = True, "early_stopping"
+
+
+def nmse(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean squared error of ``model(x)`` over the variance of ``y`` (N, 1): 1.0 is what
+    predicting the mean scores, 0.0 is exact.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2, 1))
+        >>> with torch.no_grad():
+        ...     _ = model[1].weight.zero_(), model[1].bias.fill_(2.0)
+        >>> nmse(model, torch.zeros(4, 1, 2), torch.tensor([[1.0], [3.0], [1.0], [3.0]]))
+        1.0
+    """
+    model.eval()
+    with torch.no_grad():
+        mse = (model(x) - y).pow(2).mean()
+    return float(mse / y.var(unbiased=False))
 
 
 def _train(kind: str, data, epochs: int, seed: int):
@@ -104,24 +127,23 @@ def _train(kind: str, data, epochs: int, seed: int):
         with torch.no_grad():  # the f block is rows H:2H of each bias
             rnn.bias_ih_l0[HIDDEN:2 * HIDDEN].fill_(FORGET_BIAS)
             rnn.bias_hh_l0[HIDDEN:2 * HIDDEN].zero_()
+    x, y = data.val.tensors
     result = fit(model, data.train, data.val, epochs=epochs, batch_size=BATCH_SIZE,
                  optim=OPTIM, clip_grad_norm=CLIP, device="cpu", seed=seed,
-                 callbacks=[_StopWhenSolved()])
-    curve = [r["val_accuracy"] for r in result.history if r["type"] == "epoch"]
-    return model, curve
+                 callbacks=[_StopWhenSolved(float(y.var(unbiased=False)))])
+    n_epochs = sum(1 for r in result.history if r["type"] == "epoch")
+    return model, nmse(model, x, y), n_epochs
 
 
-def _figure(lengths: list[int], acc: dict[str, list[float]], f_mean: torch.Tensor, seed: int):
-    with plot(f"RNN versus LSTM as the distance grows (seed {seed}); LSTM forget gates",
+def _figure(lengths: list[int], err: dict[str, list[float]], f_mean: torch.Tensor, seed: int):
+    with plot(f"RNN versus LSTM on the adding problem as T grows (seed {seed}); LSTM forget gates",
               1, 2, figsize=(11, 4)) as drawn:
         ax1, ax2 = drawn.axes
         for name, style in (("rnn", "s--"), ("lstm", "o-")):
-            ax1.plot(lengths, acc[name], style, label=name.upper())
-        ax1.axhline(1 / N_SYMBOLS, color="grey", ls=":", label="chance")
-        ax1.axhline(SOLVED_AT, color="grey", ls="--", lw=0.8, label="solved")
-        ax1.set_xlabel("distance to remember T")
-        ax1.set_ylabel("final validation accuracy")
-        ax1.set_ylim(0, 1.05)
+            ax1.plot(lengths, err[name], style, label=name.upper())
+        _reference_lines(ax1)
+        ax1.set_xlabel("sequence length T")
+        ax1.set_ylabel("validation nMSE")
         ax1.legend()
         im = ax2.imshow(f_mean.T.numpy(), aspect="auto", vmin=0, vmax=1, cmap="viridis")
         ax2.set_xlabel("time step t")
@@ -131,8 +153,15 @@ def _figure(lengths: list[int], acc: dict[str, list[float]], f_mean: torch.Tenso
     return drawn.figure
 
 
+def _reference_lines(ax) -> None:
+    ax.axhline(1.0, color="grey", ls=":", label="predict the mean")
+    ax.axhline(CARRIES_AT, color="grey", ls="-.", lw=0.8, label="near value only")
+    ax.axhline(SOLVED_AT, color="grey", ls="--", lw=0.8, label="solved")
+    ax.set_ylim(0, 1.2)
+
+
 def figure_over_seeds(finding: Finding):
-    """Accuracy against T for both models over every seed of a combined finding (one dot per
+    """nMSE against T for both models over every seed of a combined finding (one dot per
     seed, a line through the means): the spread the single-seed figure cannot show.
 
     Example:
@@ -140,39 +169,38 @@ def figure_over_seeds(finding: Finding):
         >>> fig = figure_over_seeds(run_seeds(16, "quick"))  # doctest: +SKIP
     """
     lengths = finding.numbers["lengths"]
-    with plot("RNN versus LSTM as the distance grows, every seed", figsize=(6, 4)) as drawn:
+    with plot("RNN versus LSTM on the adding problem, every seed", figsize=(6, 4)) as drawn:
         ax = drawn.axes
         for name, style, dx in (("rnn", "s--", -0.6), ("lstm", "o-", 0.6)):
-            keys = [f"{name}_accuracy_T{T}" for T in lengths]
+            keys = [f"{name}_nmse_T{T}" for T in lengths]
             means = [float(finding.numbers[k]) for k in keys]
             ax.plot(lengths, means, style, label=f"{name.upper()} (mean)")
             for T, k in zip(lengths, keys):
                 values = finding.per_seed.get(k, [finding.numbers[k]] * max(1, len(finding.seeds)))
                 ax.scatter([T + dx] * len(values), values, s=12, alpha=0.5)
-        ax.axhline(1 / N_SYMBOLS, color="grey", ls=":", label="chance")
-        ax.set_xlabel("distance to remember T")
-        ax.set_ylabel("final validation accuracy")
-        ax.set_ylim(0, 1.05)
-        ax.legend()
+        _reference_lines(ax)
+        ax.set_xlabel("sequence length T")
+        ax.set_ylabel("validation nMSE")
+        ax.legend(fontsize=7)
     return drawn.figure
 
 
-def _reach(lengths: list[int], acc: list[float]) -> int:
-    """The longest T this run solved (0 if none)."""
-    return max((T for T, a in zip(lengths, acc) if a >= SOLVED_AT), default=0)
+def _reach(lengths: list[int], err: list[float]) -> int:
+    """The longest T at which this run carries the far value (nMSE below CARRIES_AT; 0 if none)."""
+    return max((T for T, e in zip(lengths, err) if e < CARRIES_AT), default=0)
 
 
 def run(cfg: dict, seed: int) -> Finding:
     lengths = cfg["lengths"]
-    acc: dict[str, list[float]] = {"rnn": [], "lstm": []}
+    err: dict[str, list[float]] = {"rnn": [], "lstm": []}
     epochs: dict[str, list[int]] = {"rnn": [], "lstm": []}
     for T in lengths:
-        data = prepare(recall_first(cfg["n"], T, N_SYMBOLS, seed=seed), val=0.2, test=0.0,
+        data = prepare(adding_problem(cfg["n"], T, seed=seed), val=0.2, test=0.0,
                        standardize=False, seed=seed)
         for kind in ("rnn", "lstm"):
-            model, curve = _train(kind, data, cfg["epochs"], seed)
-            acc[kind].append(round(curve[-1], 4))
-            epochs[kind].append(len(curve))
+            model, e, n_epochs = _train(kind, data, cfg["epochs"], seed)
+            err[kind].append(round(e, 4))
+            epochs[kind].append(n_epochs)
     # The gates of the LSTM trained at the longest T (the last one trained).
     x, _ = data.val.tensors
     lstm = model.recurrent.rnn
@@ -183,25 +211,23 @@ def run(cfg: dict, seed: int) -> Finding:
     # What survives of step 0's cell content at the end is prod_{t>=1} f_t, per unit.
     kept = f[:, 1:].prod(dim=1).mean(dim=0)  # (H,)
     keeper = int(kept.argmax())
-    reach = {k: _reach(lengths, v) for k, v in acc.items()}
+    reach = {k: _reach(lengths, v) for k, v in err.items()}
     numbers: dict[str, object] = {
         "lengths": lengths,
-        "chance_accuracy": 1 / N_SYMBOLS,
-        "rnn_accuracy": acc["rnn"],
-        "lstm_accuracy": acc["lstm"],
+        "rnn_nmse": err["rnn"],
+        "lstm_nmse": err["lstm"],
         "rnn_epochs": epochs["rnn"],
         "lstm_epochs": epochs["lstm"],
     }
     for i, T in enumerate(lengths):  # one scalar per length, so each gets its interval over seeds
-        numbers[f"rnn_accuracy_T{T}"] = acc["rnn"][i]
-        numbers[f"lstm_accuracy_T{T}"] = acc["lstm"][i]
+        numbers[f"rnn_nmse_T{T}"] = err["rnn"][i]
+        numbers[f"lstm_nmse_T{T}"] = err["lstm"][i]
     numbers.update({
-        "rnn_accuracy_at_shortest": acc["rnn"][0],
-        "lstm_accuracy_at_longest": acc["lstm"][-1],
-        "lstm_minus_rnn_at_longest": round(acc["lstm"][-1] - acc["rnn"][-1], 4),
-        "rnn_solves_shortest": int(acc["rnn"][0] >= SOLVED_AT),  # mean: fraction of seeds
-        "rnn_solves_longest": int(acc["rnn"][-1] >= SOLVED_AT),
-        "lstm_solves_longest": int(acc["lstm"][-1] >= SOLVED_AT),
+        "rnn_nmse_at_shortest": err["rnn"][0],
+        "rnn_nmse_at_longest": err["rnn"][-1],
+        "lstm_nmse_at_longest": err["lstm"][-1],
+        "rnn_solves_longest": int(err["rnn"][-1] <= SOLVED_AT),  # mean: fraction of seeds
+        "lstm_solves_longest": int(err["lstm"][-1] <= SOLVED_AT),
         "rnn_reach": reach["rnn"],
         "lstm_reach": reach["lstm"],
         "lstm_reach_minus_rnn_reach": reach["lstm"] - reach["rnn"],
@@ -210,50 +236,42 @@ def run(cfg: dict, seed: int) -> Finding:
         "gate_math_max_abs_error": float(f"{(h_mine - h_n[0]).abs().max():.3g}"),
     })
     checks = [
-        # where the claim starts: a plain RNN does remember over a short distance, solving
-        # it on most seeds (a run is nearly 0/1: one stuck on a plateau, e.g. 0.5 at T=10 on
-        # seed 4, is an optimisation accident, not a limit of its memory)
-        Check("rnn_solves_shortest", ">", 0.5),
-        # at the longest distance the LSTM is more accurate than the RNN, the whole interval
-        # over seeds above zero (per run it is about 0.75 when only the LSTM solves, 0 when
-        # neither or both do, so its mean is mostly the share of seeds the LSTM wins)
-        Check("lstm_minus_rnn_at_longest", ">", 0.0),
-        # the distance where the RNN stops solving lies below the LSTM's
+        # where the claim starts: over a short distance a plain RNN does carry the far value
+        # (with the near value alone it could not get below CARRIES_AT = 0.5)
+        Check("rnn_nmse_at_shortest", "<", CARRIES_AT),
+        # at the longest T the LSTM solves the task: it explains at least 90% of the variance
+        Check("lstm_nmse_at_longest", "<", SOLVED_AT),
+        # ...where the RNN does not even carry the far value (it stays near 1.0, the mean)
+        Check("rnn_nmse_at_longest", ">", CARRIES_AT),
+        # the longest T at which each model carries the far value: the LSTM's lies beyond
         Check("lstm_reach_minus_rnn_reach", ">", 0),
     ]
-    method = (f"Recall-first with {N_SYMBOLS} symbols (chance {1 / N_SYMBOLS:.2f}) at distances "
-              f"T = {lengths}, {cfg['n']} sequences per T (80/20 train/val). Plain tanh RNN and "
-              f"LSTM, hidden {HIDDEN}, Adam lr {OPTIM['lr']}, gradient-norm clipping {CLIP}, "
-              f"batch {BATCH_SIZE}, up to {cfg['epochs']} epochs (a run stops once validation "
-              f"accuracy reaches {STOP_AT}), same seed and data per pair. LSTM forget bias "
-              f"initialised to {FORGET_BIAS}. A run solves T when its final accuracy is >= "
-              f"{SOLVED_AT}; a model's reach is the longest T it solved. Forget gates recomputed "
-              f"from the trained weights of the LSTM at T={lengths[-1]}.")
-    notes = (f"The plain RNN solves short distances and stops solving as T grows; the LSTM "
-             f"holds to the longest T of the sweep ({lengths[-1]}) on most seeds: the intervals "
-             "of rnn_accuracy_T* and lstm_accuracy_T* show where each model starts and stops "
-             "solving. The LSTM is not better at every T: it is slower to leave its plateau, and "
-             "at T=30 it missed 3 of 8 seeds in one quick run where the RNN solved all 8; what "
-             "separates them is the reach, the longest T solved. "
-             "Breaking through the plateau is luck for either model, per run: at "
-             "T=40 the RNN solved within 30 epochs in 2 of 8 seeds in one trial and 2 of 2 in "
-             "another, which is why one seed at T=40 "
-             "once gave 'RNN 1.0, LSTM minus RNN 0.0' on one machine and the opposite on "
-             "another (a different floating-point path flips a run at the edge of its "
-             "plateau). With lr 0.01 instead of 0.005 the RNN solved T=60 in one of two trial "
-             "runs and the LSTM in neither, so the claim is about odds at a length under one "
-             "training budget, not a wall. At T=60 with 40 epochs the RNN solved 1 of seeds "
-             "0-7 but 5 of seeds 100-107, where the LSTM also solved 5 of 8: the gap at the "
-             "longest T is a difference of odds that 8 seeds do not always resolve. Honest "
-             "caveats: the LSTM starts with its forget-gate "
-             f"bias at {FORGET_BIAS} (common practice since Gers et al. 2000), and in one-seed "
-             "trials at T=100 (LSTM forget bias 1, 3 or 5; 30 to 40 epochs) neither model "
-             "solved it: the LSTM holds longer under this budget, not forever. For this seed, the LSTM at "
+    method = (f"The adding problem at lengths T = {lengths}, {cfg['n']} sequences per T (80/20 "
+              f"train/val, target standardised), scored by validation nMSE (MSE over the "
+              f"variance of the targets: 1 = predicting the mean). Plain tanh RNN and LSTM, "
+              f"hidden {HIDDEN}, Adam lr {OPTIM['lr']}, gradient-norm clipping {CLIP}, batch "
+              f"{BATCH_SIZE}, up to {cfg['epochs']} epochs (a run stops once its nMSE reaches "
+              f"{STOP_AT}), same seed and data per pair. LSTM forget bias initialised to "
+              f"{FORGET_BIAS}. A run solves T when its final nMSE is <= {SOLVED_AT}; it carries "
+              f"the far value below {CARRIES_AT}; a model's reach is the longest T at which it "
+              f"carries it. Forget gates recomputed from the trained weights of the LSTM at "
+              f"T={lengths[-1]}.")
+    notes = (f"For this seed: RNN nMSE {err['rnn']} and LSTM nMSE {err['lstm']} at T = {lengths} "
+             f"(epochs used: RNN {epochs['rnn']}, LSTM {epochs['lstm']}). At T={lengths[-1]} the "
+             "RNN learns nothing, not even the near marked value (nMSE near 1.0), while the LSTM "
+             "breaks through its plateau within the epochs: 20 of 20 seeds in trials. The "
+             "intervals of rnn_nmse_T* and lstm_nmse_T* show where each model stops carrying "
+             "the far value: at the full budget (seeds 0-4) the RNN's nMSE was 0.12 to 0.23 at "
+             "T=10 and 0.53 to 1.04 from T=20 on, the LSTM's 0.02 to 0.05 at every T. This task replaced recall-first (recall the symbol at step 0), "
+             "where at T=60 the RNN solved 1 of seeds 0-7 but 5 of 100-107 and the LSTM also 5 "
+             "of 8: with no marker at step 0 the LSTM's input gate has no cue for when to write, "
+             "and both models' odds were close. Honest caveats: the LSTM starts with its "
+             f"forget-gate bias at {FORGET_BIAS} (common practice since Gers et al. 2000); the "
+             "claim is about one training budget, not a wall (the RNN is not shown to fail at "
+             "T=50 with any budget). For this seed, the LSTM at "
              f"T={lengths[-1]} has mean forget gate {float(f.mean()):.2f}; the unit that remembers "
              f"best (unit {keeper}) keeps a fraction prod f_t = {float(kept[keeper]):.2g} of its "
-             "step-0 cell content to the end; a small fraction can still suffice, since what "
-             "matters is that the symbol stays separable from what later steps add. The "
-             "recomputed gate math reproduces the fused kernel's final hidden state (max abs "
-             f"error {numbers['gate_math_max_abs_error']:.1g}).")
+             "step-0 cell content to the end. The recomputed gate math reproduces the fused "
+             f"kernel's final hidden state (max abs error {numbers['gate_math_max_abs_error']:.1g}).")
     return Finding(topic=TOPIC, title=TITLE, claim=CLAIM, method=method, numbers=numbers,
-                   checks=checks, figures=[_figure(lengths, acc, f_mean, seed)], notes=notes)
+                   checks=checks, figures=[_figure(lengths, err, f_mean, seed)], notes=notes)

