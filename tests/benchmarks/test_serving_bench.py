@@ -102,16 +102,18 @@ def test_headline_figures_are_the_measured_ratios() -> None:
         "minilm": {"dlforge_off": {"1": level(30, 40.0), "32": level(35, 900.0)},
                    "dlforge_on": {"1": level(31, 44.0), "32": level(105, 500.0)},
                    "plain": {"32": level(42, 1000.0)}},
-        "cnn": {"dlforge_on": {"32": level(350, 90.0)}, "noop": {"32": level(1400, 30.0)}},
+        "cnn": {"dlforge_on": {"32": level(350, 90.0)}, "noop": {"32": level(1400, 30.0)},
+                "batched": {"32": level(700, 40.0)}},
     }
     offline = {"minilm": {"32": {"batch": 16, "samples_per_s": 150.0}}}
     figures = serving.headline(results, offline)
     assert figures == {"minilm_batching_speedup_c32": 3.0, "minilm_fraction_of_offline_c32": 0.7,
                        "cnn_fraction_of_noop_c32": 0.25, "minilm_p99_ratio_c1": 1.1,
-                       "cnn_v2_binary_fraction_of_noop_c32": None, "image224_v2_binary_over_json_speedup": None}
+                       "cnn_v2_binary_fraction_of_noop_c32": None, "image224_v2_binary_over_json_speedup": None,
+                       "cnn_batched_fraction_of_noop_c32": 0.5, "cnn_fraction_of_batched_c32": 0.5}
     versus = serving.comparisons(results)
     assert versus["minilm"]["32"] == {"on_over_dlforge_off": 3.0, "on_over_plain": 2.5}
-    assert versus["cnn"]["32"] == {"on_over_noop": 0.25}
+    assert versus["cnn"]["32"] == {"on_over_noop": 0.25, "on_over_batched": 0.5}
     # nothing measured: all None
     assert serving.headline({}, {}) == dict.fromkeys([*serving.TARGETS, *serving.REPORTED])
     # With v2 rows the CNN's fraction is its fastest protocol's; image224's speedup is at the highest
@@ -122,6 +124,27 @@ def test_headline_figures_are_the_measured_ratios() -> None:
     figures = serving.headline(results, offline)
     assert figures["cnn_fraction_of_noop_c32"] == 0.3 == figures["cnn_v2_binary_fraction_of_noop_c32"]
     assert figures["image224_v2_binary_over_json_speedup"] == 3.0
+    assert figures["cnn_fraction_of_batched_c32"] == 0.6  # the fastest protocol's, over the floor
+
+
+def test_batched_floor_answers_like_the_model(tmp_path: Path) -> None:
+    """The ``batched`` baseline is the model behind dlforge's batcher: its answers are Artifact.predict's."""
+    import numpy as np
+    import torch
+    from fastapi.testclient import TestClient
+
+    from dlforge.models import build
+    from dlforge.registry.artifact import load_artifact, save_artifact
+
+    torch.manual_seed(0)
+    model = build({"arch": "mlp", "hidden": [8]}, input_shape=(4,), num_outputs=3).eval()
+    folder = save_artifact(model, tmp_path / "m", task="classification", class_names=["a", "b", "c"])
+    x = np.random.default_rng(0).normal(size=(5, 4)).round(3)
+    expected = load_artifact(folder).predict(torch.as_tensor(x, dtype=torch.float32))
+    with TestClient(load("_baselines").batched_app(str(folder), max_batch_size=4, max_wait_ms=1.0)) as client:
+        answers = [client.post("/predict", json={"inputs": [row.tolist()]}).json() for row in x]
+    assert [a["outputs"][0] for a in answers] == list(expected["labels"])
+    torch.testing.assert_close(torch.tensor([a["probabilities"][0] for a in answers]), expected["probabilities"])
 
 
 def test_v2_bodies_are_what_tritonclient_sends() -> None:
