@@ -76,6 +76,22 @@ def test_run_topic_caps_the_threads_at_a_modules_max_threads(monkeypatch):
     assert seen == [1, 2]
 
 
+# Topics whose models gain nothing from a second thread: each module's MAX_THREADS comment says why, in numbers.
+ONE_THREAD = (2, 10, 12, 19, 26, 28)
+
+
+@pytest.mark.parametrize("topic", ONE_THREAD)
+def test_the_small_model_topics_run_on_one_thread_whatever_the_runner_asks(topic, monkeypatch):
+    import torch
+
+    module, seen = experiment(topic), []
+    monkeypatch.setattr(module, "run", lambda cfg, seed: seen.append(torch.get_num_threads()) or Finding(
+        topic=topic, title="t", claim="c", method="m", numbers={"x": 1.0}, checks=[Check("x", ">=", 1.0)]))
+    run_topic(topic, "quick", 0, threads=2)
+    assert module.MAX_THREADS == 1 and seen == [1]
+    assert {t for t in available_topics() if hasattr(experiment(t), "MAX_THREADS")} == set(ONE_THREAD)
+
+
 @pytest.mark.parametrize("topic", available_topics())
 def test_experiment_modules_hold_only_their_experiment(topic):
     module = experiment(topic)

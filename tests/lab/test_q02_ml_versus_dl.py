@@ -87,14 +87,3 @@ def test_single_thread_restores_the_thread_count():
     with single_thread():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
-
-
-def test_run_trains_on_one_thread_whatever_the_runner_sets(monkeypatch):
-    import dlforge.lab as lab
-
-    seen = []
-    monkeypatch.setattr(q02, "run", lambda cfg, seed: seen.append(torch.get_num_threads()) or
-                        lab.Finding(topic=2, title="t", claim="c", method="m", numbers={"x": 1.0},
-                                    checks=[lab.Check("x", ">=", 1.0)]))
-    lab.run_topic(2, "quick", 0, threads=2)  # the module's MAX_THREADS caps what the runner asks
-    assert q02.MAX_THREADS == 1 and seen == [1]

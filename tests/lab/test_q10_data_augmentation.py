@@ -101,14 +101,3 @@ def test_preset_augmentation_moves_pixels_but_never_touches_labels(data):
     assert torch.equal(y_aug, y) and y_aug.dtype == torch.long  # hard labels, unchanged
     assert x_aug.shape == x.shape and not torch.allclose(x_aug, x)
     assert q10._augment("plain", data) is None
-
-
-def test_run_trains_on_one_thread_whatever_the_runner_sets(monkeypatch):
-    import dlforge.lab as lab
-
-    seen = []
-    monkeypatch.setattr(q10, "run", lambda cfg, seed: seen.append(torch.get_num_threads()) or
-                        lab.Finding(topic=10, title="t", claim="c", method="m", numbers={"x": 1.0},
-                                    checks=[lab.Check("x", ">=", 1.0)]))
-    lab.run_topic(10, "quick", 0, threads=2)  # the module's MAX_THREADS caps what the runner asks
-    assert q10.MAX_THREADS == 1 and seen == [1]

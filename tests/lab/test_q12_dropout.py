@@ -76,14 +76,3 @@ def test_expectation_check_against_a_hand_written_inverted_dropout():
 def test_whole_network_average_is_close_but_not_identical_to_eval(numbers):
     assert 0 < numbers["network_mc_vs_eval_rel_diff"] < 0.5
     assert numbers["network_mc_vs_eval_agreement"] >= 0.9
-
-
-def test_run_trains_on_one_thread_whatever_the_runner_sets(monkeypatch):
-    import dlforge.lab as lab
-
-    seen = []
-    monkeypatch.setattr(q12, "run", lambda cfg, seed: seen.append(torch.get_num_threads()) or
-                        lab.Finding(topic=12, title="t", claim="c", method="m", numbers={"x": 1.0},
-                                    checks=[lab.Check("x", ">=", 1.0)]))
-    lab.run_topic(12, "quick", 0, threads=2)  # the module's MAX_THREADS caps what the runner asks
-    assert q12.MAX_THREADS == 1 and seen == [1]

@@ -111,14 +111,3 @@ def test_rotation_task_matches_numpy_rot90():
     for k in range(4):
         ref = np.rot90(x.numpy(), k, axes=(2, 3)).copy()
         torch.testing.assert_close(images[5 * k:5 * (k + 1)], torch.from_numpy(ref))
-
-
-def test_run_trains_on_one_thread_whatever_the_runner_sets(monkeypatch):
-    import dlforge.lab as lab
-
-    seen = []
-    monkeypatch.setattr(q19, "run", lambda cfg, seed: seen.append(torch.get_num_threads()) or
-                        lab.Finding(topic=19, title="t", claim="c", method="m", numbers={"x": 1.0},
-                                    checks=[lab.Check("x", ">=", 1.0)]))
-    lab.run_topic(19, "quick", 0, threads=2)  # the module's MAX_THREADS caps what the runner asks
-    assert q19.MAX_THREADS == 1 and seen == [1]

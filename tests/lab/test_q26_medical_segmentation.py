@@ -61,18 +61,6 @@ def test_dice_ce_does_not_beat_cross_entropy_at_1pct_and_the_rest_holds_or_leans
         assert outcomes[name]["outcome"] == "holds", name
     assert f.verdict == "partly supported", f.rule
 
-
-def test_run_trains_on_one_thread_whatever_the_runner_sets(monkeypatch):
-    import dlforge.lab as lab
-
-    seen = []
-    monkeypatch.setattr(q26, "run", lambda cfg, seed: seen.append(torch.get_num_threads()) or
-                        lab.Finding(topic=26, title="t", claim="c", method="m", numbers={"x": 1.0},
-                                                          checks=[lab.Check("x", ">=", 1.0)]))
-    lab.run_topic(26, "quick", 0, threads=2)  # the module's MAX_THREADS caps what the runner asks
-    assert q26.MAX_THREADS == 1 and seen == [1]
-
-
 def test_cross_validation_reports_four_folds_their_range_and_an_interval_around_the_mean(numbers):
     folds = numbers["cv_fold_dice"]
     assert len(folds) == 4 and len(numbers["cv_otsu_fold_dice"]) == 4
