@@ -389,6 +389,8 @@ def main() -> None:
     # The no-op endpoint runs beside the CNN (interleaved, the same bodies): it is the CNN's ceiling.
     noop = ["noop"] if "noop" in systems else []
     def runs_on(model: str, system: str) -> bool:  # v2 rows for V2_MODELS; image224 runs nothing else
+        if system == "batched":  # the floor under the no-op target: only the CNN's keys read it
+            return model == "cnn"
         return model in V2_MODELS if system in V2_SYSTEMS or system in PEERS else model != "image224"
 
     groups = [(m, [s for s in model_systems if runs_on(m, s)] + (noop if m == "cnn" else [])) for m in artifacts]

@@ -69,7 +69,6 @@ MATCH_BELOW = 1e-8  # max relative error that counts as "equal" in float64
 # forget bias 1 or 2 fewer (18, 22). Chrono init gives the cells memory time scales up to T from
 # the first step, so the gradient reaches step 0 at once (40 of 40 at T = 20 and at T = 30 with
 # clipping; T_max 5 or 10 solved only 24 and 27 of 40).
-CHRONO_T_MAX = None  # None: the task's length T, the longest dependency the cells must keep
 # A run stops at the first epoch whose mean training loss is below SOLVED_LOSS (the right symbol gets
 # about 95% probability); full BPTT restarts from seed + ATTEMPT_SEED_STRIDE * a while it has not
 # reached it in the epochs given (a backstop: no seed of the 40 needed it), keeping the lowest loss
@@ -180,7 +179,7 @@ def _train_recall(k: int | None, cfg: dict, data, init_seed: int, seed: int) -> 
     head = nn.Linear(HIDDEN, data.num_outputs)
     x, y = data.train.tensors
     T = x.shape[1]
-    chrono_init(rec.rnn, CHRONO_T_MAX or T, torch.Generator().manual_seed(init_seed))
+    chrono_init(rec.rnn, T, torch.Generator().manual_seed(init_seed))  # time scales up to the task's length
     params = [*rec.parameters(), *head.parameters()]
     opt = torch.optim.Adam(params, lr=OPTIM_LR)
     cut = T - (k or T)  # the loss is at the last step only, so one cut suffices
@@ -298,7 +297,7 @@ def run(cfg: dict, seed: int) -> Finding:
               f"T in {list(lengths)}, full BPTT versus truncation every k={k} steps. (3) "
               f"Recall-first at T={T} (the answer is {T - 1} steps before the loss), "
               f"{cfg['n']} sequences, 80/20 split, LSTM hidden {HIDDEN} (chrono init: "
-              f"forget-gate biases log U(1, {CHRONO_T_MAX or T} - 1), input-gate biases their negatives), "
+              f"forget-gate biases log U(1, {T} - 1), input-gate biases their negatives), "
               f"Adam lr {OPTIM_LR}, gradient-norm clipping {CLIP}, up to {cfg['epochs']} epochs, "
               f"stopping at the first whose mean training loss is below {SOLVED_LOSS}: full BPTT (up "
               f"to {ATTEMPTS} initialisations, restarting while it has not reached that loss) versus "
